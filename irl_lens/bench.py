@@ -1,0 +1,160 @@
+"""``irl-lens bench``: throughput of the pieces that bound every experiment, in one run.
+
+Reported (all measured in the same process, so ratios compare like with like):
+
+* ``env_steps_per_s``: :class:`~irl_lens.envs.gridworld.BatchedGridPinpad` ``step`` with
+  4096 envs and random actions.
+* ``data_episodes_per_s``: expert data generation (batched env + DP expert), the same
+  code path as ``irl-lens data``.
+* ``pretrain_tokens_per_s``: full optimizer steps of the quick-preset base model on real
+  length-bucketed batches.
+* ``matmul_bound_tokens_per_s``: tokens/s the same training step would reach if it did
+  nothing but its matrix multiplies (forward and backward, at the exact shapes the model
+  uses, attention included), at the rate this machine achieves for them, timed here.
+  ``pretrain_matmul_fraction`` = ``pretrain_tokens_per_s / matmul_bound_tokens_per_s``.
+* ``peak_gflops``: a large square GEMM, for reference; ``pretrain_peak_fraction`` relates
+  the model's matmul FLOPs/s to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def _timeit(fn, seconds: float, min_reps: int = 3) -> float:
+    """Seconds per call of ``fn`` (after one warm-up call)."""
+    fn()
+    reps, start = 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < seconds:
+        fn()
+        reps += 1
+    return (time.perf_counter() - start) / reps
+
+
+def peak_gflops(seconds: float = 1.0, n: int = 1024) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / _timeit(lambda: a @ b, seconds) / 1e9
+
+
+def model_matmul_shapes(cfg, n_tokens: int, n_seqs: int, seq_len: int) -> list[tuple]:
+    """The GEMMs of one forward pass: ("mm", M, K, N) or ("bmm", B, M, K, N)."""
+    d, h = cfg.d_model, cfg.n_heads
+    dh = d // h
+    shapes: list[tuple] = [("mm", n_tokens, cfg.d_cell if cfg.obs_kind == "grid" else d, d)]
+    for _ in range(cfg.n_layers):
+        shapes += [("mm", n_tokens, d, d)] * 4  # W_Q, W_K, W_V, W_O
+        shapes += [("bmm", n_seqs * h, seq_len, dh, seq_len), ("bmm", n_seqs * h, seq_len, seq_len, dh)]
+        shapes += [("mm", n_tokens, d, cfg.d_mlp), ("mm", n_tokens, cfg.d_mlp, d)]
+    shapes.append(("mm", n_tokens, d, cfg.n_action_outputs + cfg.n_obs_outputs))
+    return shapes
+
+
+def matmul_seconds(shapes: list[tuple], seconds: float) -> tuple[float, float]:
+    """Time forward + backward GEMMs (each forward GEMM has two backward GEMMs of its size).
+
+    Returns ``(seconds per training step spent in matmuls, FLOPs per step)``.
+    """
+    ops, flops = [], 0.0
+    for s in shapes:
+        if s[0] == "mm":
+            _, m, k, n = s
+            a, b, g = torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)
+            ops += [(torch.mm, a, b), (torch.mm, g, b.t()), (torch.mm, a.t(), g)]
+            flops += 3 * 2 * m * k * n
+        else:
+            _, bt, m, k, n = s
+            a, b, g = torch.randn(bt, m, k), torch.randn(bt, k, n), torch.randn(bt, m, n)
+            ops += [(torch.bmm, a, b), (torch.bmm, g, b.transpose(1, 2)),
+                    (torch.bmm, a.transpose(1, 2), g)]
+            flops += 3 * 2 * bt * m * k * n
+
+    def run():
+        for f, x, y in ops:
+            f(x, y)
+
+    return _timeit(run, seconds), flops
+
+
+def pretrain_throughput(seconds: float, seed: int = 0) -> dict[str, float]:
+    """Tokens/s of real quick-preset training steps, and the matmul-bound rate for them."""
+    from irl_lens.data.dataset import bucketed_batches, make_batch
+    from irl_lens.data.generate import generate_gridworld
+    from irl_lens.models.base import build_model
+    from irl_lens.train.pretrain import PRESETS, _train_step, make_optimizer
+
+    model_cfg, train_cfg = PRESETS["quick"]
+    ds = generate_gridworld(4000, "pretrain", seed=seed, progress=False)
+    model = build_model(model_cfg, seed=seed)
+    opt = make_optimizer(model, train_cfg)
+    batches = [make_batch(ds, e) for e in bucketed_batches(
+        ds.lengths, train_cfg.tokens_per_batch, np.random.default_rng(seed))]
+    _train_step(model, opt, batches[0], train_cfg, train_cfg.lr)  # warm-up
+    tokens = padded = 0
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds or i < 3:
+        b = batches[i % len(batches)]
+        _train_step(model, opt, b, train_cfg, train_cfg.lr)
+        tokens += b.n_tokens
+        padded += b.mask.numel()
+        i += 1
+    elapsed = time.perf_counter() - start
+    tok_s = tokens / elapsed
+    # matmul-only time for the same batches (average shape over the timed batches)
+    n_seqs = int(np.mean([b.mask.shape[0] for b in batches]))
+    seq_len = int(np.mean([b.mask.shape[1] for b in batches]))
+    shapes = model_matmul_shapes(model_cfg, n_seqs * seq_len, n_seqs, seq_len)
+    mm_s, flops = matmul_seconds(shapes, max(1.0, seconds / 3))
+    bound = n_seqs * seq_len * (tokens / padded) / mm_s
+    return {
+        "pretrain_tokens_per_s": tok_s,
+        "pretrain_padding_fraction": 1 - tokens / padded,
+        "matmul_bound_tokens_per_s": bound,
+        "pretrain_matmul_fraction": tok_s / bound,
+        "pretrain_matmul_gflops": flops / mm_s / 1e9,
+        "pretrain_flops_per_token": flops / (n_seqs * seq_len),
+    }
+
+
+def run_bench(seconds: float = 3.0, seed: int = 0) -> dict[str, float | str | int]:
+    """All throughput figures as a flat dict (see the module docstring)."""
+    from irl_lens.data.generate import generate_gridworld
+    from irl_lens.envs.expert import benchmark as env_benchmark
+
+    torch.manual_seed(seed)
+    result: dict[str, float | str | int] = {
+        "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    logger.info("timing the batched env")
+    env = env_benchmark(n_envs=4096, seconds=seconds)
+    result["env_steps_per_s"] = env["env_steps_per_s"]
+    logger.info("timing data generation")
+    n = 20_000
+    t0 = time.perf_counter()
+    generate_gridworld(n, "pretrain", seed=seed, progress=False)
+    result["data_episodes_per_s"] = n / (time.perf_counter() - t0)
+    logger.info("timing pretraining")
+    result["peak_gflops"] = peak_gflops(seconds=min(seconds, 2.0))
+    result |= pretrain_throughput(seconds, seed)
+    result["pretrain_peak_fraction"] = (
+        result["pretrain_tokens_per_s"] * result["pretrain_flops_per_token"] / 1e9
+        / result["peak_gflops"])
+    try:  # the rollout engine, once it exists (probes/controllers issue)
+        from irl_lens.engine import engine_benchmark
+    except ImportError:
+        engine_benchmark = None
+    if engine_benchmark is not None:
+        from irl_lens.models.base import build_model
+        from irl_lens.train.pretrain import PRESETS
+
+        model = build_model(PRESETS["quick"][0], seed=seed).eval()
+        result |= {f"engine_{k}": v for k, v in engine_benchmark(model, seconds=seconds).items()}
+    return result

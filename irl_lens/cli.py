@@ -1,0 +1,258 @@
+"""The ``irl-lens`` command line.
+
+Every command reads one folder and writes another; results go to ``summary.json``
+(flat keys) and a short table on stdout. Bad input (missing or corrupt files, unknown
+names, out-of-range values) ends with one line naming the problem and exit code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="irl-lens",
+    help=(
+        "Find, read and steer temporal abstractions inside autoregressive action models, "
+        "and do RL inside them (Kobayashi et al. 2025, arXiv 2512.20605).\n\n"
+        "Typical pipeline:\n\n"
+        "  irl-lens data gridworld --split pretrain --episodes 200000 --out runs/q/data\n\n"
+        "  irl-lens pretrain runs/q/data --out runs/q/base --preset quick\n\n"
+        "  irl-lens probe runs/q/base"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_STATE = {"debug": False}
+
+
+class EnvName(str, Enum):
+    gridworld = "gridworld"
+    ant = "ant"
+
+
+class Split(str, Enum):
+    pretrain = "pretrain"
+    clean = "clean"
+
+
+class Preset(str, Enum):
+    quick = "quick"
+    paper = "paper"
+    tiny = "tiny"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def resolve_device(device: Device | str) -> str:
+    """``auto`` picks CUDA when available; asking for CUDA without one is a usage error."""
+    import torch
+
+    name = device.value if isinstance(device, Device) else str(device)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    return name
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and results.")] = False,
+) -> None:
+    _STATE["debug"] = debug
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _print_table(rows: dict[str, float | int | str], title: str | None = None) -> None:
+    if title:
+        print(title)
+    width = max((len(k) for k in rows), default=0)
+    for k, v in rows.items():
+        if isinstance(v, float):
+            v = f"{v:.4f}" if abs(v) < 1e4 else f"{v:,.0f}"
+        print(f"  {k:<{width}}  {v}")
+
+
+@app.command()
+def data(
+    env: Annotated[EnvName, typer.Argument(help="Environment: gridworld (ant: see its issue).")],
+    out: Annotated[Path, typer.Option("--out", help="Output dataset folder (written atomically).")],
+    split: Annotated[
+        Split, typer.Option(help="pretrain: expert data for the base model; clean: eps=0 "
+                                 "data for metacontroller / supervised controllers.")
+    ] = Split.pretrain,
+    episodes: Annotated[int, typer.Option(help="Number of episodes.", min=1)] = 100_000,
+    eps: Annotated[
+        float | None, typer.Option(help="Expert noise: probability of a random non-terminating "
+                                        "action (pretrain only; default 0).")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Fixed task such as 0-1-2-3 or 'post' instead of the "
+                                      "Table A1 mix.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed; same seed, same dataset.")] = 0,
+    n_envs: Annotated[int, typer.Option(help="Episodes simulated at once.", min=1)] = 4096,
+) -> None:
+    """Generate expert trajectories (observations, actions, subgoal labels).
+
+    Example: irl-lens data gridworld --split pretrain --episodes 200000 --out runs/q/data
+    """
+    if env is EnvName.ant:
+        raise ValueError("env 'ant' is not available yet in this version; use gridworld")
+    from irl_lens.data.generate import generate_gridworld
+
+    t0 = time.perf_counter()
+    ds = generate_gridworld(episodes, split=split.value, seed=seed, eps=eps, task=task,
+                            n_envs=n_envs)
+    gen_s = time.perf_counter() - t0
+    ds.save(out)
+    _print_table({
+        "episodes": ds.n_episodes, "steps": ds.n_steps,
+        "mean_length": ds.meta["mean_length"], "expert_success": ds.meta["success_rate"],
+        "episodes_per_s": ds.n_episodes / gen_s,
+    }, title=f"wrote {out}")
+
+
+@app.command()
+def pretrain(
+    data_dir: Annotated[Path, typer.Argument(metavar="DATA", help="Dataset folder from `irl-lens data`.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder to create (or continue with --resume).")],
+    preset: Annotated[Preset, typer.Option(help="quick: this CPU, ~10 min; paper: Table A4 sizes "
+                                                "for a GPU; tiny: seconds, for tests.")] = Preset.quick,
+    steps: Annotated[int | None, typer.Option(help="Override the preset's optimizer steps.", min=1)] = None,
+    n_layers: Annotated[int | None, typer.Option(help="Override the number of blocks L.", min=1)] = None,
+    d_model: Annotated[int | None, typer.Option(help="Override the residual width.", min=8)] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the peak learning rate.")] = None,
+    obs_loss_weight: Annotated[float | None, typer.Option(help="Override lambda (next-observation loss weight).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint, exactly.")] = False,
+    seed: Annotated[int, typer.Option(help="Seeds initialisation and data order.")] = 0,
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device.cpu,
+) -> None:
+    """Pretrain the base action model (HookedTransformer) on expert trajectories.
+
+    Writes RUN/config.json, RUN/model.safetensors, RUN/checkpoints/step_N, RUN/metrics.jsonl
+    and RUN/summary.json with held-out accuracy against the known-task ceiling.
+
+    Example: irl-lens pretrain runs/q/data --out runs/q/base --preset quick
+    """
+    import dataclasses
+
+    import torch
+
+    from irl_lens import runs
+    from irl_lens.data.dataset import load_dataset
+    from irl_lens.train.evaluate import make_evaluator
+    from irl_lens.train.pretrain import PRESETS
+    from irl_lens.train.pretrain import pretrain as run_pretrain
+
+    if resolve_device(device) != "cpu":
+        raise ValueError("--device: pretraining runs on cpu in this version")
+    ds = load_dataset(data_dir)
+    model_cfg, train_cfg = PRESETS[preset.value]
+    model_over = {k: v for k, v in (("n_layers", n_layers), ("d_model", d_model),
+                                    ("obs_loss_weight", obs_loss_weight)) if v is not None}
+    train_over = {k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}
+    model_cfg = dataclasses.replace(model_cfg, **model_over,
+                                    obs_kind=ds.meta["obs_kind"],
+                                    obs_dim=int(ds.meta.get("obs_dim", model_cfg.obs_dim)),
+                                    action_kind=ds.meta["action_kind"],
+                                    n_actions=int(ds.meta["n_actions"]))
+    train_cfg = dataclasses.replace(train_cfg, **train_over, seed=seed)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    result = run_pretrain(
+        ds, out, model_cfg, train_cfg, data_path=str(data_dir), preset=preset.value,
+        resume=resume, evaluate=make_evaluator(train_cfg.rollout_episodes, seed),
+    )
+    wall = time.perf_counter() - t0
+    summary = {"steps": result.steps, "wall_seconds": wall,
+               "train_seconds": result.train_seconds,
+               "tokens_per_s": result.tokens_per_second, **result.final_eval}
+    runs.write_json(out / "summary.json", summary)
+    _print_table(summary, title=f"pretrained {out}")
+
+
+@app.command()
+def bench(
+    seconds: Annotated[float, typer.Option(help="Time budget per measurement.", min=0.1)] = 3.0,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the synthetic workloads.")] = 0,
+) -> None:
+    """Throughput figures as JSON: env steps/s, data episodes/s, pretraining tokens/s and
+    its fraction of the matmul-bound rate, all measured in this one run.
+
+    Example: irl-lens bench --out bench.json
+    """
+    from irl_lens.bench import run_bench
+
+    result = run_bench(seconds=seconds, seed=seed)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out is not None:
+        from irl_lens import runs
+
+        runs.write_json(out, result)
+
+
+def _register_optional() -> None:
+    """Commands that live in their own modules."""
+    try:
+        from irl_lens import cli_analysis
+    except ImportError:  # pragma: no cover - module not present in this version
+        return
+    cli_analysis.register(app)
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and map expected errors to one line + exit code 2."""
+    from irl_lens.data.dataset import DatasetError
+    from irl_lens.runs import RunError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except (ValueError, DatasetError, RunError, FileNotFoundError, PermissionError) as e:
+        if _STATE["debug"]:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

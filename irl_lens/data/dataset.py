@@ -1,0 +1,331 @@
+"""Trajectory datasets: the on-disk format, loading with validation, and batching.
+
+On-disk format (``FORMAT_VERSION = 1``): a folder with two files.
+
+``meta.json``
+    ``{"format": "irl_lens.trajectories", "version": 1, "env": "gridworld" | "ant",
+    "split": "pretrain" | "clean", "obs_kind": "grid" | "vector", "obs_dim": int,
+    "action_kind": "discrete" | "continuous", "n_actions": int, "n_episodes": int,
+    "n_steps": int, "seed": int, "eps": float, ...}`` (extra keys allowed).
+
+``arrays.npz`` (uncompressed numpy arrays; ``N`` episodes, ``S`` steps in all)
+
+    ==================  ================  ==============================================
+    key                 dtype, shape      meaning
+    ==================  ================  ==============================================
+    episode_offsets     int64 [N+1]       steps of episode i are ``offsets[i]:offsets[i+1]``
+    task                int8 [N, K]       task colours, padded with -1
+    task_len            int8 [N]          number of colours in the task
+    success             bool [N]          whether the episode completed its task
+    action              uint8 [S]         (discrete) or float32 [S, n_actions] (continuous)
+    subgoal             int8 [S]          subgoal label at step t (-1 after success)
+    target_colour       int8 [S]          colour the expert heads for at step t
+    layout              uint8 [N, 49]     (grid) cell codes: 0 empty, 1+c colour c, 9 wall
+    agent_pos           uint8 [S]         (grid) agent cell before the step's action
+    final_agent_pos     uint8 [N]         (grid) agent cell after the last action
+    obs                 float32 [S, D]    (vector) observation before the step's action
+    final_obs           float32 [N, D]    (vector) observation after the last action
+    ==================  ================  ==============================================
+
+A gridworld observation is stored compactly: the layout never changes within an
+episode, so one row of cell codes per episode plus one agent cell per step carries the
+paper's whole one-hot observation (see :func:`irl_lens.envs.gridworld.encode_observation`).
+The model's token for step t is the 49 codes followed by the agent cell (50 integers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "irl_lens.trajectories"
+FORMAT_VERSION = 1
+N_CELLS = 49
+
+
+class DatasetError(ValueError):
+    """A dataset folder is missing, corrupt, or does not match the expected schema."""
+
+
+def _schema(meta: dict) -> dict[str, tuple[tuple[str, ...], str]]:
+    """Expected arrays: key -> (symbolic shape, dtype)."""
+    common = {
+        "episode_offsets": (("N+1",), "int64"),
+        "task": (("N", "K"), "int8"),
+        "task_len": (("N",), "int8"),
+        "success": (("N",), "bool"),
+        "subgoal": (("S",), "int8"),
+        "target_colour": (("S",), "int8"),
+    }
+    if meta["action_kind"] == "discrete":
+        common["action"] = (("S",), "uint8")
+    else:
+        common["action"] = (("S", "A"), "float32")
+    if meta["obs_kind"] == "grid":
+        common |= {
+            "layout": (("N", "49"), "uint8"),
+            "agent_pos": (("S",), "uint8"),
+            "final_agent_pos": (("N",), "uint8"),
+        }
+    else:
+        common |= {"obs": (("S", "D"), "float32"), "final_obs": (("N", "D"), "float32")}
+    return common
+
+
+@dataclass
+class TrajectoryDataset:
+    """Expert trajectories held in flat numpy arrays (see the module docstring)."""
+
+    meta: dict
+    arrays: dict[str, np.ndarray] = field(repr=False)
+
+    # ---- basic views -------------------------------------------------------------
+    @property
+    def n_episodes(self) -> int:
+        return len(self.arrays["episode_offsets"]) - 1
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.arrays["episode_offsets"][-1])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.arrays["episode_offsets"]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.arrays["episode_offsets"])
+
+    def tasks(self) -> list[tuple[int, ...]]:
+        t, n = self.arrays["task"], self.arrays["task_len"]
+        return [tuple(int(c) for c in t[i, : n[i]]) for i in range(self.n_episodes)]
+
+    def subset(self, episodes: np.ndarray) -> TrajectoryDataset:
+        """A new dataset holding only the given episodes (in that order)."""
+        episodes = np.asarray(episodes, dtype=np.int64)
+        lengths = self.lengths[episodes]
+        offsets = np.zeros(len(episodes) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        step_idx = _step_indices(self.offsets[episodes], lengths)
+        per_episode = {"task", "task_len", "success", "layout", "final_agent_pos", "final_obs"}
+        out = {"episode_offsets": offsets}
+        for key, arr in self.arrays.items():
+            if key == "episode_offsets":
+                continue
+            out[key] = arr[episodes] if key in per_episode else arr[step_idx]
+        meta = dict(self.meta, n_episodes=len(episodes), n_steps=int(offsets[-1]))
+        return TrajectoryDataset(meta, out)
+
+    # ---- persistence -------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the folder atomically: into a temporary sibling, then rename."""
+        out_dir = Path(out_dir)
+        validate(self.meta, self.arrays)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        try:
+            with open(tmp / "arrays.npz", "wb") as f:
+                np.savez(f, **self.arrays)
+            (tmp / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out_dir
+
+
+def _step_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(start, start + length)`` for each episode, vectorised."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ep_of_step = np.repeat(np.arange(len(lengths)), lengths)
+    first = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=first[1:])
+    return starts[ep_of_step] + (np.arange(total) - first[ep_of_step])
+
+
+def validate(meta: dict, arrays: dict[str, np.ndarray], where: str = "dataset") -> None:
+    """Check the schema, dtypes and shapes; raise :class:`DatasetError` naming what is wrong."""
+    if meta.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{where}: meta.json 'format' is {meta.get('format')!r}, "
+                           f"expected {FORMAT_NAME!r}")
+    if meta.get("version") != FORMAT_VERSION:
+        raise DatasetError(f"{where}: format version {meta.get('version')!r} is not supported "
+                           f"(this irl_lens reads version {FORMAT_VERSION})")
+    for key, allowed in (("obs_kind", ("grid", "vector")),
+                         ("action_kind", ("discrete", "continuous"))):
+        if meta.get(key) not in allowed:
+            raise DatasetError(f"{where}: meta.json '{key}' is {meta.get(key)!r}; "
+                               f"allowed: {', '.join(allowed)}")
+    schema = _schema(meta)
+    missing = sorted(set(schema) - set(arrays))
+    if missing:
+        raise DatasetError(f"{where}: arrays.npz lacks {', '.join(missing)}")
+    offsets = arrays["episode_offsets"]
+    if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or np.any(np.diff(offsets) < 1):
+        raise DatasetError(f"{where}: 'episode_offsets' must start at 0 and strictly increase")
+    sizes = {"N": len(offsets) - 1, "N+1": len(offsets), "S": int(offsets[-1]), "49": N_CELLS}
+    if meta["action_kind"] == "continuous":
+        sizes["A"] = int(meta.get("n_actions", -1))
+    if meta["obs_kind"] == "vector":
+        sizes["D"] = int(meta.get("obs_dim", -1))
+    for key, (shape, dtype) in schema.items():
+        arr = arrays[key]
+        if str(arr.dtype) != dtype:
+            raise DatasetError(f"{where}: '{key}' has dtype {arr.dtype}, expected {dtype}")
+        if arr.ndim != len(shape):
+            raise DatasetError(f"{where}: '{key}' has {arr.ndim} dims, expected {len(shape)} "
+                               f"({' x '.join(shape)})")
+        for dim, sym in zip(arr.shape, shape, strict=True):
+            if sym in sizes and dim != sizes[sym]:
+                raise DatasetError(f"{where}: '{key}' has shape {arr.shape}, expected "
+                                   f"{' x '.join(shape)} with {sym}={sizes[sym]}")
+    if meta.get("n_episodes") not in (None, sizes["N"]):
+        raise DatasetError(f"{where}: meta says {meta['n_episodes']} episodes, arrays hold "
+                           f"{sizes['N']}")
+    if meta["obs_kind"] == "grid":
+        if arrays["layout"].max(initial=0) > 9 or arrays["agent_pos"].max(initial=0) >= N_CELLS:
+            raise DatasetError(f"{where}: grid cell codes or agent cells out of range")
+
+
+def load_dataset(path: str | Path) -> TrajectoryDataset:
+    """Load and validate a dataset folder written by :meth:`TrajectoryDataset.save`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"dataset folder {str(path)!r} does not exist "
+                           "(make one with `irl-lens data gridworld --out DIR`)")
+    meta_path, arr_path = path / "meta.json", path / "arrays.npz"
+    for p in (meta_path, arr_path):
+        if not p.is_file():
+            raise DatasetError(f"{path}: missing {p.name}; is this an irl-lens dataset folder?")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{meta_path}: not valid JSON ({e.msg if hasattr(e, 'msg') else e})")
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_path}: expected a JSON object")
+    try:
+        with np.load(arr_path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile.BadZipFile, ValueError, OSError, EOFError ...
+        raise DatasetError(f"{arr_path}: cannot be read as a numpy .npz archive "
+                           f"({type(e).__name__}: {e})") from None
+    validate(meta, arrays, where=str(path))
+    return TrajectoryDataset(meta, arrays)
+
+
+# ---- batching --------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """A padded batch of whole episodes, ready for the model."""
+
+    obs: torch.Tensor  # [batch, pos, 50] long (grid) or [batch, pos, D] float
+    action: torch.Tensor  # [batch, pos] long or [batch, pos, A] float
+    next_obs: torch.Tensor  # [batch, pos] long (next agent cell) or [batch, pos, D] float
+    subgoal: torch.Tensor  # [batch, pos] long, -1 on padding
+    target_colour: torch.Tensor  # [batch, pos] long, -1 on padding
+    mask: torch.Tensor  # [batch, pos] float, 1 on real steps
+    episodes: np.ndarray  # [batch] dataset episode indices
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.mask.sum().item())
+
+
+def make_batch(ds: TrajectoryDataset, episodes: np.ndarray) -> Batch:
+    """Pad the given episodes into one :class:`Batch` (length = longest episode)."""
+    a = ds.arrays
+    episodes = np.asarray(episodes, dtype=np.int64)
+    starts = ds.offsets[episodes]
+    lengths = ds.lengths[episodes]
+    n_pos = int(lengths.max())
+    pos = np.arange(n_pos)
+    valid = pos[None, :] < lengths[:, None]  # [batch, pos]
+    idx = np.where(valid, starts[:, None] + pos[None, :], 0)  # [batch, pos]
+    last = pos[None, :] == (lengths[:, None] - 1)  # [batch, pos]
+    if ds.meta["obs_kind"] == "grid":
+        agent = a["agent_pos"][idx].astype(np.int64)  # [batch, pos]
+        layout = a["layout"][episodes].astype(np.int64)  # [batch, 49]
+        obs = np.concatenate(
+            [np.broadcast_to(layout[:, None, :], (len(episodes), n_pos, N_CELLS)),
+             agent[..., None]], axis=-1)
+        nxt = a["agent_pos"][np.minimum(idx + 1, ds.n_steps - 1)].astype(np.int64)
+        nxt = np.where(last, a["final_agent_pos"][episodes][:, None], nxt)
+        obs_t = torch.from_numpy(obs)
+        next_t = torch.from_numpy(np.where(valid, nxt, 0))
+    else:
+        obs = a["obs"][idx] * valid[..., None]
+        nxt = a["obs"][np.minimum(idx + 1, ds.n_steps - 1)]
+        nxt = np.where(last[..., None], a["final_obs"][episodes][:, None, :], nxt)
+        obs_t = torch.from_numpy(obs.astype(np.float32))
+        next_t = torch.from_numpy((nxt * valid[..., None]).astype(np.float32))
+    if ds.meta["action_kind"] == "discrete":
+        action = torch.from_numpy(np.where(valid, a["action"][idx], 0).astype(np.int64))
+    else:
+        action = torch.from_numpy((a["action"][idx] * valid[..., None]).astype(np.float32))
+
+    def labels(key: str) -> torch.Tensor:
+        return torch.from_numpy(np.where(valid, a[key][idx], -1).astype(np.int64))
+
+    return Batch(
+        obs=obs_t,
+        action=action,
+        next_obs=next_t,
+        subgoal=labels("subgoal"),
+        target_colour=labels("target_colour"),
+        mask=torch.from_numpy(valid.astype(np.float32)),
+        episodes=episodes,
+    )
+
+
+def bucketed_batches(
+    lengths: np.ndarray, tokens_per_batch: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Group episodes of similar length so that padding stays small.
+
+    Episodes are shuffled, sorted by length (stable, so ties stay shuffled), cut into
+    consecutive groups whose padded size ``n * max_len`` stays within
+    ``tokens_per_batch``, and the groups are returned in random order. Every episode
+    appears exactly once.
+    """
+    order = rng.permutation(len(lengths))
+    order = order[np.argsort(lengths[order], kind="stable")]
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        max_len = int(lengths[order[start]])
+        end = start
+        while end < len(order):
+            max_len = max(max_len, int(lengths[order[end]]))
+            if (end - start + 1) * max_len > tokens_per_batch and end > start:
+                break
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def iterate_batches(
+    ds: TrajectoryDataset, tokens_per_batch: int, seed: int, start_epoch: int = 0
+) -> Iterator[tuple[int, Batch]]:
+    """Endless stream of ``(epoch, batch)``; epoch ``k`` is shuffled with seed ``(seed, k)``."""
+    epoch = start_epoch
+    while True:
+        rng = np.random.default_rng([seed, epoch])
+        for episodes in bucketed_batches(ds.lengths, tokens_per_batch, rng):
+            yield epoch, make_batch(ds, episodes)
+        epoch += 1

@@ -1,0 +1,169 @@
+"""Task logic shared by the pinpad environments: constants, tasks and subgoal labels.
+
+A *pinpad* task is a sequence of colours the agent must step onto, in order
+(Kobayashi et al. 2025, Appendix A). In gridworld-pinpad there are eight colours,
+``0..7``, and the *abstract subgoals* are the colour pairs ``0-1``, ``2-3``, ``4-5`` and
+``6-7``: a pretraining task such as ``0-1-4-5-0-1`` is three subgoals long. The subgoal
+label of a colour ``c`` is therefore ``c // 2``; probes and supervised controllers are
+trained to predict / pursue these labels.
+
+Tasks are written as colours joined by ``-`` (``"0-1-4-5-0-1"``) on the command line and
+in configs, and held as ``tuple[int, ...]`` in code. :func:`parse_task` converts (and
+validates), :func:`format_task` goes back.
+
+Example::
+
+    >>> parse_task("0-1-4-5")
+    (0, 1, 4, 5)
+    >>> format_task(POST_TASK)
+    '0-1-2-3-4-5-6-7-0-1-2-3'
+    >>> subgoal_of_colour(5)
+    2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "GRID_SIZE",
+    "MAX_STEPS",
+    "N_COLOURS",
+    "N_SUBGOALS",
+    "N_WALLS",
+    "POST_TASK",
+    "PRETRAIN_TASKS",
+    "Task",
+    "TaskSpec",
+    "format_task",
+    "parse_task",
+    "subgoal_of_colour",
+]
+
+GRID_SIZE = 7
+"""Side length G of the square grid (G x G cells)."""
+
+N_COLOURS = 8
+"""Number O of coloured cells, one per colour ``0..O-1``."""
+
+N_WALLS = 4
+"""Number W of wall cells."""
+
+MAX_STEPS = 100
+"""Time limit T: an episode not terminated after T steps is truncated."""
+
+N_SUBGOALS = N_COLOURS // 2
+"""Number of abstract subgoals: the colour pairs 0-1, 2-3, 4-5, 6-7."""
+
+Task = tuple[int, ...]
+"""A task: the colours to step onto, in order."""
+
+TaskSpec = str | Sequence[int]
+"""Anything :func:`parse_task` accepts: ``"0-1-2-3"``, ``"post"`` or a sequence of ints."""
+
+
+def _t(spec: str) -> Task:
+    return tuple(int(c) for c in spec.split("-"))
+
+
+PRETRAIN_TASKS: tuple[Task, ...] = tuple(
+    _t(s)
+    for s in (
+        "0-1-4-5-0-1",
+        "0-1-4-5-2-3",
+        "0-1-6-7-2-3",
+        "2-3-0-1-4-5",
+        "2-3-6-7-2-3",
+        "2-3-6-7-4-5",
+        "4-5-0-1-4-5",
+        "4-5-0-1-6-7",
+        "4-5-2-3-6-7",
+        "6-7-2-3-0-1",
+        "6-7-2-3-6-7",
+        "6-7-4-5-0-1",
+        "0-1-6-7-4-5",
+        "2-3-0-1-6-7",
+        "4-5-2-3-0-1",
+        "6-7-4-5-2-3",
+    )
+)
+"""The 16 pretraining tasks of Table A1, three subgoals (six colours) each, in table order.
+
+Expert data for the base model is generated on these; note that no task contains the
+subgoal transitions 0-1 -> 2-3 -> 4-5 -> 6-7 in a row the way :data:`POST_TASK` does."""
+
+POST_TASK: Task = (0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3)
+"""The post-training (RL) task ``0-1-2-3-4-5-6-7-0-1-2-3``: six subgoals in new orders."""
+
+
+def subgoal_of_colour(colour: int) -> int:
+    """Return the abstract subgoal label (``0..N_SUBGOALS-1``) of a colour: ``colour // 2``."""
+    return int(colour) // 2
+
+
+def format_task(task: Sequence[int]) -> str:
+    """Write a task as colours joined by ``-``, e.g. ``(0, 1, 2, 3)`` -> ``"0-1-2-3"``."""
+    return "-".join(str(int(c)) for c in task)
+
+
+_HOW = "write a task as colours joined by '-', e.g. 0-1-2-3, or 'post'"
+
+
+def parse_task(spec: TaskSpec, n_colours: int = N_COLOURS) -> Task:
+    """Parse and validate a task.
+
+    Args:
+        spec: ``"post"`` (the post-training task :data:`POST_TASK`), a string of colours
+            joined by ``-`` such as ``"0-1-4-5"``, or a sequence of ints.
+        n_colours: colours must lie in ``0..n_colours-1``.
+
+    Returns:
+        The task as a tuple of Python ints.
+
+    Raises:
+        ValueError: a one-line message naming the bad value and what is allowed, if the
+            task is empty, has a non-integer or out-of-range colour, or repeats a colour
+            twice in a row (``1-1``). Repeats are rejected because the expert, the
+            dataset's subgoal labels and the "enter a colour" rule all assume that the
+            next target differs from the colour the agent is standing on.
+    """
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.lower() == "post":
+            return POST_TASK
+        if not text:
+            raise ValueError(f"invalid task {spec!r}: the task is empty; {_HOW}")
+        colours: list[int] = []
+        for part in text.split("-"):
+            try:
+                colours.append(int(part))
+            except ValueError:
+                raise ValueError(
+                    f"invalid task {spec!r}: {part!r} is not a colour number; {_HOW}"
+                ) from None
+        shown = spec
+    else:
+        colours = []
+        for c in spec:
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
+                raise ValueError(
+                    f"invalid task {list(spec)!r}: {c!r} is not an integer colour; {_HOW}"
+                )
+            colours.append(int(c))
+        shown = format_task(colours)
+    if not colours:
+        raise ValueError(f"invalid task {shown!r}: the task is empty; {_HOW}")
+    for c in colours:
+        if not 0 <= c < n_colours:
+            raise ValueError(
+                f"invalid task {shown!r}: colour {c} is out of range 0..{n_colours - 1}; {_HOW}"
+            )
+    for a, b in zip(colours[:-1], colours[1:], strict=True):
+        if a == b:
+            raise ValueError(
+                f"invalid task {shown!r}: colour {a} is repeated twice in a row; "
+                f"consecutive colours must differ ({_HOW})"
+            )
+    return tuple(colours)

@@ -1,0 +1,351 @@
+"""The base action model: a TransformerLens ``HookedTransformer`` fed by our own observation encoder.
+
+One timestep is one position (paper, Section 2). The model reads observations
+``o_1:t`` and predicts ``p(a_t | o_1:t)`` and ``p(o_t+1 | o_1:t)``; actions are not fed
+back as inputs. Observations enter through :class:`GridObservationEncoder` (or
+:class:`VectorObservationEncoder` for continuous envs) and are handed to the transformer
+with ``start_at_layer=0``. Because ``start_at_layer=0`` skips TransformerLens's own
+embedding *and* positional embedding, positions come from rotary attention
+(``positional_embedding_type="rotary"``).
+
+The unembed has ``d_vocab_out = n_action_outputs + n_obs_outputs`` columns:
+
+=============  =====================================  ===========================================
+env            action head                            next-observation head
+=============  =====================================  ===========================================
+gridworld      4 logits (categorical over moves)      49 logits: the agent's next cell (the rest
+                                                      of the grid never changes in an episode,
+                                                      so this is the whole of ``p(o_t+1|o_1:t)``)
+continuous     mean and log-std per action dim        mean per observation dim (unit variance)
+=============  =====================================  ===========================================
+
+Because :class:`ActionModel` *is* a ``HookedTransformer``, ``model.run_with_cache(obs)``
+returns the usual :class:`~transformer_lens.ActivationCache` with the usual hook names
+(``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_pattern`` ...), plus
+``hook_obs_embed`` for the encoder output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.hook_points import HookPoint
+
+from irl_lens.envs.gridworld import GRID_SIZE, N_CELL_CODES
+
+logger = logging.getLogger(__name__)
+
+N_CELLS = GRID_SIZE * GRID_SIZE
+#: Width of a compact gridworld observation token: 49 cell codes followed by the agent's cell.
+GRID_OBS_WIDTH = N_CELLS + 1
+
+
+@dataclass
+class BaseModelConfig:
+    """Architecture of the base action model (everything needed to rebuild it)."""
+
+    obs_kind: Literal["grid", "vector"] = "grid"
+    """``grid``: compact gridworld tokens ``[.., 50]`` (49 cell codes + agent cell);
+    ``vector``: float observations ``[.., obs_dim]``."""
+    obs_dim: int = GRID_OBS_WIDTH
+    """Width of one observation token (50 for ``grid``)."""
+    action_kind: Literal["discrete", "continuous"] = "discrete"
+    """Categorical logits (``discrete``) or a diagonal Gaussian (``continuous``)."""
+    n_actions: int = 4
+    """Number of discrete actions, or the action dimension for continuous actions."""
+    d_model: int = 128
+    """Residual stream width."""
+    n_layers: int = 4
+    """Number of transformer blocks ``L``; layers are addressed 0..L."""
+    n_heads: int = 4
+    """Attention heads per block (``d_head = d_model // n_heads``)."""
+    d_mlp: int = 256
+    """Hidden width of each block's MLP."""
+    n_ctx: int = 100
+    """Longest sequence (episode) the model accepts."""
+    d_cell: int = 64
+    """Width of the per-cell network in the gridworld encoder."""
+    obs_loss_weight: float = 0.01
+    """lambda in the loss ``-ln p(a_t|o_1:t) - lambda ln p(o_t+1|o_1:t)``."""
+    init_scale: float = 0.1
+    """Weights start with variance ``init_scale / d_model`` (the paper's variance scale 0.1)."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "d_model": self.d_model >= 8,
+            "n_layers": self.n_layers >= 1,
+            "n_heads": self.n_heads >= 1 and self.d_model % max(self.n_heads, 1) == 0,
+            "d_mlp": self.d_mlp >= 1,
+            "n_ctx": self.n_ctx >= 2,
+            "d_cell": self.d_cell >= 1,
+            "n_actions": self.n_actions >= 1,
+            "obs_dim": self.obs_dim >= 1,
+            "obs_loss_weight": self.obs_loss_weight >= 0,
+            "init_scale": self.init_scale > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                value = getattr(self, name)
+                hint = " (must divide d_model)" if name == "n_heads" else ""
+                raise ValueError(f"BaseModelConfig.{name}={value!r} is out of range{hint}")
+        if self.obs_kind not in ("grid", "vector"):
+            raise ValueError(f"BaseModelConfig.obs_kind={self.obs_kind!r}: use 'grid' or 'vector'")
+        if self.action_kind not in ("discrete", "continuous"):
+            raise ValueError(
+                f"BaseModelConfig.action_kind={self.action_kind!r}: use 'discrete' or 'continuous'"
+            )
+        if self.obs_kind == "grid" and self.obs_dim != GRID_OBS_WIDTH:
+            raise ValueError(f"BaseModelConfig.obs_dim must be {GRID_OBS_WIDTH} for grid obs")
+
+    @property
+    def n_action_outputs(self) -> int:
+        return self.n_actions if self.action_kind == "discrete" else 2 * self.n_actions
+
+    @property
+    def n_obs_outputs(self) -> int:
+        return N_CELLS if self.obs_kind == "grid" else self.obs_dim
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BaseModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown BaseModelConfig fields {unknown}")
+        return cls(**d)
+
+
+def _relative_index_table(grid: int) -> Int[Tensor, "agent cell"]:
+    """``table[a, c]`` = index of the offset (cell - agent) in a (2G-1)^2 table."""
+    rows = torch.arange(grid * grid) // grid
+    cols = torch.arange(grid * grid) % grid
+    dr = rows[None, :] - rows[:, None] + grid - 1  # [agent, cell]
+    dc = cols[None, :] - cols[:, None] + grid - 1
+    return dr * (2 * grid - 1) + dc
+
+
+class GridObservationEncoder(nn.Module):
+    """Embeds a compact gridworld observation into the residual stream.
+
+    The observation carries exactly the paper's information (what occupies every cell,
+    and where the agent is). A linear map of the flattened one-hot grid cannot express
+    conjunctions such as "the agent stands on colour c" or "colour c lies two cells to
+    the agent's left" (measured: a small transformer with such an embedding never
+    starts to use history on a CPU budget). So every occupied cell (a colour or a wall)
+    goes through one shared network over [its content, its position, its offset from
+    the agent], the results are summed, and the agent's own cell is added:
+
+        e_0 = W_out . sum_{i occupied} relu(E_code[code_i] + E_pos[i] + E_rel[i - agent])
+              + E_agent[agent] + b
+
+    Offset 0 is the agent's own cell, so "agent on colour c" is one feature. Empty cells
+    carry only geometry, which ``E_agent`` (where the agent is on the board) supplies;
+    skipping them makes the encoder 4x cheaper than a dense per-cell network.
+    """
+
+    def __init__(self, d_cell: int, d_model: int, grid: int = GRID_SIZE) -> None:
+        super().__init__()
+        self.grid = grid
+        self.n_cells = grid * grid
+        self.code_embed = nn.Embedding(N_CELL_CODES, d_cell)
+        self.pos_embed = nn.Embedding(self.n_cells, d_cell)
+        self.rel_embed = nn.Embedding((2 * grid - 1) ** 2, d_cell)
+        self.agent_embed = nn.Embedding(self.n_cells, d_model)
+        self.out = nn.Linear(d_cell, d_model)
+        self.register_buffer("rel_index", _relative_index_table(grid), persistent=False)
+        for emb in (self.code_embed, self.rel_embed, self.pos_embed):
+            nn.init.normal_(emb.weight, std=0.5)
+        nn.init.normal_(self.agent_embed.weight, std=0.02)
+
+    def forward(self, obs: Int[Tensor, "batch pos obs"]) -> Float[Tensor, "batch pos d_model"]:
+        codes = obs[..., : self.n_cells]  # [batch, pos, cells]
+        agent = obs[..., self.n_cells]  # [batch, pos]
+        occupied = codes != 0  # [batch, pos, cells]
+        k = int(occupied.sum(-1).max().item()) if codes.numel() else 0
+        # indices of the occupied cells first (stable: raster order), then the first k
+        cells = torch.argsort((~occupied).to(torch.uint8), dim=-1, stable=True)[..., :k]
+        keep = torch.gather(occupied, -1, cells).unsqueeze(-1)  # [batch, pos, k, 1]
+        rel = torch.gather(self.rel_index[agent], -1, cells)  # [batch, pos, k]
+        h = (self.code_embed(torch.gather(codes, -1, cells)) + self.pos_embed(cells)
+             + self.rel_embed(rel))  # [batch, pos, k, d_cell]
+        pooled = (torch.relu(h) * keep).sum(dim=-2)  # [batch, pos, d_cell]
+        return self.out(pooled) + self.agent_embed(agent)
+
+
+class VectorObservationEncoder(nn.Module):
+    """Embeds a float observation vector with a small MLP (continuous envs such as ant)."""
+
+    def __init__(self, obs_dim: int, d_model: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+
+    def forward(self, obs: Float[Tensor, "batch pos obs"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.net(obs)
+
+
+@dataclass
+class ActionModelOutput:
+    """The unembed's columns, split by meaning."""
+
+    action_params: Float[Tensor, "batch pos n_action_outputs"]
+    """Logits (discrete) or ``[mean, log_std]`` concatenated (continuous)."""
+    next_obs: Float[Tensor, "batch pos n_obs_outputs"]
+    """Next-cell logits (grid) or next-observation mean (vector)."""
+
+
+class ActionModel(HookedTransformer):
+    """The base sequence model: our observation encoder + a rotary, pre-LN ``HookedTransformer``.
+
+    ``forward(obs)`` returns the raw unembed ``[batch, pos, n_action_outputs + n_obs_outputs]``;
+    :meth:`split` cuts it into an :class:`ActionModelOutput`. Pass ``start_at_layer`` /
+    ``stop_at_layer`` / ``past_kv_cache`` to run part of the stack (the rollout engine does);
+    with ``start_at_layer`` set, ``obs`` is the residual stream before that block.
+    """
+
+    def __init__(self, cfg: BaseModelConfig) -> None:
+        tl_cfg = HookedTransformerConfig(
+            n_layers=cfg.n_layers,
+            d_model=cfg.d_model,
+            n_ctx=cfg.n_ctx,
+            d_head=cfg.d_model // cfg.n_heads,
+            n_heads=cfg.n_heads,
+            d_mlp=cfg.d_mlp,
+            act_fn="relu",
+            normalization_type="LN",
+            positional_embedding_type="rotary",
+            d_vocab=1,  # unused: observations enter at start_at_layer=0
+            d_vocab_out=cfg.n_action_outputs + cfg.n_obs_outputs,
+            # weight std: variance init_scale / d_model (the paper's "init variance scale")
+            initializer_range=(cfg.init_scale / cfg.d_model) ** 0.5,
+            default_prepend_bos=False,
+            # NB: never pass seed= here: it reseeds torch, numpy and random globally.
+        )
+        with warnings.catch_warnings():
+            # 3.x announces HookedTransformer's removal in 4.0; we pin <4 on purpose.
+            warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
+            super().__init__(tl_cfg)
+        self.model_cfg = cfg
+        if cfg.obs_kind == "grid":
+            self.obs_encoder: nn.Module = GridObservationEncoder(cfg.d_cell, cfg.d_model)
+        else:
+            self.obs_encoder = VectorObservationEncoder(cfg.obs_dim, cfg.d_model)
+        self.hook_obs_embed = HookPoint()  # [batch, pos, d_model]
+        self.setup()
+
+    def embed_obs(self, obs: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream at layer 0 (before block 0) for a batch of observations."""
+        return self.hook_obs_embed(self.obs_encoder(obs))
+
+    def forward(  # type: ignore[override]
+        self,
+        obs: Tensor,
+        *,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+        past_kv_cache=None,
+        return_type: str | None = "logits",
+    ) -> Tensor | None:
+        """Run the model on observations (or, with ``start_at_layer``, on a residual stream).
+
+        Returns the unembed output ``[batch, pos, d_vocab_out]``, or the residual stream
+        before block ``stop_at_layer`` when that is given.
+        """
+        if start_at_layer is None:
+            resid = self.embed_obs(obs)
+            start_at_layer = 0
+        else:
+            resid = obs
+        return HookedTransformer.forward(
+            self,
+            resid,
+            start_at_layer=start_at_layer,
+            stop_at_layer=stop_at_layer,
+            past_kv_cache=past_kv_cache,
+            return_type=return_type,
+        )
+
+    def split(self, out: Float[Tensor, "batch pos d_vocab_out"]) -> ActionModelOutput:
+        n_a = self.model_cfg.n_action_outputs
+        return ActionModelOutput(action_params=out[..., :n_a], next_obs=out[..., n_a:])
+
+    def action_distribution(
+        self, action_params: Float[Tensor, "batch pos n_action_outputs"]
+    ) -> torch.distributions.Distribution:
+        """The policy ``p(a_t | o_1:t)`` as a torch distribution."""
+        if self.model_cfg.action_kind == "discrete":
+            return torch.distributions.Categorical(logits=action_params)
+        mean, log_std = action_params.chunk(2, dim=-1)
+        std = log_std.clamp(-5.0, 2.0).exp()
+        return torch.distributions.Independent(torch.distributions.Normal(mean, std), 1)
+
+    def losses(
+        self,
+        out: Float[Tensor, "batch pos d_vocab_out"],
+        actions: Tensor,
+        next_obs_target: Tensor,
+        mask: Float[Tensor, "batch pos"],
+    ) -> tuple[Tensor, Tensor]:
+        """Masked mean action NLL and next-observation NLL (paper Section 2 loss, per token).
+
+        ``next_obs_target`` is the agent's next cell (grid, long) or the next observation
+        (vector, float). Positions with ``mask == 0`` (padding, or no next observation)
+        do not count.
+        """
+        parts = self.split(out)
+        denom = mask.sum().clamp(min=1.0)
+        if self.model_cfg.action_kind == "discrete":
+            nll_a = F.cross_entropy(
+                parts.action_params.flatten(0, 1), actions.flatten(), reduction="none"
+            ).view_as(mask)
+        else:
+            nll_a = -self.action_distribution(parts.action_params).log_prob(actions)
+        if self.model_cfg.obs_kind == "grid":
+            nll_o = F.cross_entropy(
+                parts.next_obs.flatten(0, 1), next_obs_target.flatten(), reduction="none"
+            ).view_as(mask)
+        else:
+            nll_o = 0.5 * ((parts.next_obs - next_obs_target) ** 2).sum(-1)
+        return (nll_a * mask).sum() / denom, (nll_o * mask).sum() / denom
+
+
+def build_model(cfg: BaseModelConfig, seed: int = 0) -> ActionModel:
+    """Build an :class:`ActionModel` with a reproducible initialisation."""
+    devices_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = ActionModel(cfg)
+    torch.random.set_rng_state(devices_state)
+    return model
+
+
+def load_base_model(run: str | Path, checkpoint: str | Path | None = None) -> ActionModel:
+    """Rebuild a pretrained base model from its run folder (final weights or a checkpoint)."""
+    from irl_lens import runs
+
+    run = Path(run)
+    config = runs.read_json(run / "config.json", "run config")
+    if config.get("kind") != "base_model":
+        raise runs.RunError(f"{run} is a {config.get('kind')!r} run, not a base_model run")
+    try:
+        cfg = BaseModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise runs.RunError(f"{run}/config.json: bad model config ({e})") from None
+    model = ActionModel(cfg)
+    weights = Path(checkpoint) / "model.safetensors" if checkpoint else run / "model.safetensors"
+    if not weights.is_file() and checkpoint is None:
+        raise runs.RunError(f"{run} has no model.safetensors (training did not finish; "
+                            "continue it with `irl-lens pretrain DATA --out RUN --resume`)")
+    runs.load_weights(model, weights)
+    model.eval()
+    return model

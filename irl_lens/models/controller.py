@@ -1,0 +1,163 @@
+"""Linear residual-stream controllers: ``e_hat = e + U e`` (paper Section 3, Appendix C.3).
+
+A controller writes into the residual stream of the frozen base model at one layer.
+``U`` is either low-rank, ``U = B A`` with ``B [d_model, rank]`` and ``A [rank, d_model]``
+(the paper's gridworld choice, rank 16), or a full ``[d_model, d_model]`` matrix (ant).
+
+:class:`ControllerBank` holds ``K`` such controllers, e.g. one per abstract subgoal for the
+supervised controllers, where the ground-truth label picks which one acts at each
+position. ``index = -1`` means "no control" (``e_hat = e``). The functional forms
+:func:`apply_low_rank` and :func:`apply_full` take per-row matrices, which is what a
+hypernetwork (the metacontroller's decoder ``U_t = f_hyp(z_t)``) produces.
+
+The bank is a TransformerLens ``HookedRootModule``: ``hook_delta`` (``U e``) and
+``hook_controller_out`` (``e_hat``) can be cached and patched like any base-model hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookedRootModule, HookPoint
+
+logger = logging.getLogger(__name__)
+
+
+def apply_low_rank(
+    e: Float[Tensor, "batch pos d_model"],
+    A: Float[Tensor, "*lead rank d_model"],
+    B: Float[Tensor, "*lead d_model rank"],
+) -> Float[Tensor, "batch pos d_model"]:
+    """``e + B (A e)``; ``A``/``B`` broadcast over ``[batch, pos]`` (e.g. ``[batch, 1, r, d]``)."""
+    h = torch.einsum("...rd,...d->...r", A, e)  # [batch, pos, rank]
+    return e + torch.einsum("...dr,...r->...d", B, h)
+
+
+def apply_full(
+    e: Float[Tensor, "batch pos d_model"], U: Float[Tensor, "*lead d_model d_model"]
+) -> Float[Tensor, "batch pos d_model"]:
+    """``e + U e``; ``U`` broadcasts over ``[batch, pos]``."""
+    return e + torch.einsum("...ij,...j->...i", U, e)
+
+
+@dataclass
+class ControllerConfig:
+    """Shape of a :class:`ControllerBank`."""
+
+    d_model: int
+    """Width of the residual stream it writes into."""
+    n_controllers: int = 1
+    """Number of controllers ``K`` (one per subgoal for supervised controllers)."""
+    rank: int | None = 16
+    """Rank of ``U = B A``; ``None`` for a full ``[d_model, d_model]`` matrix."""
+    init_std: float | None = None
+    """Std of ``A``'s initial entries (default ``1/sqrt(d_model)``). ``B`` (or the full
+    ``U``) starts at zero, so a fresh controller is the identity map and the controlled
+    model starts out as the base model."""
+
+    def __post_init__(self) -> None:
+        if self.d_model < 1:
+            raise ValueError(f"ControllerConfig.d_model={self.d_model!r} must be >= 1")
+        if self.n_controllers < 1:
+            raise ValueError(f"ControllerConfig.n_controllers={self.n_controllers!r} must be >= 1")
+        if self.rank is not None and not 1 <= self.rank <= self.d_model:
+            raise ValueError(f"ControllerConfig.rank={self.rank!r}: use 1..d_model "
+                             f"({self.d_model}) or None for a full matrix")
+        if self.init_std is not None and self.init_std < 0:
+            raise ValueError(f"ControllerConfig.init_std={self.init_std!r} must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ControllerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ControllerConfig fields {unknown}")
+        return cls(**d)
+
+
+class ControllerBank(HookedRootModule):
+    """``K`` linear controllers ``e -> e + U_k e``, one picked per position by ``index``.
+
+    ``forward(e, index)``: ``index`` is an int (every position), ``[batch]`` (per row) or
+    ``[batch, pos]`` (per position); ``-1`` leaves ``e`` unchanged. :meth:`select` binds an
+    index and returns a plain ``e -> e_hat`` controller for :func:`irl_lens.hooks.intervene`
+    or the rollout engine.
+    """
+
+    def __init__(self, cfg: ControllerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        k, d = cfg.n_controllers, cfg.d_model
+        if cfg.rank is None:
+            self.U = nn.Parameter(torch.zeros(k, d, d))  # [n_controllers, d_model, d_model]
+        else:
+            std = cfg.init_std if cfg.init_std is not None else d**-0.5
+            self.A = nn.Parameter(torch.randn(k, cfg.rank, d) * std)  # [n_controllers, rank, d]
+            self.B = nn.Parameter(torch.zeros(k, d, cfg.rank))  # [n_controllers, d, rank]
+        self.hook_delta = HookPoint()  # [batch, pos, d_model]
+        self.hook_controller_out = HookPoint()  # [batch, pos, d_model]
+        self.setup()
+
+    @property
+    def n_controllers(self) -> int:
+        return self.cfg.n_controllers
+
+    def matrices(self) -> Float[Tensor, "n_controllers d_model d_model"]:
+        """The full ``U_k`` of every controller (``B_k A_k`` for low rank)."""
+        return self.U if self.cfg.rank is None else self.B @ self.A
+
+    def delta(
+        self, e: Float[Tensor, "batch pos d_model"], k: int
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """``U_k e`` for one controller ``k``."""
+        if self.cfg.rank is None:
+            return e @ self.U[k].T
+        return (e @ self.A[k].T) @ self.B[k].T
+
+    def forward(
+        self,
+        e: Float[Tensor, "batch pos d_model"],
+        index: int | Int[Tensor, " batch"] | Int[Tensor, "batch pos"] = 0,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        if e.ndim != 3 or e.shape[-1] != self.cfg.d_model:
+            raise ValueError(f"controller input must be [batch, pos, {self.cfg.d_model}], "
+                             f"got {tuple(e.shape)}")
+        if isinstance(index, int):
+            if not -1 <= index < self.n_controllers:
+                raise ValueError(f"controller index {index} out of range -1..{self.n_controllers - 1}")
+            delta = torch.zeros_like(e) if index < 0 else self.delta(e, index)
+        else:
+            idx = index.to(e.device).long()
+            if idx.ndim == 1:
+                idx = idx[:, None].expand(e.shape[0], e.shape[1])
+            if idx.shape != e.shape[:2]:
+                raise ValueError(f"controller index shape {tuple(index.shape)} does not match "
+                                 f"residual [batch, pos] = {tuple(e.shape[:2])}")
+            # One small matmul per controller over all positions, then pick per position:
+            # K is tiny (4 subgoals), and this avoids gathering a [batch, pos, d, r] tensor.
+            delta = torch.zeros_like(e)
+            for k in range(self.n_controllers):
+                sel = (idx == k).unsqueeze(-1)  # [batch, pos, 1]
+                delta = torch.where(sel, self.delta(e, k), delta)
+        delta = self.hook_delta(delta)  # [batch, pos, d_model]
+        return self.hook_controller_out(e + delta)  # [batch, pos, d_model]
+
+    def select(self, index: int | Tensor):
+        """A controller ``e -> self(e, index)`` with ``index`` bound."""
+        return functools.partial(self.forward, index=index)
+
+
+def controller_index_for_rows(
+    labels: Int[Tensor, " batch"], n_controllers: int
+) -> Int[Tensor, " batch"]:
+    """Clamp labels to controller indices: labels outside ``0..K-1`` (e.g. -1) mean no control."""
+    return torch.where((labels >= 0) & (labels < n_controllers), labels, -1)

@@ -1,0 +1,125 @@
+"""How well a base model imitates the expert, and whether it has learned subgoal structure.
+
+Held-out (teacher-forced) metrics, each next to its *known-task ceiling*: the expert is
+uniformly random among equally short moves, so even a model that knows the task can
+only reach ``E[max_a p_expert(a | state, task)]`` (computed exactly from the layout with
+:func:`irl_lens.envs.expert.expert_action_probs`).
+
+The leading indicator of history use is the split by colour position within a pair:
+
+* **first-colour steps** (heading for colour 2k): which pair comes next is decided by
+  the task, which the model must infer; at the start of a segment it is ambiguous.
+* **second-colour steps** (heading for 2k+1 after entering 2k): fully determined by
+  history (the model saw the agent enter 2k). A model that uses history scores close to
+  the ceiling here; one that does not scores like on first-colour steps.
+
+Free-running metric: the model drives the batched env itself (sampled actions) on the
+pretraining tasks; among colours entered right after entering an even colour 2k, the
+fraction that are 2k+1.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batch
+from irl_lens.envs.expert import distance_maps, expert_action_probs
+from irl_lens.envs.gridworld import BatchedGridPinpad
+from irl_lens.models.base import ActionModel
+from irl_lens.rollout import rollout_grid
+
+logger = logging.getLogger(__name__)
+
+
+def known_task_ceiling(ds: TrajectoryDataset) -> np.ndarray:
+    """Per-step ``max_a p_expert(a | state, task)`` for a gridworld dataset, float[S]."""
+    a = ds.arrays
+    ep_of_step = np.repeat(np.arange(ds.n_episodes), ds.lengths)
+    dist = distance_maps(a["layout"])  # [N, 8, 49]
+    target = a["target_colour"].astype(np.int64)
+    dist_step = dist[ep_of_step, np.maximum(target, 0)]  # [S, 49]
+    probs = expert_action_probs(dist_step, a["layout"][ep_of_step],
+                                a["agent_pos"].astype(np.int64), target,
+                                eps=float(ds.meta.get("eps", 0.0)))
+    return probs.max(axis=1)
+
+
+@torch.no_grad()
+def heldout_metrics(
+    model: ActionModel, ds: TrajectoryDataset, tokens_per_batch: int = 16384
+) -> dict[str, float]:
+    """Teacher-forced action NLL and accuracy on ``ds``, split by first/second colour."""
+    correct = np.zeros(ds.n_steps, dtype=bool)
+    nll = np.zeros(ds.n_steps, dtype=np.float64)
+    order = bucketed_batches(ds.lengths, tokens_per_batch, np.random.default_rng(0))
+    for episodes in order:
+        b = make_batch(ds, episodes)
+        out = model(b.obs)
+        logits = model.split(out).action_params
+        logp = torch.log_softmax(logits.float(), -1)
+        pred = logits.argmax(-1)
+        valid = b.mask.bool()
+        step_idx = (torch.from_numpy(ds.offsets[episodes])[:, None]
+                    + torch.arange(b.mask.shape[1])[None, :])[valid].numpy()
+        correct[step_idx] = (pred == b.action)[valid].numpy()
+        nll[step_idx] = -logp.gather(-1, b.action.unsqueeze(-1)).squeeze(-1)[valid].numpy()
+    ceiling = known_task_ceiling(ds)
+    target = ds.arrays["target_colour"].astype(np.int64)
+    second = (target >= 0) & (target % 2 == 1)
+    first = (target >= 0) & (target % 2 == 0)
+    out = {
+        "eval/action_nll": float(nll.mean()),
+        "eval/accuracy": float(correct.mean()),
+        "eval/ceiling": float(ceiling.mean()),
+        "eval/accuracy_first": float(correct[first].mean()),
+        "eval/ceiling_first": float(ceiling[first].mean()),
+        "eval/accuracy_second": float(correct[second].mean()),
+        "eval/ceiling_second": float(ceiling[second].mean()),
+    }
+    out["eval/accuracy_vs_ceiling"] = out["eval/accuracy"] / out["eval/ceiling"]
+    out["eval/second_vs_ceiling"] = out["eval/accuracy_second"] / out["eval/ceiling_second"]
+    return out
+
+
+def pair_completion_rate(entered: list[list[int]]) -> tuple[float, int]:
+    """Fraction of colours entered right after an even colour 2k that are 2k+1, and the count."""
+    hits = total = 0
+    for seq in entered:
+        for c, nxt in zip(seq[:-1], seq[1:], strict=True):
+            if c % 2 == 0:
+                total += 1
+                hits += int(nxt == c + 1)
+    return (hits / total if total else float("nan")), total
+
+
+@torch.no_grad()
+def free_running_metrics(
+    model: ActionModel, n_episodes: int = 1000, seed: int = 0, task: str | None = None
+) -> dict[str, float]:
+    """Closed-loop episodes with sampled actions on the pretraining tasks (or ``task``)."""
+    env = BatchedGridPinpad(n_episodes, task=task)
+    env.reset(seed=[int(s) for s in np.random.SeedSequence([seed, 7]).generate_state(n_episodes)])
+    gen = torch.Generator().manual_seed(seed)
+    ro = rollout_grid(model, env, generator=gen)
+    rate, count = pair_completion_rate(ro.entered)
+    return {
+        "rollout/pair_completion": rate,
+        "rollout/pair_events": float(count),
+        "rollout/success": float(ro.success.mean()),
+        "rollout/mean_length": float(ro.length.mean()),
+    }
+
+
+def make_evaluator(rollout_episodes: int, seed: int):
+    """The ``evaluate(model, val_ds)`` callback the pretraining loop calls."""
+
+    def evaluate(model: ActionModel, val_ds: TrajectoryDataset) -> dict[str, float]:
+        metrics = heldout_metrics(model, val_ds)
+        if rollout_episodes > 0 and val_ds.meta.get("obs_kind") == "grid":
+            metrics |= free_running_metrics(model, rollout_episodes, seed=seed)
+        return metrics
+
+    return evaluate

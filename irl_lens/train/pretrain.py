@@ -1,0 +1,287 @@
+"""Pretraining the base action model on unlabeled expert trajectories.
+
+Loss (paper Section 2): ``sum_t -ln p(a_t | o_1:t) - lambda ln p(o_t+1 | o_1:t)``,
+averaged over real (unpadded) steps. No rewards and no subgoal labels are used; the
+labels in the dataset are only read by the evaluation.
+
+The loop is short on purpose: a batch iterator in, :func:`_train_step` returning a small
+:class:`StepStats`, then log, evaluate, checkpoint and advance the progress bar.
+Resuming from a checkpoint restores weights, optimizer state and the exact position in
+the data stream, so an interrupted run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from irl_lens import runs
+from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batch
+from irl_lens.models.base import ActionModel, BaseModelConfig, build_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainConfig:
+    """How the base model is trained."""
+
+    steps: int = 3000
+    """Optimizer steps."""
+    tokens_per_batch: int = 8192
+    """Padded tokens per batch (episodes are length-bucketed, so padding is small)."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.03
+    """AdamW weight decay (paper: 0.03)."""
+    warmup_steps: int = 100
+    """Linear warm-up steps."""
+    schedule: str = "cosine"
+    """``constant`` after warm-up (paper), or ``cosine`` decay to ``min_lr_ratio * lr``."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of ``lr`` for the cosine schedule."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm (0 disables)."""
+    val_episodes: int = 2000
+    """Episodes held out from the dataset for evaluation."""
+    eval_every: int = 500
+    """Evaluate on the held-out episodes every this many steps."""
+    checkpoint_every: int = 500
+    """Write a checkpoint every this many steps (kept: the probe-vs-step analysis reads them)."""
+    rollout_episodes: int = 1000
+    """Closed-loop episodes for the final free-running evaluation."""
+    seed: int = 0
+    """Seeds the initialisation and the data order."""
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "tokens_per_batch", "eval_every", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"PretrainConfig.{name}={getattr(self, name)!r} must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"PretrainConfig.lr={self.lr!r} must be > 0")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.val_episodes < 0:
+            raise ValueError("PretrainConfig.weight_decay, warmup_steps, val_episodes must be >= 0")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"PretrainConfig.schedule={self.schedule!r}: use constant or cosine")
+        if self.rollout_episodes < 0:
+            raise ValueError("PretrainConfig.rollout_episodes must be >= 0")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate used for optimizer step ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cos)
+
+
+#: Named presets: (model architecture, trainer settings).
+PRESETS: dict[str, tuple[BaseModelConfig, PretrainConfig]] = {
+    # Fits the 2-core CPU machine: about 10 minutes of training.
+    "quick": (
+        BaseModelConfig(d_model=128, n_layers=4, n_heads=4, d_mlp=256, d_cell=64),
+        PretrainConfig(steps=3000, tokens_per_batch=8192, lr=1e-3, warmup_steps=100),
+    ),
+    # Paper, Table A4/A16: d_model 256, 6 layers, 4 heads of 64, MLP 512, lr 3e-4 constant,
+    # wd 0.03, batch 1024 sequences (~40k tokens), 256k steps. Meant for a GPU.
+    "paper": (
+        BaseModelConfig(d_model=256, n_layers=6, n_heads=4, d_mlp=512, d_cell=128),
+        PretrainConfig(steps=256_000, tokens_per_batch=40_960, lr=3e-4, warmup_steps=0,
+                       schedule="constant", eval_every=8000, checkpoint_every=16_000),
+    ),
+    # For tests: seconds on a CPU.
+    "tiny": (
+        BaseModelConfig(d_model=32, n_layers=2, n_heads=2, d_mlp=64, d_cell=16),
+        PretrainConfig(steps=40, tokens_per_batch=1024, lr=3e-3, warmup_steps=5,
+                       val_episodes=40, eval_every=20, checkpoint_every=20, rollout_episodes=32),
+    ),
+}
+
+
+@dataclass
+class StepStats:
+    loss: float
+    action_nll: float
+    obs_nll: float
+    tokens: int
+    grad_norm: float
+
+
+def _train_step(
+    model: ActionModel, opt: torch.optim.Optimizer, batch, cfg: PretrainConfig, lr: float
+) -> StepStats:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    out = model(batch.obs)
+    nll_a, nll_o = model.losses(out, batch.action, batch.next_obs, batch.mask)
+    loss = nll_a + model.model_cfg.obs_loss_weight * nll_o
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+    else:
+        grad_norm = float("nan")
+    opt.step()
+    return StepStats(loss.item(), nll_a.item(), nll_o.item(), batch.n_tokens, grad_norm)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms or embeddings' scales)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "ln" not in name else no_decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+
+
+def split_train_val(ds: TrajectoryDataset, val_episodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``val_episodes`` episodes are held out (episodes are i.i.d. by construction)."""
+    n_val = min(val_episodes, ds.n_episodes // 5)
+    idx = np.arange(ds.n_episodes)
+    return idx[: ds.n_episodes - n_val], idx[ds.n_episodes - n_val:]
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    steps: int
+    train_seconds: float
+    tokens_per_second: float
+    final_eval: dict = field(default_factory=dict)
+
+
+def pretrain(
+    ds: TrajectoryDataset,
+    out: Path,
+    model_cfg: BaseModelConfig,
+    cfg: PretrainConfig,
+    *,
+    data_path: str | None = None,
+    preset: str | None = None,
+    resume: bool = False,
+    evaluate: Callable[[ActionModel, TrajectoryDataset], dict] | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> PretrainResult:
+    """Train a base model on ``ds`` into run folder ``out``.
+
+    ``evaluate(model, val_ds) -> {"eval/...": number}`` is called every ``eval_every``
+    steps and at the end. ``stop_after`` ends the loop early after that many steps
+    (as if interrupted; used to test ``resume``).
+    """
+    out = Path(out)
+    config = {
+        "kind": "base_model",
+        "version": runs.RUN_VERSION,
+        "model": model_cfg.to_dict(),
+        "train": dataclasses.asdict(cfg),
+        "data": data_path,
+        "data_meta": {k: ds.meta.get(k) for k in ("env", "split", "n_episodes", "seed", "eps")},
+        "preset": preset,
+    }
+    model = build_model(model_cfg, seed=cfg.seed)
+    opt = make_optimizer(model, cfg)
+    train_idx, val_idx = split_train_val(ds, cfg.val_episodes)
+    train_ds, val_ds = ds.subset(train_idx), ds.subset(val_idx)
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if resume:
+        ckpts = runs.checkpoint_dirs(out)
+        if not ckpts:
+            raise runs.RunError(f"--resume: {out} has no checkpoint to resume from")
+        saved = runs.read_json(out / "config.json", "run config")
+        if saved.get("model") != config["model"] or saved.get("train") != config["train"]:
+            raise runs.RunError(f"--resume: {out}/config.json differs from the requested "
+                                "settings; resume with the same preset and options")
+        runs.load_weights(model, ckpts[-1] / "model.safetensors")
+        state = runs.load_trainer_state(ckpts[-1])
+        opt.load_state_dict(state["optimizer"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.random.set_rng_state(state["torch_rng"])
+        logger.info("resumed %s at step %d", out, step)
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise runs.RunError(f"output folder {str(out)!r} is not empty; choose a new --out "
+                                "or pass --resume to continue it")
+        out.mkdir(parents=True, exist_ok=True)
+        runs.write_json(out / "config.json", config)
+        torch.manual_seed(cfg.seed)
+
+    metrics_path = out / "metrics.jsonl"
+
+    def trainer_state() -> dict:
+        return {"optimizer": opt.state_dict(), "step": step, "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch, "torch_rng": torch.random.get_rng_state()}
+
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not progress,
+               unit="step", dynamic_ncols=True)
+    tokens, t0 = 0, time.perf_counter()
+    train_seconds = 0.0
+    model.train()
+    while step < end:
+        order = bucketed_batches(train_ds.lengths, cfg.tokens_per_batch,
+                                 np.random.default_rng([cfg.seed, epoch]))
+        while batch_in_epoch < len(order) and step < end:
+            batch = make_batch(train_ds, order[batch_in_epoch])
+            stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step))
+            step += 1
+            batch_in_epoch += 1
+            tokens += stats.tokens
+            bar.update(1)
+            if step % 25 == 0 or step == end:
+                elapsed = time.perf_counter() - t0
+                rec = {"step": step, "epoch": epoch, "train/loss": stats.loss,
+                       "train/action_nll": stats.action_nll, "train/obs_nll": stats.obs_nll,
+                       "train/grad_norm": stats.grad_norm, "train/lr": cfg.lr_at(step - 1),
+                       "train/tokens_per_s": tokens / max(elapsed, 1e-9)}
+                runs.append_metrics(metrics_path, rec)
+                bar.set_postfix(nll=f"{stats.action_nll:.3f}",
+                                tok_s=f"{rec['train/tokens_per_s']:.0f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                runs.save_checkpoint(out, step, model, trainer_state())
+            if evaluate is not None and (step % cfg.eval_every == 0) and step != cfg.steps:
+                train_seconds += time.perf_counter() - t0
+                model.eval()
+                with torch.no_grad():
+                    ev = evaluate(model, val_ds)
+                model.train()
+                runs.append_metrics(metrics_path, {"step": step, **ev})
+                logger.info("step %d: %s", step, ev)
+                t0, tokens = time.perf_counter(), 0
+        if batch_in_epoch >= len(order):
+            epoch, batch_in_epoch = epoch + 1, 0
+    bar.close()
+    train_seconds += time.perf_counter() - t0
+    tokens_per_s = _mean_tokens_per_s(metrics_path)
+    result = PretrainResult(out, step, train_seconds, tokens_per_s)
+    if step < cfg.steps:
+        return result  # interrupted on purpose (stop_after)
+    runs.save_weights(model, out / "model.safetensors")
+    model.eval()
+    if evaluate is not None:
+        with torch.no_grad():
+            result.final_eval = evaluate(model, val_ds)
+        runs.append_metrics(metrics_path, {"step": step, **result.final_eval})
+    return result
+
+
+def _mean_tokens_per_s(metrics_path: Path) -> float:
+    vals = [m["train/tokens_per_s"] for m in runs.read_metrics(metrics_path)
+            if "train/tokens_per_s" in m]
+    return float(np.median(vals)) if vals else float("nan")

@@ -1,0 +1,119 @@
+"""The base action model: TransformerLens conventions, rotary KV-cache stepping, the encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformer_lens import ActivationCache, HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+from irl_lens.data.dataset import make_batch
+from irl_lens.models.base import ActionModel, BaseModelConfig, build_model
+
+from .conftest import tiny_model_config
+
+
+def _obs(ds, episodes=(0, 1, 2)):
+    return make_batch(ds, np.array(episodes)).obs
+
+
+def test_is_a_hooked_transformer_with_rotary(tiny_model):
+    assert isinstance(tiny_model, HookedTransformer)
+    assert tiny_model.cfg.positional_embedding_type == "rotary"
+    assert tiny_model.cfg.normalization_type == "LN"
+
+
+def test_step_by_step_with_kv_cache_equals_full_forward(tiny_model, tiny_dataset):
+    obs = _obs(tiny_dataset)
+    full = tiny_model(obs)
+    cache = TransformerLensKeyValueCache.init_cache(tiny_model.cfg, "cpu", obs.shape[0])
+    steps = [tiny_model(obs[:, t : t + 1], past_kv_cache=cache) for t in range(obs.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_positions_matter(tiny_model, tiny_dataset):
+    """Without positions, the last output would not depend on the order of the prefix."""
+    obs = _obs(tiny_dataset, (0,))[:, :3]
+    swapped = obs[:, [1, 0, 2]]
+    assert not torch.allclose(tiny_model(obs)[:, 2], tiny_model(swapped)[:, 2])
+
+
+def test_split_at_layer_steps_equal_full_forward(tiny_model, tiny_dataset):
+    obs = _obs(tiny_dataset)
+    full = tiny_model(obs)
+    cache = TransformerLensKeyValueCache.init_cache(tiny_model.cfg, "cpu", obs.shape[0])
+    outs = []
+    for t in range(obs.shape[1]):
+        resid = tiny_model(obs[:, t : t + 1], stop_at_layer=1, past_kv_cache=cache)
+        outs.append(tiny_model(resid, start_at_layer=1, past_kv_cache=cache))
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_run_with_cache_has_the_usual_hook_names(tiny_model, tiny_dataset):
+    obs = _obs(tiny_dataset)
+    out, cache = tiny_model.run_with_cache(obs)
+    assert isinstance(cache, ActivationCache)
+    L = tiny_model.cfg.n_layers
+    for name in ["hook_obs_embed", "blocks.0.hook_resid_pre", f"blocks.{L - 1}.hook_resid_post",
+                 "blocks.0.attn.hook_pattern", "blocks.1.mlp.hook_post"]:
+        assert name in cache, name
+    torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], cache["hook_obs_embed"])
+    torch.testing.assert_close(out, tiny_model(obs))
+    _, only = tiny_model.run_with_cache(obs, names_filter=lambda n: n.endswith("resid_pre"))
+    assert set(only.keys()) == {f"blocks.{i}.hook_resid_pre" for i in range(L)}
+
+
+def test_hooks_can_edit_the_residual_stream(tiny_model, tiny_dataset):
+    obs = _obs(tiny_dataset)
+    clean = tiny_model(obs)
+    zeroed = tiny_model.run_with_hooks(
+        obs, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: torch.zeros_like(x))])
+    assert not torch.allclose(clean, zeroed)
+    assert not any(hp._forward_hooks for hp in tiny_model.hook_dict.values())
+
+
+def test_encoder_sees_what_lies_under_the_agent(tiny_model):
+    """Two observations differing only in the colour under the agent embed differently,
+    while moving an unrelated empty cell's content is not possible (layout fixed)."""
+    layout = torch.zeros(49, dtype=torch.long)
+    layout[10], layout[20] = 1, 2  # colours 0 and 1
+    a = torch.cat([layout, torch.tensor([10])])
+    b = torch.cat([layout, torch.tensor([20])])
+    e = tiny_model.embed_obs(torch.stack([a, b])[None])
+    assert not torch.allclose(e[0, 0], e[0, 1])
+
+
+def test_same_seed_same_weights():
+    a, b = build_model(tiny_model_config(), seed=1), build_model(tiny_model_config(), seed=1)
+    c = build_model(tiny_model_config(), seed=2)
+    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(),
+                               c.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters(), strict=True))
+
+
+def test_build_model_does_not_touch_global_rng():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_model(tiny_model_config(), seed=7)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("field, value", [("d_model", 4), ("n_heads", 3), ("n_layers", 0),
+                                          ("obs_kind", "pixels"), ("obs_loss_weight", -1.0)])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        BaseModelConfig(**{**tiny_model_config().to_dict(), field: value})
+
+
+def test_continuous_actions_gaussian_head():
+    cfg = tiny_model_config(obs_kind="vector", obs_dim=6, action_kind="continuous", n_actions=3)
+    model = ActionModel(cfg)
+    obs = torch.randn(2, 5, 6)
+    out = model(obs)
+    assert out.shape == (2, 5, 2 * 3 + 6)
+    mask = torch.ones(2, 5)
+    nll_a, nll_o = model.losses(out, torch.randn(2, 5, 3), torch.randn(2, 5, 6), mask)
+    assert nll_a.ndim == 0 and torch.isfinite(nll_a) and torch.isfinite(nll_o)
