@@ -42,6 +42,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.hook_points import HookPoint
 
 from irl_lens.envs.gridworld import GRID_SIZE, N_CELL_CODES
+from irl_lens.envs.pinpad import N_COLOURS, N_WALLS
 
 logger = logging.getLogger(__name__)
 
@@ -140,48 +141,67 @@ class GridObservationEncoder(nn.Module):
     """Embeds a compact gridworld observation into the residual stream.
 
     The observation carries exactly the paper's information (what occupies every cell,
-    and where the agent is). A linear map of the flattened one-hot grid cannot express
-    conjunctions such as "the agent stands on colour c" or "colour c lies two cells to
-    the agent's left" (measured: a small transformer with such an embedding never
-    starts to use history on a CPU budget). So every occupied cell (a colour or a wall)
-    goes through one shared network over [its content, its position, its offset from
-    the agent], the results are summed, and the agent's own cell is added:
+    and where the agent is), and the encoder keeps the paper's linear embedding of the
+    one-hot grid. But a linear map cannot express conjunctions such as "the agent stands
+    on colour c" or "colour c lies two cells to the agent's left" (measured: with only
+    the linear embedding a small transformer never starts to use history on a CPU
+    budget). So the encoder adds conjunctions computed in a principled, shared way:
 
-        e_0 = W_out . sum_{i occupied} relu(E_code[code_i] + E_pos[i] + E_rel[i - agent])
-              + E_agent[agent] + b
+        e_0 = sum_cells E_grid[i, code_i]                      (the paper's linear embedding)
+            + E_under[code at the agent's cell]                 (what the agent stands on)
+            + W_out . sum_{i occupied} relu(E_code[code_i] + E_pos[i] + E_rel[i - agent]
+                                            + E_row[row offset] + E_col[col offset])
+            + b
 
-    Offset 0 is the agent's own cell, so "agent on colour c" is one feature. Empty cells
-    carry only geometry, which ``E_agent`` (where the agent is on the board) supplies;
-    skipping them makes the encoder 4x cheaper than a dense per-cell network.
+    The last term is an agent-centred shared network over each occupied cell (a colour
+    or a wall): its content, position and offset from the agent; the factorised row and
+    column offsets make "colour c is above me" easy to read. Empty cells carry only
+    geometry, which the linear term already gives; skipping them makes the encoder 4x
+    cheaper than a dense per-cell network.
     """
 
     def __init__(self, d_cell: int, d_model: int, grid: int = GRID_SIZE) -> None:
         super().__init__()
         self.grid = grid
         self.n_cells = grid * grid
+        self.max_occupied = N_COLOURS + N_WALLS
+        self.grid_embed = nn.Embedding(self.n_cells * N_CELL_CODES, d_model)
+        self.under_embed = nn.Embedding(N_CELL_CODES, d_model)
+        self.agent_embed = nn.Embedding(self.n_cells, d_model)
         self.code_embed = nn.Embedding(N_CELL_CODES, d_cell)
         self.pos_embed = nn.Embedding(self.n_cells, d_cell)
         self.rel_embed = nn.Embedding((2 * grid - 1) ** 2, d_cell)
-        self.agent_embed = nn.Embedding(self.n_cells, d_model)
+        self.row_embed = nn.Embedding(2 * grid - 1, d_cell)
+        self.col_embed = nn.Embedding(2 * grid - 1, d_cell)
         self.out = nn.Linear(d_cell, d_model)
         self.register_buffer("rel_index", _relative_index_table(grid), persistent=False)
-        for emb in (self.code_embed, self.rel_embed, self.pos_embed):
+        self.register_buffer("cell_base", torch.arange(self.n_cells) * N_CELL_CODES,
+                             persistent=False)
+        for emb in (self.code_embed, self.rel_embed, self.pos_embed, self.row_embed,
+                    self.col_embed):
             nn.init.normal_(emb.weight, std=0.5)
-        nn.init.normal_(self.agent_embed.weight, std=0.02)
+        for emb in (self.grid_embed, self.under_embed, self.agent_embed):
+            nn.init.normal_(emb.weight, std=0.02)
 
     def forward(self, obs: Int[Tensor, "batch pos obs"]) -> Float[Tensor, "batch pos d_model"]:
         codes = obs[..., : self.n_cells]  # [batch, pos, cells]
         agent = obs[..., self.n_cells]  # [batch, pos]
         occupied = codes != 0  # [batch, pos, cells]
-        k = int(occupied.sum(-1).max().item()) if codes.numel() else 0
-        # indices of the occupied cells first (stable: raster order), then the first k
+        # indices of the occupied cells first (stable: raster order), then the first k;
+        # a valid layout has exactly N_COLOURS + N_WALLS occupied cells
+        k = min(self.max_occupied, self.n_cells)
         cells = torch.argsort((~occupied).to(torch.uint8), dim=-1, stable=True)[..., :k]
         keep = torch.gather(occupied, -1, cells).unsqueeze(-1)  # [batch, pos, k, 1]
+        cell_codes = torch.gather(codes, -1, cells)  # [batch, pos, k]
         rel = torch.gather(self.rel_index[agent], -1, cells)  # [batch, pos, k]
-        h = (self.code_embed(torch.gather(codes, -1, cells)) + self.pos_embed(cells)
-             + self.rel_embed(rel))  # [batch, pos, k, d_cell]
+        span = 2 * self.grid - 1
+        h = (self.code_embed(cell_codes) + self.pos_embed(cells) + self.rel_embed(rel)
+             + self.row_embed(rel // span) + self.col_embed(rel % span))  # [b, p, k, d_cell]
         pooled = (torch.relu(h) * keep).sum(dim=-2)  # [batch, pos, d_cell]
-        return self.out(pooled) + self.agent_embed(agent)
+        # linear embedding of the one-hot grid: sum over occupied cells of E_grid[i, code]
+        linear = (self.grid_embed(self.cell_base[cells] + cell_codes) * keep).sum(-2)
+        under = torch.gather(codes, -1, agent.unsqueeze(-1)).squeeze(-1)  # [batch, pos]
+        return self.out(pooled) + linear + self.under_embed(under) + self.agent_embed(agent)
 
 
 class VectorObservationEncoder(nn.Module):

@@ -161,3 +161,13 @@ def controller_index_for_rows(
 ) -> Int[Tensor, " batch"]:
     """Clamp labels to controller indices: labels outside ``0..K-1`` (e.g. -1) mean no control."""
     return torch.where((labels >= 0) & (labels < n_controllers), labels, -1)
+
+
+def build_controller_bank(cfg: ControllerConfig, seed: int = 0) -> ControllerBank:
+    """A :class:`ControllerBank` with a reproducible initialisation (global RNG untouched)."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return ControllerBank(cfg)
+    finally:
+        torch.random.set_rng_state(state)

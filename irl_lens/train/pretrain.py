@@ -104,7 +104,7 @@ PRESETS: dict[str, tuple[BaseModelConfig, PretrainConfig]] = {
     # For tests: seconds on a CPU.
     "tiny": (
         BaseModelConfig(d_model=32, n_layers=2, n_heads=2, d_mlp=64, d_cell=16),
-        PretrainConfig(steps=40, tokens_per_batch=1024, lr=3e-3, warmup_steps=5,
+        PretrainConfig(steps=40, tokens_per_batch=1024, lr=1e-2, warmup_steps=5,
                        val_episodes=40, eval_every=20, checkpoint_every=20, rollout_episodes=32),
     ),
 }

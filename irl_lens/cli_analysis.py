@@ -1,0 +1,217 @@
+"""``irl-lens probe`` and ``irl-lens controllers``: read the residual stream, steer it by layer.
+
+Both commands read a base-model run folder and write their own folder (default: inside
+the run), with ``summary.json`` (flat keys), ``result.json`` (the analysis result, for the
+dashboard) and plotly HTML figures. :func:`register` adds them to the ``irl-lens`` app.
+
+The analyses live in the top-level ``analyses`` package, which depends on ``irl_lens``;
+they are imported inside the commands so that importing ``irl_lens`` never imports them.
+Errors the user can fix (``ValueError``, ``RunError``, ``DatasetError``) propagate and the
+entry point turns them into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+logger = logging.getLogger(__name__)
+
+
+
+class Device(str, Enum):
+    """Same choices as ``irl_lens.cli.Device`` (not imported: cli imports this module)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ControllerPreset(str, Enum):
+    quick = "quick"
+    paper = "paper"
+    tiny = "tiny"
+
+
+_DEVICE = typer.Option(help="auto, cpu or cuda.")
+_SEED = typer.Option(help="Seed; same seed, same numbers on a CPU.")
+
+
+def _device(device: Device) -> str:
+    from irl_lens.cli import resolve_device  # at call time: cli imports this module
+
+    return resolve_device(device.value)
+
+
+def _clean_data(data: Path | None, episodes: int, seed: int):
+    """``--data`` if given, else ``episodes`` fresh clean expert episodes (seeded)."""
+    from irl_lens.data.dataset import load_dataset
+    from irl_lens.data.generate import generate_gridworld
+
+    if data is not None:
+        return load_dataset(data), str(data)
+    logger.info("no --data: generating %d clean expert episodes (seed %d)", episodes, seed)
+    return generate_gridworld(episodes, split="clean", seed=seed), None
+
+
+def _fmt(v: float) -> str:
+    return "  nan" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}"
+
+
+def probe(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Base-model run folder.")],
+    data: Annotated[Path | None, typer.Option(
+        help="Dataset folder to probe on (default: fresh clean expert episodes).")] = None,
+    episodes: Annotated[int, typer.Option(
+        help="Episodes to use (80% fit the probes, 20% test them).", min=2)] = 2000,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/probe).")] = None,
+    checkpoints: Annotated[bool, typer.Option(
+        help="Also probe the run's checkpoints (accuracy by layer x training step).")] = True,
+    max_checkpoints: Annotated[int, typer.Option(
+        help="Probe at most this many checkpoints, evenly spaced.", min=1)] = 8,
+    seed: Annotated[int, _SEED] = 0,
+    device: Annotated[Device, _DEVICE] = Device.cpu,
+) -> None:
+    """Linear probes for the current subgoal at every layer 0..L (paper Fig 3, A1).
+
+    Prints held-out accuracy by layer; writes summary.json, result.json and
+    probe_accuracy.html, probe_belief.html (and probe_by_step.html with checkpoints).
+
+    Example: irl-lens probe runs/q/base --data runs/q/data-clean
+    """
+    from analyses import probes
+    from irl_lens import runs
+
+    dev = _device(device)
+    t0 = time.perf_counter()
+    ds, data_path = _clean_data(data, episodes, seed)
+    result = probes.probe_run(run, ds, n_episodes=episodes, checkpoints=checkpoints,
+                              max_checkpoints=max_checkpoints, seed=seed, device=dev,
+                              progress=True)
+    out = Path(out) if out is not None else Path(run) / "probe"
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_json(out / "config.json", {"kind": "probe", "version": runs.RUN_VERSION,
+                                          "run": str(run), "data": data_path,
+                                          "episodes": episodes, "seed": seed})
+    summary = probes.summary(result) | {"probe/seconds": time.perf_counter() - t0}
+    runs.write_json(out / "summary.json", summary)
+    runs.write_json(out / "result.json", dataclasses.asdict(result))
+    probes.accuracy_figure(result).write_html(out / "probe_accuracy.html")
+    probes.belief_figure(result).write_html(out / "probe_belief.html")
+    steps_fig = probes.steps_figure(result)
+    if steps_fig is not None:
+        steps_fig.write_html(out / "probe_by_step.html")
+
+    print(f"subgoal probes of {run} ({result.n_train} train / {result.n_test} test steps)")
+    print("  layer  accuracy  train  p(true)@start  p(true)@8+")
+    for layer, acc, tr, bel in zip(result.layers, result.accuracy, result.train_accuracy,
+                                   result.belief, strict=True):
+        late = [b for b in bel[8:] if b == b]
+        print(f"  {layer:>5}  {acc:8.3f}  {tr:5.3f}  {bel[0]:13.3f}  "
+              f"{_fmt(sum(late) / len(late) if late else float('nan')):>10}")
+    print(f"  majority class {result.chance:.3f}; best layer {result.best_layer}")
+    if result.checkpoint_steps:
+        print("  accuracy by training step (rows) and layer (columns):")
+        for step, accs in zip(result.checkpoint_steps, result.accuracy_by_step, strict=True):
+            print(f"  {step:>8}  " + "  ".join(f"{a:.3f}" for a in accs))
+    print(f"wrote {out}")
+
+
+def controllers(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Base-model run folder.")],
+    layers: Annotated[str, typer.Option(
+        help="Layers to control: all, or e.g. 0,2,4 or 1-3 (0..L).")] = "all",
+    task: Annotated[str, typer.Option(
+        help="Evaluation task: post (0-1-2-3-4-5-6-7-0-1-2-3) or colour pairs like "
+             "0-1-6-7.")] = "post",
+    data: Annotated[Path | None, typer.Option(
+        help="Clean dataset to train on (default: fresh clean expert episodes).")] = None,
+    data_episodes: Annotated[int, typer.Option(
+        help="Episodes to generate when --data is not given.", min=10)] = 5000,
+    episodes: Annotated[int, typer.Option(
+        help="Evaluation episodes per layer.", min=1)] = 1000,
+    preset: Annotated[ControllerPreset, typer.Option(
+        help="Training settings: quick (CPU), paper (C.3: lr 1e-3, 3200 steps), tiny.")
+    ] = ControllerPreset.quick,
+    steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
+    rank: Annotated[int | None, typer.Option(
+        help="Override the controllers' rank (default 16).", min=1)] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default RUN/controllers).")] = None,
+    eval_only: Annotated[bool, typer.Option(
+        help="Reuse the controllers already trained in --out; only evaluate.")] = False,
+    greedy: Annotated[bool, typer.Option(help="Greedy instead of sampled actions.")] = False,
+    seed: Annotated[int, _SEED] = 0,
+    device: Annotated[Device, _DEVICE] = Device.cpu,
+) -> None:
+    """Supervised controllers by layer on the post-training task (paper C.3, Fig 4).
+
+    Trains one low-rank controller per subgoal at each layer on clean data with the base
+    model frozen, then runs them on TASK (switching when a subgoal is done) next to the
+    uncontrolled base model. Writes weights, summary.json, result.json and
+    controllers_success.html.
+
+    Example: irl-lens controllers runs/q/base --layers 0,1,2,3,4 --task post
+    """
+    from analyses import controllability as ctl
+    from irl_lens import runs
+    from irl_lens.engine import pair_subgoals
+    from irl_lens.hooks import parse_layers
+    from irl_lens.models.base import load_base_model
+    from irl_lens.train import controllers as train_ctl
+
+    dev = _device(device)
+    pair_subgoals(task)  # validate before any work
+    n_layers = load_base_model(run).cfg.n_layers
+    layer_list = parse_layers(layers, n_layers)
+    out = Path(out) if out is not None else Path(run) / "controllers"
+    t0 = time.perf_counter()
+    val_nll: dict[int, float] = {}
+    base_nll = float("nan")
+    if eval_only:
+        _, _, config = train_ctl.load_controllers(out)
+        logger.info("reusing controllers in %s (layers %s)", out, config["layers"])
+    else:
+        cfg = train_ctl.PRESETS[preset.value]
+        over = {k: v for k, v in (("steps", steps), ("rank", rank)) if v is not None}
+        cfg = dataclasses.replace(cfg, **over, seed=seed)
+        ds, data_path = _clean_data(data, data_episodes, seed)
+        trained = train_ctl.train_supervised_controllers(
+            run, ds, out, layer_list, cfg, data_path=data_path, device=dev, progress=True)
+        val_nll = {r.layer: r.val_nll for r in trained}
+        base_nll = trained[0].base_val_nll
+    train_s = time.perf_counter() - t0
+    result = ctl.controllability(out, task=task, n_episodes=episodes, layers=layer_list,
+                                 seed=seed, greedy=greedy, device=dev, progress=True)
+    if val_nll:
+        result.val_nll = [val_nll[layer] for layer in result.layers]
+        result.base_val_nll = base_nll
+    summary = ctl.summary(result) | {"controllers/train_seconds": train_s,
+                                     "controllers/seconds": time.perf_counter() - t0}
+    runs.write_json(out / "summary.json", summary)
+    runs.write_json(out / "result.json", dataclasses.asdict(result))
+    ctl.success_figure(result).write_html(out / "controllers_success.html")
+
+    print(f"supervised controllers of {run} on task {result.task} "
+          f"({result.n_episodes} episodes per layer)")
+    print("  layer    success  subgoals  val NLL")
+    print(f"  base     {result.base_success:7.3f}  {result.base_completed_subgoals:8.2f}  "
+          f"{_fmt(result.base_val_nll):>7}")
+    for i, layer in enumerate(result.layers):
+        nll = result.val_nll[i] if result.val_nll else float("nan")
+        print(f"  {layer:<5}    {result.success[i]:7.3f}  {result.completed_subgoals[i]:8.2f}  "
+              f"{_fmt(nll):>7}")
+    print(f"  best layer {result.best_layer}; wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``probe`` and ``controllers`` to the ``irl-lens`` app."""
+    app.command(name="probe")(probe)
+    app.command(name="controllers")(controllers)

@@ -1,0 +1,264 @@
+"""Supervised controllers: one linear controller per subgoal, picked by the true label (paper C.3).
+
+For a layer ``l`` a :class:`~irl_lens.models.controller.ControllerBank` holds one
+controller ``U_g`` per abstract subgoal ``g``. On clean expert data, at every step the
+ground-truth label ``g_t`` picks ``U_{g_t}``, the frozen base model reads
+``e_t + U_{g_t} e_t`` at layer ``l`` (through :func:`irl_lens.hooks.intervene`), and only
+the controllers are trained, on the expert's action NLL:
+
+    L = sum_t -ln p(a_t | o_1:t, e_t,l <- e_t,l + U_{g_t} e_t,l)
+
+(the paper's metacontroller loss with ``z_t = onehot(g_t)`` and ``beta`` forced to 1; grid:
+low-rank 16, AdamW lr 1e-3, 3200 steps). Evaluation then runs the controllers in the
+order a task asks for in the rollout engine, switching on the env's report that the
+current subgoal is done (:class:`irl_lens.engine.GroundTruthSwitcher`); see
+:mod:`analyses.controllability`.
+
+A controllers folder (``kind = "supervised_controllers"``) holds ``config.json`` (base run,
+dataset, layers, training settings), ``layer_{l}.safetensors`` per layer and
+``metrics.jsonl``; :func:`load_controllers` rebuilds everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from irl_lens import runs
+from irl_lens.data.dataset import Batch, TrajectoryDataset, iterate_batches, make_batch
+from irl_lens.envs.pinpad import N_SUBGOALS
+from irl_lens.hooks import check_layer, intervene
+from irl_lens.models.base import ActionModel, load_base_model
+from irl_lens.models.controller import ControllerBank, ControllerConfig, build_controller_bank
+
+logger = logging.getLogger(__name__)
+
+KIND = "supervised_controllers"
+
+
+@dataclass
+class ControllerTrainConfig:
+    """How the supervised controllers of one layer are trained."""
+
+    rank: int | None = 16
+    """Rank of each ``U_g = B A``; ``None`` for full ``[d_model, d_model]`` matrices."""
+    steps: int = 3200
+    """AdamW steps per layer (paper: 3200)."""
+    lr: float = 1e-3
+    """AdamW learning rate (paper: 1e-3 for the grid)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    tokens_per_batch: int = 4096
+    """Padded steps per batch (length-bucketed episodes)."""
+    val_episodes: int = 200
+    """Clean episodes held out for the NLL comparison (controlled vs base)."""
+    log_every: int = 25
+    """Append a ``metrics.jsonl`` record every this many steps."""
+    seed: int = 0
+    """Seeds the controllers' initialisation and the data order."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "tokens_per_batch", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ControllerTrainConfig.{name}={getattr(self, name)!r} must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"ControllerTrainConfig.lr={self.lr!r} must be > 0")
+        if self.weight_decay < 0 or self.val_episodes < 0:
+            raise ValueError("ControllerTrainConfig.weight_decay and val_episodes must be >= 0")
+        if self.rank is not None and self.rank < 1:
+            raise ValueError(f"ControllerTrainConfig.rank={self.rank!r}: use >= 1 or None (full)")
+
+
+#: Named settings: ``paper`` follows C.3; ``quick`` fits the CPU (fewer, larger steps).
+PRESETS: dict[str, ControllerTrainConfig] = {
+    "paper": ControllerTrainConfig(steps=3200, lr=1e-3, tokens_per_batch=16384),
+    "quick": ControllerTrainConfig(steps=400, lr=3e-3, tokens_per_batch=4096),
+    "tiny": ControllerTrainConfig(steps=10, lr=3e-3, tokens_per_batch=1024, val_episodes=20,
+                                  log_every=5),
+}
+
+
+@contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Turn off gradients of every parameter of ``model`` inside the block, then restore."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def controlled_nll(
+    model: ActionModel, bank: ControllerBank | None, layer: int, batch: Batch
+) -> torch.Tensor:
+    """Mean action NLL over labelled steps, with ``U_{g_t}`` at ``layer`` (``bank=None``: base)."""
+    device = next(model.parameters()).device
+    labels = batch.subgoal.to(device)  # [batch, pos], -1 on padding
+    weight = batch.mask.to(device) * (labels >= 0)
+    if bank is None:
+        out = model(batch.obs.to(device))
+    else:
+        with intervene(model, layer, bank.select(labels)):
+            out = model(batch.obs.to(device))
+    logits = model.split(out).action_params  # [batch, pos, n_actions]
+    nll = F.cross_entropy(logits.flatten(0, 1), batch.action.to(device).flatten(),
+                          reduction="none").view_as(weight)
+    return (nll * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+@dataclass
+class LayerResult:
+    """One trained layer."""
+
+    layer: int
+    bank: ControllerBank
+    final_loss: float
+    val_nll: float
+    base_val_nll: float
+    seconds: float
+
+
+def train_layer(
+    model: ActionModel,
+    ds: TrajectoryDataset,
+    layer: int,
+    cfg: ControllerTrainConfig,
+    *,
+    train_episodes: np.ndarray,
+    val_episodes: np.ndarray,
+    metrics_path: Path | None = None,
+    progress: bool = True,
+) -> LayerResult:
+    """Train one controller per subgoal at ``layer`` with the base model frozen."""
+    layer = check_layer(layer, model.cfg.n_layers)
+    device = next(model.parameters()).device
+    bank = build_controller_bank(
+        ControllerConfig(model.cfg.d_model, N_SUBGOALS, rank=cfg.rank), seed=cfg.seed + layer
+    ).to(device)
+    opt = torch.optim.AdamW(bank.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_ds = ds.subset(train_episodes)
+    stream = iterate_batches(train_ds, cfg.tokens_per_batch, seed=cfg.seed)
+    t0 = time.perf_counter()
+    loss_ema = float("nan")
+    bar = tqdm(total=cfg.steps, desc=f"controllers l={layer}", unit="step", disable=not progress,
+               leave=False)
+    with frozen(model):
+        for step in range(1, cfg.steps + 1):
+            _, batch = next(stream)
+            loss = controlled_nll(model, bank, layer, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = loss.item()
+            loss_ema = value if loss_ema != loss_ema else 0.9 * loss_ema + 0.1 * value
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bar.set_postfix(nll=f"{loss_ema:.3f}")
+                if metrics_path is not None:
+                    runs.append_metrics(metrics_path, {"layer": layer, "step": step,
+                                                       "train/action_nll": value})
+        bar.close()
+        with torch.no_grad():
+            val_nll, base_nll = _val_nll(model, bank, layer, ds, val_episodes, cfg)
+    seconds = time.perf_counter() - t0
+    if metrics_path is not None:
+        runs.append_metrics(metrics_path, {"layer": layer, "step": cfg.steps,
+                                           "val/action_nll": val_nll,
+                                           "val/base_action_nll": base_nll})
+    logger.info("layer %d: val NLL %.4f (base %.4f) in %.0fs", layer, val_nll, base_nll, seconds)
+    return LayerResult(layer, bank.eval(), loss_ema, val_nll, base_nll, seconds)
+
+
+def _val_nll(model, bank, layer, ds, episodes, cfg) -> tuple[float, float]:
+    if len(episodes) == 0:
+        return float("nan"), float("nan")
+    tot_c = tot_b = n = 0.0
+    for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
+        batch = make_batch(ds, chunk)
+        w = float(((batch.mask > 0) & (batch.subgoal >= 0)).sum())
+        tot_c += controlled_nll(model, bank, layer, batch).item() * w
+        tot_b += controlled_nll(model, None, layer, batch).item() * w
+        n += w
+    return tot_c / n, tot_b / n
+
+
+def train_supervised_controllers(
+    run: str | Path,
+    ds: TrajectoryDataset,
+    out: str | Path,
+    layers: list[int],
+    cfg: ControllerTrainConfig,
+    *,
+    data_path: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[LayerResult]:
+    """Train controllers at each of ``layers`` on ``ds``; write the controllers folder ``out``."""
+    out = Path(out)
+    if ds.meta.get("obs_kind") != "grid" or ds.meta.get("action_kind") != "discrete":
+        raise ValueError("supervised controllers: the dataset must be a gridworld dataset")
+    if ds.meta.get("split") != "clean":
+        logger.warning("training controllers on a %r dataset; the paper uses clean (eps=0) data",
+                       ds.meta.get("split"))
+    model = load_base_model(run).to(device, print_details=False)
+    layers = [check_layer(layer, model.cfg.n_layers) for layer in layers]
+    if not layers:
+        raise ValueError("layers: give at least one layer")
+    if out.exists() and any(out.iterdir()):
+        raise runs.RunError(f"output folder {str(out)!r} is not empty; choose a new --out")
+    n_val = min(cfg.val_episodes, ds.n_episodes // 5)
+    idx = np.arange(ds.n_episodes)
+    train_eps, val_eps = idx[: ds.n_episodes - n_val], idx[ds.n_episodes - n_val:]
+    if len(train_eps) == 0:
+        raise ValueError(f"dataset has {ds.n_episodes} episodes; controllers need more")
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_json(out / "config.json", {
+        "kind": KIND, "version": runs.RUN_VERSION, "base_run": str(run), "data": data_path,
+        "layers": layers, "train": dataclasses.asdict(cfg),
+        "controller": ControllerConfig(model.cfg.d_model, N_SUBGOALS, rank=cfg.rank).to_dict(),
+    })
+    results = []
+    for layer in layers:
+        res = train_layer(model, ds, layer, cfg, train_episodes=train_eps, val_episodes=val_eps,
+                          metrics_path=out / "metrics.jsonl", progress=progress)
+        runs.save_weights(res.bank, out / f"layer_{layer}.safetensors")
+        results.append(res)
+    return results
+
+
+def load_controllers(
+    path: str | Path, device: str = "cpu"
+) -> tuple[ActionModel, dict[int, ControllerBank], dict]:
+    """Rebuild ``(base model, {layer: bank}, config)`` from a controllers folder."""
+    path = Path(path)
+    config = runs.read_json(path / "config.json", "controllers config")
+    if config.get("kind") != KIND:
+        raise runs.RunError(f"{path} is a {config.get('kind')!r} folder, not {KIND!r}")
+    try:
+        ccfg = ControllerConfig.from_dict(config["controller"])
+        layers = [int(v) for v in config["layers"]]
+        base_run = config["base_run"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise runs.RunError(f"{path}/config.json: bad controllers config ({e})") from None
+    if not Path(base_run).is_dir() and (path.parent / "model.safetensors").is_file():
+        base_run = path.parent  # the default layout RUN/controllers, moved with its run
+    model = load_base_model(base_run).to(device, print_details=False)
+    banks = {}
+    for layer in layers:
+        bank = ControllerBank(ccfg)
+        runs.load_weights(bank, path / f"layer_{layer}.safetensors")
+        banks[layer] = bank.to(device).eval()
+    return model, banks, config

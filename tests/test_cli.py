@@ -1,0 +1,79 @@
+"""The command line: the pipeline end to end on tiny settings, and bad input -> one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from irl_lens.cli import main
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_data_then_pretrain_tiny(tmp_path, capsys):
+    data = tmp_path / "data"
+    code, out, _ = _run(["-q", "data", "gridworld", "--episodes", "200", "--out", str(data),
+                         "--seed", "1"], capsys)
+    assert code == 0 and "episodes" in out
+    run = tmp_path / "run"
+    code, out, err = _run(["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny",
+                           "--steps", "20"], capsys)
+    assert code == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("eval/accuracy", "eval/ceiling", "eval/accuracy_second", "rollout/pair_completion",
+                "tokens_per_s"):
+        assert key in summary
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["steps"] == 20 and cfg["model"]["d_model"] == 32
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["data", "gridworld", "--out", "{tmp}/d", "--task", "0-9"], "colour 9"),
+        (["data", "gridworld", "--out", "{tmp}/d", "--split", "clean", "--eps", "0.2"], "clean"),
+        (["data", "gridworld", "--out", "{tmp}/d", "--eps", "1.5"], "eps"),
+        (["data", "mars", "--out", "{tmp}/d"], "mars"),
+        (["data", "gridworld", "--out", "{tmp}/d", "--episodes", "0"], "episodes"),
+        (["pretrain", "{tmp}/missing", "--out", "{tmp}/r"], "does not exist"),
+        (["pretrain", "{tmp}/garbage", "--out", "{tmp}/r"], "missing arrays.npz"),
+        (["pretrain", "{tmp}/garbage", "--out", "{tmp}/r", "--preset", "huge"], "huge"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, fragment):
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "meta.json").write_text("{}")
+    code, _, err = _run([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert fragment in err, err
+    assert "Traceback" not in err
+    assert len(lines) <= 3, err  # click usage errors print "Usage:" + a hint + the error
+    assert not (tmp_path / "d").exists() and not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_corrupt_checkpoint_resume(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert _run(["-q", "data", "gridworld", "--episodes", "100", "--out", str(data)], capsys)[0] == 0
+    run = tmp_path / "run"
+    code, _, err = _run(["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny",
+                         "--resume"], capsys)
+    assert code == 2 and "no checkpoint" in err
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "irl_lens.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for cmd in ("data", "pretrain", "bench"):
+        assert cmd in out
