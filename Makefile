@@ -40,6 +40,7 @@ demo: $(STAMP)
 	$(BIN)/irl-lens data gridworld --split pretrain --episodes 200000 --out $(DEMO_DIR)/data-pretrain --seed $(SEED)
 	$(BIN)/irl-lens data gridworld --split clean --episodes 20000 --out $(DEMO_DIR)/data-clean --seed $(SEED)
 	$(BIN)/irl-lens pretrain $(DEMO_DIR)/data-pretrain --out $(DEMO_DIR)/base --preset quick --seed $(SEED)
+	$(BIN)/irl-lens evaluate $(DEMO_DIR)/base --seed $(SEED)
 
 bench: $(STAMP)
 	$(BIN)/irl-lens bench

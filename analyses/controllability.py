@@ -24,7 +24,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irl_lens.engine import EngineRollout, GroundTruthSwitcher, RolloutEngine, pair_subgoals, seeded_env
+from irl_lens.engine import (
+    EngineRollout,
+    GroundTruthSwitcher,
+    RolloutEngine,
+    pair_subgoals,
+    seeded_env,
+)
 from irl_lens.envs.pinpad import format_task, parse_task
 from irl_lens.models.base import ActionModel
 from irl_lens.models.controller import ControllerBank
@@ -100,23 +106,31 @@ def controllability(
     wanted = sorted(banks) if layers is None else layers
     missing = [layer for layer in wanted if layer not in banks]
     if missing:
-        raise ValueError(f"layers {missing} have no trained controllers in {path} "
-                         f"(it has {sorted(banks)})")
-    base_ok, base_done = _episodes(model, model.cfg.n_layers, None, colours, n_episodes, seed,
-                                   greedy, n_envs)
+        raise ValueError(
+            f"layers {missing} have no trained controllers in {path} (it has {sorted(banks)})"
+        )
+    base_ok, base_done = _episodes(
+        model, model.cfg.n_layers, None, colours, n_episodes, seed, greedy, n_envs
+    )
     success, completed = [], []
     for layer in tqdm(wanted, desc="evaluate layers", disable=not progress):
-        ok, done = _episodes(model, layer, banks[layer], colours, n_episodes, seed, greedy,
-                             n_envs)
+        ok, done = _episodes(model, layer, banks[layer], colours, n_episodes, seed, greedy, n_envs)
         success.append(float(ok.mean()))
         completed.append(float(done.mean()))
-        logger.info("layer %d: success %.3f, subgoals %.2f / %d", layer, ok.mean(), done.mean(),
-                    n_subgoals)
+        logger.info(
+            "layer %d: success %.3f, subgoals %.2f / %d", layer, ok.mean(), done.mean(), n_subgoals
+        )
     return ControllabilityResult(
-        task=format_task(colours), n_layers=model.cfg.n_layers, layers=list(wanted),
-        success=success, completed_subgoals=completed, base_success=float(base_ok.mean()),
-        base_completed_subgoals=float(base_done.mean()), n_subgoals=n_subgoals,
-        n_episodes=n_episodes, greedy=greedy,
+        task=format_task(colours),
+        n_layers=model.cfg.n_layers,
+        layers=list(wanted),
+        success=success,
+        completed_subgoals=completed,
+        base_success=float(base_ok.mean()),
+        base_completed_subgoals=float(base_done.mean()),
+        n_subgoals=n_subgoals,
+        n_episodes=n_episodes,
+        greedy=greedy,
     )
 
 
@@ -145,19 +159,42 @@ def success_figure(result: ControllabilityResult):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        "success rate", f"subgoals completed (of {result.n_subgoals})"))
-    fig.add_trace(go.Bar(x=result.layers, y=result.success, name="controlled",
-                         marker_color="#1f77b4"), row=1, col=1)
-    fig.add_trace(go.Bar(x=result.layers, y=result.completed_subgoals, name="controlled",
-                         marker_color="#1f77b4", showlegend=False), row=1, col=2)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("success rate", f"subgoals completed (of {result.n_subgoals})"),
+    )
+    fig.add_trace(
+        go.Bar(x=result.layers, y=result.success, name="controlled", marker_color="#1f77b4"),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=result.layers,
+            y=result.completed_subgoals,
+            name="controlled",
+            marker_color="#1f77b4",
+            showlegend=False,
+        ),
+        row=1,
+        col=2,
+    )
     for col, value in ((1, result.base_success), (2, result.base_completed_subgoals)):
-        fig.add_hline(y=value, line_dash="dash", line_color="#d62728", row=1, col=col,
-                      annotation_text="base model" if col == 1 else None)
+        fig.add_hline(
+            y=value,
+            line_dash="dash",
+            line_color="#d62728",
+            row=1,
+            col=col,
+            annotation_text="base model" if col == 1 else None,
+        )
     fig.update_xaxes(title_text="controller layer l", dtick=1)
     fig.update_yaxes(range=[0, 1], row=1, col=1)
     fig.update_yaxes(range=[0, result.n_subgoals], row=1, col=2)
     mode = "greedy" if result.greedy else "sampled"
-    fig.update_layout(title=f"Supervised controllers on task {result.task} "
-                            f"({result.n_episodes} episodes per layer, {mode} actions)")
+    fig.update_layout(
+        title=f"Supervised controllers on task {result.task} "
+        f"({result.n_episodes} episodes per layer, {mode} actions)"
+    )
     return fig

@@ -86,8 +86,9 @@ def fit_softmax_probe(
     same at every layer. Deterministic on a CPU.
     """
     if x.ndim != 2 or y.shape != (x.shape[0],):
-        raise ValueError(f"probe data must be x [n, d] and y [n], got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
+        raise ValueError(
+            f"probe data must be x [n, d] and y [n], got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if len(y) == 0:
         raise ValueError("probe: no labelled steps to fit on")
     x = x.float()
@@ -96,9 +97,15 @@ def fit_softmax_probe(
     y = y.long()
     weight = torch.zeros(n_classes, x.shape[1], requires_grad=True)
     bias = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-6, tolerance_change=1e-9,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -154,7 +161,10 @@ def collect_residuals(
     lengths = ds.lengths[episodes]
     while start < len(episodes):  # consecutive chunks whose padded size fits the budget
         end = start + 1
-        while end < len(episodes) and (end - start + 1) * lengths[start:end + 1].max() <= tokens_per_batch:
+        while (
+            end < len(episodes)
+            and (end - start + 1) * lengths[start : end + 1].max() <= tokens_per_batch
+        ):
             end += 1
         chunks.append(episodes[start:end])
         start = end
@@ -175,7 +185,10 @@ def collect_residuals(
     t = np.concatenate(ts)
     return ResidualSet(
         resid={layer: torch.cat(p) for layer, p in parts.items()},
-        label=label, episode=episode, t=t, since=_steps_since_segment_start(episode, label),
+        label=label,
+        episode=episode,
+        t=t,
+        since=_steps_since_segment_start(episode, label),
     )
 
 
@@ -230,13 +243,13 @@ def _fit_layers(
     y_train = torch.from_numpy(train.label)
     y_test = torch.from_numpy(test.label)
     for layer in layers:
-        probe = fit_softmax_probe(train.resid[layer], y_train, N_SUBGOALS, l2=l2,
-                                  max_iter=max_iter)
+        probe = fit_softmax_probe(train.resid[layer], y_train, N_SUBGOALS, l2=l2, max_iter=max_iter)
         p = probe.predict_proba(test.resid[layer])  # [n_test, n_subgoals]
         probs[layer] = p
         acc.append(float((p.argmax(-1) == y_test).float().mean()))
-        train_acc.append(float((probe.logits(train.resid[layer]).argmax(-1) == y_train)
-                               .float().mean()))
+        train_acc.append(
+            float((probe.logits(train.resid[layer]).argmax(-1) == y_train).float().mean())
+        )
     return acc, train_acc, probs
 
 
@@ -253,8 +266,10 @@ def probe_model(
 ) -> ProbeResult:
     """Probes at every layer ``0..L`` of ``model`` on ``ds`` (split by episode with ``seed``)."""
     if ds.meta.get("obs_kind") != model.model_cfg.obs_kind:
-        raise ValueError(f"dataset obs_kind={ds.meta.get('obs_kind')!r} does not match the "
-                         f"model's {model.model_cfg.obs_kind!r}")
+        raise ValueError(
+            f"dataset obs_kind={ds.meta.get('obs_kind')!r} does not match the "
+            f"model's {model.model_cfg.obs_kind!r}"
+        )
     episodes = np.arange(ds.n_episodes) if episodes is None else np.asarray(episodes)
     train_eps, test_eps = _split_episodes(episodes, test_fraction, seed)
     layers = list(range(n_layers_of(model) + 1))
@@ -269,7 +284,9 @@ def probe_model(
     for layer in layers:
         p_true = probs[layer].gather(1, y[:, None])[:, 0].numpy()
         sums = np.bincount(since, weights=p_true, minlength=MAX_SINCE + 1)[:MAX_SINCE]
-        belief.append([float(s / c) if c else float("nan") for s, c in zip(sums, counts, strict=True)])
+        belief.append(
+            [float(s / c) if c else float("nan") for s, c in zip(sums, counts, strict=True)]
+        )
 
     best = layers[int(np.argmax(acc))]
     # the example: the longest test episode with at least two segments
@@ -281,11 +298,17 @@ def probe_model(
     sel = test.episode == example
     chance = float(np.bincount(test.label, minlength=N_SUBGOALS).max() / len(test.label))
     return ProbeResult(
-        layers=layers, accuracy=acc, train_accuracy=train_acc, chance=chance,
-        n_train=len(train.label), n_test=len(test.label), belief=belief,
+        layers=layers,
+        accuracy=acc,
+        train_accuracy=train_acc,
+        chance=chance,
+        n_train=len(train.label),
+        n_test=len(test.label),
+        belief=belief,
         belief_count=[int(c) for c in counts],
         example_probs=probs[best][torch.from_numpy(sel)].tolist(),
-        example_labels=[int(v) for v in test.label[sel]], example_layer=best,
+        example_labels=[int(v) for v in test.label[sel]],
+        example_layer=best,
     )
 
 
@@ -310,7 +333,7 @@ def probe_checkpoints(
     if max_checkpoints < 1 or not ckpts:
         return [], []
     if len(ckpts) > max_checkpoints:  # evenly spaced, always keeping the last
-        pick = np.unique(np.linspace(0, len(ckpts) - 1, max_checkpoints).round().astype(int))
+        pick = np.unique(np.linspace(len(ckpts) - 1, 0, max_checkpoints).round().astype(int))
         ckpts = [ckpts[i] for i in pick]
     episodes = np.arange(ds.n_episodes) if episodes is None else np.asarray(episodes)
     train_eps, test_eps = _split_episodes(episodes, test_fraction, seed)
@@ -347,8 +370,13 @@ def probe_run(
     result = probe_model(model, ds, episodes=episodes, seed=seed, progress=progress)
     if checkpoints:
         result.checkpoint_steps, result.accuracy_by_step = probe_checkpoints(
-            run, ds, episodes=episodes, max_checkpoints=max_checkpoints, seed=seed,
-            device=device, progress=progress,
+            run,
+            ds,
+            episodes=episodes,
+            max_checkpoints=max_checkpoints,
+            seed=seed,
+            device=device,
+            progress=progress,
         )
     return result
 
@@ -365,8 +393,9 @@ def summary(result: ProbeResult) -> dict[str, float]:
         "probe/n_train_steps": float(result.n_train),
         "probe/n_test_steps": float(result.n_test),
     }
-    for layer, acc, tr, bel in zip(result.layers, result.accuracy, result.train_accuracy,
-                                   result.belief, strict=True):
+    for layer, acc, tr, bel in zip(
+        result.layers, result.accuracy, result.train_accuracy, result.belief, strict=True
+    ):
         out[f"probe/accuracy_layer_{layer}"] = acc
         out[f"probe/train_accuracy_layer_{layer}"] = tr
         out[f"probe/belief_start_layer_{layer}"] = bel[0]
@@ -381,8 +410,12 @@ def summary(result: ProbeResult) -> dict[str, float]:
 
 def table_rows(result: ProbeResult) -> list[tuple[int, float, float, float]]:
     """``(layer, test accuracy, train accuracy, belief at segment start)`` per layer."""
-    return [(layer, acc, tr, bel[0]) for layer, acc, tr, bel in
-            zip(result.layers, result.accuracy, result.train_accuracy, result.belief, strict=True)]
+    return [
+        (layer, acc, tr, bel[0])
+        for layer, acc, tr, bel in zip(
+            result.layers, result.accuracy, result.train_accuracy, result.belief, strict=True
+        )
+    ]
 
 
 def accuracy_figure(result: ProbeResult):
@@ -390,14 +423,28 @@ def accuracy_figure(result: ProbeResult):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=result.layers, y=result.accuracy, mode="lines+markers",
-                             name="held-out accuracy"))
-    fig.add_trace(go.Scatter(x=result.layers, y=result.train_accuracy, mode="lines+markers",
-                             name="train accuracy", line={"dash": "dot"}))
+    fig.add_trace(
+        go.Scatter(
+            x=result.layers, y=result.accuracy, mode="lines+markers", name="held-out accuracy"
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=result.layers,
+            y=result.train_accuracy,
+            mode="lines+markers",
+            name="train accuracy",
+            line={"dash": "dot"},
+        )
+    )
     fig.add_hline(y=result.chance, line_dash="dash", annotation_text="majority class")
-    fig.update_layout(title="Linear probe for the current subgoal, by layer",
-                      xaxis_title="layer l (0 = before block 0)", yaxis_title="accuracy",
-                      yaxis_range=[0, 1], xaxis={"dtick": 1})
+    fig.update_layout(
+        title="Linear probe for the current subgoal, by layer",
+        xaxis_title="layer l (0 = before block 0)",
+        yaxis_title="accuracy",
+        yaxis_range=[0, 1],
+        xaxis={"dtick": 1},
+    )
     return fig
 
 
@@ -407,21 +454,38 @@ def belief_figure(result: ProbeResult):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        "mean p(true subgoal) within a segment",
-        f"example episode, layer {result.example_layer}"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            "mean p(true subgoal) within a segment",
+            f"example episode, layer {result.example_layer}",
+        ),
+    )
     since = list(range(MAX_SINCE))
     for layer, bel in zip(result.layers, result.belief, strict=True):
-        fig.add_trace(go.Scatter(x=since, y=bel, mode="lines+markers", name=f"layer {layer}"),
-                      row=1, col=1)
+        fig.add_trace(
+            go.Scatter(x=since, y=bel, mode="lines+markers", name=f"layer {layer}"), row=1, col=1
+        )
     probs = np.asarray(result.example_probs)
     t = list(range(len(result.example_labels)))
     for g in range(probs.shape[1] if probs.size else 0):
-        fig.add_trace(go.Scatter(x=t, y=probs[:, g], mode="lines", stackgroup="p",
-                                 name=f"p(subgoal {g})"), row=1, col=2)
-    fig.add_trace(go.Scatter(x=t, y=[(g + 0.5) / N_SUBGOALS for g in result.example_labels],
-                             mode="markers", marker={"color": "black", "size": 5},
-                             name="true subgoal (height = label)"), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(x=t, y=probs[:, g], mode="lines", stackgroup="p", name=f"p(subgoal {g})"),
+            row=1,
+            col=2,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=t,
+            y=[(g + 0.5) / N_SUBGOALS for g in result.example_labels],
+            mode="markers",
+            marker={"color": "black", "size": 5},
+            name="true subgoal (height = label)",
+        ),
+        row=1,
+        col=2,
+    )
     fig.update_xaxes(title_text="steps since segment start", row=1, col=1)
     fig.update_xaxes(title_text="step t", row=1, col=2)
     fig.update_yaxes(range=[0, 1])
@@ -435,10 +499,22 @@ def steps_figure(result: ProbeResult):
         return None
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Heatmap(
-        z=np.asarray(result.accuracy_by_step).T, x=[str(s) for s in result.checkpoint_steps],
-        y=result.layers, zmin=0, zmax=1, colorscale="Viridis",
-        colorbar={"title": "accuracy"}, texttemplate="%{z:.2f}"))
-    fig.update_layout(title="Probe accuracy by layer and training step",
-                      xaxis_title="training step", yaxis_title="layer", yaxis={"dtick": 1})
+    fig = go.Figure(
+        go.Heatmap(
+            z=np.asarray(result.accuracy_by_step).T,
+            x=[str(s) for s in result.checkpoint_steps],
+            y=result.layers,
+            zmin=0,
+            zmax=1,
+            colorscale="Viridis",
+            colorbar={"title": "accuracy"},
+            texttemplate="%{z:.2f}",
+        )
+    )
+    fig.update_layout(
+        title="Probe accuracy by layer and training step",
+        xaxis_title="training step",
+        yaxis_title="layer",
+        yaxis={"dtick": 1},
+    )
     return fig

@@ -50,7 +50,10 @@ def model_matmul_shapes(cfg, n_tokens: int, n_seqs: int, seq_len: int) -> list[t
     shapes: list[tuple] = [("mm", n_tokens, cfg.d_cell if cfg.obs_kind == "grid" else d, d)]
     for _ in range(cfg.n_layers):
         shapes += [("mm", n_tokens, d, d)] * 4  # W_Q, W_K, W_V, W_O
-        shapes += [("bmm", n_seqs * h, seq_len, dh, seq_len), ("bmm", n_seqs * h, seq_len, seq_len, dh)]
+        shapes += [
+            ("bmm", n_seqs * h, seq_len, dh, seq_len),
+            ("bmm", n_seqs * h, seq_len, seq_len, dh),
+        ]
         shapes += [("mm", n_tokens, d, cfg.d_mlp), ("mm", n_tokens, cfg.d_mlp, d)]
     shapes.append(("mm", n_tokens, d, cfg.n_action_outputs + cfg.n_obs_outputs))
     return shapes
@@ -71,8 +74,11 @@ def matmul_seconds(shapes: list[tuple], seconds: float) -> tuple[float, float]:
         else:
             _, bt, m, k, n = s
             a, b, g = torch.randn(bt, m, k), torch.randn(bt, k, n), torch.randn(bt, m, n)
-            ops += [(torch.bmm, a, b), (torch.bmm, g, b.transpose(1, 2)),
-                    (torch.bmm, a.transpose(1, 2), g)]
+            ops += [
+                (torch.bmm, a, b),
+                (torch.bmm, g, b.transpose(1, 2)),
+                (torch.bmm, a.transpose(1, 2), g),
+            ]
             flops += 3 * 2 * bt * m * k * n
 
     def run():
@@ -93,8 +99,12 @@ def pretrain_throughput(seconds: float, seed: int = 0) -> dict[str, float]:
     ds = generate_gridworld(4000, "pretrain", seed=seed, progress=False)
     model = build_model(model_cfg, seed=seed)
     opt = make_optimizer(model, train_cfg)
-    batches = [make_batch(ds, e) for e in bucketed_batches(
-        ds.lengths, train_cfg.tokens_per_batch, np.random.default_rng(seed))]
+    batches = [
+        make_batch(ds, e)
+        for e in bucketed_batches(
+            ds.lengths, train_cfg.tokens_per_batch, np.random.default_rng(seed)
+        )
+    ]
     _train_step(model, opt, batches[0], train_cfg, train_cfg.lr)  # warm-up
     tokens = padded = 0
     start = time.perf_counter()
@@ -130,7 +140,8 @@ def run_bench(seconds: float = 3.0, seed: int = 0) -> dict[str, float | str | in
 
     torch.manual_seed(seed)
     result: dict[str, float | str | int] = {
-        "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
     logger.info("timing the batched env")
@@ -145,8 +156,11 @@ def run_bench(seconds: float = 3.0, seed: int = 0) -> dict[str, float | str | in
     result["peak_gflops"] = peak_gflops(seconds=min(seconds, 2.0))
     result |= pretrain_throughput(seconds, seed)
     result["pretrain_peak_fraction"] = (
-        result["pretrain_tokens_per_s"] * result["pretrain_flops_per_token"] / 1e9
-        / result["peak_gflops"])
+        result["pretrain_tokens_per_s"]
+        * result["pretrain_flops_per_token"]
+        / 1e9
+        / result["peak_gflops"]
+    )
     try:  # the rollout engine, once it exists (probes/controllers issue)
         from irl_lens.engine import engine_benchmark
     except ImportError:

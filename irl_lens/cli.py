@@ -73,7 +73,9 @@ def resolve_device(device: Device | str) -> str:
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and results.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and results.")
+    ] = False,
 ) -> None:
     _STATE["debug"] = debug
     logging.basicConfig(
@@ -97,17 +99,23 @@ def data(
     env: Annotated[EnvName, typer.Argument(help="Environment: gridworld (ant: see its issue).")],
     out: Annotated[Path, typer.Option("--out", help="Output dataset folder (written atomically).")],
     split: Annotated[
-        Split, typer.Option(help="pretrain: expert data for the base model; clean: eps=0 "
-                                 "data for metacontroller / supervised controllers.")
+        Split,
+        typer.Option(
+            help="pretrain: expert data for the base model; clean: eps=0 "
+            "data for metacontroller / supervised controllers."
+        ),
     ] = Split.pretrain,
     episodes: Annotated[int, typer.Option(help="Number of episodes.", min=1)] = 100_000,
     eps: Annotated[
-        float | None, typer.Option(help="Expert noise: probability of a random non-terminating "
-                                        "action (pretrain only; default 0).")
+        float | None,
+        typer.Option(
+            help="Expert noise: probability of a random non-terminating "
+            "action (pretrain only; default 0)."
+        ),
     ] = None,
     task: Annotated[
-        str | None, typer.Option(help="Fixed task such as 0-1-2-3 or 'post' instead of the "
-                                      "Table A1 mix.")
+        str | None,
+        typer.Option(help="Fixed task such as 0-1-2-3 or 'post' instead of the Table A1 mix."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed; same seed, same dataset.")] = 0,
     n_envs: Annotated[int, typer.Option(help="Episodes simulated at once.", min=1)] = 4096,
@@ -121,29 +129,52 @@ def data(
     from irl_lens.data.generate import generate_gridworld
 
     t0 = time.perf_counter()
-    ds = generate_gridworld(episodes, split=split.value, seed=seed, eps=eps, task=task,
-                            n_envs=n_envs)
+    ds = generate_gridworld(
+        episodes, split=split.value, seed=seed, eps=eps, task=task, n_envs=n_envs
+    )
     gen_s = time.perf_counter() - t0
     ds.save(out)
-    _print_table({
-        "episodes": ds.n_episodes, "steps": ds.n_steps,
-        "mean_length": ds.meta["mean_length"], "expert_success": ds.meta["success_rate"],
-        "episodes_per_s": ds.n_episodes / gen_s,
-    }, title=f"wrote {out}")
+    _print_table(
+        {
+            "episodes": ds.n_episodes,
+            "steps": ds.n_steps,
+            "mean_length": ds.meta["mean_length"],
+            "expert_success": ds.meta["success_rate"],
+            "episodes_per_s": ds.n_episodes / gen_s,
+        },
+        title=f"wrote {out}",
+    )
 
 
 @app.command()
 def pretrain(
-    data_dir: Annotated[Path, typer.Argument(metavar="DATA", help="Dataset folder from `irl-lens data`.")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder to create (or continue with --resume).")],
-    preset: Annotated[Preset, typer.Option(help="quick: this CPU, ~10 min; paper: Table A4 sizes "
-                                                "for a GPU; tiny: seconds, for tests.")] = Preset.quick,
-    steps: Annotated[int | None, typer.Option(help="Override the preset's optimizer steps.", min=1)] = None,
-    n_layers: Annotated[int | None, typer.Option(help="Override the number of blocks L.", min=1)] = None,
+    data_dir: Annotated[
+        Path, typer.Argument(metavar="DATA", help="Dataset folder from `irl-lens data`.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder to create (or continue with --resume).")
+    ],
+    preset: Annotated[
+        Preset,
+        typer.Option(
+            help="quick: this CPU, ~10 min; paper: Table A4 sizes "
+            "for a GPU; tiny: seconds, for tests."
+        ),
+    ] = Preset.quick,
+    steps: Annotated[
+        int | None, typer.Option(help="Override the preset's optimizer steps.", min=1)
+    ] = None,
+    n_layers: Annotated[
+        int | None, typer.Option(help="Override the number of blocks L.", min=1)
+    ] = None,
     d_model: Annotated[int | None, typer.Option(help="Override the residual width.", min=8)] = None,
     lr: Annotated[float | None, typer.Option(help="Override the peak learning rate.")] = None,
-    obs_loss_weight: Annotated[float | None, typer.Option(help="Override lambda (next-observation loss weight).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint, exactly.")] = False,
+    obs_loss_weight: Annotated[
+        float | None, typer.Option(help="Override lambda (next-observation loss weight).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the run's last checkpoint, exactly.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seeds initialisation and data order.")] = 0,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device.cpu,
 ) -> None:
@@ -168,27 +199,89 @@ def pretrain(
         raise ValueError("--device: pretraining runs on cpu in this version")
     ds = load_dataset(data_dir)
     model_cfg, train_cfg = PRESETS[preset.value]
-    model_over = {k: v for k, v in (("n_layers", n_layers), ("d_model", d_model),
-                                    ("obs_loss_weight", obs_loss_weight)) if v is not None}
+    model_over = {
+        k: v
+        for k, v in (
+            ("n_layers", n_layers),
+            ("d_model", d_model),
+            ("obs_loss_weight", obs_loss_weight),
+        )
+        if v is not None
+    }
     train_over = {k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}
-    model_cfg = dataclasses.replace(model_cfg, **model_over,
-                                    obs_kind=ds.meta["obs_kind"],
-                                    obs_dim=int(ds.meta.get("obs_dim", model_cfg.obs_dim)),
-                                    action_kind=ds.meta["action_kind"],
-                                    n_actions=int(ds.meta["n_actions"]))
+    model_cfg = dataclasses.replace(
+        model_cfg,
+        **model_over,
+        obs_kind=ds.meta["obs_kind"],
+        obs_dim=int(ds.meta.get("obs_dim", model_cfg.obs_dim)),
+        action_kind=ds.meta["action_kind"],
+        n_actions=int(ds.meta["n_actions"]),
+    )
     train_cfg = dataclasses.replace(train_cfg, **train_over, seed=seed)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     result = run_pretrain(
-        ds, out, model_cfg, train_cfg, data_path=str(data_dir), preset=preset.value,
-        resume=resume, evaluate=make_evaluator(train_cfg.rollout_episodes, seed),
+        ds,
+        out,
+        model_cfg,
+        train_cfg,
+        data_path=str(data_dir),
+        preset=preset.value,
+        resume=resume,
+        evaluate=make_evaluator(train_cfg.rollout_episodes, seed),
     )
     wall = time.perf_counter() - t0
-    summary = {"steps": result.steps, "wall_seconds": wall,
-               "train_seconds": result.train_seconds,
-               "tokens_per_s": result.tokens_per_second, **result.final_eval}
+    summary = {
+        "steps": result.steps,
+        "wall_seconds": wall,
+        "train_seconds": result.train_seconds,
+        "tokens_per_s": result.tokens_per_second,
+        **result.final_eval,
+    }
     runs.write_json(out / "summary.json", summary)
     _print_table(summary, title=f"pretrained {out}")
+
+
+@app.command("evaluate")
+def evaluate_base(
+    run: Annotated[Path, typer.Argument(help="Base-model run folder from `irl-lens pretrain`.")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data", help="Held-out dataset (default: the run's own held-out episodes)."),
+    ] = None,
+    episodes: Annotated[int, typer.Option(help="Free-running episodes.", min=1)] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the free-running episodes.")] = 0,
+) -> None:
+    """Evaluate a base model: held-out accuracy vs the known-task ceiling (split into
+    first- and second-colour steps) and free-running pair completion. Updates
+    RUN/summary.json.
+
+    Example: irl-lens evaluate runs/q/base
+    """
+    import torch
+
+    from irl_lens import runs
+    from irl_lens.data.dataset import load_dataset
+    from irl_lens.models.base import load_base_model
+    from irl_lens.train.evaluate import free_running_metrics, heldout_metrics
+    from irl_lens.train.pretrain import split_train_val
+
+    model = load_base_model(run)
+    config = runs.read_json(run / "config.json", "run config")
+    if data_dir is not None:
+        ds = load_dataset(data_dir)
+    else:
+        if not config.get("data"):
+            raise ValueError(f"{run}: the config names no dataset; pass --data DIR")
+        ds = load_dataset(config["data"])
+        _, val = split_train_val(ds, int(config["train"]["val_episodes"]))
+        ds = ds.subset(val)
+    with torch.no_grad():
+        metrics = heldout_metrics(model, ds) | free_running_metrics(model, episodes, seed=seed)
+    summary_path = run / "summary.json"
+    summary = runs.read_json(summary_path, "summary") if summary_path.is_file() else {}
+    runs.write_json(summary_path, summary | metrics)
+    _print_table(metrics, title=f"evaluated {run} on {ds.n_episodes} held-out episodes")
 
 
 @app.command()
@@ -254,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
 
 if __name__ == "__main__":
     main()

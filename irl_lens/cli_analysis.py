@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import math
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,8 +25,7 @@ import typer
 logger = logging.getLogger(__name__)
 
 
-
-class Device(str, Enum):
+class Device(StrEnum):
     """Same choices as ``irl_lens.cli.Device`` (not imported: cli imports this module)."""
 
     auto = "auto"
@@ -34,7 +33,7 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class ControllerPreset(str, Enum):
+class ControllerPreset(StrEnum):
     quick = "quick"
     paper = "paper"
     tiny = "tiny"
@@ -67,15 +66,21 @@ def _fmt(v: float) -> str:
 
 def probe(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="Base-model run folder.")],
-    data: Annotated[Path | None, typer.Option(
-        help="Dataset folder to probe on (default: fresh clean expert episodes).")] = None,
-    episodes: Annotated[int, typer.Option(
-        help="Episodes to use (80% fit the probes, 20% test them).", min=2)] = 2000,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Dataset folder to probe on (default: fresh clean expert episodes)."),
+    ] = None,
+    episodes: Annotated[
+        int, typer.Option(help="Episodes to use (80% fit the probes, 20% test them).", min=2)
+    ] = 2000,
     out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/probe).")] = None,
-    checkpoints: Annotated[bool, typer.Option(
-        help="Also probe the run's checkpoints (accuracy by layer x training step).")] = True,
-    max_checkpoints: Annotated[int, typer.Option(
-        help="Probe at most this many checkpoints, evenly spaced.", min=1)] = 8,
+    checkpoints: Annotated[
+        bool,
+        typer.Option(help="Also probe the run's checkpoints (accuracy by layer x training step)."),
+    ] = True,
+    max_checkpoints: Annotated[
+        int, typer.Option(help="Probe at most this many checkpoints, evenly spaced.", min=1)
+    ] = 8,
     seed: Annotated[int, _SEED] = 0,
     device: Annotated[Device, _DEVICE] = Device.cpu,
 ) -> None:
@@ -92,14 +97,29 @@ def probe(
     dev = _device(device)
     t0 = time.perf_counter()
     ds, data_path = _clean_data(data, episodes, seed)
-    result = probes.probe_run(run, ds, n_episodes=episodes, checkpoints=checkpoints,
-                              max_checkpoints=max_checkpoints, seed=seed, device=dev,
-                              progress=True)
+    result = probes.probe_run(
+        run,
+        ds,
+        n_episodes=episodes,
+        checkpoints=checkpoints,
+        max_checkpoints=max_checkpoints,
+        seed=seed,
+        device=dev,
+        progress=True,
+    )
     out = Path(out) if out is not None else Path(run) / "probe"
     out.mkdir(parents=True, exist_ok=True)
-    runs.write_json(out / "config.json", {"kind": "probe", "version": runs.RUN_VERSION,
-                                          "run": str(run), "data": data_path,
-                                          "episodes": episodes, "seed": seed})
+    runs.write_json(
+        out / "config.json",
+        {
+            "kind": "probe",
+            "version": runs.RUN_VERSION,
+            "run": str(run),
+            "data": data_path,
+            "episodes": episodes,
+            "seed": seed,
+        },
+    )
     summary = probes.summary(result) | {"probe/seconds": time.perf_counter() - t0}
     runs.write_json(out / "summary.json", summary)
     runs.write_json(out / "result.json", dataclasses.asdict(result))
@@ -111,11 +131,14 @@ def probe(
 
     print(f"subgoal probes of {run} ({result.n_train} train / {result.n_test} test steps)")
     print("  layer  accuracy  train  p(true)@start  p(true)@8+")
-    for layer, acc, tr, bel in zip(result.layers, result.accuracy, result.train_accuracy,
-                                   result.belief, strict=True):
+    for layer, acc, tr, bel in zip(
+        result.layers, result.accuracy, result.train_accuracy, result.belief, strict=True
+    ):
         late = [b for b in bel[8:] if b == b]
-        print(f"  {layer:>5}  {acc:8.3f}  {tr:5.3f}  {bel[0]:13.3f}  "
-              f"{_fmt(sum(late) / len(late) if late else float('nan')):>10}")
+        print(
+            f"  {layer:>5}  {acc:8.3f}  {tr:5.3f}  {bel[0]:13.3f}  "
+            f"{_fmt(sum(late) / len(late) if late else float('nan')):>10}"
+        )
     print(f"  majority class {result.chance:.3f}; best layer {result.best_layer}")
     if result.checkpoint_steps:
         print("  accuracy by training step (rows) and layer (columns):")
@@ -126,27 +149,39 @@ def probe(
 
 def controllers(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="Base-model run folder.")],
-    layers: Annotated[str, typer.Option(
-        help="Layers to control: all, or e.g. 0,2,4 or 1-3 (0..L).")] = "all",
-    task: Annotated[str, typer.Option(
-        help="Evaluation task: post (0-1-2-3-4-5-6-7-0-1-2-3) or colour pairs like "
-             "0-1-6-7.")] = "post",
-    data: Annotated[Path | None, typer.Option(
-        help="Clean dataset to train on (default: fresh clean expert episodes).")] = None,
-    data_episodes: Annotated[int, typer.Option(
-        help="Episodes to generate when --data is not given.", min=10)] = 5000,
-    episodes: Annotated[int, typer.Option(
-        help="Evaluation episodes per layer.", min=1)] = 1000,
-    preset: Annotated[ControllerPreset, typer.Option(
-        help="Training settings: quick (CPU), paper (C.3: lr 1e-3, 3200 steps), tiny.")
+    layers: Annotated[
+        str, typer.Option(help="Layers to control: all, or e.g. 0,2,4 or 1-3 (0..L).")
+    ] = "all",
+    task: Annotated[
+        str,
+        typer.Option(
+            help="Evaluation task: post (0-1-2-3-4-5-6-7-0-1-2-3) or colour pairs like 0-1-6-7."
+        ),
+    ] = "post",
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Clean dataset to train on (default: fresh clean expert episodes)."),
+    ] = None,
+    data_episodes: Annotated[
+        int, typer.Option(help="Episodes to generate when --data is not given.", min=10)
+    ] = 5000,
+    episodes: Annotated[int, typer.Option(help="Evaluation episodes per layer.", min=1)] = 1000,
+    preset: Annotated[
+        ControllerPreset,
+        typer.Option(
+            help="Training settings: quick (CPU), paper (C.3: lr 1e-3, 3200 steps), tiny."
+        ),
     ] = ControllerPreset.quick,
     steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
-    rank: Annotated[int | None, typer.Option(
-        help="Override the controllers' rank (default 16).", min=1)] = None,
-    out: Annotated[Path | None, typer.Option(
-        help="Output folder (default RUN/controllers).")] = None,
-    eval_only: Annotated[bool, typer.Option(
-        help="Reuse the controllers already trained in --out; only evaluate.")] = False,
+    rank: Annotated[
+        int | None, typer.Option(help="Override the controllers' rank (default 16).", min=1)
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default RUN/controllers).")
+    ] = None,
+    eval_only: Annotated[
+        bool, typer.Option(help="Reuse the controllers already trained in --out; only evaluate.")
+    ] = False,
     greedy: Annotated[bool, typer.Option(help="Greedy instead of sampled actions.")] = False,
     seed: Annotated[int, _SEED] = 0,
     device: Annotated[Device, _DEVICE] = Device.cpu,
@@ -184,30 +219,47 @@ def controllers(
         cfg = dataclasses.replace(cfg, **over, seed=seed)
         ds, data_path = _clean_data(data, data_episodes, seed)
         trained = train_ctl.train_supervised_controllers(
-            run, ds, out, layer_list, cfg, data_path=data_path, device=dev, progress=True)
+            run, ds, out, layer_list, cfg, data_path=data_path, device=dev, progress=True
+        )
         val_nll = {r.layer: r.val_nll for r in trained}
         base_nll = trained[0].base_val_nll
     train_s = time.perf_counter() - t0
-    result = ctl.controllability(out, task=task, n_episodes=episodes, layers=layer_list,
-                                 seed=seed, greedy=greedy, device=dev, progress=True)
+    result = ctl.controllability(
+        out,
+        task=task,
+        n_episodes=episodes,
+        layers=layer_list,
+        seed=seed,
+        greedy=greedy,
+        device=dev,
+        progress=True,
+    )
     if val_nll:
         result.val_nll = [val_nll[layer] for layer in result.layers]
         result.base_val_nll = base_nll
-    summary = ctl.summary(result) | {"controllers/train_seconds": train_s,
-                                     "controllers/seconds": time.perf_counter() - t0}
+    summary = ctl.summary(result) | {
+        "controllers/train_seconds": train_s,
+        "controllers/seconds": time.perf_counter() - t0,
+    }
     runs.write_json(out / "summary.json", summary)
     runs.write_json(out / "result.json", dataclasses.asdict(result))
     ctl.success_figure(result).write_html(out / "controllers_success.html")
 
-    print(f"supervised controllers of {run} on task {result.task} "
-          f"({result.n_episodes} episodes per layer)")
+    print(
+        f"supervised controllers of {run} on task {result.task} "
+        f"({result.n_episodes} episodes per layer)"
+    )
     print("  layer    success  subgoals  val NLL")
-    print(f"  base     {result.base_success:7.3f}  {result.base_completed_subgoals:8.2f}  "
-          f"{_fmt(result.base_val_nll):>7}")
+    print(
+        f"  base     {result.base_success:7.3f}  {result.base_completed_subgoals:8.2f}  "
+        f"{_fmt(result.base_val_nll):>7}"
+    )
     for i, layer in enumerate(result.layers):
         nll = result.val_nll[i] if result.val_nll else float("nan")
-        print(f"  {layer:<5}    {result.success[i]:7.3f}  {result.completed_subgoals[i]:8.2f}  "
-              f"{_fmt(nll):>7}")
+        print(
+            f"  {layer:<5}    {result.success[i]:7.3f}  {result.completed_subgoals[i]:8.2f}  "
+            f"{_fmt(nll):>7}"
+        )
     print(f"  best layer {result.best_layer}; wrote {out}")
 
 

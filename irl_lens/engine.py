@@ -129,8 +129,10 @@ class _HookedStepper:
         device = next(model.parameters()).device
         n_heads = cfg.n_key_value_heads or cfg.n_heads
         self.model, self.layer = model, layer
-        self.entries = [_StaticKVEntry(n, max_len, n_heads, cfg.d_head, device, cfg.dtype)
-                        for _ in range(cfg.n_layers)]
+        self.entries = [
+            _StaticKVEntry(n, max_len, n_heads, cfg.d_head, device, cfg.dtype)
+            for _ in range(cfg.n_layers)
+        ]
 
     def __getitem__(self, i: int) -> _StaticKVEntry:  # the model indexes the cache by block
         return self.entries[i]
@@ -152,12 +154,21 @@ def _fast_path_problem(model: ActionModel) -> str | None:
 
     c = model.cfg
     wanted = {
-        "normalization_type": "LN", "positional_embedding_type": "rotary",
-        "rotary_adjacent_pairs": False, "use_attn_scale": True, "n_key_value_heads": None,
-        "parallel_attn_mlp": False, "attn_only": False, "gated_mlp": False,
-        "use_normalization_before_and_after": False, "original_architecture": None,
-        "use_local_attn": False, "use_attn_in": False, "use_split_qkv_input": False,
-        "use_qk_norm": False, "dtype": torch.float32,
+        "normalization_type": "LN",
+        "positional_embedding_type": "rotary",
+        "rotary_adjacent_pairs": False,
+        "use_attn_scale": True,
+        "n_key_value_heads": None,
+        "parallel_attn_mlp": False,
+        "attn_only": False,
+        "gated_mlp": False,
+        "use_normalization_before_and_after": False,
+        "original_architecture": None,
+        "use_local_attn": False,
+        "use_attn_in": False,
+        "use_split_qkv_input": False,
+        "use_qk_norm": False,
+        "dtype": torch.float32,
     }
     for key, value in wanted.items():
         if getattr(c, key, value) != value:
@@ -186,26 +197,34 @@ class _FastStepper:
         device = next(model.parameters()).device
         attn0 = model.blocks[0].attn
         if attn0.rotary_cos.shape[0] < max_len:
-            raise ValueError(f"rotary tables hold {attn0.rotary_cos.shape[0]} < {max_len} positions")
+            raise ValueError(
+                f"rotary tables hold {attn0.rotary_cos.shape[0]} < {max_len} positions"
+            )
         self.cos, self.sin = attn0.rotary_cos, attn0.rotary_sin  # [n_ctx, rotary_dim]
         self.blocks = []
         for block in model.blocks:
             a = block.attn
             w_qkv = torch.cat([a.W_Q, a.W_K, a.W_V], dim=0)  # [3 * n_heads, d_model, d_head]
-            self.blocks.append({
-                "ln1": (block.ln1.w, block.ln1.b), "ln2": (block.ln2.w, block.ln2.b),
-                # [3 * n_heads * d_head, d_model], as F.linear wants
-                "w_qkv": w_qkv.permute(0, 2, 1).reshape(-1, c.d_model).contiguous(),
-                "b_qkv": torch.cat([a.b_Q, a.b_K, a.b_V], dim=0).reshape(-1),
-                "w_o": a.W_O.reshape(-1, c.d_model).T.contiguous(),  # [d_model, n_heads*d_head]
-                "b_o": a.b_O, "scale": float(a.attn_scale),
-                "w_in": block.mlp.W_in.T.contiguous(), "b_in": block.mlp.b_in,
-                "w_out": block.mlp.W_out.T.contiguous(), "b_out": block.mlp.b_out,
-                "act": block.mlp.act_fn,
-                # rotated keys and values, [rows, n_heads, max_len, d_head]
-                "k": torch.empty(n, c.n_heads, max_len, c.d_head, device=device),
-                "v": torch.empty(n, c.n_heads, max_len, c.d_head, device=device),
-            })
+            self.blocks.append(
+                {
+                    "ln1": (block.ln1.w, block.ln1.b),
+                    "ln2": (block.ln2.w, block.ln2.b),
+                    # [3 * n_heads * d_head, d_model], as F.linear wants
+                    "w_qkv": w_qkv.permute(0, 2, 1).reshape(-1, c.d_model).contiguous(),
+                    "b_qkv": torch.cat([a.b_Q, a.b_K, a.b_V], dim=0).reshape(-1),
+                    "w_o": a.W_O.reshape(-1, c.d_model).T.contiguous(),  # [d_model, n_heads*d_head]
+                    "b_o": a.b_O,
+                    "scale": float(a.attn_scale),
+                    "w_in": block.mlp.W_in.T.contiguous(),
+                    "b_in": block.mlp.b_in,
+                    "w_out": block.mlp.W_out.T.contiguous(),
+                    "b_out": block.mlp.b_out,
+                    "act": block.mlp.act_fn,
+                    # rotated keys and values, [rows, n_heads, max_len, d_head]
+                    "k": torch.empty(n, c.n_heads, max_len, c.d_head, device=device),
+                    "v": torch.empty(n, c.n_heads, max_len, c.d_head, device=device),
+                }
+            )
         self.ln_final = (model.ln_final.w, model.ln_final.b)
         self.w_u, self.b_u = model.unembed.W_U.T.contiguous(), model.unembed.b_U
 
@@ -316,8 +335,9 @@ class EngineRollout:
         Padding steps repeat the last observed cell (their outputs are meaningless).
         """
         pos = np.where(self.agent_pos >= 0, self.agent_pos, self.final_agent_pos[:, None])
-        lay = np.broadcast_to(self.layout[:, None, :].astype(np.int64),
-                              (self.n_envs, self.n_steps, N_CELLS))
+        lay = np.broadcast_to(
+            self.layout[:, None, :].astype(np.int64), (self.n_envs, self.n_steps, N_CELLS)
+        )
         return torch.from_numpy(np.concatenate([lay, pos[..., None]], axis=-1))
 
     def entered(self) -> list[list[int]]:
@@ -370,8 +390,10 @@ class RolloutEngine:
         self.layer = n_layers // 2 if layer is None else check_layer(layer, n_layers)
         self.fast = fast
         if model.model_cfg.action_kind != "discrete":
-            raise ValueError("RolloutEngine steps the gridworld: the model must have "
-                             f"discrete actions, not {model.model_cfg.action_kind!r}")
+            raise ValueError(
+                "RolloutEngine steps the gridworld: the model must have "
+                f"discrete actions, not {model.model_cfg.action_kind!r}"
+            )
 
     @property
     def device(self) -> torch.device:
@@ -400,7 +422,8 @@ class RolloutEngine:
         """Run every live episode of ``env`` (already reset) to its end or ``max_steps``.
 
         Args:
-            env: the envs; those already done at the start are left out.
+            env: freshly reset envs; those already done at the start are left out
+                (length 0).
             controller_fn: called each step, see :class:`StepState`; ``None`` = base model.
             greedy: argmax actions instead of sampling.
             generator: a CPU ``torch.Generator`` for the action samples (same seed, same
@@ -415,8 +438,10 @@ class RolloutEngine:
             raise ValueError(f"max_steps={max_steps} must lie in 1..n_ctx={model.cfg.n_ctx}")
         t0 = time.perf_counter()
         n = env.n_envs
-        rec = {k: np.full((n, max_steps), -1, dtype=np.int64)
-               for k in ("agent_pos", "action", "subgoal", "target_colour", "n_done")}
+        rec = {
+            k: np.full((n, max_steps), -1, dtype=np.int64)
+            for k in ("agent_pos", "action", "subgoal", "target_colour", "n_done")
+        }
         logp_rec = np.zeros((n, max_steps), dtype=np.float32)
         reward = np.zeros((n, max_steps), dtype=np.float32)
         resid_rec = torch.zeros(n, max_steps, model.cfg.d_model) if record_resid else None
@@ -424,6 +449,13 @@ class RolloutEngine:
         logit_rec = torch.zeros(n, max_steps, n_out) if record_logits else None
 
         rows = np.flatnonzero(~env.done)  # env index of each batch row
+        if (env.t[rows] != 0).any():
+            raise ValueError(
+                "the engine starts episodes at position 0: reset the env's live "
+                "episodes first (env.reset / reset_done)"
+            )
+        started = np.zeros(n, dtype=bool)
+        started[rows] = True
         stepper = self._stepper(len(rows), max_steps)
         tok = obs_tokens(env, rows).to(device)  # [rows, 1, 50]; only the agent cell changes
         actions = np.zeros(n, dtype=np.int64)
@@ -474,12 +506,22 @@ class RolloutEngine:
             _, r, _, _, _ = env.step(actions)
             reward[:, t] = r
         return EngineRollout(
-            layer=layer, layout=env.layout.copy(), agent_pos=rec["agent_pos"],
-            action=rec["action"], action_logp=logp_rec, subgoal=rec["subgoal"],
-            target_colour=rec["target_colour"], n_done=rec["n_done"], reward=reward,
-            length=env.t.copy(), success=env.success.copy(),
-            final_agent_pos=env.agent_pos.copy(), final_n_done=env.n_done.copy(),
-            resid=resid_rec, logits=logit_rec, seconds=time.perf_counter() - t0,
+            layer=layer,
+            layout=env.layout.copy(),
+            agent_pos=rec["agent_pos"],
+            action=rec["action"],
+            action_logp=logp_rec,
+            subgoal=rec["subgoal"],
+            target_colour=rec["target_colour"],
+            n_done=rec["n_done"],
+            reward=reward,
+            length=np.where(started, env.t, 0),
+            success=env.success.copy(),
+            final_agent_pos=env.agent_pos.copy(),
+            final_n_done=env.n_done.copy(),
+            resid=resid_rec,
+            logits=logit_rec,
+            seconds=time.perf_counter() - t0,
         )
 
 
@@ -494,8 +536,10 @@ def pair_subgoals(task) -> list[int]:
     colours = parse_task(task)
     pairs = [colours[i : i + 2] for i in range(0, len(colours), 2)]
     if any(len(p) != 2 or p[0] % 2 or p[1] != p[0] + 1 for p in pairs):
-        raise ValueError(f"task={'-'.join(map(str, colours))!r} is not made of the colour pairs "
-                         "0-1, 2-3, 4-5, 6-7 (subgoal controllers need such a task)")
+        raise ValueError(
+            f"task={'-'.join(map(str, colours))!r} is not made of the colour pairs "
+            "0-1, 2-3, 4-5, 6-7 (subgoal controllers need such a task)"
+        )
     return [p[0] // 2 for p in pairs]
 
 
@@ -575,8 +619,9 @@ def engine_benchmark(
             bank.B.normal_(0, 0.01, generator=torch.Generator().manual_seed(seed))
         fn = GroundTruthSwitcher(bank.to(engine.device).select)
     generator = torch.Generator().manual_seed(seed)
-    engine.run(seeded_env(min(64, n_envs), seed=seed, stream=99), controller_fn=fn,
-               generator=generator)
+    engine.run(
+        seeded_env(min(64, n_envs), seed=seed, stream=99), controller_fn=fn, generator=generator
+    )
     episodes = steps = 0
     elapsed = 0.0
     batches = 0
@@ -595,5 +640,6 @@ def engine_benchmark(
         "engine/n_envs": float(n_envs),
         "engine/layer": float(engine.layer),
         "engine/controlled": float(controlled),
+        "engine/fast_path": float(_fast_path_problem(model) is None),
         "engine/seconds": elapsed,
     }

@@ -39,7 +39,8 @@ from contextlib import contextmanager
 
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.hook_points import HookedRootModule, HookPoint
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +57,20 @@ def n_layers_of(model: HookedRootModule) -> int:
         return int(cfg.n_layers)
     found = [int(m.group(1)) for name in model.hook_dict if (m := _RESID_PRE.match(name))]
     if not found:
-        raise ValueError(f"{type(model).__name__} has no 'blocks.{{l}}.hook_resid_pre' hooks; "
-                         "cannot address its residual stream")
+        raise ValueError(
+            f"{type(model).__name__} has no 'blocks.{{l}}.hook_resid_pre' hooks; "
+            "cannot address its residual stream"
+        )
     return max(found) + 1
 
 
 def check_layer(layer: int, n_layers: int) -> int:
     """Return ``layer`` as an int, or raise ``ValueError`` unless ``0 <= layer <= n_layers``."""
     if isinstance(layer, bool) or int(layer) != layer or not 0 <= int(layer) <= n_layers:
-        raise ValueError(f"layer={layer!r} is out of range; allowed: 0..{n_layers} "
-                         f"(0 = before the first block, {n_layers} = after the last)")
+        raise ValueError(
+            f"layer={layer!r} is out of range; allowed: 0..{n_layers} "
+            f"(0 = before the first block, {n_layers} = after the last)"
+        )
     return int(layer)
 
 
@@ -100,8 +105,10 @@ def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
             else:
                 items.append(int(text))
         except ValueError:
-            raise ValueError(f"layers={spec!r}: {text!r} is not a layer number or range "
-                             f"(write e.g. 0,2,4 or 1-3; allowed 0..{n_layers})") from None
+            raise ValueError(
+                f"layers={spec!r}: {text!r} is not a layer number or range "
+                f"(write e.g. 0,2,4 or 1-3; allowed 0..{n_layers})"
+            ) from None
     return sorted({check_layer(layer, n_layers) for layer in items})
 
 
@@ -145,8 +152,9 @@ def intervene(model: HookedRootModule, layer: int, controller: Controller) -> It
     def hook(e: Float[Tensor, "batch pos d_model"], hook: HookPoint) -> Tensor:
         out = controller(e)
         if out.shape != e.shape:
-            raise ValueError(f"controller at {name} returned shape {tuple(out.shape)}, "
-                             f"expected {tuple(e.shape)}")
+            raise ValueError(
+                f"controller at {name} returned shape {tuple(out.shape)}, expected {tuple(e.shape)}"
+            )
         return out
 
     with attach(model, name, hook):

@@ -54,12 +54,70 @@ def rollout_grid(
 ) -> GridRollout:
     """Run ``model`` as the policy in ``env`` (already reset) until every episode ends."""
     if max_steps > model.cfg.n_ctx:
-        raise ValueError(f"max_steps={max_steps} exceeds the model's context n_ctx={model.cfg.n_ctx}")
+        raise ValueError(
+            f"max_steps={max_steps} exceeds the model's context n_ctx={model.cfg.n_ctx}"
+        )
     ro = RolloutEngine(model, layer=model.cfg.n_layers).run(
         env, greedy=greedy, generator=generator, max_steps=max_steps
     )
     return GridRollout(
-        agent_pos=ro.agent_pos, action=ro.action, subgoal=ro.subgoal,
-        target_colour=ro.target_colour, reward=ro.reward, entered=ro.entered(),
-        length=ro.length, success=ro.success,
+        agent_pos=ro.agent_pos,
+        action=ro.action,
+        subgoal=ro.subgoal,
+        target_colour=ro.target_colour,
+        reward=ro.reward,
+        entered=ro.entered(),
+        length=ro.length,
+        success=ro.success,
     )
+
+
+@torch.no_grad()
+def free_run_grid(
+    model: ActionModel,
+    layouts: np.ndarray,
+    agent_pos: np.ndarray,
+    *,
+    max_colours: int = 6,
+    max_steps: int = MAX_STEPS,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Let the model walk freely (sampled actions) with no task enforced; return the
+    colours each episode entered, in order.
+
+    Nothing terminates an episode except entering ``max_colours`` colours (the length of
+    the pretraining tasks) or ``max_steps``: this reads the behaviour the model learned
+    by itself, e.g. whether entering 2k is followed by entering 2k+1, which a task-
+    enforcing env would cut short (the model cannot know which task a fresh episode has).
+    Movement follows the gridworld rules (walls and edges are no-ops).
+    """
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    from irl_lens.envs.gridworld import N_CELLS, NEXT_CELL, WALL
+
+    n = len(agent_pos)
+    device = next(model.parameters()).device
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, n)
+    layouts = np.asarray(layouts, dtype=np.int64)
+    pos = np.asarray(agent_pos, dtype=np.int64).copy()
+    rows = np.arange(n)
+    entered: list[list[int]] = [[] for _ in range(n)]
+    count = np.zeros(n, dtype=np.int64)
+    tok = np.empty((n, N_CELLS + 1), dtype=np.int64)
+    tok[:, :N_CELLS] = layouts
+    for _ in range(min(max_steps, model.cfg.n_ctx)):
+        if (count >= max_colours).all():
+            break
+        tok[:, N_CELLS] = pos
+        out = model(torch.from_numpy(tok)[:, None, :].to(device), past_kv_cache=cache)[:, -1]
+        probs = torch.softmax(model.split(out).action_params.float(), -1)
+        a = torch.multinomial(probs, 1, generator=generator)[:, 0].cpu().numpy()
+        dest = NEXT_CELL[pos, a]
+        code = layouts[rows, dest]
+        new = np.where(code == WALL, pos, dest)
+        is_colour = (new != pos) & (code >= 1) & (code <= 8) & (count < max_colours)
+        for i in np.flatnonzero(is_colour):
+            entered[i].append(int(code[i]) - 1)
+        count += is_colour
+        pos = new
+    return entered

@@ -3,7 +3,7 @@
 A run folder looks like::
 
     RUN/
-      config.json            {"kind": "base_model", "version": 1, "model": {...}, "train": {...}, ...}
+      config.json            {"kind": "base_model", "version": 1, "model": {...}, ...}
       model.safetensors      final weights
       metrics.jsonl          one JSON object per log step (namespaced keys: train/, eval/ ...)
       summary.json           final numbers (flat keys)
@@ -82,12 +82,16 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise RunError(f"{path}: weights do not match the config (missing {missing[:3]}, "
-                       f"unexpected {unexpected[:3]})")
+        raise RunError(
+            f"{path}: weights do not match the config (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
     for k, v in state.items():
         if v.shape != expected[k].shape:
-            raise RunError(f"{path}: '{k}' has shape {tuple(v.shape)}, the config builds "
-                           f"{tuple(expected[k].shape)}")
+            raise RunError(
+                f"{path}: '{k}' has shape {tuple(v.shape)}, the config builds "
+                f"{tuple(expected[k].shape)}"
+            )
     module.load_state_dict(state)
 
 

@@ -23,16 +23,24 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def test_data_then_pretrain_tiny(tmp_path, capsys):
     data = tmp_path / "data"
-    code, out, _ = _run(["-q", "data", "gridworld", "--episodes", "200", "--out", str(data),
-                         "--seed", "1"], capsys)
+    code, out, _ = _run(
+        ["-q", "data", "gridworld", "--episodes", "200", "--out", str(data), "--seed", "1"], capsys
+    )
     assert code == 0 and "episodes" in out
     run = tmp_path / "run"
-    code, out, err = _run(["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny",
-                           "--steps", "20"], capsys)
+    code, out, err = _run(
+        ["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny", "--steps", "20"],
+        capsys,
+    )
     assert code == 0, err
     summary = json.loads((run / "summary.json").read_text())
-    for key in ("eval/accuracy", "eval/ceiling", "eval/accuracy_second", "rollout/pair_completion",
-                "tokens_per_s"):
+    for key in (
+        "eval/accuracy",
+        "eval/ceiling",
+        "eval/accuracy_second",
+        "rollout/pair_completion",
+        "tokens_per_s",
+    ):
         assert key in summary
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["steps"] == 20 and cfg["model"]["d_model"] == 32
@@ -65,15 +73,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, fragment):
 
 def test_corrupt_checkpoint_resume(tmp_path, capsys):
     data = tmp_path / "data"
-    assert _run(["-q", "data", "gridworld", "--episodes", "100", "--out", str(data)], capsys)[0] == 0
+    assert (
+        _run(["-q", "data", "gridworld", "--episodes", "100", "--out", str(data)], capsys)[0] == 0
+    )
     run = tmp_path / "run"
-    code, _, err = _run(["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny",
-                         "--resume"], capsys)
+    code, _, err = _run(
+        ["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny", "--resume"], capsys
+    )
     assert code == 2 and "no checkpoint" in err
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "irl_lens.cli", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "irl_lens.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for cmd in ("data", "pretrain", "bench"):
         assert cmd in out

@@ -117,9 +117,11 @@ def test_make_batch_aligns_next_observation(tiny_dataset):
     for row, ep in enumerate([0, 5]):
         s, n = tiny_dataset.offsets[ep], tiny_dataset.lengths[ep]
         assert b.mask[row].sum() == n
-        np.testing.assert_array_equal(b.obs[row, :n, 49].numpy(), a["agent_pos"][s:s + n])
+        np.testing.assert_array_equal(b.obs[row, :n, 49].numpy(), a["agent_pos"][s : s + n])
         np.testing.assert_array_equal(b.obs[row, 0, :49].numpy(), a["layout"][ep])
-        np.testing.assert_array_equal(b.next_obs[row, : n - 1].numpy(), a["agent_pos"][s + 1:s + n])
+        np.testing.assert_array_equal(
+            b.next_obs[row, : n - 1].numpy(), a["agent_pos"][s + 1 : s + n]
+        )
         assert b.next_obs[row, n - 1] == a["final_agent_pos"][ep]
 
 
@@ -128,7 +130,9 @@ def test_subset_keeps_episodes(tiny_dataset):
     assert sub.n_episodes == 2
     np.testing.assert_array_equal(sub.arrays["layout"], tiny_dataset.arrays["layout"][[4, 2]])
     s, e = tiny_dataset.offsets[2], tiny_dataset.offsets[3]
-    np.testing.assert_array_equal(sub.arrays["action"][sub.offsets[1]:], tiny_dataset.arrays["action"][s:e])
+    np.testing.assert_array_equal(
+        sub.arrays["action"][sub.offsets[1] :], tiny_dataset.arrays["action"][s:e]
+    )
 
 
 def test_fixed_task_and_bad_arguments():

@@ -55,8 +55,13 @@ def test_run_with_cache_has_the_usual_hook_names(tiny_model, tiny_dataset):
     out, cache = tiny_model.run_with_cache(obs)
     assert isinstance(cache, ActivationCache)
     L = tiny_model.cfg.n_layers
-    for name in ["hook_obs_embed", "blocks.0.hook_resid_pre", f"blocks.{L - 1}.hook_resid_post",
-                 "blocks.0.attn.hook_pattern", "blocks.1.mlp.hook_post"]:
+    for name in [
+        "hook_obs_embed",
+        "blocks.0.hook_resid_pre",
+        f"blocks.{L - 1}.hook_resid_post",
+        "blocks.0.attn.hook_pattern",
+        "blocks.1.mlp.hook_post",
+    ]:
         assert name in cache, name
     torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], cache["hook_obs_embed"])
     torch.testing.assert_close(out, tiny_model(obs))
@@ -68,7 +73,8 @@ def test_hooks_can_edit_the_residual_stream(tiny_model, tiny_dataset):
     obs = _obs(tiny_dataset)
     clean = tiny_model(obs)
     zeroed = tiny_model.run_with_hooks(
-        obs, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: torch.zeros_like(x))])
+        obs, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: torch.zeros_like(x))]
+    )
     assert not torch.allclose(clean, zeroed)
     assert not any(hp._forward_hooks for hp in tiny_model.hook_dict.values())
 
@@ -87,8 +93,7 @@ def test_encoder_sees_what_lies_under_the_agent(tiny_model):
 def test_same_seed_same_weights():
     a, b = build_model(tiny_model_config(), seed=1), build_model(tiny_model_config(), seed=1)
     c = build_model(tiny_model_config(), seed=2)
-    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(),
-                               c.state_dict().values(), strict=True):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
     assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters(), strict=True))
 
@@ -101,8 +106,16 @@ def test_build_model_does_not_touch_global_rng():
     torch.testing.assert_close(torch.rand(3), expected)
 
 
-@pytest.mark.parametrize("field, value", [("d_model", 4), ("n_heads", 3), ("n_layers", 0),
-                                          ("obs_kind", "pixels"), ("obs_loss_weight", -1.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("d_model", 4),
+        ("n_heads", 3),
+        ("n_layers", 0),
+        ("obs_kind", "pixels"),
+        ("obs_loss_weight", -1.0),
+    ],
+)
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         BaseModelConfig(**{**tiny_model_config().to_dict(), field: value})

@@ -27,7 +27,10 @@ def test_tiny_pretraining_lowers_the_loss(tmp_path, tiny_dataset):
     assert nll[-1] < nll[0] - 0.1
     model = load_base_model(tmp_path / "run")
     assert [d.name for d in runs.checkpoint_dirs(tmp_path / "run")] == [
-        "step_00000020", "step_00000040", "step_00000060"]
+        "step_00000020",
+        "step_00000040",
+        "step_00000060",
+    ]
     first = load_base_model(tmp_path / "run", runs.checkpoint_dirs(tmp_path / "run")[0])
     assert not torch.equal(model.W_U, first.W_U)
 
@@ -35,11 +38,11 @@ def test_tiny_pretraining_lowers_the_loss(tmp_path, tiny_dataset):
 def test_resume_gives_the_same_weights(tmp_path, tiny_dataset):
     cfg = _cfg(steps=40, checkpoint_every=20)
     pretrain(tiny_dataset, tmp_path / "full", tiny_model_config(), cfg, progress=False)
-    pretrain(tiny_dataset, tmp_path / "cut", tiny_model_config(), cfg, progress=False,
-             stop_after=20)
+    pretrain(
+        tiny_dataset, tmp_path / "cut", tiny_model_config(), cfg, progress=False, stop_after=20
+    )
     assert not (tmp_path / "cut" / "model.safetensors").exists()
-    pretrain(tiny_dataset, tmp_path / "cut", tiny_model_config(), cfg, progress=False,
-             resume=True)
+    pretrain(tiny_dataset, tmp_path / "cut", tiny_model_config(), cfg, progress=False, resume=True)
     a, b = load_base_model(tmp_path / "full"), load_base_model(tmp_path / "cut")
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
@@ -51,8 +54,9 @@ def test_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path, tiny_datas
     with pytest.raises(runs.RunError, match="not empty"):
         pretrain(tiny_dataset, tmp_path / "run", tiny_model_config(), _cfg(), progress=False)
     with pytest.raises(runs.RunError, match="no checkpoint"):
-        pretrain(tiny_dataset, tmp_path / "new", tiny_model_config(), _cfg(), progress=False,
-                 resume=True)
+        pretrain(
+            tiny_dataset, tmp_path / "new", tiny_model_config(), _cfg(), progress=False, resume=True
+        )
 
 
 def test_ceiling_matches_the_expert_policy(tiny_dataset):

@@ -161,16 +161,22 @@ def _step_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def validate(meta: dict, arrays: dict[str, np.ndarray], where: str = "dataset") -> None:
     """Check the schema, dtypes and shapes; raise :class:`DatasetError` naming what is wrong."""
     if meta.get("format") != FORMAT_NAME:
-        raise DatasetError(f"{where}: meta.json 'format' is {meta.get('format')!r}, "
-                           f"expected {FORMAT_NAME!r}")
+        raise DatasetError(
+            f"{where}: meta.json 'format' is {meta.get('format')!r}, expected {FORMAT_NAME!r}"
+        )
     if meta.get("version") != FORMAT_VERSION:
-        raise DatasetError(f"{where}: format version {meta.get('version')!r} is not supported "
-                           f"(this irl_lens reads version {FORMAT_VERSION})")
-    for key, allowed in (("obs_kind", ("grid", "vector")),
-                         ("action_kind", ("discrete", "continuous"))):
+        raise DatasetError(
+            f"{where}: format version {meta.get('version')!r} is not supported "
+            f"(this irl_lens reads version {FORMAT_VERSION})"
+        )
+    for key, allowed in (
+        ("obs_kind", ("grid", "vector")),
+        ("action_kind", ("discrete", "continuous")),
+    ):
         if meta.get(key) not in allowed:
-            raise DatasetError(f"{where}: meta.json '{key}' is {meta.get(key)!r}; "
-                               f"allowed: {', '.join(allowed)}")
+            raise DatasetError(
+                f"{where}: meta.json '{key}' is {meta.get(key)!r}; allowed: {', '.join(allowed)}"
+            )
     schema = _schema(meta)
     missing = sorted(set(schema) - set(arrays))
     if missing:
@@ -188,15 +194,19 @@ def validate(meta: dict, arrays: dict[str, np.ndarray], where: str = "dataset") 
         if str(arr.dtype) != dtype:
             raise DatasetError(f"{where}: '{key}' has dtype {arr.dtype}, expected {dtype}")
         if arr.ndim != len(shape):
-            raise DatasetError(f"{where}: '{key}' has {arr.ndim} dims, expected {len(shape)} "
-                               f"({' x '.join(shape)})")
+            raise DatasetError(
+                f"{where}: '{key}' has {arr.ndim} dims, expected {len(shape)} ({' x '.join(shape)})"
+            )
         for dim, sym in zip(arr.shape, shape, strict=True):
             if sym in sizes and dim != sizes[sym]:
-                raise DatasetError(f"{where}: '{key}' has shape {arr.shape}, expected "
-                                   f"{' x '.join(shape)} with {sym}={sizes[sym]}")
+                raise DatasetError(
+                    f"{where}: '{key}' has shape {arr.shape}, expected "
+                    f"{' x '.join(shape)} with {sym}={sizes[sym]}"
+                )
     if meta.get("n_episodes") not in (None, sizes["N"]):
-        raise DatasetError(f"{where}: meta says {meta['n_episodes']} episodes, arrays hold "
-                           f"{sizes['N']}")
+        raise DatasetError(
+            f"{where}: meta says {meta['n_episodes']} episodes, arrays hold {sizes['N']}"
+        )
     if meta["obs_kind"] == "grid":
         if arrays["layout"].max(initial=0) > 9 or arrays["agent_pos"].max(initial=0) >= N_CELLS:
             raise DatasetError(f"{where}: grid cell codes or agent cells out of range")
@@ -206,8 +216,10 @@ def load_dataset(path: str | Path) -> TrajectoryDataset:
     """Load and validate a dataset folder written by :meth:`TrajectoryDataset.save`."""
     path = Path(path)
     if not path.is_dir():
-        raise DatasetError(f"dataset folder {str(path)!r} does not exist "
-                           "(make one with `irl-lens data gridworld --out DIR`)")
+        raise DatasetError(
+            f"dataset folder {str(path)!r} does not exist "
+            "(make one with `irl-lens data gridworld --out DIR`)"
+        )
     meta_path, arr_path = path / "meta.json", path / "arrays.npz"
     for p in (meta_path, arr_path):
         if not p.is_file():
@@ -215,15 +227,18 @@ def load_dataset(path: str | Path) -> TrajectoryDataset:
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{meta_path}: not valid JSON ({e.msg if hasattr(e, 'msg') else e})")
+        raise DatasetError(
+            f"{meta_path}: not valid JSON ({e.msg if hasattr(e, 'msg') else e})"
+        ) from None
     if not isinstance(meta, dict):
         raise DatasetError(f"{meta_path}: expected a JSON object")
     try:
         with np.load(arr_path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:  # zipfile.BadZipFile, ValueError, OSError, EOFError ...
-        raise DatasetError(f"{arr_path}: cannot be read as a numpy .npz archive "
-                           f"({type(e).__name__}: {e})") from None
+        raise DatasetError(
+            f"{arr_path}: cannot be read as a numpy .npz archive ({type(e).__name__}: {e})"
+        ) from None
     validate(meta, arrays, where=str(path))
     return TrajectoryDataset(meta, arrays)
 
@@ -261,8 +276,12 @@ def make_batch(ds: TrajectoryDataset, episodes: np.ndarray) -> Batch:
         agent = a["agent_pos"][idx].astype(np.int64)  # [batch, pos]
         layout = a["layout"][episodes].astype(np.int64)  # [batch, 49]
         obs = np.concatenate(
-            [np.broadcast_to(layout[:, None, :], (len(episodes), n_pos, N_CELLS)),
-             agent[..., None]], axis=-1)
+            [
+                np.broadcast_to(layout[:, None, :], (len(episodes), n_pos, N_CELLS)),
+                agent[..., None],
+            ],
+            axis=-1,
+        )
         nxt = a["agent_pos"][np.minimum(idx + 1, ds.n_steps - 1)].astype(np.int64)
         nxt = np.where(last, a["final_agent_pos"][episodes][:, None], nxt)
         obs_t = torch.from_numpy(obs)

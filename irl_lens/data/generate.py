@@ -63,7 +63,9 @@ def generate_gridworld(
         raise ValueError(f"episodes={n_episodes} must be >= 1")
     eps = 0.0 if eps is None else float(eps)
     if split == "clean" and eps != 0.0:
-        raise ValueError(f"eps={eps} is not allowed for the clean split (it is eps=0 by definition)")
+        raise ValueError(
+            f"eps={eps} is not allowed for the clean split (it is eps=0 by definition)"
+        )
     fixed_task = parse_task(task) if task is not None else None
     n_envs = max(1, min(n_envs, n_episodes))
 
@@ -114,18 +116,30 @@ def _run_chunk(env: BatchedGridPinpad, expert: GridExpert, rng: np.random.Genera
         action[:, t] = a
         env.step(a)
     return {
-        "agent": agent, "action": action, "subgoal": subgoal, "target": target,
-        "length": env.t.copy(), "success": env.success.copy(), "layout": layout,
-        "final_agent_pos": env.agent_pos.astype(np.uint8), "task": tasks, "task_len": task_len,
+        "agent": agent,
+        "action": action,
+        "subgoal": subgoal,
+        "target": target,
+        "length": env.t.copy(),
+        "success": env.success.copy(),
+        "layout": layout,
+        "final_agent_pos": env.agent_pos.astype(np.uint8),
+        "task": tasks,
+        "task_len": task_len,
     }
 
 
-def _assemble(chunks: list[dict], *, split: str, seed: int, eps: float, fixed_task) -> TrajectoryDataset:
+def _assemble(
+    chunks: list[dict], *, split: str, seed: int, eps: float, fixed_task
+) -> TrajectoryDataset:
     cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "task"}
     max_task = max(c["task"].shape[1] for c in chunks)
-    task = np.concatenate([
-        np.pad(c["task"], ((0, 0), (0, max_task - c["task"].shape[1])), constant_values=-1)
-        for c in chunks])
+    task = np.concatenate(
+        [
+            np.pad(c["task"], ((0, 0), (0, max_task - c["task"].shape[1])), constant_values=-1)
+            for c in chunks
+        ]
+    )
     lengths = cat["length"].astype(np.int64)
     valid = np.arange(MAX_STEPS)[None, :] < lengths[:, None]  # [episodes, MAX_STEPS]
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""The base action model: a TransformerLens ``HookedTransformer`` fed by our own observation encoder.
+"""The base action model: a TransformerLens ``HookedTransformer`` fed by our observation encoder.
 
 One timestep is one position (paper, Section 2). The model reads observations
 ``o_1:t`` and predicts ``p(a_t | o_1:t)`` and ``p(o_t+1 | o_1:t)``; actions are not fed
@@ -74,7 +74,7 @@ class BaseModelConfig:
     """Hidden width of each block's MLP."""
     n_ctx: int = 100
     """Longest sequence (episode) the model accepts."""
-    d_cell: int = 64
+    d_cell: int = 16
     """Width of the per-cell network in the gridworld encoder."""
     obs_loss_weight: float = 0.01
     """lambda in the loss ``-ln p(a_t|o_1:t) - lambda ln p(o_t+1|o_1:t)``."""
@@ -142,22 +142,22 @@ class GridObservationEncoder(nn.Module):
 
     The observation carries exactly the paper's information (what occupies every cell,
     and where the agent is), and the encoder keeps the paper's linear embedding of the
-    one-hot grid. But a linear map cannot express conjunctions such as "the agent stands
-    on colour c" or "colour c lies two cells to the agent's left" (measured: with only
-    the linear embedding a small transformer never starts to use history on a CPU
-    budget). So the encoder adds conjunctions computed in a principled, shared way:
+    one-hot grid. But a linear map cannot express the conjunctions the policy needs,
+    such as "the agent stands on colour c" or "colour c lies up and to the left"
+    (measured: with only the linear embedding, a small transformer never starts to use
+    history on a CPU budget; with conjunctions summed into one shared vector it learns
+    them, but slowly, because reading "the direction of colour X" for a target X known
+    only at run time must undo that superposition). So the encoder adds:
 
-        e_0 = sum_cells E_grid[i, code_i]                      (the paper's linear embedding)
-            + E_under[code at the agent's cell]                 (what the agent stands on)
-            + W_out . sum_{i occupied} relu(E_code[code_i] + E_pos[i] + E_rel[i - agent]
-                                            + E_row[row offset] + E_col[col offset])
-            + b
+    * one *slot* per colour c: a shared network over the offset of colour c's cell from
+      the agent, ``relu(E_code[c] + E_rel[offset] + E_row[d_row] + E_col[d_col])``,
+      written to its own ``d_cell``-wide slot (colours are unique on a board, so the slot
+      is the object's identity, not added information);
+    * one slot for the walls: the same network summed over the wall cells;
+    * what the agent stands on, ``E_under[code at the agent's cell]``, and where it is.
 
-    The last term is an agent-centred shared network over each occupied cell (a colour
-    or a wall): its content, position and offset from the agent; the factorised row and
-    column offsets make "colour c is above me" easy to read. Empty cells carry only
-    geometry, which the linear term already gives; skipping them makes the encoder 4x
-    cheaper than a dense per-cell network.
+        e_0 = sum_cells E_grid[i, code_i] + E_under[under] + E_agent[agent]
+              + W_out . concat(slot_0, ..., slot_7, slot_walls) + b
     """
 
     def __init__(self, d_cell: int, d_model: int, grid: int = GRID_SIZE) -> None:
@@ -169,39 +169,51 @@ class GridObservationEncoder(nn.Module):
         self.under_embed = nn.Embedding(N_CELL_CODES, d_model)
         self.agent_embed = nn.Embedding(self.n_cells, d_model)
         self.code_embed = nn.Embedding(N_CELL_CODES, d_cell)
-        self.pos_embed = nn.Embedding(self.n_cells, d_cell)
         self.rel_embed = nn.Embedding((2 * grid - 1) ** 2, d_cell)
         self.row_embed = nn.Embedding(2 * grid - 1, d_cell)
         self.col_embed = nn.Embedding(2 * grid - 1, d_cell)
-        self.out = nn.Linear(d_cell, d_model)
+        self.out = nn.Linear((N_COLOURS + 1) * d_cell, d_model)
         self.register_buffer("rel_index", _relative_index_table(grid), persistent=False)
-        self.register_buffer("cell_base", torch.arange(self.n_cells) * N_CELL_CODES,
-                             persistent=False)
-        for emb in (self.code_embed, self.rel_embed, self.pos_embed, self.row_embed,
-                    self.col_embed):
+        self.register_buffer(
+            "cell_base", torch.arange(self.n_cells) * N_CELL_CODES, persistent=False
+        )
+        for emb in (self.code_embed, self.rel_embed, self.row_embed, self.col_embed):
             nn.init.normal_(emb.weight, std=0.5)
         for emb in (self.grid_embed, self.under_embed, self.agent_embed):
             nn.init.normal_(emb.weight, std=0.02)
+
+    def _object_features(self, codes: Tensor, rel: Tensor) -> Tensor:
+        span = 2 * self.grid - 1
+        return torch.relu(
+            self.code_embed(codes)
+            + self.rel_embed(rel)
+            + self.row_embed(rel // span)
+            + self.col_embed(rel % span)
+        )
 
     def forward(self, obs: Int[Tensor, "batch pos obs"]) -> Float[Tensor, "batch pos d_model"]:
         codes = obs[..., : self.n_cells]  # [batch, pos, cells]
         agent = obs[..., self.n_cells]  # [batch, pos]
         occupied = codes != 0  # [batch, pos, cells]
-        # indices of the occupied cells first (stable: raster order), then the first k;
-        # a valid layout has exactly N_COLOURS + N_WALLS occupied cells
-        k = min(self.max_occupied, self.n_cells)
-        cells = torch.argsort((~occupied).to(torch.uint8), dim=-1, stable=True)[..., :k]
+        # the occupied cells first (stable: raster order); a valid layout has exactly
+        # N_COLOURS + N_WALLS of them
+        cells = torch.argsort((~occupied).to(torch.uint8), dim=-1, stable=True)
+        cells = cells[..., : self.max_occupied]  # [batch, pos, k]
         keep = torch.gather(occupied, -1, cells).unsqueeze(-1)  # [batch, pos, k, 1]
-        cell_codes = torch.gather(codes, -1, cells)  # [batch, pos, k]
+        obj_codes = torch.gather(codes, -1, cells)  # [batch, pos, k]
         rel = torch.gather(self.rel_index[agent], -1, cells)  # [batch, pos, k]
-        span = 2 * self.grid - 1
-        h = (self.code_embed(cell_codes) + self.pos_embed(cells) + self.rel_embed(rel)
-             + self.row_embed(rel // span) + self.col_embed(rel % span))  # [b, p, k, d_cell]
-        pooled = (torch.relu(h) * keep).sum(dim=-2)  # [batch, pos, d_cell]
-        # linear embedding of the one-hot grid: sum over occupied cells of E_grid[i, code]
-        linear = (self.grid_embed(self.cell_base[cells] + cell_codes) * keep).sum(-2)
+        feats = self._object_features(obj_codes, rel) * keep  # [batch, pos, k, d_cell]
+        # slot of an object: colour c -> c, every wall -> the shared last slot
+        slot = (obj_codes - 1).clamp(0, N_COLOURS)  # [batch, pos, k]
+        slots = feats.new_zeros(*feats.shape[:-2], N_COLOURS + 1, feats.shape[-1])
+        slots.scatter_add_(-2, slot.unsqueeze(-1).expand_as(feats), feats)
+        # the paper's linear embedding of the one-hot grid; empty cells only add a
+        # constant, absorbed by the bias, so summing the occupied cells is the same map
+        linear = (self.grid_embed(self.cell_base[cells] + obj_codes) * keep).sum(-2)
         under = torch.gather(codes, -1, agent.unsqueeze(-1)).squeeze(-1)  # [batch, pos]
-        return self.out(pooled) + linear + self.under_embed(under) + self.agent_embed(agent)
+        return (
+            self.out(slots.flatten(-2)) + linear + self.under_embed(under) + self.agent_embed(agent)
+        )
 
 
 class VectorObservationEncoder(nn.Module):
@@ -209,7 +221,9 @@ class VectorObservationEncoder(nn.Module):
 
     def __init__(self, obs_dim: int, d_model: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(obs_dim, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, d_model), nn.ReLU(), nn.Linear(d_model, d_model)
+        )
 
     def forward(self, obs: Float[Tensor, "batch pos obs"]) -> Float[Tensor, "batch pos d_model"]:
         return self.net(obs)
@@ -364,8 +378,10 @@ def load_base_model(run: str | Path, checkpoint: str | Path | None = None) -> Ac
     model = ActionModel(cfg)
     weights = Path(checkpoint) / "model.safetensors" if checkpoint else run / "model.safetensors"
     if not weights.is_file() and checkpoint is None:
-        raise runs.RunError(f"{run} has no model.safetensors (training did not finish; "
-                            "continue it with `irl-lens pretrain DATA --out RUN --resume`)")
+        raise runs.RunError(
+            f"{run} has no model.safetensors (training did not finish; "
+            "continue it with `irl-lens pretrain DATA --out RUN --resume`)"
+        )
     runs.load_weights(model, weights)
     model.eval()
     return model

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookedRootModule, HookPoint
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ class ControllerConfig:
         if self.n_controllers < 1:
             raise ValueError(f"ControllerConfig.n_controllers={self.n_controllers!r} must be >= 1")
         if self.rank is not None and not 1 <= self.rank <= self.d_model:
-            raise ValueError(f"ControllerConfig.rank={self.rank!r}: use 1..d_model "
-                             f"({self.d_model}) or None for a full matrix")
+            raise ValueError(
+                f"ControllerConfig.rank={self.rank!r}: use 1..d_model "
+                f"({self.d_model}) or None for a full matrix"
+            )
         if self.init_std is not None and self.init_std < 0:
             raise ValueError(f"ControllerConfig.init_std={self.init_std!r} must be >= 0")
 
@@ -129,19 +132,28 @@ class ControllerBank(HookedRootModule):
         index: int | Int[Tensor, " batch"] | Int[Tensor, "batch pos"] = 0,
     ) -> Float[Tensor, "batch pos d_model"]:
         if e.ndim != 3 or e.shape[-1] != self.cfg.d_model:
-            raise ValueError(f"controller input must be [batch, pos, {self.cfg.d_model}], "
-                             f"got {tuple(e.shape)}")
+            raise ValueError(
+                f"controller input must be [batch, pos, {self.cfg.d_model}], got {tuple(e.shape)}"
+            )
         if isinstance(index, int):
             if not -1 <= index < self.n_controllers:
-                raise ValueError(f"controller index {index} out of range -1..{self.n_controllers - 1}")
+                raise ValueError(
+                    f"controller index {index} out of range -1..{self.n_controllers - 1}"
+                )
             delta = torch.zeros_like(e) if index < 0 else self.delta(e, index)
         else:
             idx = index.to(e.device).long()
+            if idx.shape not in (e.shape[:1], e.shape[:2]):
+                raise ValueError(
+                    f"controller index shape {tuple(index.shape)} does not match "
+                    f"residual [batch] or [batch, pos] = {tuple(e.shape[:2])}"
+                )
+            if idx.numel() and (idx.min() < -1 or idx.max() >= self.n_controllers):
+                raise ValueError(
+                    f"controller index values must lie in -1..{self.n_controllers - 1}"
+                )
             if idx.ndim == 1:
                 idx = idx[:, None].expand(e.shape[0], e.shape[1])
-            if idx.shape != e.shape[:2]:
-                raise ValueError(f"controller index shape {tuple(index.shape)} does not match "
-                                 f"residual [batch, pos] = {tuple(e.shape[:2])}")
             # One small matmul per controller over all positions, then pick per position:
             # K is tiny (4 subgoals), and this avoids gathering a [batch, pos, d, r] tensor.
             delta = torch.zeros_like(e)

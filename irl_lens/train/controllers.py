@@ -70,7 +70,9 @@ class ControllerTrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "tokens_per_batch", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"ControllerTrainConfig.{name}={getattr(self, name)!r} must be >= 1")
+                raise ValueError(
+                    f"ControllerTrainConfig.{name}={getattr(self, name)!r} must be >= 1"
+                )
         if not self.lr > 0:
             raise ValueError(f"ControllerTrainConfig.lr={self.lr!r} must be > 0")
         if self.weight_decay < 0 or self.val_episodes < 0:
@@ -83,8 +85,9 @@ class ControllerTrainConfig:
 PRESETS: dict[str, ControllerTrainConfig] = {
     "paper": ControllerTrainConfig(steps=3200, lr=1e-3, tokens_per_batch=16384),
     "quick": ControllerTrainConfig(steps=400, lr=3e-3, tokens_per_batch=4096),
-    "tiny": ControllerTrainConfig(steps=10, lr=3e-3, tokens_per_batch=1024, val_episodes=20,
-                                  log_every=5),
+    "tiny": ControllerTrainConfig(
+        steps=10, lr=3e-3, tokens_per_batch=1024, val_episodes=20, log_every=5
+    ),
 }
 
 
@@ -114,8 +117,9 @@ def controlled_nll(
         with intervene(model, layer, bank.select(labels)):
             out = model(batch.obs.to(device))
     logits = model.split(out).action_params  # [batch, pos, n_actions]
-    nll = F.cross_entropy(logits.flatten(0, 1), batch.action.to(device).flatten(),
-                          reduction="none").view_as(weight)
+    nll = F.cross_entropy(
+        logits.flatten(0, 1), batch.action.to(device).flatten(), reduction="none"
+    ).view_as(weight)
     return (nll * weight).sum() / weight.sum().clamp(min=1.0)
 
 
@@ -153,8 +157,13 @@ def train_layer(
     stream = iterate_batches(train_ds, cfg.tokens_per_batch, seed=cfg.seed)
     t0 = time.perf_counter()
     loss_ema = float("nan")
-    bar = tqdm(total=cfg.steps, desc=f"controllers l={layer}", unit="step", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        total=cfg.steps,
+        desc=f"controllers l={layer}",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    )
     with frozen(model):
         for step in range(1, cfg.steps + 1):
             _, batch = next(stream)
@@ -168,16 +177,23 @@ def train_layer(
             if step % cfg.log_every == 0 or step == cfg.steps:
                 bar.set_postfix(nll=f"{loss_ema:.3f}")
                 if metrics_path is not None:
-                    runs.append_metrics(metrics_path, {"layer": layer, "step": step,
-                                                       "train/action_nll": value})
+                    runs.append_metrics(
+                        metrics_path, {"layer": layer, "step": step, "train/action_nll": value}
+                    )
         bar.close()
         with torch.no_grad():
             val_nll, base_nll = _val_nll(model, bank, layer, ds, val_episodes, cfg)
     seconds = time.perf_counter() - t0
     if metrics_path is not None:
-        runs.append_metrics(metrics_path, {"layer": layer, "step": cfg.steps,
-                                           "val/action_nll": val_nll,
-                                           "val/base_action_nll": base_nll})
+        runs.append_metrics(
+            metrics_path,
+            {
+                "layer": layer,
+                "step": cfg.steps,
+                "val/action_nll": val_nll,
+                "val/base_action_nll": base_nll,
+            },
+        )
     logger.info("layer %d: val NLL %.4f (base %.4f) in %.0fs", layer, val_nll, base_nll, seconds)
     return LayerResult(layer, bank.eval(), loss_ema, val_nll, base_nll, seconds)
 
@@ -211,8 +227,10 @@ def train_supervised_controllers(
     if ds.meta.get("obs_kind") != "grid" or ds.meta.get("action_kind") != "discrete":
         raise ValueError("supervised controllers: the dataset must be a gridworld dataset")
     if ds.meta.get("split") != "clean":
-        logger.warning("training controllers on a %r dataset; the paper uses clean (eps=0) data",
-                       ds.meta.get("split"))
+        logger.warning(
+            "training controllers on a %r dataset; the paper uses clean (eps=0) data",
+            ds.meta.get("split"),
+        )
     model = load_base_model(run).to(device, print_details=False)
     layers = [check_layer(layer, model.cfg.n_layers) for layer in layers]
     if not layers:
@@ -221,19 +239,34 @@ def train_supervised_controllers(
         raise runs.RunError(f"output folder {str(out)!r} is not empty; choose a new --out")
     n_val = min(cfg.val_episodes, ds.n_episodes // 5)
     idx = np.arange(ds.n_episodes)
-    train_eps, val_eps = idx[: ds.n_episodes - n_val], idx[ds.n_episodes - n_val:]
+    train_eps, val_eps = idx[: ds.n_episodes - n_val], idx[ds.n_episodes - n_val :]
     if len(train_eps) == 0:
         raise ValueError(f"dataset has {ds.n_episodes} episodes; controllers need more")
     out.mkdir(parents=True, exist_ok=True)
-    runs.write_json(out / "config.json", {
-        "kind": KIND, "version": runs.RUN_VERSION, "base_run": str(run), "data": data_path,
-        "layers": layers, "train": dataclasses.asdict(cfg),
-        "controller": ControllerConfig(model.cfg.d_model, N_SUBGOALS, rank=cfg.rank).to_dict(),
-    })
+    runs.write_json(
+        out / "config.json",
+        {
+            "kind": KIND,
+            "version": runs.RUN_VERSION,
+            "base_run": str(run),
+            "data": data_path,
+            "layers": layers,
+            "train": dataclasses.asdict(cfg),
+            "controller": ControllerConfig(model.cfg.d_model, N_SUBGOALS, rank=cfg.rank).to_dict(),
+        },
+    )
     results = []
     for layer in layers:
-        res = train_layer(model, ds, layer, cfg, train_episodes=train_eps, val_episodes=val_eps,
-                          metrics_path=out / "metrics.jsonl", progress=progress)
+        res = train_layer(
+            model,
+            ds,
+            layer,
+            cfg,
+            train_episodes=train_eps,
+            val_episodes=val_eps,
+            metrics_path=out / "metrics.jsonl",
+            progress=progress,
+        )
         runs.save_weights(res.bank, out / f"layer_{layer}.safetensors")
         results.append(res)
     return results

@@ -29,7 +29,7 @@ from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batc
 from irl_lens.envs.expert import distance_maps, expert_action_probs
 from irl_lens.envs.gridworld import BatchedGridPinpad
 from irl_lens.models.base import ActionModel
-from irl_lens.rollout import rollout_grid
+from irl_lens.rollout import free_run_grid, rollout_grid
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,13 @@ def known_task_ceiling(ds: TrajectoryDataset) -> np.ndarray:
     dist = distance_maps(a["layout"])  # [N, 8, 49]
     target = a["target_colour"].astype(np.int64)
     dist_step = dist[ep_of_step, np.maximum(target, 0)]  # [S, 49]
-    probs = expert_action_probs(dist_step, a["layout"][ep_of_step],
-                                a["agent_pos"].astype(np.int64), target,
-                                eps=float(ds.meta.get("eps", 0.0)))
+    probs = expert_action_probs(
+        dist_step,
+        a["layout"][ep_of_step],
+        a["agent_pos"].astype(np.int64),
+        target,
+        eps=float(ds.meta.get("eps", 0.0)),
+    )
     return probs.max(axis=1)
 
 
@@ -62,8 +66,9 @@ def heldout_metrics(
         logp = torch.log_softmax(logits.float(), -1)
         pred = logits.argmax(-1)
         valid = b.mask.bool()
-        step_idx = (torch.from_numpy(ds.offsets[episodes])[:, None]
-                    + torch.arange(b.mask.shape[1])[None, :])[valid].numpy()
+        step_idx = (
+            torch.from_numpy(ds.offsets[episodes])[:, None] + torch.arange(b.mask.shape[1])[None, :]
+        )[valid].numpy()
         correct[step_idx] = (pred == b.action)[valid].numpy()
         nll[step_idx] = -logp.gather(-1, b.action.unsqueeze(-1)).squeeze(-1)[valid].numpy()
     ceiling = known_task_ceiling(ds)
@@ -99,12 +104,19 @@ def pair_completion_rate(entered: list[list[int]]) -> tuple[float, int]:
 def free_running_metrics(
     model: ActionModel, n_episodes: int = 1000, seed: int = 0, task: str | None = None
 ) -> dict[str, float]:
-    """Closed-loop episodes with sampled actions on the pretraining tasks (or ``task``)."""
+    """Free-running behaviour (sampled actions) on fresh layouts.
+
+    ``rollout/pair_completion``: with no task enforced (:func:`irl_lens.rollout.free_run_grid`),
+    the fraction of colours entered right after an even colour 2k that are 2k+1.
+    ``rollout/success``: success rate in the task-enforcing env on the pretraining tasks
+    (or ``task``); low by construction, since a fresh episode does not reveal its task.
+    """
     env = BatchedGridPinpad(n_episodes, task=task)
     env.reset(seed=[int(s) for s in np.random.SeedSequence([seed, 7]).generate_state(n_episodes)])
     gen = torch.Generator().manual_seed(seed)
+    entered = free_run_grid(model, env.layout.copy(), env.agent_pos.copy(), generator=gen)
+    rate, count = pair_completion_rate(entered)
     ro = rollout_grid(model, env, generator=gen)
-    rate, count = pair_completion_rate(ro.entered)
     return {
         "rollout/pair_completion": rate,
         "rollout/pair_events": float(count),

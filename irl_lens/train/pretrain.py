@@ -89,23 +89,45 @@ class PretrainConfig:
 
 #: Named presets: (model architecture, trainer settings).
 PRESETS: dict[str, tuple[BaseModelConfig, PretrainConfig]] = {
-    # Fits the 2-core CPU machine: about 10 minutes of training.
+    # Fits the 2-core CPU machine: about 12 minutes of training.
     "quick": (
-        BaseModelConfig(d_model=128, n_layers=4, n_heads=4, d_mlp=256, d_cell=64),
-        PretrainConfig(steps=3000, tokens_per_batch=8192, lr=1e-3, warmup_steps=100),
+        BaseModelConfig(d_model=128, n_layers=4, n_heads=4, d_mlp=256, d_cell=16),
+        PretrainConfig(
+            steps=1200,
+            tokens_per_batch=8192,
+            lr=2e-3,
+            warmup_steps=100,
+            eval_every=400,
+            checkpoint_every=200,
+        ),
     ),
     # Paper, Table A4/A16: d_model 256, 6 layers, 4 heads of 64, MLP 512, lr 3e-4 constant,
     # wd 0.03, batch 1024 sequences (~40k tokens), 256k steps. Meant for a GPU.
     "paper": (
-        BaseModelConfig(d_model=256, n_layers=6, n_heads=4, d_mlp=512, d_cell=128),
-        PretrainConfig(steps=256_000, tokens_per_batch=40_960, lr=3e-4, warmup_steps=0,
-                       schedule="constant", eval_every=8000, checkpoint_every=16_000),
+        BaseModelConfig(d_model=256, n_layers=6, n_heads=4, d_mlp=512, d_cell=32),
+        PretrainConfig(
+            steps=256_000,
+            tokens_per_batch=40_960,
+            lr=3e-4,
+            warmup_steps=0,
+            schedule="constant",
+            eval_every=8000,
+            checkpoint_every=16_000,
+        ),
     ),
     # For tests: seconds on a CPU.
     "tiny": (
-        BaseModelConfig(d_model=32, n_layers=2, n_heads=2, d_mlp=64, d_cell=16),
-        PretrainConfig(steps=40, tokens_per_batch=1024, lr=1e-2, warmup_steps=5,
-                       val_episodes=40, eval_every=20, checkpoint_every=20, rollout_episodes=32),
+        BaseModelConfig(d_model=32, n_layers=2, n_heads=2, d_mlp=64, d_cell=8),
+        PretrainConfig(
+            steps=40,
+            tokens_per_batch=1024,
+            lr=1e-2,
+            warmup_steps=5,
+            val_episodes=40,
+            eval_every=20,
+            checkpoint_every=20,
+            rollout_episodes=32,
+        ),
     ),
 }
 
@@ -143,9 +165,12 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.A
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "ln" not in name else no_decay).append(p)
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
     )
 
 
@@ -153,7 +178,7 @@ def split_train_val(ds: TrajectoryDataset, val_episodes: int) -> tuple[np.ndarra
     """The last ``val_episodes`` episodes are held out (episodes are i.i.d. by construction)."""
     n_val = min(val_episodes, ds.n_episodes // 5)
     idx = np.arange(ds.n_episodes)
-    return idx[: ds.n_episodes - n_val], idx[ds.n_episodes - n_val:]
+    return idx[: ds.n_episodes - n_val], idx[ds.n_episodes - n_val :]
 
 
 @dataclass
@@ -206,8 +231,10 @@ def pretrain(
             raise runs.RunError(f"--resume: {out} has no checkpoint to resume from")
         saved = runs.read_json(out / "config.json", "run config")
         if saved.get("model") != config["model"] or saved.get("train") != config["train"]:
-            raise runs.RunError(f"--resume: {out}/config.json differs from the requested "
-                                "settings; resume with the same preset and options")
+            raise runs.RunError(
+                f"--resume: {out}/config.json differs from the requested "
+                "settings; resume with the same preset and options"
+            )
         runs.load_weights(model, ckpts[-1] / "model.safetensors")
         state = runs.load_trainer_state(ckpts[-1])
         opt.load_state_dict(state["optimizer"])
@@ -216,8 +243,10 @@ def pretrain(
         logger.info("resumed %s at step %d", out, step)
     else:
         if out.exists() and any(out.iterdir()):
-            raise runs.RunError(f"output folder {str(out)!r} is not empty; choose a new --out "
-                                "or pass --resume to continue it")
+            raise runs.RunError(
+                f"output folder {str(out)!r} is not empty; choose a new --out "
+                "or pass --resume to continue it"
+            )
         out.mkdir(parents=True, exist_ok=True)
         runs.write_json(out / "config.json", config)
         torch.manual_seed(cfg.seed)
@@ -225,18 +254,30 @@ def pretrain(
     metrics_path = out / "metrics.jsonl"
 
     def trainer_state() -> dict:
-        return {"optimizer": opt.state_dict(), "step": step, "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch, "torch_rng": torch.random.get_rng_state()}
+        return {
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "torch_rng": torch.random.get_rng_state(),
+        }
 
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
-    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not progress,
-               unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        desc="pretrain",
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
+    )
     tokens, t0 = 0, time.perf_counter()
     train_seconds = 0.0
     model.train()
     while step < end:
-        order = bucketed_batches(train_ds.lengths, cfg.tokens_per_batch,
-                                 np.random.default_rng([cfg.seed, epoch]))
+        order = bucketed_batches(
+            train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
+        )
         while batch_in_epoch < len(order) and step < end:
             batch = make_batch(train_ds, order[batch_in_epoch])
             stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step))
@@ -246,13 +287,20 @@ def pretrain(
             bar.update(1)
             if step % 25 == 0 or step == end:
                 elapsed = time.perf_counter() - t0
-                rec = {"step": step, "epoch": epoch, "train/loss": stats.loss,
-                       "train/action_nll": stats.action_nll, "train/obs_nll": stats.obs_nll,
-                       "train/grad_norm": stats.grad_norm, "train/lr": cfg.lr_at(step - 1),
-                       "train/tokens_per_s": tokens / max(elapsed, 1e-9)}
+                rec = {
+                    "step": step,
+                    "epoch": epoch,
+                    "train/loss": stats.loss,
+                    "train/action_nll": stats.action_nll,
+                    "train/obs_nll": stats.obs_nll,
+                    "train/grad_norm": stats.grad_norm,
+                    "train/lr": cfg.lr_at(step - 1),
+                    "train/tokens_per_s": tokens / max(elapsed, 1e-9),
+                }
                 runs.append_metrics(metrics_path, rec)
-                bar.set_postfix(nll=f"{stats.action_nll:.3f}",
-                                tok_s=f"{rec['train/tokens_per_s']:.0f}")
+                bar.set_postfix(
+                    nll=f"{stats.action_nll:.3f}", tok_s=f"{rec['train/tokens_per_s']:.0f}"
+                )
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 runs.save_checkpoint(out, step, model, trainer_state())
             if evaluate is not None and (step % cfg.eval_every == 0) and step != cfg.steps:
@@ -282,6 +330,9 @@ def pretrain(
 
 
 def _mean_tokens_per_s(metrics_path: Path) -> float:
-    vals = [m["train/tokens_per_s"] for m in runs.read_metrics(metrics_path)
-            if "train/tokens_per_s" in m]
+    vals = [
+        m["train/tokens_per_s"]
+        for m in runs.read_metrics(metrics_path)
+        if "train/tokens_per_s" in m
+    ]
     return float(np.median(vals)) if vals else float("nan")

@@ -1,0 +1,159 @@
+"""Supervised controllers: training leaves the base frozen, folders round-trip, evaluation runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analyses.controllability import controllability, success_figure, summary
+from irl_lens.data.dataset import make_batch
+from irl_lens.data.generate import generate_gridworld
+from irl_lens.models.base import load_base_model
+from irl_lens.runs import RunError
+from irl_lens.train.controllers import (
+    PRESETS,
+    ControllerTrainConfig,
+    controlled_nll,
+    frozen,
+    load_controllers,
+    train_layer,
+    train_supervised_controllers,
+)
+from irl_lens.train.pretrain import PRESETS as BASE_PRESETS
+from irl_lens.train.pretrain import pretrain
+
+
+@pytest.fixture(scope="module")
+def clean_ds():
+    return generate_gridworld(120, "clean", seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    ds = generate_gridworld(200, "pretrain", seed=0, progress=False)
+    root = tmp_path_factory.mktemp("ctl")
+    model_cfg, cfg = BASE_PRESETS["tiny"]
+    cfg = dataclasses.replace(cfg, checkpoint_every=1000)
+    pretrain(ds, root / "base", model_cfg, cfg, progress=False)
+    return root / "base"
+
+
+@pytest.fixture(scope="module")
+def trained(base_run, clean_ds, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ctl_out") / "controllers"
+    cfg = dataclasses.replace(PRESETS["tiny"], steps=5)
+    results = train_supervised_controllers(base_run, clean_ds, out, [0, 2], cfg, progress=False)
+    return out, results
+
+
+def test_config_validation():
+    for kwargs in ({"steps": 0}, {"lr": 0.0}, {"rank": 0}, {"weight_decay": -1.0}):
+        with pytest.raises(ValueError, match="ControllerTrainConfig"):
+            ControllerTrainConfig(**kwargs)
+
+
+def test_training_lowers_the_nll_and_keeps_the_base_frozen(tiny_model, clean_ds):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    cfg = ControllerTrainConfig(steps=40, lr=2e-2, tokens_per_batch=2048, log_every=10)
+    idx = np.arange(clean_ds.n_episodes)
+    res = train_layer(
+        tiny_model,
+        clean_ds,
+        1,
+        cfg,
+        train_episodes=idx[:100],
+        val_episodes=idx[:100],
+        progress=False,
+    )
+    assert res.val_nll < res.base_val_nll - 0.01  # on the training episodes
+    for k, v in tiny_model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert all(p.requires_grad for p in tiny_model.parameters())  # flags restored
+    with frozen(tiny_model):
+        assert not any(p.requires_grad for p in tiny_model.parameters())
+
+
+def test_controlled_nll_without_bank_is_the_base_nll(tiny_model, clean_ds):
+    batch = make_batch(clean_ds, np.arange(4))
+    with torch.no_grad():
+        out = tiny_model(batch.obs)
+        nll_a, _ = tiny_model.losses(out, batch.action, batch.next_obs, batch.mask)
+        torch.testing.assert_close(controlled_nll(tiny_model, None, 1, batch), nll_a)
+
+
+def test_folder_round_trip(trained, base_run):
+    out, results = trained
+    model, banks, config = load_controllers(out)
+    assert sorted(banks) == [0, 2] and config["kind"] == "supervised_controllers"
+    for res in results:
+        torch.testing.assert_close(banks[res.layer].matrices(), res.bank.matrices())
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {m["layer"] for m in metrics} == {0, 2}
+    with pytest.raises(RunError, match="not empty"):
+        train_supervised_controllers(
+            base_run,
+            generate_gridworld(20, "clean", progress=False),
+            out,
+            [0],
+            PRESETS["tiny"],
+            progress=False,
+        )
+    with pytest.raises(RunError):
+        load_controllers(base_run)
+
+
+def test_controllability_result(trained):
+    out, _ = trained
+    result = controllability(out, task="0-1-2-3", n_episodes=40, n_envs=16, seed=0)
+    assert result.layers == [0, 2] and result.n_subgoals == 2 and result.n_episodes == 40
+    assert all(0 <= s <= 1 for s in result.success)
+    assert 0 <= result.base_completed_subgoals <= 2
+    flat = summary(result)
+    assert set(flat) >= {"controllers/base_success", "controllers/success_layer_2"}
+    assert success_figure(result).data
+    again = controllability(out, task="0-1-2-3", n_episodes=40, n_envs=16, seed=0)
+    assert again.success == result.success  # same seed, same numbers
+    with pytest.raises(ValueError, match="no trained controllers"):
+        controllability(out, layers=[1], n_episodes=4)
+    with pytest.raises(ValueError, match="pairs"):
+        controllability(out, task="0-3", n_episodes=4)
+
+
+def test_controllers_cli(base_run, clean_ds, tmp_path, capsys):
+    from irl_lens.cli import main
+
+    clean_ds.save(tmp_path / "clean")
+    out = tmp_path / "ctl"
+    args = [
+        "controllers",
+        str(base_run),
+        "--data",
+        str(tmp_path / "clean"),
+        "--preset",
+        "tiny",
+        "--steps",
+        "3",
+        "--layers",
+        "1",
+        "--episodes",
+        "20",
+        "--out",
+        str(out),
+    ]
+    main(args)
+    printed = capsys.readouterr().out
+    assert "base" in printed and "best layer" in printed
+    flat = json.loads((out / "summary.json").read_text())
+    assert "controllers/success_layer_1" in flat and "controllers/val_nll_layer_1" in flat
+    assert (out / "controllers_success.html").is_file()
+    main(args[:-2] + ["--out", str(out), "--eval-only", "--task", "0-1"])
+    assert json.loads((out / "result.json").read_text())["task"] == "0-1"
+    for bad in (["--task", "0-3"], ["--layers", "9"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["controllers", str(base_run), *bad])
+        assert exc.value.code == 2
+    assert load_base_model(base_run).cfg.n_layers == 2
