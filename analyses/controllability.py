@@ -41,18 +41,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ControllabilityResult:
-    """Success on ``task`` by controller layer, next to the uncontrolled base model."""
+    """Success on ``task`` by controller layer, next to the uncontrolled base model.
+
+    Every number exists twice: with sampled actions (the policy as it is) and with greedy
+    (argmax) actions. Both run on the same ``n_episodes`` layouts.
+    """
 
     task: str
     n_layers: int
     layers: list[int]
-    success: list[float]  # per layer
-    completed_subgoals: list[float]  # mean subgoals completed per episode, per layer
+    success: list[float]  # per layer, sampled actions
+    completed_subgoals: list[float]  # mean subgoals completed per episode, per layer, sampled
+    success_greedy: list[float]
+    completed_subgoals_greedy: list[float]
     base_success: float
     base_completed_subgoals: float
+    base_success_greedy: float
+    base_completed_subgoals_greedy: float
     n_subgoals: int
     n_episodes: int
-    greedy: bool
     val_nll: list[float] = field(default_factory=list)  # per layer, clean held-out data
     base_val_nll: float = float("nan")
 
@@ -70,8 +77,8 @@ def _episodes(
     seed: int,
     greedy: bool,
     n_envs: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(success bool[n], subgoals completed int[n])`` over ``n_episodes`` fixed episodes."""
+) -> tuple[float, float]:
+    """``(success rate, mean subgoals completed)`` over ``n_episodes`` fixed episodes."""
     engine = RolloutEngine(model, layer)
     generator = torch.Generator().manual_seed(seed)
     success, done = [], []
@@ -82,7 +89,7 @@ def _episodes(
         ro: EngineRollout = engine.run(env, controller_fn=fn, greedy=greedy, generator=generator)
         success.append(ro.success)
         done.append(ro.final_n_done // 2)
-    return np.concatenate(success), np.concatenate(done)
+    return float(np.concatenate(success).mean()), float(np.concatenate(done).mean())
 
 
 def controllability(
@@ -92,7 +99,6 @@ def controllability(
     n_episodes: int = 1000,
     layers: list[int] | None = None,
     seed: int = 0,
-    greedy: bool = False,
     n_envs: int = 1000,
     device: str = "cpu",
     progress: bool = False,
@@ -109,28 +115,36 @@ def controllability(
         raise ValueError(
             f"layers {missing} have no trained controllers in {path} (it has {sorted(banks)})"
         )
-    base_ok, base_done = _episodes(
-        model, model.cfg.n_layers, None, colours, n_episodes, seed, greedy, n_envs
-    )
-    success, completed = [], []
+
+    def evaluate(layer: int, bank: ControllerBank | None) -> dict[bool, tuple[float, float]]:
+        return {
+            greedy: _episodes(model, layer, bank, colours, n_episodes, seed, greedy, n_envs)
+            for greedy in (False, True)
+        }
+
+    base = evaluate(model.cfg.n_layers, None)
+    per_layer = []
     for layer in tqdm(wanted, desc="evaluate layers", disable=not progress):
-        ok, done = _episodes(model, layer, banks[layer], colours, n_episodes, seed, greedy, n_envs)
-        success.append(float(ok.mean()))
-        completed.append(float(done.mean()))
+        per_layer.append(evaluate(layer, banks[layer]))
+        (ok, done), (ok_g, done_g) = per_layer[-1][False], per_layer[-1][True]
         logger.info(
-            "layer %d: success %.3f, subgoals %.2f / %d", layer, ok.mean(), done.mean(), n_subgoals
-        )
+            "layer %d: success %.3f (greedy %.3f), subgoals %.2f (greedy %.2f) of %d",
+            layer, ok, ok_g, done, done_g, n_subgoals,
+        )  # fmt: skip
     return ControllabilityResult(
         task=format_task(colours),
         n_layers=model.cfg.n_layers,
         layers=list(wanted),
-        success=success,
-        completed_subgoals=completed,
-        base_success=float(base_ok.mean()),
-        base_completed_subgoals=float(base_done.mean()),
+        success=[r[False][0] for r in per_layer],
+        completed_subgoals=[r[False][1] for r in per_layer],
+        success_greedy=[r[True][0] for r in per_layer],
+        completed_subgoals_greedy=[r[True][1] for r in per_layer],
+        base_success=base[False][0],
+        base_completed_subgoals=base[False][1],
+        base_success_greedy=base[True][0],
+        base_completed_subgoals_greedy=base[True][1],
         n_subgoals=n_subgoals,
         n_episodes=n_episodes,
-        greedy=greedy,
     )
 
 
@@ -138,15 +152,22 @@ def summary(result: ControllabilityResult) -> dict[str, float]:
     """Flat numbers for ``summary.json`` (``controllers/`` keys)."""
     out = {
         "controllers/base_success": result.base_success,
+        "controllers/base_success_greedy": result.base_success_greedy,
         "controllers/base_completed_subgoals": result.base_completed_subgoals,
+        "controllers/base_completed_subgoals_greedy": result.base_completed_subgoals_greedy,
         "controllers/best_layer": float(result.best_layer),
         "controllers/best_success": max(result.success),
+        "controllers/best_success_greedy": max(result.success_greedy),
         "controllers/n_episodes": float(result.n_episodes),
         "controllers/n_subgoals": float(result.n_subgoals),
     }
     for i, layer in enumerate(result.layers):
         out[f"controllers/success_layer_{layer}"] = result.success[i]
+        out[f"controllers/success_greedy_layer_{layer}"] = result.success_greedy[i]
         out[f"controllers/completed_subgoals_layer_{layer}"] = result.completed_subgoals[i]
+        out[f"controllers/completed_subgoals_greedy_layer_{layer}"] = (
+            result.completed_subgoals_greedy[i]
+        )
         if i < len(result.val_nll):
             out[f"controllers/val_nll_layer_{layer}"] = result.val_nll[i]
     if result.val_nll:
@@ -164,37 +185,31 @@ def success_figure(result: ControllabilityResult):
         cols=2,
         subplot_titles=("success rate", f"subgoals completed (of {result.n_subgoals})"),
     )
-    fig.add_trace(
-        go.Bar(x=result.layers, y=result.success, name="controlled", marker_color="#1f77b4"),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Bar(
-            x=result.layers,
-            y=result.completed_subgoals,
-            name="controlled",
-            marker_color="#1f77b4",
-            showlegend=False,
-        ),
-        row=1,
-        col=2,
-    )
-    for col, value in ((1, result.base_success), (2, result.base_completed_subgoals)):
-        fig.add_hline(
-            y=value,
-            line_dash="dash",
-            line_color="#d62728",
-            row=1,
-            col=col,
-            annotation_text="base model" if col == 1 else None,
-        )
+    modes = (
+        ("sampled", "#1f77b4", result.success, result.completed_subgoals,
+         result.base_success, result.base_completed_subgoals),
+        ("greedy", "#ff7f0e", result.success_greedy, result.completed_subgoals_greedy,
+         result.base_success_greedy, result.base_completed_subgoals_greedy),
+    )  # fmt: skip
+    for name, colour, success, done, base_success, base_done in modes:
+        for col, values, base in ((1, success, base_success), (2, done, base_done)):
+            fig.add_trace(
+                go.Bar(x=result.layers, y=values, name=f"controlled, {name} actions",
+                       marker_color=colour, legendgroup=name, showlegend=col == 1),
+                row=1, col=col,
+            )  # fmt: skip
+            fig.add_trace(
+                go.Scatter(x=result.layers, y=[base] * len(result.layers), mode="lines",
+                           line={"dash": "dash", "color": colour}, legendgroup=name,
+                           name=f"base model, {name} actions", showlegend=col == 1),
+                row=1, col=col,
+            )  # fmt: skip
     fig.update_xaxes(title_text="controller layer l", dtick=1)
     fig.update_yaxes(range=[0, 1], row=1, col=1)
     fig.update_yaxes(range=[0, result.n_subgoals], row=1, col=2)
-    mode = "greedy" if result.greedy else "sampled"
     fig.update_layout(
-        title=f"Supervised controllers on task {result.task} "
-        f"({result.n_episodes} episodes per layer, {mode} actions)"
+        barmode="group",
+        title=f"Supervised controllers on task {result.task} ({result.n_episodes} episodes "
+        "per layer and mode)",
     )
     return fig

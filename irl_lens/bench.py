@@ -170,5 +170,6 @@ def run_bench(seconds: float = 3.0, seed: int = 0) -> dict[str, float | str | in
         from irl_lens.train.pretrain import PRESETS
 
         model = build_model(PRESETS["quick"][0], seed=seed).eval()
-        result |= {f"engine_{k}": v for k, v in engine_benchmark(model, seconds=seconds).items()}
+        eng = engine_benchmark(model, min_seconds=seconds, seed=seed)
+        result |= {k.replace("engine/", "engine_"): v for k, v in eng.items()}
     return result

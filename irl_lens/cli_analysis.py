@@ -182,7 +182,6 @@ def controllers(
     eval_only: Annotated[
         bool, typer.Option(help="Reuse the controllers already trained in --out; only evaluate.")
     ] = False,
-    greedy: Annotated[bool, typer.Option(help="Greedy instead of sampled actions.")] = False,
     seed: Annotated[int, _SEED] = 0,
     device: Annotated[Device, _DEVICE] = Device.cpu,
 ) -> None:
@@ -213,6 +212,12 @@ def controllers(
     if eval_only:
         _, _, config = train_ctl.load_controllers(out)
         logger.info("reusing controllers in %s (layers %s)", out, config["layers"])
+        if layers.strip().lower() == "all":
+            layer_list = list(config["layers"])
+        for rec in runs.read_metrics(out / "metrics.jsonl"):
+            if "val/action_nll" in rec:
+                val_nll[int(rec["layer"])] = rec["val/action_nll"]
+                base_nll = rec["val/base_action_nll"]
     else:
         cfg = train_ctl.PRESETS[preset.value]
         over = {k: v for k, v in (("steps", steps), ("rank", rank)) if v is not None}
@@ -230,11 +235,10 @@ def controllers(
         n_episodes=episodes,
         layers=layer_list,
         seed=seed,
-        greedy=greedy,
         device=dev,
         progress=True,
     )
-    if val_nll:
+    if all(layer in val_nll for layer in result.layers):
         result.val_nll = [val_nll[layer] for layer in result.layers]
         result.base_val_nll = base_nll
     summary = ctl.summary(result) | {
@@ -249,17 +253,20 @@ def controllers(
         f"supervised controllers of {run} on task {result.task} "
         f"({result.n_episodes} episodes per layer)"
     )
-    print("  layer    success  subgoals  val NLL")
-    print(
-        f"  base     {result.base_success:7.3f}  {result.base_completed_subgoals:8.2f}  "
-        f"{_fmt(result.base_val_nll):>7}"
-    )
+    print("                 sampled actions     greedy actions")
+    print("  layer          success  subgoals   success  subgoals   val NLL")
+    rows = [("base", result.base_success, result.base_completed_subgoals,
+             result.base_success_greedy, result.base_completed_subgoals_greedy,
+             result.base_val_nll)]  # fmt: skip
     for i, layer in enumerate(result.layers):
         nll = result.val_nll[i] if result.val_nll else float("nan")
-        print(
-            f"  {layer:<5}    {result.success[i]:7.3f}  {result.completed_subgoals[i]:8.2f}  "
-            f"{_fmt(nll):>7}"
-        )
+        rows.append(
+            (str(layer), result.success[i], result.completed_subgoals[i],
+             result.success_greedy[i], result.completed_subgoals_greedy[i], nll)
+        )  # fmt: skip
+    for name, ok, done, ok_g, done_g, nll in rows:
+        print(f"  {name:<5}          {ok:7.3f}  {done:8.2f}   {ok_g:7.3f}  {done_g:8.2f}   "
+              f"{_fmt(nll):>7}")  # fmt: skip
     print(f"  best layer {result.best_layer}; wrote {out}")
 
 

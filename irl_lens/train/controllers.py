@@ -84,7 +84,7 @@ class ControllerTrainConfig:
 #: Named settings: ``paper`` follows C.3; ``quick`` fits the CPU (fewer, larger steps).
 PRESETS: dict[str, ControllerTrainConfig] = {
     "paper": ControllerTrainConfig(steps=3200, lr=1e-3, tokens_per_batch=16384),
-    "quick": ControllerTrainConfig(steps=400, lr=3e-3, tokens_per_batch=4096),
+    "quick": ControllerTrainConfig(steps=600, lr=3e-3, tokens_per_batch=4096),
     "tiny": ControllerTrainConfig(
         steps=10, lr=3e-3, tokens_per_batch=1024, val_episodes=20, log_every=5
     ),
