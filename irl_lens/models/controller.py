@@ -168,13 +168,6 @@ class ControllerBank(HookedRootModule):
         return functools.partial(self.forward, index=index)
 
 
-def controller_index_for_rows(
-    labels: Int[Tensor, " batch"], n_controllers: int
-) -> Int[Tensor, " batch"]:
-    """Clamp labels to controller indices: labels outside ``0..K-1`` (e.g. -1) mean no control."""
-    return torch.where((labels >= 0) & (labels < n_controllers), labels, -1)
-
-
 def build_controller_bank(cfg: ControllerConfig, seed: int = 0) -> ControllerBank:
     """A :class:`ControllerBank` with a reproducible initialisation (global RNG untouched)."""
     state = torch.random.get_rng_state()
