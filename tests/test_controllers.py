@@ -108,15 +108,15 @@ def test_folder_round_trip(trained, base_run):
 
 def test_controllability_result(trained):
     out, _ = trained
-    result = controllability(out, task="0-1-2-3", n_episodes=40, n_envs=16, seed=0)
+    result = controllability(out, task="0-1-2-3", n_episodes=24, n_envs=12, seed=0)
     assert len(result.success_greedy) == 2 and 0 <= result.base_success_greedy <= 1
-    assert result.layers == [0, 2] and result.n_subgoals == 2 and result.n_episodes == 40
+    assert result.layers == [0, 2] and result.n_subgoals == 2 and result.n_episodes == 24
     assert all(0 <= s <= 1 for s in result.success)
     assert 0 <= result.base_completed_subgoals <= 2
     flat = summary(result)
     assert set(flat) >= {"controllers/base_success", "controllers/success_layer_2"}
     assert success_figure(result).data
-    again = controllability(out, task="0-1-2-3", n_episodes=40, n_envs=16, seed=0)
+    again = controllability(out, task="0-1-2-3", n_episodes=24, n_envs=12, seed=0)
     assert again.success == result.success  # same seed, same numbers
     with pytest.raises(ValueError, match="no trained controllers"):
         controllability(out, layers=[1], n_episodes=4)
