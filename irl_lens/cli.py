@@ -309,10 +309,10 @@ def bench(
 def _register_optional() -> None:
     """Commands that live in their own modules."""
     try:
-        from irl_lens import cli_analysis
+        from irl_lens import analysis_cli
     except ImportError:  # pragma: no cover - module not present in this version
         return
-    cli_analysis.register(app)
+    analysis_cli.register(app)
 
 
 _register_optional()
