@@ -22,31 +22,17 @@ from typing import Annotated
 
 import typer
 
+from irl_lens.common_cli import DEVICE_OPTION as _DEVICE
+from irl_lens.common_cli import SEED_OPTION as _SEED
+from irl_lens.common_cli import Device, resolve_device
+
 logger = logging.getLogger(__name__)
-
-
-class Device(StrEnum):
-    """Same choices as ``irl_lens.cli.Device`` (not imported: cli imports this module)."""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class ControllerPreset(StrEnum):
     quick = "quick"
     paper = "paper"
     tiny = "tiny"
-
-
-_DEVICE = typer.Option(help="auto, cpu or cuda.")
-_SEED = typer.Option(help="Seed; same seed, same numbers on a CPU.")
-
-
-def _device(device: Device) -> str:
-    from irl_lens.cli import resolve_device  # at call time: cli imports this module
-
-    return resolve_device(device.value)
 
 
 def _clean_data(data: Path | None, episodes: int, seed: int):
@@ -94,7 +80,7 @@ def probe(
     from analyses import probes
     from irl_lens import runs
 
-    dev = _device(device)
+    dev = resolve_device(device)
     t0 = time.perf_counter()
     ds, data_path = _clean_data(data, episodes, seed)
     result = probes.probe_run(
@@ -201,7 +187,7 @@ def controllers(
     from irl_lens.models.base import load_base_model
     from irl_lens.train import controllers as train_ctl
 
-    dev = _device(device)
+    dev = resolve_device(device)
     pair_subgoals(task)  # validate before any work
     n_layers = load_base_model(run).cfg.n_layers
     layer_list = parse_layers(layers, n_layers)

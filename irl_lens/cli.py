@@ -18,6 +18,8 @@ from typing import Annotated
 
 import typer
 
+from irl_lens.common_cli import Device, print_table, resolve_device
+
 app = typer.Typer(
     name="irl-lens",
     help=(
@@ -52,46 +54,31 @@ class Preset(str, Enum):
     tiny = "tiny"
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-def resolve_device(device: Device | str) -> str:
-    """``auto`` picks CUDA when available; asking for CUDA without one is a usage error."""
-    import torch
-
-    name = device.value if isinstance(device, Device) else str(device)
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
-    return name
-
-
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only warnings and results.")
     ] = False,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            help="CPU threads for torch (0: torch's default, one per core). Use 1 per job "
+            "when several jobs share the machine: oversubscribed cores slow every job down.",
+            min=0,
+        ),
+    ] = 0,
 ) -> None:
     _STATE["debug"] = debug
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-
-
-def _print_table(rows: dict[str, float | int | str], title: str | None = None) -> None:
-    if title:
-        print(title)
-    width = max((len(k) for k in rows), default=0)
-    for k, v in rows.items():
-        if isinstance(v, float):
-            v = f"{v:.4f}" if abs(v) < 1e4 else f"{v:,.0f}"
-        print(f"  {k:<{width}}  {v}")
 
 
 @app.command()
@@ -134,7 +121,7 @@ def data(
     )
     gen_s = time.perf_counter() - t0
     ds.save(out)
-    _print_table(
+    print_table(
         {
             "episodes": ds.n_episodes,
             "steps": ds.n_steps,
@@ -239,7 +226,7 @@ def pretrain(
         **result.final_eval,
     }
     runs.write_json(out / "summary.json", summary)
-    _print_table(summary, title=f"pretrained {out}")
+    print_table(summary, title=f"pretrained {out}")
 
 
 @app.command("evaluate")
@@ -281,7 +268,7 @@ def evaluate_base(
     summary_path = run / "summary.json"
     summary = runs.read_json(summary_path, "summary") if summary_path.is_file() else {}
     runs.write_json(summary_path, summary | metrics)
-    _print_table(metrics, title=f"evaluated {run} on {ds.n_episodes} held-out episodes")
+    print_table(metrics, title=f"evaluated {run} on {ds.n_episodes} held-out episodes")
 
 
 @app.command()

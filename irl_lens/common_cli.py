@@ -1,0 +1,46 @@
+"""Pieces every ``irl-lens`` command module shares: device choice, seed option, tables.
+
+Kept apart from :mod:`irl_lens.cli` so that command modules registered on the app (for
+example :mod:`irl_lens.analysis_cli`) can import them without importing the app itself.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import typer
+
+
+class Device(StrEnum):
+    """Where a command runs its models: ``auto`` picks CUDA when there is one."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DEVICE_OPTION = typer.Option(help="auto, cpu or cuda.")
+SEED_OPTION = typer.Option(help="Seed; same seed, same numbers on a CPU.")
+
+
+def resolve_device(device: Device | str) -> str:
+    """``auto`` picks CUDA when available; asking for CUDA without one is a usage error."""
+    import torch
+
+    name = Device(device).value
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+    return name
+
+
+def print_table(rows: dict[str, float | int | str], title: str | None = None) -> None:
+    """Print ``key  value`` lines, floats with 4 decimals (thousands separators when large)."""
+    if title:
+        print(title)
+    width = max((len(k) for k in rows), default=0)
+    for k, v in rows.items():
+        if isinstance(v, float):
+            v = f"{v:.4f}" if abs(v) < 1e4 else f"{v:,.0f}"
+        print(f"  {k:<{width}}  {v}")
