@@ -293,16 +293,15 @@ def bench(
         runs.write_json(out, result)
 
 
-def _register_optional() -> None:
-    """Commands that live in their own modules."""
-    try:
-        from irl_lens import analysis_cli
-    except ImportError:  # pragma: no cover - module not present in this version
-        return
+def _register_commands() -> None:
+    """Commands that live in their own modules (they import the heavy parts lazily)."""
+    from irl_lens import analysis_cli, discovery_cli
+
     analysis_cli.register(app)
+    discovery_cli.register(app)
 
 
-_register_optional()
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

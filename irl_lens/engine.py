@@ -643,3 +643,74 @@ def engine_benchmark(
         "engine/fast_path": float(_fast_path_problem(model) is None),
         "engine/seconds": elapsed,
     }
+
+
+# ------------------------------------------------------------ metacontroller-driven rollouts
+
+
+class MetacontrollerDriver:
+    """Runs a metacontroller's causal part in the engine with a binarised switch (Alg. 1 logic).
+
+    At each step: ``beta_t = f_switch(e_t, h_{t-1}, z_{t-1})``; a *switch* happens when
+    ``beta_t >= threshold`` (and always at ``t = 0``), and then a new code comes from
+    ``propose(state, rows)`` (default: the prior ``N(0, I)``); otherwise ``z_{t-1}`` is kept.
+    The base model reads ``e_t + U(z_t) e_t``; ``h_t = GRU(e_t, h_{t-1})``.
+
+    Records per env and step: ``beta``, ``switched`` and the code ``z`` in force.
+    ``always_switch`` draws a new code every step (the ``beta = 1`` ablation).
+    """
+
+    def __init__(
+        self,
+        mc,
+        *,
+        threshold: float = 0.5,
+        propose: Callable[[StepState, np.ndarray], Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        max_steps: int = MAX_STEPS,
+        always_switch: bool = False,
+    ) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold={threshold!r} must lie in (0, 1]")
+        self.mc = mc
+        self.threshold = threshold
+        self.propose = propose or self._prior
+        self.generator = generator
+        self.max_steps = max_steps
+        self.always_switch = always_switch
+
+    def _prior(self, state: StepState, rows: np.ndarray) -> Tensor:
+        z = torch.randn(len(rows), self.mc.cfg.n_z, generator=self.generator)
+        return z.to(state.resid.device)
+
+    def reset(self, env: BatchedGridPinpad, device) -> None:
+        n = env.n_envs
+        self.h = torch.zeros(n, self.mc.cfg.n_h, device=device)
+        self.z = torch.zeros(n, self.mc.cfg.n_z, device=device)
+        self.beta = np.full((n, self.max_steps), np.nan, dtype=np.float32)
+        self.switched = np.zeros((n, self.max_steps), dtype=bool)
+        self.codes = np.zeros((n, self.max_steps, self.mc.cfg.n_z), dtype=np.float32)
+
+    def __call__(self, state: StepState) -> Controller:
+        from irl_lens.models.metacontroller import StepCarry
+
+        if state.t == 0:
+            self.reset(state.env, state.resid.device)
+        rows = state.env_index
+        idx = torch.from_numpy(rows).to(state.resid.device)
+        e = state.resid  # [rows, d_model]
+        carry = StepCarry(self.h[idx], self.z[idx])
+        beta = self.mc.switch_probability(e, carry)
+        switch = (beta >= self.threshold) | (state.t == 0) | self.always_switch
+        z = carry.z
+        if bool(switch.any()):
+            sw_rows = np.flatnonzero(switch.cpu().numpy())
+            z = z.clone()
+            z[torch.from_numpy(sw_rows).to(z.device)] = self.propose(state, rows[sw_rows])
+        self.z[idx] = z
+        self.h[idx] = self.mc.gru_step(e, carry.h)
+        self.beta[rows, state.t] = beta.cpu().numpy()
+        self.switched[rows, state.t] = switch.cpu().numpy()
+        self.codes[rows, state.t] = z.cpu().numpy()
+        mc = self.mc
+        return lambda e3: mc.apply_code(e3, z.unsqueeze(1))

@@ -1,0 +1,261 @@
+"""Do the discovered latent codes mean "go to subgoal k"? Clustering and steering (Fig 5, B.3.2).
+
+**Clustering.** On held-out clean episodes the metacontroller runs with its posterior mean;
+for every true subgoal segment the code ``z`` active at the segment's last step is taken
+(the code in force once any switch at the segment start has happened). The codes are
+clustered with k-means (``k`` = number of subgoals present) and compared with the true
+subgoal: normalised mutual information and adjusted Rand index. A PCA projection to 2-D,
+coloured by the true subgoal, is the figure.
+
+**Steering.** Each cluster is mapped to the subgoal most of its members carry, and its
+centroid code becomes a fixed controller ``e + U(z_k) e`` at the metacontroller's layer.
+On new layouts the codes are then *forced*: (a) from step 0 on a one-subgoal task
+``2k-2k+1``, against the uncontrolled base model on the same layouts; (b) in sequence on a
+whole task (default the post-training task), switching to the next subgoal's code when the
+env reports the subgoal done, exactly like the supervised controllers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from irl_lens.data.dataset import TrajectoryDataset
+from irl_lens.engine import GroundTruthSwitcher, RolloutEngine, seeded_env
+from irl_lens.envs.pinpad import format_task, parse_task
+from irl_lens.train.discover import load_metacontroller
+
+from .switching import SUBGOAL_COLOURS, episode_betas
+
+
+@dataclass
+class ClusterResult:
+    """Latent codes per true segment, their clusters and the agreement with the truth."""
+
+    n_segments: int
+    k: int
+    nmi: float
+    ari: float
+    codes_2d: list[list[float]]
+    """PCA projection of every segment's code."""
+    truth: list[int]
+    cluster: list[int]
+    cluster_subgoal: list[int]
+    """Majority true subgoal of each cluster."""
+    centroids: list[list[float]]
+    """Cluster centroids in code space (``n_z`` floats each)."""
+    explained_variance: list[float] = field(default_factory=list)
+
+
+def segment_codes(
+    codes: list[np.ndarray], subgoals: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes [n_segments, n_z], true subgoal [n_segments])``: the code at each segment's end."""
+    out_z, out_g = [], []
+    for z, g in zip(codes, subgoals, strict=True):
+        ends = np.flatnonzero(np.append(g[1:] != g[:-1], True))
+        for t in ends:
+            if g[t] >= 0:
+                out_z.append(z[t])
+                out_g.append(int(g[t]))
+    return np.asarray(out_z, dtype=np.float64), np.asarray(out_g, dtype=np.int64)
+
+
+def cluster_codes(z: np.ndarray, truth: np.ndarray, seed: int = 0) -> ClusterResult:
+    """k-means on ``z`` with ``k`` = number of distinct true subgoals; NMI, ARI, PCA."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    if len(z) < 2:
+        raise ValueError(f"need at least 2 segments to cluster, got {len(z)}")
+    k = max(2, len(np.unique(truth)))
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(z)
+    labels = km.labels_
+    majority = []
+    for c in range(k):
+        members = truth[labels == c]
+        majority.append(int(np.bincount(members).argmax()) if len(members) else -1)
+    n_comp = min(2, z.shape[1], len(z))
+    pca = PCA(n_components=n_comp, random_state=seed).fit(z)
+    proj = pca.transform(z)
+    if n_comp < 2:
+        proj = np.concatenate([proj, np.zeros((len(proj), 2 - n_comp))], axis=1)
+    return ClusterResult(
+        n_segments=len(z),
+        k=k,
+        nmi=float(normalized_mutual_info_score(truth, labels)),
+        ari=float(adjusted_rand_score(truth, labels)),
+        codes_2d=proj.round(4).tolist(),
+        truth=truth.tolist(),
+        cluster=labels.tolist(),
+        cluster_subgoal=majority,
+        centroids=km.cluster_centers_.tolist(),
+        explained_variance=pca.explained_variance_ratio_.tolist(),
+    )
+
+
+def code_clusters(
+    path: str | Path,
+    ds: TrajectoryDataset,
+    *,
+    n_episodes: int = 500,
+    seed: int = 0,
+    device: str = "cpu",
+) -> ClusterResult:
+    """Cluster the codes of the metacontroller in ``path`` on the last ``n_episodes`` of ``ds``."""
+    episodes = np.arange(max(0, ds.n_episodes - n_episodes), ds.n_episodes)
+    _, subgoals, codes = episode_betas(path, ds, episodes, device=device)
+    z, truth = segment_codes(codes, subgoals)
+    return cluster_codes(z, truth, seed=seed)
+
+
+def clusters_summary(result: ClusterResult) -> dict[str, float]:
+    return {
+        "clustering/nmi": result.nmi,
+        "clustering/ari": result.ari,
+        "clustering/k": float(result.k),
+        "clustering/n_segments": float(result.n_segments),
+    }
+
+
+def cluster_figure(result: ClusterResult):
+    """2-D PCA projection of the segment codes, coloured by the true subgoal."""
+    import plotly.graph_objects as go
+
+    xy = np.asarray(result.codes_2d)
+    truth = np.asarray(result.truth)
+    fig = go.Figure()
+    for g in sorted(set(result.truth)):
+        sel = truth == g
+        fig.add_trace(go.Scatter(
+            x=xy[sel, 0], y=xy[sel, 1], mode="markers", opacity=0.6,
+            marker={"color": SUBGOAL_COLOURS[g % len(SUBGOAL_COLOURS)], "size": 6},
+            name=f"true subgoal {g} (colours {2 * g}-{2 * g + 1})",
+        ))  # fmt: skip
+    fig.update_layout(
+        title=f"Latent codes per true segment (PCA); k-means k={result.k}: "
+        f"NMI {result.nmi:.2f}, ARI {result.ari:.2f}",
+        xaxis_title="PC 1",
+        yaxis_title="PC 2",
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- steering
+
+
+@dataclass
+class SteeringResult:
+    """Forcing cluster codes in new layouts."""
+
+    subgoals: list[int]
+    """Subgoal of each steered code (one per subgoal that has a cluster)."""
+    steered: list[float]
+    """Success on the one-subgoal task ``2k-2k+1`` with code k forced from step 0."""
+    uncontrolled: list[float]
+    """The base model alone on the same episodes."""
+    task: str
+    task_success: float
+    """Success on ``task`` with the codes forced in sequence (switching when a subgoal is done)."""
+    task_base_success: float
+    n_episodes: int
+
+
+def steering(
+    path: str | Path,
+    clusters: ClusterResult,
+    *,
+    task="post",
+    n_episodes: int = 1000,
+    seed: int = 0,
+    device: str = "cpu",
+) -> SteeringResult:
+    """Force each cluster's centroid code on new layouts (see the module docstring)."""
+    base, mc, config = load_metacontroller(path, device=device)
+    layer = int(config["layer"])
+    engine = RolloutEngine(base, layer)
+    codes: dict[int, torch.Tensor] = {}
+    for c, g in enumerate(clusters.cluster_subgoal):  # first cluster per subgoal wins ties
+        if g >= 0 and g not in codes:
+            codes[g] = torch.tensor(clusters.centroids[c], dtype=torch.float32, device=device)
+    if not codes:
+        raise ValueError("no cluster maps to a subgoal; cannot steer")
+    n_z = mc.cfg.n_z
+    table = torch.stack(
+        [codes.get(g, torch.zeros(n_z, device=device)) for g in range(max(codes) + 1)]
+    )
+
+    def fixed(index: torch.Tensor):
+        def controller(e: torch.Tensor) -> torch.Tensor:  # e: [rows, 1, d]
+            z = table[index.clamp(min=0)].unsqueeze(1)  # [rows, 1, n_z]
+            out = mc.apply_code(e, z)
+            return torch.where((index >= 0)[:, None, None], out, e)
+
+        return controller
+
+    def run(task_colours, controlled: bool, stream: int) -> float:
+        env = seeded_env(n_episodes, task=task_colours, seed=seed, stream=stream)
+        fn = GroundTruthSwitcher(fixed) if controlled else None
+        ro = engine.run(env, controller_fn=fn, generator=torch.Generator().manual_seed(seed))
+        return float(ro.success.mean())
+
+    subgoals = sorted(codes)
+    steered, uncontrolled = [], []
+    with torch.no_grad():
+        for g in subgoals:
+            one = [2 * g, 2 * g + 1]
+            steered.append(run(one, True, 3000 + g))
+            uncontrolled.append(run(one, False, 3000 + g))
+        colours = parse_task(task)
+        needed = {c // 2 for c in colours}
+        missing = sorted(needed - set(codes))
+        if missing:
+            task_ok = task_base = float("nan")
+        else:
+            task_ok = run(colours, True, 4000)
+            task_base = run(colours, False, 4000)
+    return SteeringResult(
+        subgoals=subgoals,
+        steered=steered,
+        uncontrolled=uncontrolled,
+        task=format_task(parse_task(task)),
+        task_success=task_ok,
+        task_base_success=task_base,
+        n_episodes=n_episodes,
+    )
+
+
+def steering_summary(result: SteeringResult) -> dict[str, float]:
+    out = {
+        "steering/mean_steered": float(np.mean(result.steered)),
+        "steering/mean_uncontrolled": float(np.mean(result.uncontrolled)),
+        "steering/task_success": result.task_success,
+        "steering/task_base_success": result.task_base_success,
+    }
+    for g, s, u in zip(result.subgoals, result.steered, result.uncontrolled, strict=True):
+        out[f"steering/steered_subgoal_{g}"] = s
+        out[f"steering/uncontrolled_subgoal_{g}"] = u
+    return out
+
+
+def steering_figure(result: SteeringResult):
+    """Success with each cluster code forced vs the uncontrolled base model."""
+    import plotly.graph_objects as go
+
+    names = [f"{2 * g}-{2 * g + 1}" for g in result.subgoals]
+    fig = go.Figure([
+        go.Bar(x=names, y=result.steered, name="cluster code forced from step 0"),
+        go.Bar(x=names, y=result.uncontrolled, name="uncontrolled base model"),
+    ])  # fmt: skip
+    fig.update_layout(
+        barmode="group",
+        yaxis={"range": [0, 1], "title": "success on the one-subgoal task"},
+        xaxis_title="subgoal (colour pair) of the cluster",
+        title=f"Steering with discovered codes; on task {result.task}: "
+        f"{result.task_success:.3f} (base {result.task_base_success:.3f})",
+    )
+    return fig

@@ -1,0 +1,208 @@
+"""``irl-lens discover``: train a metacontroller, then read what it found (paper Section 3).
+
+The command trains (or, with ``--resume``, continues) a metacontroller on clean expert data
+and then runs the analyses of :mod:`analyses.switching` and :mod:`analyses.clustering` on
+the held-out episodes (the dataset's last ``val_episodes``, never trained on): switch
+alignment, code clustering, steering with the cluster codes, and prior-sampling rollouts.
+Everything lands in ``MC/summary.json`` (flat keys), ``MC/analysis.json`` and HTML figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from irl_lens.common_cli import DEVICE_OPTION, SEED_OPTION, Device, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+class Variant(StrEnum):
+    full = "full"
+    beta1 = "beta1"
+    cotrain = "cotrain"
+
+
+class Switch(StrEnum):
+    sigmoid = "sigmoid"
+    gumbel = "gumbel"
+
+
+class DiscoverPreset(StrEnum):
+    quick = "quick"
+    paper = "paper"
+    tiny = "tiny"
+
+
+def discover(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Base-model run folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Metacontroller output folder.")],
+    layer: Annotated[
+        int | None, typer.Option(help="Layer to read and write (default L // 2, mid-depth).")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="KL (rate) weight (default: the preset's, 0.1).", min=0)
+    ] = None,
+    variant: Annotated[
+        Variant,
+        typer.Option(
+            help="full: the method (base frozen); beta1: beta forced to 1; cotrain: base "
+            "and metacontroller trained together."
+        ),
+    ] = Variant.full,
+    switch: Annotated[
+        Switch, typer.Option(help="Switching unit: sigmoid, or gumbel (relaxed Bernoulli).")
+    ] = Switch.sigmoid,
+    cotrain_from_pretrained: Annotated[
+        bool,
+        typer.Option(help="cotrain only: start the base from RUN's weights, not from scratch."),
+    ] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Clean dataset (default: fresh clean expert episodes)."),
+    ] = None,
+    data_episodes: Annotated[
+        int, typer.Option(help="Episodes to generate when --data is not given.", min=20)
+    ] = 5000,
+    preset: Annotated[
+        DiscoverPreset,
+        typer.Option(help="quick (CPU, 1500 steps), paper (Table A10, 64k steps), tiny."),
+    ] = DiscoverPreset.quick,
+    steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
+    task: Annotated[
+        str, typer.Option(help="Task the cluster codes are steered through (post or pairs).")
+    ] = "post",
+    episodes: Annotated[
+        int, typer.Option(help="Rollout episodes for steering and prior sampling.", min=1)
+    ] = 1000,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run in --out from its checkpoint.")
+    ] = False,
+    analyse_only: Annotated[
+        bool, typer.Option(help="Skip training; re-run the analyses on the trained --out.")
+    ] = False,
+    seed: Annotated[int, SEED_OPTION] = 0,
+    device: Annotated[Device, DEVICE_OPTION] = Device.cpu,
+) -> None:
+    """Discover temporal abstractions: train a metacontroller on the frozen base model.
+
+    Loss = action NLL + alpha * KL(N(mu, Sigma) || N(0, I)) on clean data; prints the
+    distortion (NLL), rate (KL), switches per episode vs the true subgoal segments, switch
+    alignment (F1), code clustering (NMI/ARI) and steering with the discovered codes.
+
+    Example: irl-lens discover runs/q/base --out runs/q/mc --data runs/q/data-clean
+    """
+    from irl_lens import runs
+    from irl_lens.models.base import load_base_model
+    from irl_lens.models.metacontroller import MetacontrollerConfig
+    from irl_lens.train import discover as disc
+
+    dev = resolve_device(device)
+    from irl_lens.analysis_cli import _clean_data
+
+    ds, data_path = _clean_data(data, data_episodes, seed)
+    cfg = disc.PRESETS[preset.value]
+    over = {
+        k: v
+        for k, v in (("steps", steps), ("alpha", alpha))
+        if v is not None
+    }  # fmt: skip
+    cfg = dataclasses.replace(
+        cfg, **over, variant=variant.value, seed=seed,
+        cotrain_from_pretrained=cotrain_from_pretrained,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    if not analyse_only:
+        d_model = load_base_model(run).cfg.d_model
+        mc_cfg = MetacontrollerConfig(d_model=d_model, switch=switch.value)
+        result = disc.discover(
+            run, ds, out, cfg, layer=layer, mc_cfg=mc_cfg, data_path=data_path, device=dev,
+            resume=resume, progress=True,
+        )  # fmt: skip
+        train_summary = result.summary
+    else:
+        train_summary = runs.read_json(out / "summary.json", "metacontroller summary")
+        train_summary = {k: v for k, v in train_summary.items() if k.startswith("discover/")}
+    n_val = min(cfg.val_episodes, ds.n_episodes // 5)
+    summary = train_summary | analyse(out, ds, n_val, task=task, episodes=episodes, seed=seed,
+                                      device=dev)  # fmt: skip
+    summary["discover/seconds"] = time.perf_counter() - t0
+    runs.write_json(out / "summary.json", summary)
+    _print_summary(out, summary)
+
+
+def analyse(
+    out: Path, ds, n_val: int, *, task: str, episodes: int, seed: int, device: str
+) -> dict[str, float]:
+    """Switching, clustering, steering and prior sampling on a trained metacontroller folder."""
+    from analyses import clustering, switching
+    from irl_lens import runs
+    from irl_lens.train.discover import prior_rollouts
+
+    sw = switching.switch_alignment(out, ds, n_episodes=n_val, device=device)
+    switching.beta_figure(sw).write_html(out / "switching_beta.html")
+    cl = clustering.code_clusters(out, ds, n_episodes=n_val, seed=seed, device=device)
+    clustering.cluster_figure(cl).write_html(out / "clusters.html")
+    st = clustering.steering(out, cl, task=task, n_episodes=episodes, seed=seed, device=device)
+    clustering.steering_figure(st).write_html(out / "steering.html")
+    prior = prior_rollouts(out, n_episodes=episodes, seed=seed, device=device)
+    runs.write_json(
+        out / "analysis.json",
+        {
+            "switching": dataclasses.asdict(sw),
+            "clustering": dataclasses.asdict(cl),
+            "steering": dataclasses.asdict(st),
+            "prior": prior,
+        },
+    )
+    return (
+        switching.summary(sw)
+        | clustering.clusters_summary(cl)
+        | clustering.steering_summary(st)
+        | {f"prior/{k}": v for k, v in prior.items() if isinstance(v, float)}
+    )
+
+
+def _print_summary(out: Path, s: dict[str, float]) -> None:
+    def g(key: str) -> str:
+        v = s.get(key, float("nan"))
+        return f"{v:.3f}"
+
+    print(f"metacontroller {out}")
+    print(f"  distortion (val action NLL)  {g('discover/action_nll')}")
+    print(f"  rate (val KL per step)       {g('discover/kl')}")
+    print(f"  mean beta                    {g('discover/mean_beta')}")
+    print(
+        f"  switches per episode         {g('switching/switches_per_episode')} "
+        f"(true {g('switching/true_switches_per_episode')}; t >= 1)"
+    )
+    print(f"  beta within 0.05 of 0 or 1   {g('switching/binary_fraction')}")
+    print("  switch alignment             tol 0     tol 1     tol 2")
+    for name in ("precision", "recall", "f1"):
+        row = "  ".join(f"{g(f'switching/{name}_tol{t}'):>8}" for t in (0, 1, 2))
+        print(f"    {name:<26} {row}")
+    print(f"  code clustering              NMI {g('clustering/nmi')}  ARI {g('clustering/ari')}")
+    print(
+        f"  steering (one-pair tasks)    {g('steering/mean_steered')} "
+        f"vs uncontrolled {g('steering/mean_uncontrolled')}"
+    )
+    print(
+        f"  steering (whole task)        {g('steering/task_success')} "
+        f"vs uncontrolled {g('steering/task_base_success')}"
+    )
+    print(
+        f"  prior sampling               success {g('prior/success')}, "
+        f"switches/episode {g('prior/switches_per_episode')}"
+    )
+    print(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``discover`` to the ``irl-lens`` app."""
+    app.command(name="discover")(discover)

@@ -1,0 +1,358 @@
+"""The metacontroller: discovers when to switch and which controller to write (paper Section 3).
+
+It reads the base model's residual stream ``e_1:T`` at one layer ``l`` and writes
+``e_hat_t = e_t + U_t e_t`` back (through :func:`irl_lens.hooks.intervene`). Modules
+(defaults from Table A9):
+
+================================  ================================================================
+internal sequence embedder        ``s_t = f_emb(e_1:T)``: RG-LRU passes forward and backward over
+                                  the whole (non-causal) sequence, ``n_s = 32``; training only
+history                           ``h_t = GRU(e_t, h_{t-1})``, ``n_h = 32``
+controller encoder                ``mu_t, log sigma_t^2 = f_enc(e_t, h_{t-1}, s_t)``, hidden 64;
+                                  proposal ``z~_t = mu_t + sigma_t * eps``, ``n_z = 8``
+switching unit (causal)           ``beta_t = f_switch(e_t, h_{t-1}, z_{t-1})`` in ``[0, 1]``,
+                                  reading the *integrated* ``z_{t-1}``
+temporal integration              ``z_t = beta_t z~_t + (1 - beta_t) z_{t-1}``, ``z_{-1} = 0``
+decoder (hypernetwork)            ``U_t = f_hyp(z_t)``, hidden 32, low rank 16 (``U = B A``) or full
+================================  ================================================================
+
+``beta`` is a sigmoid (``switch="sigmoid"``) or, while training, a relaxed Bernoulli
+(``switch="gumbel"``: logistic noise added to the logit, divided by a temperature).
+
+Every quantity a researcher may want to read is a TransformerLens ``HookPoint``
+(``hook_seq_embedding``, ``hook_history``, ``hook_latent_mu``, ``hook_latent_logvar``,
+``hook_latent_proposal``, ``hook_switch_gate``, ``hook_latent_z``, ``hook_controller_delta``,
+``hook_controller_out``), so ``run_with_cache`` and ``run_with_hooks`` work on it.
+
+**Decoder without materialising U.** ``A_t`` and ``B_t`` are linear in the decoder's hidden
+vector ``g_t`` (plus a bias), ``A_t = sum_j g_tj W^A_j``. So ``A_t e_t = sum_j g_tj (W^A_j e_t)``
+is one matmul of ``e`` against all ``W^A_j`` followed by a weighted sum, and the same for
+``B_t``; the ``[pos, d_model, rank]`` matrices are never built. :meth:`Metacontroller.matrices`
+builds ``U_t`` explicitly, for analyses and for the test that checks ``e + U e``.
+
+**Stepping.** Rollouts (prior sampling, internal RL) drive the causal part one position at
+a time with :meth:`Metacontroller.step`, which gives the same numbers as :meth:`forward`
+with the same proposals (tested); the non-causal embedder is not used there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from irl_lens.models.ssm import RGLRU
+
+SWITCHES = ("sigmoid", "gumbel")
+
+
+@dataclass
+class MetacontrollerConfig:
+    """Sizes of a :class:`Metacontroller` (defaults: paper Table A9, gridworld)."""
+
+    d_model: int
+    """Width of the base model's residual stream."""
+    n_z: int = 8
+    """Latent code size."""
+    n_h: int = 32
+    """GRU history size."""
+    n_s: int = 32
+    """Internal sequence embedding size."""
+    d_enc: int = 64
+    """Hidden width of the controller encoder and the switching unit."""
+    d_dec: int = 32
+    """Hidden width of the hypernetwork decoder."""
+    rank: int | None = 16
+    """Rank of ``U_t = B_t A_t``; ``None`` for a full matrix (ant)."""
+    switch: str = "sigmoid"
+    """``sigmoid`` or ``gumbel`` (relaxed Bernoulli while training)."""
+    gumbel_temperature: float = 0.5
+    """Temperature of the relaxed Bernoulli switch."""
+    switch_bias_init: float = 0.0
+    """Initial bias of the switching unit's logit (0: beta starts near 0.5)."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_z", "n_h", "n_s", "d_enc", "d_dec"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"MetacontrollerConfig.{name}={getattr(self, name)!r} must be >= 1"
+                )
+        if self.rank is not None and not 1 <= self.rank <= self.d_model:
+            raise ValueError(
+                f"MetacontrollerConfig.rank={self.rank!r}: use 1..d_model ({self.d_model}) "
+                "or None for a full matrix"
+            )
+        if self.switch not in SWITCHES:
+            raise ValueError(
+                f"MetacontrollerConfig.switch={self.switch!r}; allowed: {', '.join(SWITCHES)}"
+            )
+        if not self.gumbel_temperature > 0:
+            raise ValueError(
+                f"MetacontrollerConfig.gumbel_temperature={self.gumbel_temperature!r} must be > 0"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MetacontrollerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown MetacontrollerConfig fields {unknown}")
+        return cls(**d)
+
+
+@dataclass
+class MetacontrollerOutput:
+    """Everything one :meth:`Metacontroller.forward` computed, per position."""
+
+    e_hat: Float[Tensor, "batch pos d_model"]
+    beta: Float[Tensor, "batch pos"]
+    beta_logit: Float[Tensor, "batch pos"]
+    mu: Float[Tensor, "batch pos n_z"]
+    logvar: Float[Tensor, "batch pos n_z"]
+    z_tilde: Float[Tensor, "batch pos n_z"]
+    z: Float[Tensor, "batch pos n_z"]
+    kl: Float[Tensor, "batch pos"]
+    """``KL(N(mu_t, Sigma_t) || N(0, I))`` per position (summed over ``n_z``)."""
+
+
+@dataclass
+class StepCarry:
+    """The causal state a rollout carries between positions: ``h_{t-1}`` and ``z_{t-1}``."""
+
+    h: Float[Tensor, "batch n_h"]
+    z: Float[Tensor, "batch n_z"]
+
+    def select(self, rows: Tensor) -> StepCarry:
+        return StepCarry(self.h[rows], self.z[rows])
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """``KL(N(mu, diag exp(logvar)) || N(0, I))`` summed over the last dimension."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+class Metacontroller(HookedRootModule):
+    """See the module docstring. ``forward(e, mask)`` runs a whole batch of sequences."""
+
+    def __init__(self, cfg: MetacontrollerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, nz, nh, ns = cfg.d_model, cfg.n_z, cfg.n_h, cfg.n_s
+        # internal sequence embedder (non-causal)
+        self.emb_in = nn.Linear(d, ns)
+        self.emb_fwd = RGLRU(ns)
+        self.emb_bwd = RGLRU(ns)
+        self.emb_out = nn.Linear(2 * ns, ns)
+        # history
+        self.gru = nn.GRU(d, nh, batch_first=True)
+        # controller encoder
+        self.enc = nn.Sequential(nn.Linear(d + nh + ns, cfg.d_enc), nn.GELU())
+        self.enc_mu = nn.Linear(cfg.d_enc, nz)
+        self.enc_logvar = nn.Linear(cfg.d_enc, nz)
+        # switching unit: the (e, h) part of its first layer is computed for all positions
+        # at once; only the z_{t-1} part is inside the loop over time
+        self.switch_eh = nn.Linear(d + nh, cfg.d_enc)
+        self.switch_z = nn.Linear(nz, cfg.d_enc, bias=False)
+        self.switch_out = nn.Linear(cfg.d_enc, 1)
+        nn.init.constant_(self.switch_out.bias, cfg.switch_bias_init)
+        # hypernetwork decoder: g = gelu(W z + b), then U linear in [g, 1]
+        self.dec = nn.Linear(nz, cfg.d_dec)
+        j = cfg.d_dec + 1
+        if cfg.rank is None:
+            self.dec_U = nn.Parameter(torch.zeros(j, d, d))
+        else:
+            r = cfg.rank
+            self.dec_A = nn.Parameter(torch.randn(j, r, d) * (d**-0.5) * (j**-0.5))
+            self.dec_B = nn.Parameter(torch.zeros(j, d, r))
+        for name in (
+            "seq_embedding",
+            "history",
+            "latent_mu",
+            "latent_logvar",
+            "latent_proposal",
+            "switch_gate",
+            "latent_z",
+            "controller_delta",
+            "controller_out",
+        ):
+            setattr(self, f"hook_{name}", HookPoint())
+        self.setup()
+
+    # ------------------------------------------------------------------ pieces
+    def sequence_embedding(
+        self, e: Float[Tensor, "batch pos d_model"], mask: Float[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch pos n_s"]:
+        """``s_t``: forward and backward RG-LRU over the real (unmasked) positions."""
+        x = self.emb_in(e) * mask.unsqueeze(-1)  # padding contributes nothing either way
+        both = torch.cat([self.emb_fwd(x), self.emb_bwd(x, reverse=True)], dim=-1)
+        return self.hook_seq_embedding(self.emb_out(both))
+
+    def decoder_hidden(self, z: Float[Tensor, "*lead n_z"]) -> Float[Tensor, "*lead j"]:
+        """``[g(z), 1]``: the vector ``U`` is linear in."""
+        g = F.gelu(self.dec(z))
+        return torch.cat([g, torch.ones_like(g[..., :1])], dim=-1)
+
+    def delta(
+        self, e: Float[Tensor, "*lead d_model"], z: Float[Tensor, "*lead n_z"]
+    ) -> Float[Tensor, "*lead d_model"]:
+        """``U(z) e`` without building ``U`` (see the module docstring)."""
+        g = self.decoder_hidden(z)  # [*lead, j]
+        if self.cfg.rank is None:
+            per_j = torch.einsum("jab,...b->...ja", self.dec_U, e)  # [*lead, j, d]
+            return torch.einsum("...j,...ja->...a", g, per_j)
+        ae = torch.einsum("jrd,...d->...jr", self.dec_A, e)  # W^A_j e: [*lead, j, r]
+        v = torch.einsum("...j,...jr->...r", g, ae)  # A(z) e: [*lead, r]
+        gv = g.unsqueeze(-1) * v.unsqueeze(-2)  # [*lead, j, r]
+        return torch.einsum("...jr,jdr->...d", gv, self.dec_B)  # B(z) A(z) e
+
+    def matrices(self, z: Float[Tensor, "*lead n_z"]) -> Float[Tensor, "*lead d_model d_model"]:
+        """``U(z)`` built explicitly (for analyses and tests; training never builds it)."""
+        g = self.decoder_hidden(z)
+        if self.cfg.rank is None:
+            return torch.einsum("...j,jab->...ab", g, self.dec_U)
+        A = torch.einsum("...j,jrd->...rd", g, self.dec_A)
+        B = torch.einsum("...j,jdr->...dr", g, self.dec_B)
+        return B @ A
+
+    def apply_code(
+        self, e: Float[Tensor, "*lead d_model"], z: Float[Tensor, "*lead n_z"]
+    ) -> Float[Tensor, "*lead d_model"]:
+        """``e + U(z) e`` (through the controller hooks)."""
+        delta = self.hook_controller_delta(self.delta(e, z))
+        return self.hook_controller_out(e + delta)
+
+    def _switch(
+        self, eh_part: Tensor, z_prev: Tensor, sample: bool, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        logit = self.switch_out(F.gelu(eh_part + self.switch_z(z_prev))).squeeze(-1)
+        if self.cfg.switch == "gumbel" and sample:
+            u = torch.rand(logit.shape, generator=generator, device=logit.device)
+            u = u.clamp(1e-6, 1 - 1e-6)
+            noise = torch.log(u) - torch.log1p(-u)  # logistic(0, 1)
+            return torch.sigmoid((logit + noise) / self.cfg.gumbel_temperature), logit
+        return torch.sigmoid(logit), logit
+
+    # ------------------------------------------------------------------ whole sequences
+    def forward(  # type: ignore[override]
+        self,
+        e: Float[Tensor, "batch pos d_model"],
+        mask: Float[Tensor, "batch pos"] | Bool[Tensor, "batch pos"] | None = None,
+        *,
+        sample: bool = True,
+        beta_override: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MetacontrollerOutput:
+        """Run the metacontroller over whole sequences and return ``e_hat`` and its internals.
+
+        ``sample=False`` uses ``z~_t = mu_t`` (and a noiseless switch); ``beta_override``
+        forces ``beta_t`` to that value (the ``beta = 1`` ablation).
+        """
+        if e.ndim != 3 or e.shape[-1] != self.cfg.d_model:
+            raise ValueError(
+                f"metacontroller input must be [batch, pos, {self.cfg.d_model}], "
+                f"got {tuple(e.shape)}"
+            )
+        b, t, _ = e.shape
+        mask = torch.ones(b, t, device=e.device) if mask is None else mask.to(e.dtype)
+        s = self.sequence_embedding(e, mask)  # [b, t, n_s]
+        h_all, _ = self.gru(e)  # h_t for t = 0..T-1
+        h_all = self.hook_history(h_all)
+        h_prev = torch.cat([torch.zeros_like(h_all[:, :1]), h_all[:, :-1]], dim=1)  # h_{t-1}
+        hid = self.enc(torch.cat([e, h_prev, s], dim=-1))
+        mu = self.hook_latent_mu(self.enc_mu(hid))
+        logvar = self.hook_latent_logvar(self.enc_logvar(hid).clamp(-10.0, 10.0))
+        if sample:
+            noise = torch.randn(mu.shape, generator=generator, device=mu.device)
+            z_tilde = mu + torch.exp(0.5 * logvar) * noise
+        else:
+            z_tilde = mu
+        z_tilde = self.hook_latent_proposal(z_tilde)
+        eh = self.switch_eh(torch.cat([e, h_prev], dim=-1))  # [b, t, d_enc]
+        z_prev = torch.zeros(b, self.cfg.n_z, device=e.device, dtype=e.dtype)
+        betas, logits, zs = [], [], []
+        for i in range(t):  # beta_t depends on z_{t-1}: the one sequential part
+            beta, logit = self._switch(eh[:, i], z_prev, sample, generator)
+            if beta_override is not None:
+                beta = torch.full_like(beta, float(beta_override))
+            z_prev = beta.unsqueeze(-1) * z_tilde[:, i] + (1.0 - beta.unsqueeze(-1)) * z_prev
+            betas.append(beta)
+            logits.append(logit)
+            zs.append(z_prev)
+        beta = self.hook_switch_gate(torch.stack(betas, dim=1))
+        z = self.hook_latent_z(torch.stack(zs, dim=1))
+        e_hat = self.apply_code(e, z)
+        return MetacontrollerOutput(
+            e_hat=e_hat,
+            beta=beta,
+            beta_logit=torch.stack(logits, dim=1),
+            mu=mu,
+            logvar=logvar,
+            z_tilde=z_tilde,
+            z=z,
+            kl=gaussian_kl(mu, logvar),
+        )
+
+    # ------------------------------------------------------------------ one step (rollouts)
+    def initial_carry(self, n: int, device=None) -> StepCarry:
+        """``h_{-1} = 0`` and ``z_{-1} = 0`` for ``n`` rollouts."""
+        dev = device or self.dec.weight.device
+        return StepCarry(
+            torch.zeros(n, self.cfg.n_h, device=dev), torch.zeros(n, self.cfg.n_z, device=dev)
+        )
+
+    def switch_probability(
+        self, e: Float[Tensor, "batch d_model"], carry: StepCarry
+    ) -> Float[Tensor, " batch"]:
+        """``beta_t = f_switch(e_t, h_{t-1}, z_{t-1})`` (noiseless) for one position."""
+        eh = self.switch_eh(torch.cat([e, carry.h], dim=-1))
+        return self._switch(eh, carry.z, sample=False, generator=None)[0]
+
+    def step(
+        self,
+        e: Float[Tensor, "batch d_model"],
+        carry: StepCarry,
+        z_tilde: Float[Tensor, "batch n_z"],
+        beta: Float[Tensor, " batch"] | None = None,
+    ) -> tuple[Float[Tensor, "batch d_model"], Float[Tensor, " batch"], StepCarry]:
+        """One causal position with a given proposal ``z~_t`` (from the prior, a policy, ...).
+
+        Returns ``(e_hat_t, beta_t, carry_t)``. ``beta`` overrides the switching unit (e.g. a
+        thresholded, binary switch). Equals :meth:`forward` position by position.
+        """
+        if beta is None:
+            beta = self.switch_probability(e, carry)
+        z = beta.unsqueeze(-1) * z_tilde + (1.0 - beta.unsqueeze(-1)) * carry.z
+        h = self.gru_step(e, carry.h)
+        e_hat = self.apply_code(e, z)
+        return e_hat, beta, StepCarry(h, z)
+
+    def gru_step(self, e: Float[Tensor, "batch d_model"], h: Float[Tensor, "batch n_h"]) -> Tensor:
+        """``h_t = GRU(e_t, h_{t-1})`` with the weights of :attr:`gru`."""
+        g = self.gru
+        return torch.gru_cell(e, h, g.weight_ih_l0, g.weight_hh_l0, g.bias_ih_l0, g.bias_hh_l0)
+
+    def encode(
+        self, e: Float[Tensor, "batch d_model"], carry: StepCarry, s: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(mu_t, logvar_t)`` for one position given a sequence embedding ``s_t``."""
+        hid = self.enc(torch.cat([e, carry.h, s], dim=-1))
+        return self.enc_mu(hid), self.enc_logvar(hid).clamp(-10.0, 10.0)
+
+
+def build_metacontroller(cfg: MetacontrollerConfig, seed: int = 0) -> Metacontroller:
+    """A :class:`Metacontroller` with a reproducible initialisation (global RNG untouched)."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return Metacontroller(cfg)
+    finally:
+        torch.random.set_rng_state(state)

@@ -1,0 +1,109 @@
+"""Hawk-style recurrent blocks: the RG-LRU gated linear recurrence (De et al. 2024, "Griffin").
+
+The RG-LRU reads ``x_t`` and keeps a per-channel state ``h_t``:
+
+    r_t = sigmoid(W_a x_t + b_a)               recurrence gate
+    i_t = sigmoid(W_x x_t + b_x)               input gate
+    a_t = sigmoid(Lambda) ** (c * r_t)         per-channel decay in (0, 1), c = 8
+    h_t = a_t * h_{t-1} + sqrt(1 - a_t**2) * (i_t * x_t)
+
+Given the gates, the recurrence is linear in ``h``, so a whole sequence is computed without a
+Python loop over time: ``h_t = sum_{s <= t} exp(L_t - L_s) b_s`` with ``L_t = sum_{k <= t}
+log a_k``, evaluated as one masked ``[T, T]`` weight matrix per channel (every exponent is
+``<= 0``, so it is stable). :meth:`RGLRU.step` advances one position, for rollouts.
+
+:class:`HawkBlock` wraps it the Hawk way (pre-norm; a GeLU gate branch times the recurrent
+branch; output projection; then a pre-norm MLP), without Hawk's short temporal convolution,
+so a step needs nothing but ``h``. Used by the metacontroller's non-causal sequence
+embedder (forward and backward passes) and the internal-RL policy (causal).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+_C = 8.0
+
+
+def linear_scan(
+    log_a: Float[Tensor, "batch pos d"], b: Float[Tensor, "batch pos d"]
+) -> Float[Tensor, "batch pos d"]:
+    """``h_t = a_t h_{t-1} + b_t`` from ``h_{-1} = 0``, for all ``t`` at once (``log_a <= 0``)."""
+    cum = torch.cumsum(log_a, dim=1)  # [batch, pos, d]
+    diff = cum.unsqueeze(2) - cum.unsqueeze(1)  # [batch, t, s, d] = L_t - L_s
+    t = log_a.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=log_a.device).tril()  # s <= t
+    weights = torch.where(causal[None, :, :, None], diff, -math.inf).exp()  # [b, t, s, d]
+    return torch.einsum("btsd,bsd->btd", weights, b)
+
+
+class RGLRU(nn.Module):
+    """Real-gated linear recurrent unit over ``d`` channels (see the module docstring)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.d = d
+        self.gates = nn.Linear(d, 2 * d)  # recurrence gate r_t and input gate i_t
+        # Lambda initialised so that a = sigmoid(Lambda) ** c lies in [0.9, 0.999] (Griffin)
+        a_c = torch.empty(d).uniform_(0.9**2, 0.999**2).sqrt()  # a ** c, sampled as in Griffin
+        self.log_lambda_inv = nn.Parameter(torch.logit(a_c ** (1.0 / _C)))
+
+    def _coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        r, i = torch.sigmoid(self.gates(x)).chunk(2, dim=-1)
+        log_a = _C * r * F.logsigmoid(self.log_lambda_inv)  # <= 0
+        norm = torch.sqrt((1.0 - torch.exp(2.0 * log_a)).clamp(min=1e-12))
+        return log_a, norm * (i * x)
+
+    def forward(
+        self, x: Float[Tensor, "batch pos d"], reverse: bool = False
+    ) -> Float[Tensor, "batch pos d"]:
+        """States ``h_t`` for every position (``reverse=True`` runs from the last position)."""
+        if reverse:
+            return self.forward(x.flip(1)).flip(1)
+        log_a, b = self._coefficients(x)
+        return linear_scan(log_a, b)
+
+    def step(
+        self, x: Float[Tensor, "batch d"], h: Float[Tensor, "batch d"] | None
+    ) -> Float[Tensor, "batch d"]:
+        """One position: ``h_t`` from ``x_t`` and ``h_{t-1}`` (``None``: zeros)."""
+        log_a, b = self._coefficients(x)
+        return b if h is None else torch.exp(log_a) * h + b
+
+
+class HawkBlock(nn.Module):
+    """Residual recurrent block + residual MLP (Hawk, without the temporal convolution)."""
+
+    def __init__(self, d_model: int, d_rnn: int | None = None, d_mlp: int | None = None) -> None:
+        super().__init__()
+        d_rnn = d_rnn or d_model
+        d_mlp = d_mlp or 2 * d_model
+        self.norm1 = nn.LayerNorm(d_model)
+        self.gate = nn.Linear(d_model, d_rnn)
+        self.inp = nn.Linear(d_model, d_rnn)
+        self.rnn = RGLRU(d_rnn)
+        self.out = nn.Linear(d_rnn, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, d_mlp), nn.GELU(), nn.Linear(d_mlp, d_model))
+
+    def forward(
+        self, x: Float[Tensor, "batch pos d_model"], reverse: bool = False
+    ) -> Float[Tensor, "batch pos d_model"]:
+        y = self.norm1(x)
+        h = self.rnn(self.inp(y), reverse=reverse)
+        x = x + self.out(F.gelu(self.gate(y)) * h)
+        return x + self.mlp(self.norm2(x))
+
+    def step(
+        self, x: Float[Tensor, "batch d_model"], h: Float[Tensor, "batch d_rnn"] | None
+    ) -> tuple[Float[Tensor, "batch d_model"], Float[Tensor, "batch d_rnn"]]:
+        """One causal position: ``(output, new state)``; equals :meth:`forward` step by step."""
+        y = self.norm1(x)
+        h = self.rnn.step(self.inp(y), h)
+        x = x + self.out(F.gelu(self.gate(y)) * h)
+        return x + self.mlp(self.norm2(x)), h

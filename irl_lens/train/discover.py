@@ -1,0 +1,506 @@
+"""Discovery: train a metacontroller on clean expert data with the base model frozen (Section 3).
+
+Loss per batch (paper Eq 3/9), averaged over real steps:
+
+    L = -ln p(a_t | o_1:t, z_1:t)  [+ lambda * -ln p(o_t+1 | o_1:t, z_1:t)]
+        + alpha * KL(N(mu_t, Sigma_t) || N(0, I))
+
+The metacontroller sees the residual stream at layer ``l`` through the one hook path
+(:func:`irl_lens.hooks.intervene`): the hook hands it ``e_1:T`` and the base model's upper
+blocks read ``e_hat_1:T``. Variants:
+
+* ``full``: the method; only the metacontroller trains, the base stays bit-identical
+  (checked at the end, the run fails otherwise);
+* ``beta1``: the same with ``beta_t`` forced to 1 (a fresh code every step);
+* ``cotrain``: base and metacontroller trained together, the base from scratch (paper, grid)
+  or from the pretrained weights (``cotrain_from_pretrained``).
+
+Logged: action NLL (distortion), KL (rate), mean beta and switches per episode at
+threshold 0.5 next to the true number of subgoal segments. Checkpoints restore the exact
+state (weights, optimizer, data position, RNG), so a resumed run ends where an
+uninterrupted one would.
+
+A metacontroller folder (``kind = "metacontroller"``) holds ``config.json``,
+``metacontroller.safetensors`` (and ``base.safetensors`` for ``cotrain``), ``metrics.jsonl``,
+``summary.json`` and ``checkpoints/``; :func:`load_metacontroller` rebuilds everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from irl_lens import runs
+from irl_lens.data.dataset import Batch, TrajectoryDataset, bucketed_batches, make_batch
+from irl_lens.hooks import check_layer, intervene
+from irl_lens.models.base import ActionModel, build_model, load_base_model
+from irl_lens.models.metacontroller import (
+    Metacontroller,
+    MetacontrollerConfig,
+    MetacontrollerOutput,
+    build_metacontroller,
+)
+
+logger = logging.getLogger(__name__)
+
+KIND = "metacontroller"
+VARIANTS = ("full", "beta1", "cotrain")
+SWITCH_THRESHOLD = 0.5
+
+
+@dataclass
+class DiscoverConfig:
+    """How a metacontroller is trained (paper Tables A9/A10 for ``paper``)."""
+
+    variant: str = "full"
+    """``full``, ``beta1`` or ``cotrain`` (see the module docstring)."""
+    alpha: float = 0.1
+    """Weight of the KL (rate) term."""
+    steps: int = 64_000
+    """AdamW steps."""
+    tokens_per_batch: int = 4096
+    """Padded steps per batch (length-bucketed episodes)."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.03
+    """AdamW weight decay."""
+    obs_loss_weight: float | None = None
+    """lambda of the next-observation term; ``None``: the base model's own lambda."""
+    cotrain_from_pretrained: bool = False
+    """``cotrain`` only: start the base from the pretrained weights instead of from scratch."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm (0 disables)."""
+    val_episodes: int = 200
+    """Clean episodes held out for the logged validation metrics."""
+    eval_every: int = 500
+    """Validation metrics every this many steps."""
+    log_every: int = 25
+    """Training metrics every this many steps."""
+    checkpoint_every: int = 500
+    """Checkpoint every this many steps (exact resume)."""
+    seed: int = 0
+    """Seeds the initialisation, the data order and the latent noise."""
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant={self.variant!r}; allowed: {', '.join(VARIANTS)}")
+        for name in ("steps", "tokens_per_batch", "eval_every", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DiscoverConfig.{name}={getattr(self, name)!r} must be >= 1")
+        if self.alpha < 0:
+            raise ValueError(f"alpha={self.alpha!r} must be >= 0")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r} must be > 0")
+        if self.weight_decay < 0 or self.val_episodes < 0:
+            raise ValueError("DiscoverConfig.weight_decay and val_episodes must be >= 0")
+        if self.obs_loss_weight is not None and self.obs_loss_weight < 0:
+            raise ValueError(f"obs_loss_weight={self.obs_loss_weight!r} must be >= 0")
+
+
+#: ``paper``: grid settings of Table A10 (batch 512 episodes ~ 16k steps, 64k steps);
+#: ``quick``: fits the CPU; ``tiny``: tests.
+PRESETS: dict[str, DiscoverConfig] = {
+    "paper": DiscoverConfig(steps=64_000, tokens_per_batch=16_384, eval_every=4000,
+                            checkpoint_every=4000),
+    "quick": DiscoverConfig(steps=1500, tokens_per_batch=4096, lr=3e-3, eval_every=500,
+                            checkpoint_every=250),
+    "tiny": DiscoverConfig(steps=12, tokens_per_batch=1024, lr=3e-3, val_episodes=16,
+                           eval_every=6, log_every=3, checkpoint_every=6),
+}  # fmt: skip
+
+
+def default_layer(n_layers: int) -> int:
+    """The paper's insertion point: mid-depth, ``L // 2``."""
+    return n_layers // 2
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, in order: equal digests = bit-identical weights."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def _frozen(model: torch.nn.Module) -> Iterator[None]:
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def controlled_forward(
+    model: ActionModel,
+    mc: Metacontroller,
+    layer: int,
+    obs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    sample: bool = True,
+    beta_override: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, MetacontrollerOutput]:
+    """Base-model output with the metacontroller writing into layer ``layer``, and its internals."""
+    held: dict[str, MetacontrollerOutput] = {}
+
+    def controller(e: torch.Tensor) -> torch.Tensor:
+        held["out"] = mc(e, mask, sample=sample, beta_override=beta_override, generator=generator)
+        return held["out"].e_hat
+
+    with intervene(model, layer, controller):
+        out = model(obs)
+    return out, held["out"]
+
+
+def switch_counts(
+    beta: np.ndarray, subgoal: np.ndarray, mask: np.ndarray, threshold: float = SWITCH_THRESHOLD
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per episode: steps with ``beta_t >= threshold``, and true segments (label changes + 1)."""
+    real = mask > 0
+    switches = ((beta >= threshold) & real).sum(1)
+    changes = (subgoal[:, 1:] != subgoal[:, :-1]) & real[:, 1:]
+    return switches, changes.sum(1) + real[:, 0]
+
+
+@dataclass
+class LossParts:
+    loss: torch.Tensor
+    action_nll: float
+    obs_nll: float
+    kl: float
+    mean_beta: float
+    switches: float
+    true_segments: float
+
+
+def _loss(
+    model: ActionModel,
+    mc: Metacontroller,
+    layer: int,
+    batch: Batch,
+    cfg: DiscoverConfig,
+    lam: float,
+    generator: torch.Generator | None,
+    sample: bool = True,
+) -> LossParts:
+    device = next(mc.parameters()).device
+    mask = batch.mask.to(device)
+    out, mo = controlled_forward(
+        model,
+        mc,
+        layer,
+        batch.obs.to(device),
+        mask,
+        sample=sample,
+        beta_override=1.0 if cfg.variant == "beta1" else None,
+        generator=generator,
+    )
+    nll_a, nll_o = model.losses(out, batch.action.to(device), batch.next_obs.to(device), mask)
+    kl = (mo.kl * mask).sum() / mask.sum().clamp(min=1.0)
+    loss = nll_a + lam * nll_o + cfg.alpha * kl
+    beta = mo.beta.detach().cpu().numpy()
+    m = batch.mask.numpy()
+    sw, true = switch_counts(beta, batch.subgoal.numpy(), m)
+    return LossParts(
+        loss,
+        nll_a.item(),
+        nll_o.item(),
+        kl.item(),
+        float((beta * m).sum() / max(m.sum(), 1.0)),
+        float(sw.mean()),
+        float(true.mean()),
+    )
+
+
+def evaluate(
+    model: ActionModel,
+    mc: Metacontroller,
+    layer: int,
+    ds: TrajectoryDataset,
+    episodes: np.ndarray,
+    cfg: DiscoverConfig,
+    lam: float,
+) -> dict[str, float]:
+    """Validation metrics with the posterior mean (no latent noise, noiseless switch)."""
+    if len(episodes) == 0:
+        return {}
+    tot: dict[str, float] = {}
+    n_tok = 0.0
+    with torch.no_grad():
+        for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
+            batch = make_batch(ds, chunk)
+            parts = _loss(model, mc, layer, batch, cfg, lam, None, sample=False)
+            w = float(batch.mask.sum())
+            for k in ("action_nll", "kl", "mean_beta"):
+                tot[k] = tot.get(k, 0.0) + getattr(parts, k) * w
+            for k in ("switches", "true_segments"):
+                tot[k] = tot.get(k, 0.0) + getattr(parts, k) * len(chunk)
+            n_tok += w
+    n_ep = float(len(episodes))
+    return {
+        "val/action_nll": tot["action_nll"] / n_tok,
+        "val/kl": tot["kl"] / n_tok,
+        "val/mean_beta": tot["mean_beta"] / n_tok,
+        "val/switches_per_episode": tot["switches"] / n_ep,
+        "val/true_segments_per_episode": tot["true_segments"] / n_ep,
+    }
+
+
+@dataclass
+class DiscoverResult:
+    out: Path
+    steps: int
+    seconds: float
+    summary: dict
+
+
+def _split(ds: TrajectoryDataset, n_val: int) -> tuple[np.ndarray, np.ndarray]:
+    n_val = min(n_val, ds.n_episodes // 5)
+    idx = np.arange(ds.n_episodes)
+    return idx[: ds.n_episodes - n_val], idx[ds.n_episodes - n_val :]
+
+
+def discover(
+    run: str | Path,
+    ds: TrajectoryDataset,
+    out: str | Path,
+    cfg: DiscoverConfig,
+    *,
+    layer: int | None = None,
+    mc_cfg: MetacontrollerConfig | None = None,
+    data_path: str | None = None,
+    device: str = "cpu",
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> DiscoverResult:
+    """Train a metacontroller on the frozen (or co-trained) base model of ``run``."""
+    out = Path(out)
+    if ds.meta.get("action_kind") != "discrete" and ds.meta.get("obs_kind") == "grid":
+        raise ValueError("discover: the gridworld dataset must have discrete actions")
+    if ds.meta.get("split") != "clean":
+        logger.warning("training on a %r dataset; the paper uses clean data", ds.meta.get("split"))
+    base = load_base_model(run)
+    n_layers = base.cfg.n_layers
+    layer = default_layer(n_layers) if layer is None else check_layer(layer, n_layers)
+    if cfg.variant == "cotrain" and not cfg.cotrain_from_pretrained:
+        base = build_model(base.model_cfg, seed=cfg.seed + 1)  # from scratch, same shape
+    base = base.to(device, print_details=False)
+    mc_cfg = mc_cfg or MetacontrollerConfig(d_model=base.cfg.d_model)
+    if mc_cfg.d_model != base.cfg.d_model:
+        raise ValueError(
+            f"metacontroller d_model={mc_cfg.d_model} != base d_model={base.cfg.d_model}"
+        )
+    mc = build_metacontroller(mc_cfg, seed=cfg.seed).to(device)
+    lam = base.model_cfg.obs_loss_weight if cfg.obs_loss_weight is None else cfg.obs_loss_weight
+    trainable = list(mc.parameters()) + (
+        list(base.parameters()) if cfg.variant == "cotrain" else []
+    )
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_idx, val_idx = _split(ds, cfg.val_episodes)
+    if len(train_idx) == 0:
+        raise ValueError(f"dataset has {ds.n_episodes} episodes; discovery needs more")
+    train_ds = ds.subset(train_idx)
+    config = {
+        "kind": KIND,
+        "version": runs.RUN_VERSION,
+        "base_run": str(run),
+        "data": data_path,
+        "layer": layer,
+        "metacontroller": mc_cfg.to_dict(),
+        "train": dataclasses.asdict(cfg),
+    }
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if resume:
+        ckpts = runs.checkpoint_dirs(out)
+        if not ckpts:
+            raise runs.RunError(f"--resume: {out} has no checkpoint to resume from")
+        saved = runs.read_json(out / "config.json", "metacontroller config")
+        if {k: saved.get(k) for k in config} != json.loads(json.dumps(config)):
+            raise runs.RunError(
+                f"--resume: {out}/config.json differs from the requested settings; "
+                "resume with the same options"
+            )
+        runs.load_weights(mc, ckpts[-1] / "model.safetensors")
+        state = runs.load_trainer_state(ckpts[-1])
+        if cfg.variant == "cotrain":
+            runs.load_weights(base, ckpts[-1] / "base.safetensors")
+        opt.load_state_dict(state["optimizer"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        generator.set_state(state["generator"])
+        logger.info("resumed %s at step %d", out, step)
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise runs.RunError(
+                f"output folder {str(out)!r} is not empty; choose a new --out or pass --resume"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        runs.write_json(out / "config.json", config)
+    base_digest = weights_digest(base)
+    metrics_path = out / "metrics.jsonl"
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"discover ({cfg.variant})", unit="step",
+               disable=not progress, dynamic_ncols=True)  # fmt: skip
+    t0 = time.perf_counter()
+    freeze = _frozen(base) if cfg.variant != "cotrain" else _nullcontext()
+    mc.train()
+    with freeze:
+        while step < end:
+            order = bucketed_batches(
+                train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
+            )
+            while batch_in_epoch < len(order) and step < end:
+                batch = make_batch(train_ds, order[batch_in_epoch])
+                parts = _loss(base, mc, layer, batch, cfg, lam, generator)
+                opt.zero_grad(set_to_none=True)
+                parts.loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                opt.step()
+                step += 1
+                batch_in_epoch += 1
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == end:
+                    rec = {
+                        "step": step,
+                        "train/loss": parts.loss.item(),
+                        "train/action_nll": parts.action_nll,
+                        "train/obs_nll": parts.obs_nll,
+                        "train/kl": parts.kl,
+                        "train/mean_beta": parts.mean_beta,
+                        "train/switches_per_episode": parts.switches,
+                        "train/true_segments_per_episode": parts.true_segments,
+                    }
+                    runs.append_metrics(metrics_path, rec)
+                    sw = f"{parts.switches:.1f}/{parts.true_segments:.1f}"
+                    bar.set_postfix(nll=f"{parts.action_nll:.3f}", kl=f"{parts.kl:.2f}", sw=sw)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    mc.eval()
+                    ev = evaluate(base, mc, layer, ds, val_idx, cfg, lam)
+                    mc.train()
+                    runs.append_metrics(metrics_path, {"step": step, **ev})
+                    logger.info("step %d: %s", step, {k: round(v, 4) for k, v in ev.items()})
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    state = {
+                        "optimizer": opt.state_dict(),
+                        "step": step,
+                        "epoch": epoch,
+                        "batch_in_epoch": batch_in_epoch,
+                        "generator": generator.get_state(),
+                    }
+                    ckpt = runs.save_checkpoint(out, step, mc, state)
+                    if cfg.variant == "cotrain":
+                        runs.save_weights(base, ckpt / "base.safetensors")
+            if batch_in_epoch >= len(order):
+                epoch, batch_in_epoch = epoch + 1, 0
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if cfg.variant != "cotrain" and weights_digest(base) != base_digest:
+        raise RuntimeError("the frozen base model's weights changed during discovery (bug)")
+    if step < cfg.steps:
+        return DiscoverResult(out, step, seconds, {})
+    runs.save_weights(mc, out / "metacontroller.safetensors")
+    if cfg.variant == "cotrain":
+        runs.save_weights(base, out / "base.safetensors")
+    mc.eval()
+    final = evaluate(base, mc, layer, ds, val_idx, cfg, lam)
+    summary = {f"discover/{k.split('/', 1)[1]}": v for k, v in final.items()}
+    summary |= {
+        "discover/steps": float(step),
+        "discover/train_seconds": seconds,
+        "discover/base_unchanged": float(weights_digest(base) == base_digest),
+        "discover/layer": float(layer),
+        "discover/alpha": cfg.alpha,
+    }
+    runs.write_json(out / "summary.json", summary)
+    return DiscoverResult(out, step, seconds, summary)
+
+
+def prior_rollouts(
+    path: str | Path,
+    *,
+    n_episodes: int = 1000,
+    task=None,
+    threshold: float = SWITCH_THRESHOLD,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict:
+    """Closed-loop rollouts drawing ``z ~ N(0, I)`` whenever ``beta`` crosses ``threshold``.
+
+    ``task=None`` samples the pretraining tasks. Returns success, switches per episode
+    (``t >= 1``), mean length and per-episode switch counts.
+    """
+    from irl_lens.engine import MetacontrollerDriver, RolloutEngine, seeded_env
+
+    base, mc, config = load_metacontroller(path, device=device)
+    engine = RolloutEngine(base, int(config["layer"]))
+    env = seeded_env(n_episodes, task=task, seed=seed, stream=5000)
+    driver = MetacontrollerDriver(
+        mc,
+        threshold=threshold,
+        generator=torch.Generator().manual_seed(seed),
+        always_switch=config["train"]["variant"] == "beta1",
+    )
+    with torch.no_grad():
+        ro = engine.run(env, controller_fn=driver, generator=torch.Generator().manual_seed(seed))
+    switches = driver.switched[:, 1:].sum(1)
+    return {
+        "success": float(ro.success.mean()),
+        "switches_per_episode": float(switches.mean()),
+        "mean_length": float(ro.length.mean()),
+        "n_episodes": float(n_episodes),
+    }
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield
+
+
+def load_metacontroller(
+    path: str | Path, device: str = "cpu"
+) -> tuple[ActionModel, Metacontroller, dict]:
+    """Rebuild ``(base model, metacontroller, config)`` from a metacontroller folder.
+
+    For ``cotrain`` folders the base model carries the co-trained weights.
+    """
+    path = Path(path)
+    config = runs.read_json(path / "config.json", "metacontroller config")
+    if config.get("kind") != KIND:
+        raise runs.RunError(f"{path} is a {config.get('kind')!r} folder, not {KIND!r}")
+    try:
+        mc_cfg = MetacontrollerConfig.from_dict(config["metacontroller"])
+        base_run = config["base_run"]
+        variant = config["train"]["variant"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise runs.RunError(f"{path}/config.json: bad metacontroller config ({e})") from None
+    if not (path / "metacontroller.safetensors").is_file():
+        raise runs.RunError(
+            f"{path} has no metacontroller.safetensors: training did not finish; "
+            f"continue it with: irl-lens discover {base_run} --out {path} --resume"
+        )
+    base = load_base_model(base_run)
+    if variant == "cotrain":
+        runs.load_weights(base, path / "base.safetensors")
+    base = base.to(device, print_details=False).eval()
+    mc = Metacontroller(mc_cfg)
+    runs.load_weights(mc, path / "metacontroller.safetensors")
+    return base, mc.to(device).eval(), config

@@ -1,0 +1,151 @@
+"""Discovery trainer, its analyses and the metacontroller-driven rollouts, on tiny runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analyses import clustering, switching
+from irl_lens.data.generate import generate_gridworld
+from irl_lens.engine import MetacontrollerDriver, RolloutEngine, seeded_env
+from irl_lens.hooks import hook_count, intervene
+from irl_lens.models.base import load_base_model
+from irl_lens.runs import RunError
+from irl_lens.train import discover as disc
+from irl_lens.train.pretrain import PRESETS as BASE_PRESETS
+from irl_lens.train.pretrain import pretrain
+
+
+@pytest.fixture(scope="module")
+def clean_ds():
+    return generate_gridworld(120, "clean", seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    ds = generate_gridworld(200, "pretrain", seed=0, progress=False)
+    root = tmp_path_factory.mktemp("disc")
+    model_cfg, cfg = BASE_PRESETS["tiny"]
+    pretrain(ds, root / "base", model_cfg, dataclasses.replace(cfg, checkpoint_every=1000),
+             progress=False)  # fmt: skip
+    return root / "base"
+
+
+@pytest.fixture(scope="module")
+def mc_run(base_run, clean_ds, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mc") / "mc"
+    disc.discover(base_run, clean_ds, out, disc.PRESETS["tiny"], progress=False)
+    return out
+
+
+def test_training_keeps_the_base_bit_identical_and_writes_a_loadable_folder(mc_run, base_run):
+    summary = json.loads((mc_run / "summary.json").read_text())
+    assert summary["discover/base_unchanged"] == 1.0
+    assert summary["discover/layer"] == 1.0  # L // 2 for the 2-layer tiny model
+    base, mc, config = disc.load_metacontroller(mc_run)
+    assert disc.weights_digest(base) == disc.weights_digest(load_base_model(base_run))
+    assert config["train"]["variant"] == "full"
+    assert hook_count(base) == 0
+
+
+def test_resume_ends_with_the_same_weights(base_run, clean_ds, tmp_path, mc_run):
+    cfg = disc.PRESETS["tiny"]
+    disc.discover(base_run, clean_ds, tmp_path / "r", cfg, stop_after=7, progress=False)
+    with pytest.raises(RunError, match="not empty"):
+        disc.discover(base_run, clean_ds, tmp_path / "r", cfg, progress=False)
+    disc.discover(base_run, clean_ds, tmp_path / "r", cfg, resume=True, progress=False)
+    _, a, _ = disc.load_metacontroller(mc_run)
+    _, b, _ = disc.load_metacontroller(tmp_path / "r")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_beta1_and_cotrain_variants(base_run, clean_ds, tmp_path):
+    cfg = dataclasses.replace(disc.PRESETS["tiny"], steps=3, variant="beta1")
+    disc.discover(base_run, clean_ds, tmp_path / "b1", cfg, progress=False)
+    s = json.loads((tmp_path / "b1" / "summary.json").read_text())
+    assert s["discover/mean_beta"] == 1.0
+    cfg = dataclasses.replace(cfg, variant="cotrain", cotrain_from_pretrained=True)
+    disc.discover(base_run, clean_ds, tmp_path / "co", cfg, progress=False)
+    base, _, _ = disc.load_metacontroller(tmp_path / "co")
+    assert disc.weights_digest(base) != disc.weights_digest(load_base_model(base_run))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="variant"):
+        disc.DiscoverConfig(variant="nope")
+    with pytest.raises(ValueError, match="alpha"):
+        disc.DiscoverConfig(alpha=-1.0)
+
+
+def test_driver_rollout_equals_the_full_forward_with_the_same_codes(mc_run):
+    base, mc, config = disc.load_metacontroller(mc_run)
+    layer = int(config["layer"])
+    env = seeded_env(12, seed=3)
+    driver = MetacontrollerDriver(mc, threshold=0.5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ro = RolloutEngine(base, layer).run(
+            env, controller_fn=driver, record_logits=True,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        n = ro.n_steps
+        codes = torch.from_numpy(driver.codes[:, :n])
+        with intervene(base, layer, lambda e: mc.apply_code(e, codes)):
+            full = base.split(base(ro.obs_tokens())).action_params
+    valid = torch.from_numpy(ro.valid)
+    torch.testing.assert_close(full[valid], ro.logits[valid], atol=1e-4, rtol=1e-4)
+    # a new code exactly where beta crossed the threshold (and at t = 0)
+    beta = driver.beta[:, :n]
+    expected = (beta >= 0.5) | (np.arange(n)[None] == 0)
+    assert np.array_equal(driver.switched[:, :n][ro.valid], expected[ro.valid])
+    changed = np.any(driver.codes[:, 1:n] != driver.codes[:, : n - 1], axis=-1)
+    assert not changed[ro.valid[:, 1:] & ~driver.switched[:, 1:n]].any()
+
+
+def test_alignment_scores_on_hand_made_episodes():
+    sub = [np.array([0, 0, 0, 1, 1, 1, 2, 2])]  # boundaries at t = 3 and 6
+    exact = [np.array([1, 0, 0, 1, 0, 0, 1, 0.0])]
+    late = [np.array([1, 0, 0, 0, 1, 0, 0, 1.0])]  # t = 4 and 7: one step late
+    p, r, f, n_pred, n_true = switching.alignment_scores(exact, sub)
+    assert (n_pred, n_true) == (2, 2) and f == [1.0, 1.0, 1.0]
+    p, r, f, _, _ = switching.alignment_scores(late, sub)
+    assert f[0] == 0.0 and f[1] == 1.0
+    extra = [np.array([1, 1, 0, 1, 0, 0, 1, 0.0])]  # one spurious switch at t = 1
+    p, r, f, _, _ = switching.alignment_scores(extra, sub)
+    assert p[0] == pytest.approx(2 / 3) and r[0] == 1.0
+
+
+def test_clustering_recovers_planted_codes():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 5
+    truth = rng.integers(0, 4, size=200)
+    z = centres[truth] + rng.normal(size=(200, 8)) * 0.1
+    res = clustering.cluster_codes(z, truth)
+    assert res.nmi > 0.99 and res.ari > 0.99
+    assert sorted(res.cluster_subgoal) == [0, 1, 2, 3]
+    shuffled = clustering.cluster_codes(rng.normal(size=(200, 8)), truth)
+    assert shuffled.nmi < 0.1
+
+
+def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
+    from irl_lens.cli import main
+
+    data = tmp_path / "clean"
+    main(["data", "gridworld", "--split", "clean", "--episodes", "100", "--out", str(data)])
+    out = tmp_path / "mc"
+    main(["discover", str(base_run), "--out", str(out), "--data", str(data), "--preset", "tiny",
+          "--episodes", "40", "--task", "0-1-2-3"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert "switch alignment" in text and "NMI" in text
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("switching/f1_tol1", "clustering/nmi", "steering/task_success", "prior/success"):
+        assert key in s
+    for fig in ("switching_beta.html", "clusters.html", "steering.html"):
+        assert (out / fig).stat().st_size > 1000
+    with pytest.raises(SystemExit) as e:
+        main(["discover", str(base_run), "--out", str(out), "--layer", "9", "--preset", "tiny"])
+    assert e.value.code == 2

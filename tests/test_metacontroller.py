@@ -1,0 +1,120 @@
+"""Metacontroller and RG-LRU: the traps (e + U e, integrated z_{t-1}, step == forward, padding)."""
+
+from __future__ import annotations
+
+import torch
+
+from irl_lens.models.metacontroller import MetacontrollerConfig, build_metacontroller
+from irl_lens.models.ssm import RGLRU, HawkBlock, linear_scan
+
+
+def _mc(rank=4, **kw):
+    cfg = MetacontrollerConfig(d_model=16, n_z=3, n_h=5, n_s=6, d_enc=12, d_dec=7, rank=rank, **kw)
+    mc = build_metacontroller(cfg, seed=0).eval()
+    with torch.no_grad():  # a non-zero decoder, so U is not trivially 0
+        for p in mc.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return mc
+
+
+def test_linear_scan_equals_the_recurrence():
+    g = torch.Generator().manual_seed(0)
+    log_a = -torch.rand(3, 9, 4, generator=g) * 3
+    b = torch.randn(3, 9, 4, generator=g)
+    h, expected = torch.zeros(3, 4), []
+    for t in range(9):
+        h = log_a[:, t].exp() * h + b[:, t]
+        expected.append(h)
+    torch.testing.assert_close(linear_scan(log_a, b), torch.stack(expected, 1))
+
+
+def test_rglru_and_hawk_step_equal_forward():
+    torch.manual_seed(0)
+    rnn, block = RGLRU(6), HawkBlock(6, d_rnn=5, d_mlp=8)
+    x = torch.randn(2, 7, 6)
+    h, hb, outs, houts = None, None, [], []
+    for t in range(7):
+        h = rnn.step(x[:, t], h)
+        houts.append(h)
+        y, hb = block.step(x[:, t], hb)
+        outs.append(y)
+    torch.testing.assert_close(rnn(x), torch.stack(houts, 1))
+    torch.testing.assert_close(block(x), torch.stack(outs, 1))
+    # reverse=True runs from the last position: position 0 then depends on the future
+    rev = rnn(x, reverse=True)
+    x2 = x.clone()
+    x2[:, -1] += 1.0
+    assert not torch.allclose(rnn(x2, reverse=True)[:, 0], rev[:, 0])
+
+
+def test_controller_is_e_plus_U_e_against_an_explicit_matmul():
+    for rank in (4, None):
+        mc = _mc(rank=rank)
+        e = torch.randn(2, 5, 16)
+        z = torch.randn(2, 5, 3)
+        U = mc.matrices(z)  # [2, 5, 16, 16]
+        assert U.abs().max() > 0
+        explicit = torch.stack(
+            [torch.stack([e[b, t] + U[b, t] @ e[b, t] for t in range(5)]) for b in range(2)]
+        )
+        torch.testing.assert_close(mc.apply_code(e, z), explicit, atol=1e-5, rtol=1e-5)
+        if rank is not None:
+            assert torch.linalg.matrix_rank(U[0, 0]) <= rank
+
+
+def test_switch_reads_the_integrated_latent_and_step_equals_forward():
+    mc = _mc()
+    e = torch.randn(3, 8, 16)
+    with torch.no_grad():
+        out = mc(e, sample=False)
+        carry = mc.initial_carry(3)
+        for t in range(8):
+            # beta_t is f(e_t, h_{t-1}, z_{t-1}) with the INTEGRATED z_{t-1} = out.z[:, t-1]
+            beta = mc.switch_probability(e[:, t], carry)
+            torch.testing.assert_close(beta, out.beta[:, t])
+            if t > 0:
+                torch.testing.assert_close(carry.z, out.z[:, t - 1])
+            e_hat, beta_s, carry = mc.step(e[:, t], carry, out.z_tilde[:, t])
+            torch.testing.assert_close(beta_s, out.beta[:, t])
+            torch.testing.assert_close(e_hat, out.e_hat[:, t], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(carry.z, out.z[:, t])
+        # z_t = beta_t z~_t + (1 - beta_t) z_{t-1}
+        b = out.beta.unsqueeze(-1)
+        z_prev = torch.cat([torch.zeros_like(out.z[:, :1]), out.z[:, :-1]], 1)
+        torch.testing.assert_close(out.z, b * out.z_tilde + (1 - b) * z_prev)
+
+
+def test_beta_override_and_padding():
+    mc = _mc()
+    e = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        assert torch.equal(mc(e, beta_override=1.0, sample=False).beta, torch.ones(2, 6))
+        mask = torch.ones(2, 6)
+        mask[1, 4:] = 0
+        a = mc(e, mask, sample=False)
+        e2 = e.clone()
+        e2[1, 4:] = 100.0  # garbage in the padding
+        b = mc(e2, mask, sample=False)
+    torch.testing.assert_close(a.e_hat[1, :4], b.e_hat[1, :4])
+    torch.testing.assert_close(a.beta[1, :4], b.beta[1, :4])
+
+
+def test_hook_points_are_cached():
+    mc = _mc()
+    _, cache = mc.run_with_cache(torch.randn(1, 4, 16), sample=False)
+    for name in ("hook_switch_gate", "hook_latent_proposal", "hook_latent_z",
+                 "hook_controller_out", "hook_seq_embedding"):  # fmt: skip
+        assert name in cache
+    assert cache["hook_switch_gate"].shape == (1, 4)
+
+
+def test_gumbel_switch_is_noisy_only_when_sampling():
+    mc = _mc(switch="gumbel")
+    e = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        a = mc(e, sample=True, generator=torch.Generator().manual_seed(0)).beta
+        b = mc(e, sample=True, generator=torch.Generator().manual_seed(1)).beta
+        c = mc(e, sample=False).beta
+        d = mc(e, sample=False).beta
+    assert not torch.allclose(a, b)
+    assert torch.equal(c, d)
