@@ -118,3 +118,52 @@ def test_gumbel_switch_is_noisy_only_when_sampling():
         d = mc(e, sample=False).beta
     assert not torch.allclose(a, b)
     assert torch.equal(c, d)
+
+
+def test_kl_matches_torch_distributions():
+    from torch.distributions import Normal, kl_divergence
+
+    from irl_lens.models.metacontroller import gaussian_kl
+
+    mu, logvar = torch.randn(4, 3), torch.randn(4, 3)
+    expected = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(-1)
+    torch.testing.assert_close(gaussian_kl(mu, logvar), expected)
+
+
+def test_beta_is_causal_and_the_encoder_is_not():
+    """Given the same proposals, changing e_T leaves beta_{<T} alone; s and mu see the future."""
+    mc = _mc()
+    e = torch.randn(2, 7, 16)
+    e2 = e.clone()
+    e2[:, -1] += 1.0  # change only the last position
+    proposals = torch.randn(2, 7, 3)
+    with torch.no_grad():
+        betas = []
+        for x in (e, e2):
+            carry, bs = mc.initial_carry(2), []
+            for t in range(7):
+                _, beta, carry = mc.step(x[:, t], carry, proposals[:, t])
+                bs.append(beta)
+            betas.append(torch.stack(bs, 1))
+        a, b = mc(e, sample=False), mc(e2, sample=False)
+    torch.testing.assert_close(betas[0][:, :-1], betas[1][:, :-1])  # beta_{<T} unchanged
+    assert not torch.allclose(betas[0][:, -1], betas[1][:, -1])  # beta_T reads e_T
+    s_a = mc.sequence_embedding(e, torch.ones(2, 7))
+    s_b = mc.sequence_embedding(e2, torch.ones(2, 7))
+    assert not torch.allclose(s_a[:, 0], s_b[:, 0])  # s sees the future
+    assert not torch.allclose(a.mu[:, 0], b.mu[:, 0])  # so does the encoder
+
+
+def test_switch_unit_reads_h_and_z_of_the_previous_step():
+    mc = _mc()
+    e = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        out = mc(e, sample=False)
+        h_all, _ = mc.gru(e)
+        from irl_lens.models.metacontroller import StepCarry
+
+        t = 3
+        carry = StepCarry(h_all[:, t - 1], out.z[:, t - 1])
+        torch.testing.assert_close(mc.switch_probability(e[:, t], carry), out.beta[:, t])
+        wrong = StepCarry(h_all[:, t - 1], out.z_tilde[:, t - 1])  # proposal, not integrated
+        assert not torch.allclose(mc.switch_probability(e[:, t], wrong), out.beta[:, t])

@@ -67,6 +67,9 @@ class DiscoverConfig:
     """``full``, ``beta1`` or ``cotrain`` (see the module docstring)."""
     alpha: float = 0.1
     """Weight of the KL (rate) term."""
+    kl_warmup_steps: int = 0
+    """The KL weight ramps linearly from 0 to ``alpha`` over these first steps. Without it the
+    posterior can collapse before the codes carry information (KL -> 0, beta -> 0)."""
     steps: int = 64_000
     """AdamW steps."""
     tokens_per_batch: int = 4096
@@ -98,6 +101,8 @@ class DiscoverConfig:
         for name in ("steps", "tokens_per_batch", "eval_every", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DiscoverConfig.{name}={getattr(self, name)!r} must be >= 1")
+        if self.kl_warmup_steps < 0:
+            raise ValueError(f"kl_warmup_steps={self.kl_warmup_steps!r} must be >= 0")
         if self.alpha < 0:
             raise ValueError(f"alpha={self.alpha!r} must be >= 0")
         if not self.lr > 0:
@@ -114,7 +119,7 @@ PRESETS: dict[str, DiscoverConfig] = {
     "paper": DiscoverConfig(steps=64_000, tokens_per_batch=16_384, eval_every=4000,
                             checkpoint_every=4000),
     "quick": DiscoverConfig(steps=1500, tokens_per_batch=4096, lr=3e-3, eval_every=500,
-                            checkpoint_every=250),
+                            checkpoint_every=250, kl_warmup_steps=500),
     "tiny": DiscoverConfig(steps=12, tokens_per_batch=1024, lr=3e-3, val_episodes=16,
                            eval_every=6, log_every=3, checkpoint_every=6),
 }  # fmt: skip
@@ -199,6 +204,7 @@ def _loss(
     lam: float,
     generator: torch.Generator | None,
     sample: bool = True,
+    alpha: float | None = None,
 ) -> LossParts:
     device = next(mc.parameters()).device
     mask = batch.mask.to(device)
@@ -214,7 +220,7 @@ def _loss(
     )
     nll_a, nll_o = model.losses(out, batch.action.to(device), batch.next_obs.to(device), mask)
     kl = (mo.kl * mask).sum() / mask.sum().clamp(min=1.0)
-    loss = nll_a + lam * nll_o + cfg.alpha * kl
+    loss = nll_a + lam * nll_o + (cfg.alpha if alpha is None else alpha) * kl
     beta = mo.beta.detach().cpu().numpy()
     m = batch.mask.numpy()
     sw, true = switch_counts(beta, batch.subgoal.numpy(), m)
@@ -369,7 +375,8 @@ def discover(
             )
             while batch_in_epoch < len(order) and step < end:
                 batch = make_batch(train_ds, order[batch_in_epoch])
-                parts = _loss(base, mc, layer, batch, cfg, lam, generator)
+                alpha = cfg.alpha * min(1.0, (step + 1) / max(cfg.kl_warmup_steps, 1))
+                parts = _loss(base, mc, layer, batch, cfg, lam, generator, alpha=alpha)
                 opt.zero_grad(set_to_none=True)
                 parts.loss.backward()
                 if cfg.grad_clip > 0:
