@@ -295,10 +295,11 @@ def bench(
 
 def _register_commands() -> None:
     """Commands that live in their own modules (they import the heavy parts lazily)."""
-    from irl_lens import analysis_cli, discovery_cli
+    from irl_lens import analysis_cli, discovery_cli, rl_cli
 
     analysis_cli.register(app)
     discovery_cli.register(app)
+    rl_cli.register(app)
 
 
 _register_commands()

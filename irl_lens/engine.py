@@ -653,7 +653,9 @@ class MetacontrollerDriver:
 
     At each step: ``beta_t = f_switch(e_t, h_{t-1}, z_{t-1})``; a *switch* happens when
     ``beta_t >= threshold`` (and always at ``t = 0``), and then a new code comes from
-    ``propose(state, rows)`` (default: the prior ``N(0, I)``); otherwise ``z_{t-1}`` is kept.
+    ``propose(state, sel)`` for the batch rows ``sel`` that switch (their envs are
+    ``state.env_index[sel]``, their residuals ``state.resid[sel]``; default: the prior
+    ``N(0, I)``); otherwise ``z_{t-1}`` is kept.
     The base model reads ``e_t + U(z_t) e_t``; ``h_t = GRU(e_t, h_{t-1})``.
 
     Records per env and step: ``beta``, ``switched`` and the code ``z`` in force.
@@ -665,7 +667,7 @@ class MetacontrollerDriver:
         mc,
         *,
         threshold: float = 0.5,
-        propose: Callable[[StepState, np.ndarray], Tensor] | None = None,
+        propose: Callable[[StepState, Tensor], Tensor] | None = None,
         generator: torch.Generator | None = None,
         max_steps: int = MAX_STEPS,
         always_switch: bool = False,
@@ -679,8 +681,8 @@ class MetacontrollerDriver:
         self.max_steps = max_steps
         self.always_switch = always_switch
 
-    def _prior(self, state: StepState, rows: np.ndarray) -> Tensor:
-        z = torch.randn(len(rows), self.mc.cfg.n_z, generator=self.generator)
+    def _prior(self, state: StepState, sel: Tensor) -> Tensor:
+        z = torch.randn(len(sel), self.mc.cfg.n_z, generator=self.generator)
         return z.to(state.resid.device)
 
     def reset(self, env: BatchedGridPinpad, device) -> None:
@@ -702,15 +704,18 @@ class MetacontrollerDriver:
         carry = StepCarry(self.h[idx], self.z[idx])
         beta = self.mc.switch_probability(e, carry)
         switch = (beta >= self.threshold) | (state.t == 0) | self.always_switch
+        live_np = ~state.env.done[rows]  # finished rows wait in the batch until compaction
+        switch &= torch.from_numpy(live_np).to(switch.device)
         z = carry.z
         if bool(switch.any()):
-            sw_rows = np.flatnonzero(switch.cpu().numpy())
+            sel = torch.nonzero(switch).squeeze(1)
             z = z.clone()
-            z[torch.from_numpy(sw_rows).to(z.device)] = self.propose(state, rows[sw_rows])
+            z[sel] = self.propose(state, sel)
         self.z[idx] = z
         self.h[idx] = self.mc.gru_step(e, carry.h)
-        self.beta[rows, state.t] = beta.cpu().numpy()
-        self.switched[rows, state.t] = switch.cpu().numpy()
-        self.codes[rows, state.t] = z.cpu().numpy()
+        live_rows = rows[live_np]
+        self.beta[live_rows, state.t] = beta.cpu().numpy()[live_np]
+        self.switched[live_rows, state.t] = switch.cpu().numpy()[live_np]
+        self.codes[live_rows, state.t] = z.cpu().numpy()[live_np]
         mc = self.mc
         return lambda e3: mc.apply_code(e3, z.unsqueeze(1))

@@ -67,9 +67,11 @@ class DiscoverConfig:
     """``full``, ``beta1`` or ``cotrain`` (see the module docstring)."""
     alpha: float = 0.1
     """Weight of the KL (rate) term."""
+    kl_free_steps: int = 0
+    """The KL weight is 0 for these first steps, so the codes start carrying information.
+    Without it the posterior can collapse at once (KL -> 0, beta -> 0, codes unused)."""
     kl_warmup_steps: int = 0
-    """The KL weight ramps linearly from 0 to ``alpha`` over these first steps. Without it the
-    posterior can collapse before the codes carry information (KL -> 0, beta -> 0)."""
+    """After the free steps, the KL weight ramps linearly from 0 to ``alpha`` over these."""
     steps: int = 64_000
     """AdamW steps."""
     tokens_per_batch: int = 4096
@@ -101,8 +103,8 @@ class DiscoverConfig:
         for name in ("steps", "tokens_per_batch", "eval_every", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DiscoverConfig.{name}={getattr(self, name)!r} must be >= 1")
-        if self.kl_warmup_steps < 0:
-            raise ValueError(f"kl_warmup_steps={self.kl_warmup_steps!r} must be >= 0")
+        if self.kl_warmup_steps < 0 or self.kl_free_steps < 0:
+            raise ValueError("DiscoverConfig.kl_free_steps and kl_warmup_steps must be >= 0")
         if self.alpha < 0:
             raise ValueError(f"alpha={self.alpha!r} must be >= 0")
         if not self.lr > 0:
@@ -112,14 +114,21 @@ class DiscoverConfig:
         if self.obs_loss_weight is not None and self.obs_loss_weight < 0:
             raise ValueError(f"obs_loss_weight={self.obs_loss_weight!r} must be >= 0")
 
+    def alpha_at(self, step: int) -> float:
+        """KL weight of optimizer step ``step`` (0-based): 0, then a linear ramp, then alpha."""
+        ramped = step + 1 - self.kl_free_steps
+        if ramped <= 0:
+            return 0.0
+        return self.alpha * min(1.0, ramped / max(self.kl_warmup_steps, 1))
+
 
 #: ``paper``: grid settings of Table A10 (batch 512 episodes ~ 16k steps, 64k steps);
 #: ``quick``: fits the CPU; ``tiny``: tests.
 PRESETS: dict[str, DiscoverConfig] = {
     "paper": DiscoverConfig(steps=64_000, tokens_per_batch=16_384, eval_every=4000,
                             checkpoint_every=4000),
-    "quick": DiscoverConfig(steps=1500, tokens_per_batch=4096, lr=3e-3, eval_every=500,
-                            checkpoint_every=250, kl_warmup_steps=500),
+    "quick": DiscoverConfig(steps=2000, tokens_per_batch=4096, lr=3e-3, eval_every=500,
+                            checkpoint_every=250, kl_free_steps=200, kl_warmup_steps=600),
     "tiny": DiscoverConfig(steps=12, tokens_per_batch=1024, lr=3e-3, val_episodes=16,
                            eval_every=6, log_every=3, checkpoint_every=6),
 }  # fmt: skip
@@ -375,7 +384,7 @@ def discover(
             )
             while batch_in_epoch < len(order) and step < end:
                 batch = make_batch(train_ds, order[batch_in_epoch])
-                alpha = cfg.alpha * min(1.0, (step + 1) / max(cfg.kl_warmup_steps, 1))
+                alpha = cfg.alpha_at(step)
                 parts = _loss(base, mc, layer, batch, cfg, lam, generator, alpha=alpha)
                 opt.zero_grad(set_to_none=True)
                 parts.loss.backward()

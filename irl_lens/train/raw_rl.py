@@ -1,0 +1,143 @@
+"""Raw-action RL: the internal-RL optimiser applied to the base model's own actions (baseline).
+
+Same task, batch, budget, advantage and clipped surrogate as :mod:`irl_lens.train.internal_rl`,
+but the policy is the pretrained base model itself: every raw step is an action, and PPO
+finetunes all of the base model's weights (paper: "GRPO-like" raw-action RL). Rollouts run
+in the batched engine (key/value cache); the update recomputes the log-probabilities with
+one full-sequence forward pass per epoch.
+
+A run folder (``kind = "internal_rl"``, ``method = "raw_rl"``) has the same layout as an
+internal-RL folder, with the finetuned base in ``policy.safetensors``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from irl_lens import runs
+from irl_lens.engine import RolloutEngine, seeded_env
+from irl_lens.envs.pinpad import format_task, parse_task
+from irl_lens.models.base import ActionModel, load_base_model
+from irl_lens.train.internal_rl import (
+    KIND,
+    RLConfig,
+    _loop,
+    _start,
+    clipped_surrogate,
+    stream_generator,
+    trajectory_advantages,
+)
+
+
+@dataclass
+class RawBatch:
+    obs: torch.Tensor  # [n, T, 50] observation tokens
+    action: torch.Tensor  # [n, T]
+    logp: torch.Tensor  # [n, T]
+    mask: torch.Tensor  # [n, T]
+    returns: np.ndarray
+    success: np.ndarray
+    length: np.ndarray
+    n_abstract: np.ndarray  # = length: every raw step is a decision
+    seconds: float
+    sample: list[dict]
+
+
+def collect_raw(model: ActionModel, task, n_episodes: int, *, seed: int, stream: int,
+                n_sample: int = 0) -> RawBatch:  # fmt: skip
+    """Sampled rollouts of the base model on ``task`` (no gradients)."""
+    env = seeded_env(n_episodes, task=task, seed=seed, stream=stream)
+    gen = stream_generator(seed, stream)
+    model.eval()
+    with torch.no_grad():
+        ro = RolloutEngine(model).run(env, generator=gen)
+    valid = ro.valid
+    sample = [
+        {"layout": ro.layout[i].tolist(), "agent_pos": ro.agent_pos[i, : ro.length[i]].tolist(),
+         "final_agent_pos": int(ro.final_agent_pos[i]),
+         "subgoal": ro.subgoal[i, : ro.length[i]].tolist(), "success": bool(ro.success[i])}
+        for i in range(min(n_sample, n_episodes))
+    ]  # fmt: skip
+    return RawBatch(
+        obs=ro.obs_tokens(),
+        action=torch.from_numpy(np.maximum(ro.action, 0)),
+        logp=torch.from_numpy(ro.action_logp),
+        mask=torch.from_numpy(valid).float(),
+        returns=ro.reward.sum(1),
+        success=ro.success.copy(),
+        length=ro.length.copy(),
+        n_abstract=ro.length.copy(),
+        seconds=ro.seconds,
+        sample=sample,
+    )
+
+
+def raw_ppo_update(model: ActionModel, opt, batch: RawBatch, cfg: RLConfig,
+                   chunk: int = 256) -> dict[str, float]:  # fmt: skip
+    """PPO epochs over the base model's action log-probabilities (gradient accumulation)."""
+    adv = torch.from_numpy(trajectory_advantages(batch.returns)).float()[:, None]
+    device = next(model.parameters()).device
+    n = batch.obs.shape[0]
+    n_tok = batch.mask.sum().clamp(min=1.0)
+    model.train()
+    stats = {}
+    for _ in range(cfg.epochs):
+        opt.zero_grad(set_to_none=True)
+        tot_loss = tot_clip = tot_kl = 0.0
+        for s in range(0, n, chunk):
+            sl = slice(s, s + chunk)
+            obs, act = batch.obs[sl].to(device), batch.action[sl].to(device)
+            mask, old = batch.mask[sl].to(device), batch.logp[sl].to(device)
+            logits = model.split(model(obs)).action_params
+            new = -F.cross_entropy(logits.flatten(0, 1), act.flatten(), reduction="none")
+            new = new.view_as(mask)
+            loss, clip_frac, approx_kl = clipped_surrogate(new, old, adv[sl].to(device), mask,
+                                                           cfg.clip)  # fmt: skip
+            w = mask.sum() / n_tok  # chunks weighted by their share of the batch's steps
+            (loss * w).backward()
+            tot_loss += loss.item() * w.item()
+            tot_clip += clip_frac * w.item()
+            tot_kl += approx_kl * w.item()
+        opt.step()
+        stats = {"loss": tot_loss, "clip_fraction": tot_clip, "approx_kl": tot_kl}
+    model.eval()
+    return stats
+
+
+def raw_rl(
+    run: str | Path,
+    out: str | Path,
+    cfg: RLConfig,
+    *,
+    device: str = "cpu",
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Finetune the base model of ``run`` with PPO on raw actions."""
+    out = Path(out)
+    model = load_base_model(run).to(device, print_details=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    task = parse_task(cfg.task)
+    config = {
+        "kind": KIND,
+        "version": runs.RUN_VERSION,
+        "base_run": str(run),
+        "method": "raw_rl",
+        "task": format_task(task),
+        "train": dataclasses.asdict(cfg),
+    }
+    start = _start(out, config, resume, model, opt)
+    return _loop(
+        out, cfg, start, opt, model,
+        collect_fn=lambda b, n_sample: collect_raw(model, task, cfg.batch_size, seed=cfg.seed,
+                                                   stream=b, n_sample=n_sample),
+        update_fn=lambda batch: raw_ppo_update(model, opt, batch, cfg),
+        stop_after=stop_after, progress=progress, desc="raw-action RL",
+    )  # fmt: skip
