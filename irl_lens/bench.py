@@ -133,7 +133,49 @@ def pretrain_throughput(seconds: float, seed: int = 0) -> dict[str, float]:
     }
 
 
-def run_bench(seconds: float = 3.0, seed: int = 0) -> dict[str, float | str | int]:
+def internal_rl_throughput(model, mc, seconds: float, seed: int, n_envs: int = 1024) -> dict:
+    """Internal-RL episodes/s on the post-training task: rollouts alone, and with the update."""
+    from irl_lens.engine import RolloutEngine
+    from irl_lens.envs.pinpad import parse_task
+    from irl_lens.models.policy import PolicyConfig, build_policy
+    from irl_lens.rl_cli import _presets
+    from irl_lens.train.internal_rl import collect, ppo_update
+
+    cfg = _presets()["quick"]
+    policy = build_policy(PolicyConfig(model.cfg.d_model, mc.cfg.n_z, cfg.d_policy), seed=seed)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    engine = RolloutEngine(model, mc_layer(model, mc))
+    task = parse_task("post")
+    kw = dict(seed=seed, threshold=cfg.threshold, always_switch=False)
+    collect(engine, mc, policy, task, 64, stream=999, **kw)  # warm-up
+    t_roll = t_all = 0.0
+    episodes = abstract = 0
+    b = 0
+    while t_all < seconds or b == 0:
+        t0 = time.perf_counter()
+        batch = collect(engine, mc, policy, task, n_envs, stream=b, **kw)
+        t1 = time.perf_counter()
+        ppo_update(policy, opt, batch, cfg)
+        t_roll += t1 - t0
+        t_all += time.perf_counter() - t0
+        episodes += n_envs
+        abstract += int(batch.n_abstract.sum())
+        b += 1
+    return {
+        "internal_rl_rollout_episodes_per_s": episodes / t_roll,
+        "internal_rl_episodes_per_s": episodes / t_all,
+        "internal_rl_abstract_steps_per_episode": abstract / episodes,
+    }
+
+
+def mc_layer(model, mc) -> int:
+    """The layer a benchmark metacontroller acts at (stored on it by :func:`run_bench`)."""
+    return getattr(mc, "bench_layer", model.cfg.n_layers // 2)
+
+
+def run_bench(
+    seconds: float = 3.0, seed: int = 0, run=None, mc=None
+) -> dict[str, float | str | int]:
     """All throughput figures as a flat dict (see the module docstring)."""
     from irl_lens.data.generate import generate_gridworld
     from irl_lens.envs.expert import benchmark as env_benchmark
@@ -166,10 +208,27 @@ def run_bench(seconds: float = 3.0, seed: int = 0) -> dict[str, float | str | in
     except ImportError:
         engine_benchmark = None
     if engine_benchmark is not None:
-        from irl_lens.models.base import build_model
+        from irl_lens.models.base import build_model, load_base_model
         from irl_lens.train.pretrain import PRESETS
 
-        model = build_model(PRESETS["quick"][0], seed=seed).eval()
+        if run is not None:
+            model = load_base_model(run).eval()
+        else:
+            model = build_model(PRESETS["quick"][0], seed=seed).eval()
+        result["engine_model"] = str(run) if run is not None else "random quick-preset model"
+        logger.info("timing the rollout engine")
         eng = engine_benchmark(model, min_seconds=seconds, seed=seed)
         result |= {k.replace("engine/", "engine_"): v for k, v in eng.items()}
+        from irl_lens.models.metacontroller import MetacontrollerConfig, build_metacontroller
+
+        if mc is not None:
+            from irl_lens.train.discover import load_metacontroller
+
+            model, mcm, config = load_metacontroller(mc)
+            mcm.bench_layer = int(config["layer"])
+        else:
+            mcm = build_metacontroller(MetacontrollerConfig(model.cfg.d_model), seed=seed).eval()
+        result["internal_rl_metacontroller"] = str(mc) if mc is not None else "random"
+        logger.info("timing internal-RL rollouts and updates")
+        result |= internal_rl_throughput(model, mcm, seconds, seed)
     return result

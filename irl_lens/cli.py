@@ -276,15 +276,24 @@ def bench(
     seconds: Annotated[float, typer.Option(help="Time budget per measurement.", min=0.1)] = 3.0,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the synthetic workloads.")] = 0,
+    run: Annotated[
+        Path | None,
+        typer.Option(help="Time the rollout engine on this trained base model (default: random)."),
+    ] = None,
+    mc: Annotated[
+        Path | None,
+        typer.Option(help="Time internal-RL rollouts with this metacontroller (default: random)."),
+    ] = None,
 ) -> None:
     """Throughput figures as JSON: env steps/s, data episodes/s, pretraining tokens/s and
-    its fraction of the matmul-bound rate, all measured in this one run.
+    its fraction of the matmul-bound rate, rollout-engine and internal-RL episodes/s, all
+    measured in this one run (ratios are only meaningful within one run).
 
-    Example: irl-lens bench --out bench.json
+    Example: irl-lens bench --run runs/q/base --mc runs/q/mc --out bench.json
     """
     from irl_lens.bench import run_bench
 
-    result = run_bench(seconds=seconds, seed=seed)
+    result = run_bench(seconds=seconds, seed=seed, run=run, mc=mc)
     text = json.dumps(result, indent=2)
     print(text)
     if out is not None:

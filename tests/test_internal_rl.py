@@ -145,3 +145,13 @@ def test_raw_rl_finetunes_the_base_and_compare_groups_methods(runs_dir, tmp_path
           "--out", str(tmp_path / "cmp")])  # fmt: skip
     assert "internal_rl" in capsys.readouterr().out
     assert (tmp_path / "cmp" / "success_log.html").stat().st_size > 1000
+
+
+def test_bench_times_internal_rl(runs_dir):
+    from irl_lens.bench import internal_rl_throughput
+
+    base, mc, config = disc.load_metacontroller(runs_dir / "mc")
+    mc.bench_layer = int(config["layer"])
+    out = internal_rl_throughput(base, mc, seconds=0.01, seed=0, n_envs=16)
+    assert out["internal_rl_rollout_episodes_per_s"] >= out["internal_rl_episodes_per_s"] > 0
+    assert out["internal_rl_abstract_steps_per_episode"] >= 1
