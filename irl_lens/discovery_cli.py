@@ -204,5 +204,83 @@ def _print_summary(out: Path, s: dict[str, float]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``discover`` to the ``irl-lens`` app."""
+    """Add ``discover`` and ``sweep rate-distortion`` to the ``irl-lens`` app."""
     app.command(name="discover")(discover)
+    app.add_typer(sweep_app, name="sweep")
+
+
+sweep_app = typer.Typer(help="Sweeps of independent trainings (run in parallel processes).",
+                        no_args_is_help=True)  # fmt: skip
+
+
+@sweep_app.command("rate-distortion")
+def rate_distortion(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Base-model run folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Sweep folder (one subfolder per run).")],
+    alphas: Annotated[
+        str, typer.Option(help="Comma-separated KL weights.")
+    ] = "0,0.05,0.1,0.17,0.3,0.5,1",
+    seeds: Annotated[int, typer.Option(help="Seeds per alpha and variant.", min=1)] = 3,
+    variants: Annotated[
+        str, typer.Option(help="Comma-separated: full (frozen base), cotrain, beta1.")
+    ] = "full,cotrain",
+    data: Annotated[
+        Path | None, typer.Option(help="Clean dataset (strongly advised: one dataset for all).")
+    ] = None,
+    preset: Annotated[DiscoverPreset, typer.Option(help="Training preset of every run.")] = (
+        DiscoverPreset.quick
+    ),
+    steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
+    workers: Annotated[
+        int, typer.Option(help="Parallel worker processes (default: one per CPU core).", min=0)
+    ] = 0,
+    episodes: Annotated[
+        int, typer.Option(help="Rollout episodes of each run's analyses.", min=1)
+    ] = 200,
+) -> None:
+    """Rate-distortion sweep: discover over alphas x seeds x variants, then the figure (Fig 7).
+
+    Each run is an `irl-lens discover` in its own process with one torch thread; finished
+    runs are skipped and interrupted ones resumed, so the command can be re-run safely.
+    Writes OUT/rate_distortion.html and OUT/summary.json.
+
+    Example: irl-lens sweep rate-distortion runs/q/base --out runs/q/rd --data runs/q/data-clean
+    """
+    from analyses import rate_distortion as rd
+    from irl_lens import runs
+    from irl_lens.sweep import LocalRunner, rate_distortion_jobs
+
+    try:
+        alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
+    except ValueError:
+        raise ValueError(f"--alphas {alphas!r}: give numbers separated by commas") from None
+    if not alpha_list or min(alpha_list) < 0:
+        raise ValueError(f"--alphas {alphas!r}: give one or more numbers >= 0")
+    variant_list = [v.strip() for v in variants.split(",") if v.strip()]
+    bad = [v for v in variant_list if v not in Variant.__members__]
+    if bad:
+        raise ValueError(f"--variants: unknown {bad}; allowed: full, beta1, cotrain")
+    extra = ["--preset", preset.value, "--episodes", str(episodes)]
+    if data is not None:
+        extra += ["--data", str(data)]
+    if steps is not None:
+        extra += ["--steps", str(steps)]
+    jobs = rate_distortion_jobs(run, out, alpha_list, seeds, variant_list, extra)
+    results = LocalRunner(workers or None).run(jobs)
+    failed = [r for r in results if r.returncode != 0]
+    points = rd.load_points([j.out for j in jobs])
+    rd.rd_figure(points).write_html(out / "rate_distortion.html")
+    runs.write_json(out / "summary.json", {
+        "sweep/runs": float(len(jobs)),
+        "sweep/finished": float(len(points)),
+        "sweep/failed": float(len(failed)),
+        "sweep/starred": float(sum(p.f1 >= rd.STAR_F1 for p in points)),
+    })  # fmt: skip
+    print(f"{'variant':<8} {'alpha':>6} {'seed':>4} {'rate':>8} {'distortion':>10} "
+          f"{'F1@1':>6} {'switches':>8}")  # fmt: skip
+    for p in sorted(points, key=lambda p: (p.variant, p.alpha, p.seed)):
+        print(f"{p.variant:<8} {p.alpha:>6g} {p.seed:>4} {p.rate:>8.3f} {p.distortion:>10.4f} "
+              f"{p.f1:>6.2f} {p.switches_per_episode:>8.2f}")  # fmt: skip
+    for r in failed:
+        print(f"FAILED: {r.job.out} (exit {r.returncode}); log {r.log}")
+    print(f"wrote {out / 'rate_distortion.html'}")
