@@ -1,0 +1,149 @@
+"""One gridworld episode as figures: the agent's path on the grid, and its timeline.
+
+An episode record is a dict with ``layout`` (49 cell codes), ``agent_pos`` (cell per step),
+``final_agent_pos``, ``subgoal`` (true label per step) and, when a metacontroller acted,
+``beta``, ``switched`` and ``codes`` per step (what :func:`irl_lens.train.internal_rl.collect`
+stores in ``episodes.json`` and :func:`steered_episode` returns).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from irl_lens.envs.gridworld import EMPTY, WALL
+from irl_lens.envs.pinpad import GRID_SIZE
+
+COLOUR_HEX = ("#e6194b", "#f58231", "#ffe119", "#3cb44b", "#42d4f4", "#4363d8", "#911eb4",
+              "#f032e6")  # fmt: skip
+WALL_HEX = "#555555"
+
+
+def grid_figure(episode: dict, title: str | None = None):
+    """The layout with the agent's path (start circle, end star); colours labelled 0..7."""
+    import plotly.graph_objects as go
+
+    layout = np.asarray(episode["layout"])
+    fig = go.Figure()
+    shapes = []
+    for cell, code in enumerate(layout.tolist()):
+        r, c = divmod(cell, GRID_SIZE)
+        fill = "#ffffff" if code == EMPTY else WALL_HEX if code == WALL else COLOUR_HEX[code - 1]
+        shapes.append({"type": "rect", "x0": c - 0.5, "x1": c + 0.5, "y0": r - 0.5,
+                       "y1": r + 0.5, "fillcolor": fill, "line": {"color": "#cccccc"},
+                       "layer": "below"})  # fmt: skip
+        if EMPTY < code < WALL:
+            fig.add_annotation(x=c, y=r, text=str(code - 1), showarrow=False,
+                               font={"size": 16, "color": "black"})  # fmt: skip
+    path = [*episode["agent_pos"], episode.get("final_agent_pos", episode["agent_pos"][-1])]
+    rows, cols = np.divmod(np.asarray(path), GRID_SIZE)
+    jitter = np.linspace(-0.15, 0.15, len(path))  # separate revisits a little
+    fig.add_trace(go.Scatter(x=cols + jitter, y=rows + jitter, mode="lines+markers",
+                             line={"color": "black", "width": 2}, marker={"size": 5},
+                             name="path", text=[f"t={t}" for t in range(len(path))]))  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=[cols[0]],
+            y=[rows[0]],
+            mode="markers",
+            name="start",
+            marker={"size": 14, "symbol": "circle-open", "color": "black"},
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[cols[-1]],
+            y=[rows[-1]],
+            mode="markers",
+            name="end",
+            marker={"size": 16, "symbol": "star", "color": "black"},
+        )
+    )
+    fig.update_layout(
+        shapes=shapes,
+        title=title or ("success" if episode.get("success") else "episode"),
+        xaxis={"range": [-0.5, GRID_SIZE - 0.5], "showgrid": False, "zeroline": False,
+               "dtick": 1},
+        yaxis={"range": [GRID_SIZE - 0.5, -0.5], "showgrid": False, "zeroline": False,
+               "scaleanchor": "x", "dtick": 1},
+        width=520, height=520,
+    )  # fmt: skip
+    return fig
+
+
+def timeline_figure(episode: dict):
+    """beta_t, switches, the code in force (first two dimensions) and the true subgoal."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    sub = np.asarray(episode["subgoal"])
+    t = np.arange(len(sub))
+    has_beta = "beta" in episode
+    fig = make_subplots(rows=3 if has_beta else 1, cols=1, shared_xaxes=True,
+                        subplot_titles=(("true subgoal", "beta_t (switches marked)",
+                                         "code z_t (first dims)") if has_beta
+                                        else ("true subgoal",)))  # fmt: skip
+    fig.add_trace(go.Scatter(x=t, y=sub, mode="lines+markers", line={"shape": "hv"},
+                             name="true subgoal"), row=1, col=1)  # fmt: skip
+    fig.update_yaxes(range=[-0.5, 3.5], dtick=1, row=1, col=1)
+    if has_beta:
+        beta = np.asarray(episode["beta"])
+        fig.add_trace(go.Scatter(x=t, y=beta, mode="lines", name="beta"), row=2, col=1)
+        sw = np.flatnonzero(np.asarray(episode.get("switched", []), dtype=bool))
+        fig.add_trace(go.Scatter(x=sw, y=beta[sw], mode="markers", name="switch",
+                                 marker={"symbol": "x", "size": 10}), row=2, col=1)  # fmt: skip
+        fig.update_yaxes(range=[-0.05, 1.05], row=2, col=1)
+        codes = np.asarray(episode.get("codes", []))
+        for d in range(min(2, codes.shape[1] if codes.ndim == 2 else 0)):
+            fig.add_trace(go.Scatter(x=t, y=codes[:, d], mode="lines", line={"shape": "hv"},
+                                     name=f"z[{d}]"), row=3, col=1)  # fmt: skip
+    fig.update_xaxes(title_text="time step t", row=3 if has_beta else 1, col=1)
+    fig.update_layout(height=560 if has_beta else 260, title="Episode timeline")
+    return fig
+
+
+def steered_episode(base, mc, layer: int, code, at_step: int, *, seed: int = 0, task=None):
+    """One rollout in a new layout: base model alone until ``at_step``, then ``code`` forced.
+
+    Returns an episode record with the first colour pair completed after the switch
+    (``reached``: subgoal index or -1).
+    """
+    from irl_lens.engine import RolloutEngine, seeded_env
+
+    env = seeded_env(1, task=task, seed=seed, stream=7000)
+    z = torch.as_tensor(np.asarray(code, dtype=np.float32))[None, None]
+
+    def fn(state):
+        if state.t < at_step:
+            return None
+        return lambda e: mc.apply_code(e, z.expand(e.shape[0], 1, -1))
+
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(seed)
+        ro = RolloutEngine(base, layer).run(env, controller_fn=fn, generator=gen)
+    n = int(ro.length[0])
+    entered = ro.entered()[0]
+    after = [c for c, step in zip(entered, _entry_steps(ro, n), strict=True) if step >= at_step]
+    reached = next(
+        (a // 2 for a, b in zip(after, after[1:], strict=False) if a % 2 == 0 and b == a + 1), -1
+    )
+    return {
+        "layout": ro.layout[0].tolist(),
+        "agent_pos": ro.agent_pos[0, :n].tolist(),
+        "final_agent_pos": int(ro.final_agent_pos[0]),
+        "subgoal": ro.subgoal[0, :n].tolist(),
+        "entered": entered,
+        "reached": reached,
+        "success": bool(ro.success[0]),
+    }
+
+
+def _entry_steps(ro, n: int) -> list[int]:
+    """Steps at which the agent moved onto a colour cell (same order as ``ro.entered()``)."""
+    pos = np.append(ro.agent_pos[0, :n], ro.final_agent_pos[0])
+    out = []
+    for t in range(n):
+        nxt = pos[t + 1]
+        if nxt != pos[t] and EMPTY < ro.layout[0, nxt] < WALL:
+            out.append(t)
+    return out

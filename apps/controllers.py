@@ -1,0 +1,312 @@
+"""irl_lens dashboard: look at what the base model, the metacontroller and internal RL learned.
+
+    streamlit run apps/controllers.py            # runs folder: runs/ (or $IRL_LENS_RUNS)
+
+Every figure comes from the ``analyses`` package (the same functions the CLI uses); this
+file only finds run folders, loads their results and lays the figures out. Models load
+once per process (``st.cache_resource``); results are cached (``st.cache_data``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+PAGES = (
+    "Runs",
+    "Probes",
+    "Controllability",
+    "Switching",
+    "Controllers",
+    "Rate-distortion",
+    "Internal RL",
+)
+
+HOW_TO = {
+    "base_model": "irl-lens pretrain DATA --out RUN --preset quick",
+    "probe": "irl-lens probe RUN --data CLEAN_DATA",
+    "supervised_controllers": "irl-lens controllers RUN --data CLEAN_DATA",
+    "metacontroller": "irl-lens discover RUN --out MC --data CLEAN_DATA",
+    "internal_rl": "irl-lens internal-rl MC --out RL   (or irl-lens raw-rl RUN --out RL)",
+    "sweep": "irl-lens sweep rate-distortion RUN --out SWEEP --data CLEAN_DATA",
+}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@st.cache_data(show_spinner=False)
+def scan(root: str) -> list[dict]:
+    """Every folder under ``root`` with a ``config.json`` (or a sweep ``summary.json``)."""
+    found = []
+    base = Path(root)
+    if not base.is_dir():
+        return found
+    for cfg in sorted(base.rglob("config.json")):
+        if "checkpoints" in cfg.parts:
+            continue
+        try:
+            config = json.loads(cfg.read_text())
+        except (OSError, json.JSONDecodeError):
+            config = {"kind": "unreadable"}
+        folder = cfg.parent
+        summary = _read(folder / "summary.json")
+        found.append({"path": str(folder), "kind": config.get("kind", "?"), "config": config,
+                      "summary": summary, "complete": bool(summary)})  # fmt: skip
+    for s in sorted(base.rglob("summary.json")):
+        summary = _read(s)
+        if any(k.startswith("sweep/") for k in summary):
+            found.append({"path": str(s.parent), "kind": "sweep", "config": {},
+                          "summary": summary, "complete": True})  # fmt: skip
+    return found
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+@st.cache_data(show_spinner=False)
+def load_json(path: str, mtime: float) -> dict:  # mtime: a new file invalidates the cache
+    return json.loads(Path(path).read_text())
+
+
+def json_file(path: Path) -> dict | None:
+    return load_json(str(path), path.stat().st_mtime) if path.is_file() else None
+
+
+@st.cache_resource(show_spinner="loading the metacontroller and its base model ...")
+def metacontroller(path: str):
+    from irl_lens.train.discover import load_metacontroller
+
+    return load_metacontroller(path)
+
+
+def runs_of(found: list[dict], kind: str, having: str | None = None) -> list[dict]:
+    """Runs of ``kind`` (that contain the file ``having``, when given)."""
+    return [r for r in found if r["kind"] == kind
+            and (having is None or (Path(r["path"]) / having).is_file())]  # fmt: skip
+
+
+def missing(what: str, kind: str) -> None:
+    st.info(f"No {what} in this runs folder yet. Create one with:\n\n`{HOW_TO[kind]}`")
+
+
+def pick(label: str, items: list[dict], key: str) -> dict:
+    paths = [r["path"] for r in items]
+    chosen = st.selectbox(label, paths, key=key)
+    return items[paths.index(chosen)]
+
+
+# ------------------------------------------------------------------------------- pages
+
+
+def page_runs(found: list[dict], root: str) -> None:
+    st.header("Runs")
+    if not found:
+        st.warning(f"`{root}` holds no runs. Start with `make demo`, or:\n\n"
+                   f"`irl-lens data gridworld --episodes 200000 --out {root}/q/data`  \n"
+                   f"`{HOW_TO['base_model']}`")  # fmt: skip
+        return
+    import pandas as pd
+
+    rows = [{"folder": r["path"], "kind": r["kind"],
+             "finished": "yes" if r["complete"] else "no (summary.json missing)"}
+            for r in found]  # fmt: skip
+    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+    run = pick("Inspect", found, "runs_pick")
+    if not run["complete"]:
+        st.warning("This run has no summary.json: it is unfinished or was interrupted. "
+                   f"Create or continue it with `{HOW_TO.get(run['kind'], 'its command')}` "
+                   "(with --resume where the command has it).")  # fmt: skip
+    c1, c2 = st.columns(2)
+    c1.subheader("config.json")
+    c1.json(run["config"], expanded=False)
+    c2.subheader("summary.json")
+    c2.json(run["summary"], expanded=True)
+
+
+def page_probes(found: list[dict]) -> None:
+    from analyses import probes
+
+    st.header("Linear probes of the subgoal, by layer")
+    items = [
+        r
+        for r in runs_of(found, "base_model")
+        if (Path(r["path"]) / "probe" / "result.json").is_file()
+    ]
+    if not items:
+        return missing("probe results", "probe")
+    run = pick("Base model", items, "probe_pick")
+    result = probes.ProbeResult(**json_file(Path(run["path"]) / "probe" / "result.json"))
+    st.plotly_chart(probes.accuracy_figure(result), key="probe_acc")
+    st.plotly_chart(probes.belief_figure(result), key="probe_belief")
+    fig = probes.steps_figure(result)
+    if fig is not None:
+        st.plotly_chart(fig, key="probe_steps")
+
+
+def page_controllability(found: list[dict]) -> None:
+    from analyses import controllability as ctl
+
+    st.header("Supervised controllers: success on the task by layer")
+    items = [
+        r
+        for r in runs_of(found, "supervised_controllers")
+        if (Path(r["path"]) / "result.json").is_file()
+    ]
+    if not items:
+        return missing("supervised-controller results", "supervised_controllers")
+    run = pick("Controllers folder", items, "ctl_pick")
+    result = ctl.ControllabilityResult(**json_file(Path(run["path"]) / "result.json"))
+    st.plotly_chart(ctl.success_figure(result), key="ctl_fig")
+    st.caption(f"task {result.task}, {result.n_episodes} episodes per layer; best layer "
+               f"{result.best_layer} of 0..{result.n_layers}")  # fmt: skip
+
+
+def _analysis(found: list[dict]) -> tuple[dict, dict] | None:
+    items = [
+        r for r in runs_of(found, "metacontroller") if (Path(r["path"]) / "analysis.json").is_file()
+    ]
+    if not items:
+        missing("analysed metacontrollers", "metacontroller")
+        return None
+    run = pick("Metacontroller", items, "mc_pick")
+    return run, json_file(Path(run["path"]) / "analysis.json")
+
+
+def page_switching(found: list[dict]) -> None:
+    from analyses import switching
+
+    st.header("Switching: beta_t against the true subgoals")
+    got = _analysis(found)
+    if got is None:
+        return
+    run, analysis = got
+    result = switching.SwitchResult(**analysis["switching"])
+    import pandas as pd
+
+    table = {"tolerance": result.tolerances, "precision": result.precision,
+             "recall": result.recall, "F1": result.f1}  # fmt: skip
+    st.dataframe(pd.DataFrame(table), hide_index=True)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("beta within 0.05 of 0/1", f"{result.binary_fraction:.2f}")
+    c2.metric("switches / episode", f"{result.switches_per_episode:.2f}")
+    c3.metric("true boundaries / episode", f"{result.true_switches_per_episode:.2f}")
+    n = len(result.examples)
+    chosen = st.multiselect("Episodes", list(range(n)), default=list(range(min(3, n))),
+                            key="sw_eps")  # fmt: skip
+    st.plotly_chart(switching.beta_figure(result, chosen or [0]), key="sw_fig")
+
+
+def page_controllers(found: list[dict]) -> None:
+    from analyses import clustering, episodes
+
+    st.header("Discovered controllers: code clusters and steering")
+    got = _analysis(found)
+    if got is None:
+        return
+    run, analysis = got
+    cl = clustering.ClusterResult(**analysis["clustering"])
+    st.plotly_chart(clustering.cluster_figure(cl), key="cl_fig")
+    c1, c2 = st.columns(2)
+    c1.metric("NMI", f"{cl.nmi:.2f}")
+    c2.metric("ARI", f"{cl.ari:.2f}")
+    st.plotly_chart(clustering.steering_figure(clustering.SteeringResult(**analysis["steering"])),
+                    key="steer_fig")  # fmt: skip
+    st.subheader("Steer a rollout")
+    options = [f"cluster {c} (mostly subgoal {g}: colours {2 * g}-{2 * g + 1})"
+               for c, g in enumerate(cl.cluster_subgoal)]  # fmt: skip
+    c = options.index(st.selectbox("Code", options, key="steer_code"))
+    at = st.slider("Force the switch at step", 0, 30, 0, key="steer_t")
+    seed = st.number_input("Layout seed", 0, 10_000, 0, key="steer_seed")
+    base, mc, config = metacontroller(run["path"])
+    t0 = time.perf_counter()
+    ep = episodes.steered_episode(base, mc, int(config["layer"]), cl.centroids[c], at,
+                                  seed=int(seed))  # fmt: skip
+    reached = ep["reached"]
+    st.plotly_chart(episodes.grid_figure(ep, title=f"colours entered {ep['entered']}"),
+                    key="steer_grid")  # fmt: skip
+    st.caption(f"after step {at} the agent completed "
+               f"{'subgoal ' + str(reached) if reached >= 0 else 'no colour pair'} "
+               f"(rollout {time.perf_counter() - t0:.2f} s)")  # fmt: skip
+
+
+def page_rate_distortion(found: list[dict]) -> None:
+    from analyses import rate_distortion as rd
+
+    st.header("Rate-distortion over alpha")
+    sweeps = runs_of(found, "sweep")
+    if not sweeps:
+        return missing("rate-distortion sweeps", "sweep")
+    sweep = pick("Sweep", sweeps, "rd_pick")
+    folders = sorted(p.parent for p in Path(sweep["path"]).glob("*/config.json"))
+    points = rd.load_points(folders)
+    if not points:
+        st.info("The sweep has no finished runs yet; re-run its command to continue it.")
+        return
+    st.plotly_chart(rd.rd_figure(points), key="rd_fig")
+
+
+def page_internal_rl(found: list[dict]) -> None:
+    from analyses import episodes, rl_curves
+
+    st.header("Internal RL vs the baselines")
+    items = [
+        r for r in runs_of(found, "internal_rl") if (Path(r["path"]) / "metrics.jsonl").is_file()
+    ]
+    if not items:
+        return missing("RL runs", "internal_rl")
+    paths = [r["path"] for r in items]
+    chosen = st.multiselect("Runs to compare", paths, default=paths, key="rl_runs")
+    if chosen:
+        comp = rl_curves.compare_runs(chosen)
+        log_x = st.toggle("log x-axis", value=False, key="rl_log")
+        st.plotly_chart(rl_curves.curves_figure(comp, log_x=log_x), key="rl_fig")
+        import pandas as pd
+
+        st.dataframe(pd.DataFrame(rl_curves.table(comp)), hide_index=True)
+    st.subheader("Episode replay")
+    with_eps = [r for r in items if (Path(r["path"]) / "episodes.json").is_file()]
+    if not with_eps:
+        st.info("No stored episodes yet (written at the end of a run).")
+        return
+    run = pick("Run", with_eps, "rl_replay_run")
+    eps = json_file(Path(run["path"]) / "episodes.json")["episodes"]
+    i = st.slider("Episode", 0, len(eps) - 1, 0, key="rl_ep")
+    c1, c2 = st.columns([1, 1])
+    c1.plotly_chart(episodes.grid_figure(eps[i]), key="rl_grid")
+    c2.plotly_chart(episodes.timeline_figure(eps[i]), key="rl_timeline")
+
+
+def main() -> None:
+    st.set_page_config(page_title="irl_lens", layout="wide")
+    default = os.environ.get("IRL_LENS_RUNS", "runs")
+    root = st.sidebar.text_input("Runs folder", default, key="root")
+    page = st.sidebar.radio("Page", PAGES, key="page")
+    if st.sidebar.button("Rescan runs folder"):
+        scan.clear()
+    found = scan(root)
+    {
+        "Runs": lambda: page_runs(found, root),
+        "Probes": lambda: page_probes(found),
+        "Controllability": lambda: page_controllability(found),
+        "Switching": lambda: page_switching(found),
+        "Controllers": lambda: page_controllers(found),
+        "Rate-distortion": lambda: page_rate_distortion(found),
+        "Internal RL": lambda: page_internal_rl(found),
+    }[page]()
+
+
+main()
