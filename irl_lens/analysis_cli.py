@@ -24,7 +24,7 @@ import typer
 
 from irl_lens.common_cli import DEVICE_OPTION as _DEVICE
 from irl_lens.common_cli import SEED_OPTION as _SEED
-from irl_lens.common_cli import Device, resolve_device
+from irl_lens.common_cli import Device, clean_dataset, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +33,6 @@ class ControllerPreset(StrEnum):
     quick = "quick"
     paper = "paper"
     tiny = "tiny"
-
-
-def _clean_data(data: Path | None, episodes: int, seed: int):
-    """``--data`` if given, else ``episodes`` fresh clean expert episodes (seeded)."""
-    from irl_lens.data.dataset import load_dataset
-    from irl_lens.data.generate import generate_gridworld
-
-    if data is not None:
-        return load_dataset(data), str(data)
-    logger.info("no --data: generating %d clean expert episodes (seed %d)", episodes, seed)
-    return generate_gridworld(episodes, split="clean", seed=seed), None
 
 
 def _fmt(v: float) -> str:
@@ -82,7 +71,7 @@ def probe(
 
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    ds, data_path = _clean_data(data, episodes, seed)
+    ds, data_path = clean_dataset(data, episodes, seed)
     result = probes.probe_run(
         run,
         ds,
@@ -208,7 +197,7 @@ def controllers(
         cfg = train_ctl.PRESETS[preset.value]
         over = {k: v for k, v in (("steps", steps), ("rank", rank)) if v is not None}
         cfg = dataclasses.replace(cfg, **over, seed=seed)
-        ds, data_path = _clean_data(data, data_episodes, seed)
+        ds, data_path = clean_dataset(data, data_episodes, seed)
         trained = train_ctl.train_supervised_controllers(
             run, ds, out, layer_list, cfg, data_path=data_path, device=dev, progress=True
         )

@@ -6,9 +6,13 @@ example :mod:`irl_lens.analysis_cli`) can import them without importing the app 
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
+from pathlib import Path
 
 import typer
+
+logger = logging.getLogger(__name__)
 
 
 class Device(StrEnum):
@@ -44,3 +48,14 @@ def print_table(rows: dict[str, float | int | str], title: str | None = None) ->
         if isinstance(v, float):
             v = f"{v:.4f}" if abs(v) < 1e4 else f"{v:,.0f}"
         print(f"  {k:<{width}}  {v}")
+
+
+def clean_dataset(data: Path | None, episodes: int, seed: int):
+    """``--data`` if given, else ``episodes`` fresh clean expert episodes (seeded)."""
+    from irl_lens.data.dataset import load_dataset
+    from irl_lens.data.generate import generate_gridworld
+
+    if data is not None:
+        return load_dataset(data), str(data)
+    logger.info("no --data: generating %d clean expert episodes (seed %d)", episodes, seed)
+    return generate_gridworld(episodes, split="clean", seed=seed), None

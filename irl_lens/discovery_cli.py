@@ -18,7 +18,13 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.common_cli import DEVICE_OPTION, SEED_OPTION, Device, resolve_device
+from irl_lens.common_cli import (
+    DEVICE_OPTION,
+    SEED_OPTION,
+    Device,
+    clean_dataset,
+    resolve_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +110,7 @@ def discover(
     from irl_lens.train import discover as disc
 
     dev = resolve_device(device)
-    from irl_lens.analysis_cli import _clean_data
-
-    ds, data_path = _clean_data(data, data_episodes, seed)
+    ds, data_path = clean_dataset(data, data_episodes, seed)
     cfg = disc.PRESETS[preset.value]
     over = {
         k: v
