@@ -35,12 +35,10 @@ format: $(STAMP)
 	$(BIN)/ruff format irl_lens analyses apps tests
 	$(BIN)/ruff check --fix irl_lens analyses apps tests
 
-# The main job. Until `irl-lens reproduce` exists: expert data + quick-preset pretraining.
+# The main job: the quick gridworld reproduction (resumable), then how to look at it.
 demo: $(STAMP)
-	$(BIN)/irl-lens data gridworld --split pretrain --episodes 200000 --out $(DEMO_DIR)/data-pretrain --seed $(SEED)
-	$(BIN)/irl-lens data gridworld --split clean --episodes 20000 --out $(DEMO_DIR)/data-clean --seed $(SEED)
-	$(BIN)/irl-lens pretrain $(DEMO_DIR)/data-pretrain --out $(DEMO_DIR)/base --preset quick --seed $(SEED)
-	$(BIN)/irl-lens evaluate $(DEMO_DIR)/base --seed $(SEED)
+	$(BIN)/irl-lens reproduce gridworld --out $(DEMO_DIR) --preset quick --seed $(SEED)
+	@echo "dashboard: IRL_LENS_RUNS=$(DEMO_DIR) $(BIN)/streamlit run apps/controllers.py"
 
 bench: $(STAMP)
 	$(BIN)/irl-lens bench

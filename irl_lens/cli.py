@@ -304,11 +304,12 @@ def bench(
 
 def _register_commands() -> None:
     """Commands that live in their own modules (they import the heavy parts lazily)."""
-    from irl_lens import analysis_cli, discovery_cli, rl_cli
+    from irl_lens import analysis_cli, discovery_cli, pipeline_cli, rl_cli
 
     analysis_cli.register(app)
     discovery_cli.register(app)
     rl_cli.register(app)
+    pipeline_cli.register(app)
 
 
 _register_commands()

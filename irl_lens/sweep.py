@@ -36,10 +36,14 @@ class Job:
     args: list[str]
     out: Path
     tags: dict = field(default_factory=dict)
+    threads: int = 1
+    """Torch threads of this job's process."""
+    marker: str = "summary.json"
+    """File inside ``out`` whose presence means the job has finished."""
 
     @property
     def done(self) -> bool:
-        return (self.out / "summary.json").is_file()
+        return (self.out / self.marker).is_file()
 
 
 @dataclass
@@ -67,8 +71,9 @@ class LocalRunner:
             return JobResult(job, 0, 0.0, skipped=True)
         job.out.parent.mkdir(parents=True, exist_ok=True)
         log = job.out.parent / f"{job.out.name}.log"
-        env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "irl_lens.cli", "--threads", "1", "-q", *job.args]
+        threads = str(job.threads)
+        env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        cmd = [sys.executable, "-m", "irl_lens.cli", "--threads", threads, "-q", *job.args]
         t0 = time.perf_counter()
         with log.open("w") as fh:
             rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode

@@ -1,0 +1,61 @@
+"""``irl-lens reproduce``: the whole gridworld pipeline, resumable, with a report."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from irl_lens.common_cli import SEED_OPTION
+
+
+class ReproEnv(StrEnum):
+    gridworld = "gridworld"
+
+
+class ReproPreset(StrEnum):
+    quick = "quick"
+    paper = "paper"
+    tiny = "tiny"
+
+
+def reproduce(
+    env: Annotated[ReproEnv, typer.Argument(help="Environment (ant: once its issue lands).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for every stage and the report.")],
+    preset: Annotated[
+        ReproPreset, typer.Option(help="quick (this CPU), paper (a GPU), tiny (a smoke test).")
+    ] = ReproPreset.quick,
+    rl_seeds: Annotated[int, typer.Option(help="Internal-RL seeds on the full MC.", min=1)] = 3,
+    rl_episodes: Annotated[
+        int | None, typer.Option(help="Episode budget per RL run (default: the preset's).", min=1)
+    ] = None,
+    pretrain_episodes: Annotated[int, typer.Option(help="Pretraining episodes.", min=10)] = 200_000,
+    clean_episodes: Annotated[int, typer.Option(help="Clean episodes.", min=10)] = 20_000,
+    workers: Annotated[int, typer.Option(help="Jobs run side by side (one per core).", min=1)] = 2,
+    with_sweep: Annotated[bool, typer.Option(help="Also run the rate-distortion sweep.")] = False,
+    seed: Annotated[int, SEED_OPTION] = 0,
+) -> None:
+    """Reproduce the paper on the gridworld: data -> base -> probes, controllers ->
+    metacontrollers (full, beta1, cotrain) -> internal RL and baselines -> report.
+
+    Finished stages are skipped, so an interrupted run continues where it stopped. Writes
+    OUT/report.md (each claim of the paper next to our number) and OUT/summary.json.
+
+    Example: irl-lens reproduce gridworld --out runs/demo --preset quick
+    """
+    from irl_lens.reproduce import ReproduceSettings, run_pipeline
+
+    settings = ReproduceSettings(
+        preset=preset.value, seed=seed, rl_seeds=rl_seeds, rl_episodes=rl_episodes,
+        pretrain_episodes=pretrain_episodes, clean_episodes=clean_episodes, workers=workers,
+        with_sweep=with_sweep,
+    )  # fmt: skip
+    run_pipeline(out, settings)
+    print((out / "report.md").read_text())
+    print(f"open the dashboard on it: IRL_LENS_RUNS={out} streamlit run apps/controllers.py")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="reproduce")(reproduce)
