@@ -116,6 +116,14 @@ def test_internal_rl_run_resume_and_task(runs_dir, tmp_path):
     assert set(summary) >= {"rl/final_success", "rl/episodes_to_0.5", "rl/episodes_per_s"}
     eps = json.loads((tmp_path / "a" / "episodes.json").read_text())["episodes"]
     assert eps and all(ep["subgoal"][0] == 0 for ep in eps)  # the task 0-1-2-3 is enforced
+    from irl_lens.cli import main
+
+    main(["internal-rl", str(runs_dir / "mc"), "--out", str(tmp_path / "t"), "--preset", "tiny",
+          "--task", "4-5-2-3"])  # fmt: skip
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert config["task"] == "4-5-2-3"
+    eps = json.loads((tmp_path / "t" / "episodes.json").read_text())["episodes"]
+    assert all(ep["subgoal"][0] == 2 for ep in eps)  # the env pursues 4-5 first
     assert len(eps[0]["beta"]) == len(eps[0]["subgoal"])
     irl.internal_rl(runs_dir / "mc", tmp_path / "b", _cfg(), stop_after=1, progress=False)
     irl.internal_rl(runs_dir / "mc", tmp_path / "b", _cfg(), resume=True, progress=False)
