@@ -5,8 +5,8 @@ It reads the base model's residual stream ``e_1:T`` at one layer ``l`` and write
 (defaults from Table A9):
 
 ================================  ================================================================
-internal sequence embedder        ``s_t = f_emb(e_1:T)``: RG-LRU passes forward and backward over
-                                  the whole (non-causal) sequence, ``n_s = 32``; training only
+internal sequence embedder        ``s = f_emb(e_1:T)``: one vector summarising the whole sequence
+                                  (RG-LRU passes both ways), ``n_s = 32``; training only
 history                           ``h_t = GRU(e_t, h_{t-1})``, ``n_h = 32``
 controller encoder                ``mu_t, log sigma_t^2 = f_enc(e_t, h_{t-1}, s_t)``, hidden 64;
                                   proposal ``z~_t = mu_t + sigma_t * eps``, ``n_z = 8``
@@ -190,11 +190,22 @@ class Metacontroller(HookedRootModule):
     # ------------------------------------------------------------------ pieces
     def sequence_embedding(
         self, e: Float[Tensor, "batch pos d_model"], mask: Float[Tensor, "batch pos"]
-    ) -> Float[Tensor, "batch pos n_s"]:
-        """``s_t``: forward and backward RG-LRU over the real (unmasked) positions."""
+    ) -> Float[Tensor, "batch n_s"]:
+        """``s(e_1:T)``: one vector per sequence, from RG-LRU passes in both directions.
+
+        The forward pass's state at the last real position and the backward pass's state at
+        position 0 both summarise the whole (unpadded) sequence. One vector of ``n_s`` floats
+        for all ``T`` steps is a bottleneck on purpose: it can carry the episode's subgoal
+        sequence, but not every future action (a per-step embedding would hand the encoder
+        the next observation, hence the next action, and the codes would encode actions).
+        """
         x = self.emb_in(e) * mask.unsqueeze(-1)  # padding contributes nothing either way
-        both = torch.cat([self.emb_fwd(x), self.emb_bwd(x, reverse=True)], dim=-1)
-        return self.hook_seq_embedding(self.emb_out(both))
+        last = (mask.sum(1).long() - 1).clamp(min=0)  # [batch]
+        rows = torch.arange(e.shape[0], device=e.device)
+        forward_end = self.emb_fwd(x)[rows, last]  # [batch, n_s]
+        backward_start = self.emb_bwd(x, reverse=True)[:, 0]  # [batch, n_s]
+        s = self.emb_out(torch.cat([forward_end, backward_start], dim=-1))
+        return self.hook_seq_embedding(s)
 
     def decoder_hidden(self, z: Float[Tensor, "*lead n_z"]) -> Float[Tensor, "*lead j"]:
         """``[g(z), 1]``: the vector ``U`` is linear in."""
@@ -263,7 +274,7 @@ class Metacontroller(HookedRootModule):
             )
         b, t, _ = e.shape
         mask = torch.ones(b, t, device=e.device) if mask is None else mask.to(e.dtype)
-        s = self.sequence_embedding(e, mask)  # [b, t, n_s]
+        s = self.sequence_embedding(e, mask)[:, None].expand(b, t, -1)  # [b, t, n_s]
         h_all, _ = self.gru(e)  # h_t for t = 0..T-1
         h_all = self.hook_history(h_all)
         h_prev = torch.cat([torch.zeros_like(h_all[:, :1]), h_all[:, :-1]], dim=1)  # h_{t-1}
@@ -343,7 +354,7 @@ class Metacontroller(HookedRootModule):
     def encode(
         self, e: Float[Tensor, "batch d_model"], carry: StepCarry, s: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """``(mu_t, logvar_t)`` for one position given a sequence embedding ``s_t``."""
+        """``(mu_t, logvar_t)`` for one position given the sequence embedding ``s``."""
         hid = self.enc(torch.cat([e, carry.h, s], dim=-1))
         return self.enc_mu(hid), self.enc_logvar(hid).clamp(-10.0, 10.0)
 
