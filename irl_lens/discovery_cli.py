@@ -117,6 +117,10 @@ def discover(
         for k, v in (("steps", steps), ("alpha", alpha))
         if v is not None
     }  # fmt: skip
+    if steps is not None:  # keep the KL schedule's shape: free and ramp steps scale along
+        frac = steps / cfg.steps
+        over["kl_free_steps"] = round(cfg.kl_free_steps * frac)
+        over["kl_warmup_steps"] = round(cfg.kl_warmup_steps * frac)
     cfg = dataclasses.replace(
         cfg, **over, variant=variant.value, seed=seed,
         cotrain_from_pretrained=cotrain_from_pretrained,
