@@ -32,8 +32,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from irl_lens.models.metacontroller import (
     MetacontrollerOutput,
     build_metacontroller,
 )
+from irl_lens.train.controllers import frozen
 
 logger = logging.getLogger(__name__)
 
@@ -146,18 +146,6 @@ def weights_digest(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-@contextmanager
-def _frozen(model: torch.nn.Module) -> Iterator[None]:
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def controlled_forward(
@@ -375,7 +363,7 @@ def discover(
     bar = tqdm(total=cfg.steps, initial=step, desc=f"discover ({cfg.variant})", unit="step",
                disable=not progress, dynamic_ncols=True)  # fmt: skip
     t0 = time.perf_counter()
-    freeze = _frozen(base) if cfg.variant != "cotrain" else _nullcontext()
+    freeze = frozen(base) if cfg.variant != "cotrain" else nullcontext()
     mc.train()
     with freeze:
         while step < end:
@@ -484,11 +472,6 @@ def prior_rollouts(
         "mean_length": float(ro.length.mean()),
         "n_episodes": float(n_episodes),
     }
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
 
 
 def load_metacontroller(
