@@ -24,6 +24,7 @@ import json
 import logging
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +138,17 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
     compare_dir = out / "compare"
     rl_dirs = sorted(str(d) for d in out.glob("rl-*") if (d / "summary.json").is_file())
     if rl_dirs:
-        subprocess.run(["irl-lens", "-q", "compare", *rl_dirs, "--out", str(compare_dir)],
-                       check=True, capture_output=True)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "irl_lens.cli",
+            "-q",
+            "compare",
+            *rl_dirs,
+            "--out",
+            str(compare_dir),
+        ]  # the running interpreter: no reliance on PATH
+        subprocess.run(cmd, check=True, capture_output=True)
     summary = collect_summary(out)
     runs.write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report(out, s, summary, timing))
