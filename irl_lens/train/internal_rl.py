@@ -312,7 +312,6 @@ def _loop(out, cfg: RLConfig, start, opt, module, *, collect_fn, update_fn, stop
     bar = tqdm(total=cfg.n_batches * cfg.batch_size, initial=start * cfg.batch_size, desc=desc,
                unit="ep", disable=not progress, dynamic_ncols=True)  # fmt: skip
     t_start = time.perf_counter()
-    first_half: list[float] = []
     for b in range(start, end):
         t0 = time.perf_counter()
         last = b == cfg.n_batches - 1
@@ -333,7 +332,6 @@ def _loop(out, cfg: RLConfig, start, opt, module, *, collect_fn, update_fn, stop
             "rollout_episodes_per_s": cfg.batch_size / max(t_collect, 1e-9),
         }
         runs.append_metrics(metrics_path, rec)
-        first_half.append(rec["success"])
         bar.update(cfg.batch_size)
         bar.set_postfix(success=f"{rec['success']:.3f}", k=f"{rec['abstract_steps']:.1f}")
         if batch.sample:
