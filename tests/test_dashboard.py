@@ -51,6 +51,17 @@ def _charts(at) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
+def _values(arr) -> list:
+    """A trace's x or y: a list, or plotly's typed array ``{"dtype", "bdata"}`` decoded."""
+    if isinstance(arr, dict) and "bdata" in arr:
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(arr["bdata"]), dtype=arr["dtype"]).tolist()
+    return list(arr or [])
+
+
 def test_runs_page_lists_runs_and_explains_an_empty_folder(runs_root, tmp_path):
     at = _app(runs_root, "Runs")
     table = at.dataframe[0].value
@@ -71,7 +82,7 @@ def test_every_page_renders_its_figures_with_data(runs_root, page, n_charts):
     for spec in charts:
         assert spec["data"], f"{page}: a chart without traces"
         has_points = any(
-            any(v is not None for v in (tr.get("y") or tr.get("x") or [])) for tr in spec["data"]
+            any(v is not None for v in _values(tr.get("y") or tr.get("x"))) for tr in spec["data"]
         )
         assert has_points or spec["layout"].get("shapes"), f"{page}: an empty chart"
 
