@@ -163,3 +163,16 @@ def test_bench_times_internal_rl(runs_dir):
     out = internal_rl_throughput(base, mc, seconds=0.01, seed=0, n_envs=16)
     assert out["internal_rl_rollout_episodes_per_s"] >= out["internal_rl_episodes_per_s"] > 0
     assert out["internal_rl_abstract_steps_per_episode"] >= 1
+
+
+def test_raw_update_recomputes_the_rollout_log_probs(runs_dir):
+    """First PPO epoch: ratio 1 everywhere (sorted, truncated chunks == the rollout's logp)."""
+    from irl_lens.models.base import load_base_model
+    from irl_lens.train.raw_rl import collect_raw, raw_ppo_update
+
+    model = load_base_model(runs_dir / "base")
+    batch = collect_raw(model, [0, 1, 2, 3], 24, seed=0, stream=0)
+    assert len(set(batch.length.tolist())) > 1  # lengths differ, so truncation matters
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    stats = raw_ppo_update(model, opt, batch, _cfg(epochs=1), chunk=5)
+    assert abs(stats["approx_kl"]) < 1e-5 and stats["clip_fraction"] == 0.0

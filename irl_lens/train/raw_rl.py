@@ -90,10 +90,15 @@ def raw_ppo_update(model: ActionModel, opt, batch: RawBatch, cfg: RLConfig,
     for _ in range(cfg.epochs):
         opt.zero_grad(set_to_none=True)
         tot_loss = tot_clip = tot_kl = 0.0
+        # episodes sorted by length, each chunk cut to its longest episode: the model is
+        # causal, so dropping padding after the last real step changes no output
+        order = torch.from_numpy(np.argsort(batch.length, kind="stable"))
         for s in range(0, n, chunk):
-            sl = slice(s, s + chunk)
-            obs, act = batch.obs[sl].to(device), batch.action[sl].to(device)
-            mask, old = batch.mask[sl].to(device), batch.logp[sl].to(device)
+            sl = order[s : s + chunk]
+            t_max = max(1, int(batch.length[sl.numpy()].max()))
+            obs = batch.obs[sl, :t_max].to(device)
+            act = batch.action[sl, :t_max].to(device)
+            mask, old = batch.mask[sl, :t_max].to(device), batch.logp[sl, :t_max].to(device)
             logits = model.split(model(obs)).action_params
             new = -F.cross_entropy(logits.flatten(0, 1), act.flatten(), reduction="none")
             new = new.view_as(mask)
