@@ -28,7 +28,7 @@ from irl_lens.engine import GroundTruthSwitcher, RolloutEngine, seeded_env
 from irl_lens.envs.pinpad import format_task, parse_task
 from irl_lens.train.discover import load_metacontroller
 
-from .switching import SUBGOAL_COLOURS, episode_betas
+from .switching import SUBGOAL_COLOURS, episode_betas, held_out
 
 
 @dataclass
@@ -107,8 +107,7 @@ def code_clusters(
     device: str = "cpu",
 ) -> ClusterResult:
     """Cluster the codes of the metacontroller in ``path`` on the last ``n_episodes`` of ``ds``."""
-    episodes = np.arange(max(0, ds.n_episodes - n_episodes), ds.n_episodes)
-    _, subgoals, codes = episode_betas(path, ds, episodes, device=device)
+    _, subgoals, codes = episode_betas(path, ds, held_out(ds, n_episodes), device=device)
     z, truth = segment_codes(codes, subgoals)
     return cluster_codes(z, truth, seed=seed)
 
@@ -173,9 +172,13 @@ def steering(
     n_episodes: int = 1000,
     seed: int = 0,
     device: str = "cpu",
+    loaded: tuple | None = None,
 ) -> SteeringResult:
-    """Force each cluster's centroid code on new layouts (see the module docstring)."""
-    base, mc, config = load_metacontroller(path, device=device)
+    """Force each cluster's centroid code on new layouts (see the module docstring).
+
+    ``loaded``: the ``(base, mc, config)`` of ``path`` when the caller already has them.
+    """
+    base, mc, config = loaded or load_metacontroller(path, device=device)
     layer = int(config["layer"])
     engine = RolloutEngine(base, layer)
     codes: dict[int, torch.Tensor] = {}

@@ -127,15 +127,7 @@ def steered_episode(base, mc, layer: int, code, at_step: int, *, seed: int = 0, 
     reached = next(
         (a // 2 for a, b in zip(after, after[1:], strict=False) if a % 2 == 0 and b == a + 1), -1
     )
-    return {
-        "layout": ro.layout[0].tolist(),
-        "agent_pos": ro.agent_pos[0, :n].tolist(),
-        "final_agent_pos": int(ro.final_agent_pos[0]),
-        "subgoal": ro.subgoal[0, :n].tolist(),
-        "entered": entered,
-        "reached": reached,
-        "success": bool(ro.success[0]),
-    }
+    return ro.episode(0) | {"entered": entered, "reached": reached}
 
 
 def _entry_steps(ro, n: int) -> list[int]:

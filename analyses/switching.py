@@ -93,11 +93,25 @@ def alignment_scores(
     return precision, recall, f1, n_pred, n_true
 
 
+def held_out(ds: TrajectoryDataset, n_episodes: int) -> np.ndarray:
+    """The last ``n_episodes`` episodes of ``ds`` (the ones discovery held out)."""
+    if n_episodes < 1:
+        raise ValueError(f"episodes={n_episodes} must be >= 1")
+    return np.arange(max(0, ds.n_episodes - n_episodes), ds.n_episodes)
+
+
 def episode_betas(
-    path: str | Path, ds: TrajectoryDataset, episodes: np.ndarray, device: str = "cpu"
+    path: str | Path,
+    ds: TrajectoryDataset,
+    episodes: np.ndarray,
+    device: str = "cpu",
+    loaded: tuple | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Per episode: ``beta_t``, true subgoal ``g_t`` and latent codes ``z_t`` (posterior mean)."""
-    base, mc, config = load_metacontroller(path, device=device)
+    """Per episode: ``beta_t``, true subgoal ``g_t`` and latent codes ``z_t`` (posterior mean).
+
+    ``loaded``: the ``(base, mc, config)`` of ``path`` when the caller already has them.
+    """
+    base, mc, config = loaded or load_metacontroller(path, device=device)
     layer = int(config["layer"])
     beta1 = config["train"]["variant"] == "beta1"
     betas, subgoals, codes = [], [], []
@@ -127,22 +141,31 @@ def switch_alignment(
     device: str = "cpu",
 ) -> SwitchResult:
     """Alignment of the metacontroller in ``path`` on the last ``n_episodes`` of ``ds``."""
-    if n_episodes < 1:
-        raise ValueError(f"episodes={n_episodes} must be >= 1")
-    episodes = np.arange(max(0, ds.n_episodes - n_episodes), ds.n_episodes)
-    betas, subgoals, _ = episode_betas(path, ds, episodes, device=device)
+    betas, subgoals, _ = episode_betas(path, ds, held_out(ds, n_episodes), device=device)
+    return alignment_result(betas, subgoals, threshold=threshold, n_examples=n_examples)
+
+
+def alignment_result(
+    betas: list[np.ndarray],
+    subgoals: list[np.ndarray],
+    *,
+    threshold: float = 0.5,
+    n_examples: int = 6,
+) -> SwitchResult:
+    """:class:`SwitchResult` from per-episode ``beta_t`` and true subgoals."""
     precision, recall, f1, n_pred, n_true = alignment_scores(betas, subgoals, threshold)
     flat = np.concatenate(betas)
+    n = len(betas)
     return SwitchResult(
-        n_episodes=len(episodes),
+        n_episodes=n,
         threshold=threshold,
         tolerances=list(TOLERANCES),
         precision=precision,
         recall=recall,
         f1=f1,
         binary_fraction=float(((flat <= 0.05) | (flat >= 0.95)).mean()),
-        switches_per_episode=n_pred / len(episodes),
-        true_switches_per_episode=n_true / len(episodes),
+        switches_per_episode=n_pred / n,
+        true_switches_per_episode=n_true / n,
         mean_beta=float(flat.mean()),
         examples=[
             {"beta": betas[i].round(4).tolist(), "subgoal": subgoals[i].tolist()}

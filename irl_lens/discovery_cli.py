@@ -151,15 +151,20 @@ def analyse(
     """Switching, clustering, steering and prior sampling on a trained metacontroller folder."""
     from analyses import clustering, switching
     from irl_lens import runs
-    from irl_lens.train.discover import prior_rollouts
+    from irl_lens.train.discover import load_metacontroller, prior_rollouts
 
-    sw = switching.switch_alignment(out, ds, n_episodes=n_val, device=device)
+    loaded = load_metacontroller(out, device=device)  # once, for every analysis below
+    # one posterior pass over the held-out episodes serves alignment and clustering
+    betas, subgoals, codes = switching.episode_betas(
+        out, ds, switching.held_out(ds, n_val), loaded=loaded
+    )
+    sw = switching.alignment_result(betas, subgoals)
     switching.beta_figure(sw).write_html(out / "switching_beta.html")
-    cl = clustering.code_clusters(out, ds, n_episodes=n_val, seed=seed, device=device)
+    cl = clustering.cluster_codes(*clustering.segment_codes(codes, subgoals), seed=seed)
     clustering.cluster_figure(cl).write_html(out / "clusters.html")
-    st = clustering.steering(out, cl, task=task, n_episodes=episodes, seed=seed, device=device)
+    st = clustering.steering(out, cl, task=task, n_episodes=episodes, seed=seed, loaded=loaded)
     clustering.steering_figure(st).write_html(out / "steering.html")
-    prior = prior_rollouts(out, n_episodes=episodes, seed=seed, device=device)
+    prior = prior_rollouts(out, n_episodes=episodes, seed=seed, loaded=loaded)
     runs.write_json(
         out / "analysis.json",
         {

@@ -47,6 +47,7 @@ from irl_lens.envs.gridworld import N_CELLS, BatchedGridPinpad
 from irl_lens.envs.pinpad import MAX_STEPS, N_SUBGOALS, parse_task
 from irl_lens.hooks import Controller, check_layer
 from irl_lens.models.base import ActionModel
+from irl_lens.models.metacontroller import StepCarry
 
 logger = logging.getLogger(__name__)
 
@@ -339,6 +340,17 @@ class EngineRollout:
             self.layout[:, None, :].astype(np.int64), (self.n_envs, self.n_steps, N_CELLS)
         )
         return torch.from_numpy(np.concatenate([lay, pos[..., None]], axis=-1))
+
+    def episode(self, i: int) -> dict:
+        """Episode ``i`` as a JSON-ready record (layout, path, true subgoals, success)."""
+        n = int(self.length[i])
+        return {
+            "layout": self.layout[i].tolist(),
+            "agent_pos": self.agent_pos[i, :n].tolist(),
+            "final_agent_pos": int(self.final_agent_pos[i]),
+            "subgoal": self.subgoal[i, :n].tolist(),
+            "success": bool(self.success[i]),
+        }
 
     def entered(self) -> list[list[int]]:
         """Colours entered, in order, per episode (moves onto a colour cell)."""
@@ -694,8 +706,6 @@ class MetacontrollerDriver:
         self.codes = np.zeros((n, self.max_steps, self.mc.cfg.n_z), dtype=np.float32)
 
     def __call__(self, state: StepState) -> Controller:
-        from irl_lens.models.metacontroller import StepCarry
-
         if state.t == 0:
             self.reset(state.env, state.resid.device)
         rows = state.env_index

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from irl_lens import runs
-from irl_lens.sweep import Job, LocalRunner
+from irl_lens.sweep import Job, LocalRunner, resumable
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +56,6 @@ class Stage:
     jobs: list[Job]
 
 
-def _resumable(args: list[str], folder: Path) -> list[str]:
-    """``args`` plus ``--resume`` when ``folder`` holds a checkpoint of an interrupted run."""
-    return [*args, "--resume"] if any((folder / "checkpoints").glob("*")) else args
-
-
 def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     """The pipeline as stages of independent jobs (see the module docstring)."""
     p, seed = s.preset, str(s.seed)
@@ -78,7 +73,7 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
                  "--out", str(clean), "--seed", seed], clean, marker="meta.json"),
         ]),
         Stage("base", [
-            Job(_resumable(["pretrain", str(data), "--out", str(base), "--preset", p,
+            Job(resumable(["pretrain", str(data), "--out", str(base), "--preset", p,
                             "--seed", seed], base),
                 base, threads=max(1, s.workers), marker="model.safetensors"),
         ]),
@@ -88,18 +83,18 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
                  p], base / "controllers"),
         ]),
         Stage("discover", [
-            Job(_resumable(["discover", str(base), "--out", str(out / f"mc-{v}"), "--variant",
+            Job(resumable(["discover", str(base), "--out", str(out / f"mc-{v}"), "--variant",
                             v, *mc_args], out / f"mc-{v}"), out / f"mc-{v}")
             for v in ("full", "beta1", "cotrain")
         ]),
         Stage("rl", [
-            *[Job(_resumable(["internal-rl", str(out / "mc-full"), "--out",
+            *[Job(resumable(["internal-rl", str(out / "mc-full"), "--out",
                               str(out / f"rl-full-s{k}"), "--seed", str(s.seed + k), *rl],
                              out / f"rl-full-s{k}"), out / f"rl-full-s{k}")
               for k in range(s.rl_seeds)],
-            Job(_resumable(["raw-rl", str(base), "--out", str(out / "rl-raw-s0"), "--seed",
+            Job(resumable(["raw-rl", str(base), "--out", str(out / "rl-raw-s0"), "--seed",
                             seed, *rl], out / "rl-raw-s0"), out / "rl-raw-s0"),
-            *[Job(_resumable(["internal-rl", str(out / f"mc-{v}"), "--out",
+            *[Job(resumable(["internal-rl", str(out / f"mc-{v}"), "--out",
                               str(out / f"rl-{v}-s0"), "--seed", seed, *rl], out / f"rl-{v}-s0"),
                   out / f"rl-{v}-s0")
               for v in ("beta1", "cotrain")],

@@ -94,6 +94,11 @@ class LocalRunner:
         return sorted(results, key=lambda r: order[id(r.job)])
 
 
+def resumable(args: list[str], folder: Path) -> list[str]:
+    """``args`` plus ``--resume`` when ``folder`` holds a checkpoint of an interrupted run."""
+    return [*args, "--resume"] if any((folder / "checkpoints").glob("*")) else args
+
+
 def rate_distortion_jobs(
     run: Path,
     out: Path,
@@ -111,9 +116,8 @@ def rate_distortion_jobs(
                 args = ["discover", str(run), "--out", str(folder), "--variant", variant,
                         "--alpha", f"{alpha:g}", "--seed", str(seed), *extra]  # fmt: skip
                 if not (folder / "summary.json").is_file():
-                    if any((folder / "checkpoints").glob("*")):
-                        args.append("--resume")  # interrupted: continue from its checkpoint
-                    elif folder.exists():  # died before its first checkpoint: start again
+                    args = resumable(args, folder)  # interrupted: continue from a checkpoint
+                    if "--resume" not in args and folder.exists():  # died before one: restart
                         logger.info("restarting %s (no checkpoint)", folder)
                         shutil.rmtree(folder)
                 tags = {"variant": variant, "alpha": alpha, "seed": seed}

@@ -27,7 +27,6 @@ returns the usual :class:`~transformer_lens.ActivationCache` with the usual hook
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from transformer_lens.hook_points import HookPoint
 
 from irl_lens.envs.gridworld import GRID_SIZE, N_CELL_CODES
 from irl_lens.envs.pinpad import N_COLOURS, N_WALLS
+from irl_lens.models.common import DictConfig, build_seeded
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ GRID_OBS_WIDTH = N_CELLS + 1
 
 
 @dataclass
-class BaseModelConfig:
+class BaseModelConfig(DictConfig):
     """Architecture of the base action model (everything needed to rebuild it)."""
 
     obs_kind: Literal["grid", "vector"] = "grid"
@@ -115,17 +115,6 @@ class BaseModelConfig:
     @property
     def n_obs_outputs(self) -> int:
         return N_CELLS if self.obs_kind == "grid" else self.obs_dim
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BaseModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown BaseModelConfig fields {unknown}")
-        return cls(**d)
 
 
 def _relative_index_table(grid: int) -> Int[Tensor, "agent cell"]:
@@ -356,11 +345,7 @@ class ActionModel(HookedTransformer):
 
 def build_model(cfg: BaseModelConfig, seed: int = 0) -> ActionModel:
     """Build an :class:`ActionModel` with a reproducible initialisation."""
-    devices_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    model = ActionModel(cfg)
-    torch.random.set_rng_state(devices_state)
-    return model
+    return build_seeded(lambda: ActionModel(cfg), seed)
 
 
 def load_base_model(run: str | Path, checkpoint: str | Path | None = None) -> ActionModel:

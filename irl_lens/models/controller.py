@@ -16,7 +16,6 @@ The bank is a TransformerLens ``HookedRootModule``: ``hook_delta`` (``U e``) and
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+
+from irl_lens.models.common import DictConfig, build_seeded
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def apply_full(
 
 
 @dataclass
-class ControllerConfig:
+class ControllerConfig(DictConfig):
     """Shape of a :class:`ControllerBank`."""
 
     d_model: int
@@ -74,17 +75,6 @@ class ControllerConfig:
             )
         if self.init_std is not None and self.init_std < 0:
             raise ValueError(f"ControllerConfig.init_std={self.init_std!r} must be >= 0")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ControllerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ControllerConfig fields {unknown}")
-        return cls(**d)
 
 
 class ControllerBank(HookedRootModule):
@@ -170,9 +160,4 @@ class ControllerBank(HookedRootModule):
 
 def build_controller_bank(cfg: ControllerConfig, seed: int = 0) -> ControllerBank:
     """A :class:`ControllerBank` with a reproducible initialisation (global RNG untouched)."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return ControllerBank(cfg)
-    finally:
-        torch.random.set_rng_state(state)
+    return build_seeded(lambda: ControllerBank(cfg), seed)

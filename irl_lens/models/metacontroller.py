@@ -37,7 +37,6 @@ with the same proposals (tested); the non-causal embedder is not used there.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -47,13 +46,14 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from irl_lens.models.common import DictConfig, build_seeded
 from irl_lens.models.ssm import RGLRU
 
 SWITCHES = ("sigmoid", "gumbel")
 
 
 @dataclass
-class MetacontrollerConfig:
+class MetacontrollerConfig(DictConfig):
     """Sizes of a :class:`Metacontroller` (defaults: paper Table A9, gridworld)."""
 
     d_model: int
@@ -96,17 +96,6 @@ class MetacontrollerConfig:
             raise ValueError(
                 f"MetacontrollerConfig.gumbel_temperature={self.gumbel_temperature!r} must be > 0"
             )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MetacontrollerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown MetacontrollerConfig fields {unknown}")
-        return cls(**d)
 
 
 @dataclass
@@ -361,9 +350,4 @@ class Metacontroller(HookedRootModule):
 
 def build_metacontroller(cfg: MetacontrollerConfig, seed: int = 0) -> Metacontroller:
     """A :class:`Metacontroller` with a reproducible initialisation (global RNG untouched)."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return Metacontroller(cfg)
-    finally:
-        torch.random.set_rng_state(state)
+    return build_seeded(lambda: Metacontroller(cfg), seed)

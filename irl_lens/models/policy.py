@@ -15,7 +15,6 @@ gradients (the PPO update). Both give the same numbers (tested). Hook points:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,11 +23,12 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from irl_lens.models.common import DictConfig, build_seeded
 from irl_lens.models.ssm import HawkBlock
 
 
 @dataclass
-class PolicyConfig:
+class PolicyConfig(DictConfig):
     d_model: int
     """Width of the residual stream the policy reads."""
     n_z: int = 8
@@ -42,17 +42,6 @@ class PolicyConfig:
         for name in ("d_model", "n_z", "d_policy"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PolicyConfig.{name}={getattr(self, name)!r} must be >= 1")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PolicyConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown PolicyConfig fields {unknown}")
-        return cls(**d)
 
 
 class InternalPolicy(HookedRootModule):
@@ -95,9 +84,4 @@ class InternalPolicy(HookedRootModule):
 
 def build_policy(cfg: PolicyConfig, seed: int = 0) -> InternalPolicy:
     """An :class:`InternalPolicy` with a reproducible initialisation (global RNG untouched)."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return InternalPolicy(cfg)
-    finally:
-        torch.random.set_rng_state(state)
+    return build_seeded(lambda: InternalPolicy(cfg), seed)

@@ -446,15 +446,16 @@ def prior_rollouts(
     threshold: float = SWITCH_THRESHOLD,
     seed: int = 0,
     device: str = "cpu",
+    loaded: tuple | None = None,
 ) -> dict:
     """Closed-loop rollouts drawing ``z ~ N(0, I)`` whenever ``beta`` crosses ``threshold``.
 
     ``task=None`` samples the pretraining tasks. Returns success, switches per episode
-    (``t >= 1``), mean length and per-episode switch counts.
+    (``t >= 1``) and mean length. ``loaded``: ``(base, mc, config)`` of ``path`` if at hand.
     """
     from irl_lens.engine import MetacontrollerDriver, RolloutEngine, seeded_env
 
-    base, mc, config = load_metacontroller(path, device=device)
+    base, mc, config = loaded or load_metacontroller(path, device=device)
     engine = RolloutEngine(base, int(config["layer"]))
     env = seeded_env(n_episodes, task=task, seed=seed, stream=5000)
     driver = MetacontrollerDriver(

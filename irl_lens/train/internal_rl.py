@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from irl_lens import runs
 from irl_lens.engine import MetacontrollerDriver, RolloutEngine, StepState, seeded_env
 from irl_lens.envs.pinpad import format_task, parse_task
+from irl_lens.models.metacontroller import StepCarry
 from irl_lens.models.policy import InternalPolicy, PolicyConfig, build_policy
 from irl_lens.train.discover import load_metacontroller
 
@@ -196,15 +197,10 @@ def collect(
     sample = []
     for i in range(min(n_sample, n_episodes)):
         n = int(ro.length[i])
-        sample.append({
-            "layout": ro.layout[i].tolist(),
-            "agent_pos": ro.agent_pos[i, :n].tolist(),
-            "final_agent_pos": int(ro.final_agent_pos[i]),
-            "subgoal": ro.subgoal[i, :n].tolist(),
+        sample.append(ro.episode(i) | {
             "beta": np.nan_to_num(driver.beta[i, :n]).round(4).tolist(),
             "switched": driver.switched[i, :n].tolist(),
             "codes": driver.codes[i, :n].round(3).tolist(),
-            "success": bool(ro.success[i]),
         })  # fmt: skip
     return Batch(
         e=recorder.e[:, :k_max].cpu(),
@@ -399,8 +395,6 @@ class InternalPinpadEnv:
         return self.stepper.lower(obs_tokens(self.env).to(self.engine.device))  # [1, 1, d]
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
-        from irl_lens.models.metacontroller import StepCarry
-
         self.env.reset(seed=[int(seed)] if seed is not None else None)
         self.generator.manual_seed(0 if seed is None else int(seed))
         self.stepper = self.engine._stepper(1, self.base.cfg.n_ctx)
@@ -413,7 +407,7 @@ class InternalPinpadEnv:
     def step(self, z) -> tuple[np.ndarray, float, bool, bool, dict]:
         z = torch.as_tensor(np.asarray(z, dtype=np.float32)).reshape(1, -1)
         total, actions, betas = 0.0, [], []
-        self.carry = type(self.carry)(self.carry.h, z)
+        self.carry = StepCarry(self.carry.h, z)
         while True:
             e_hat = self.mc.apply_code(self.e, z[:, None])
             logits = self.base.split(self.stepper.upper(e_hat)).action_params.float()
@@ -421,7 +415,7 @@ class InternalPinpadEnv:
             probs = torch.softmax(logits, -1)
             a = int((probs.cumsum(-1) < u).sum(-1).clamp(max=probs.shape[-1] - 1))
             actions.append(a)
-            self.carry = type(self.carry)(self.mc.gru_step(self.e[:, 0], self.carry.h), z)
+            self.carry = StepCarry(self.mc.gru_step(self.e[:, 0], self.carry.h), z)
             _, r, term, trunc, _ = self.env.step(np.array([a]))
             total += float(r[0])
             if self.env.done[0]:

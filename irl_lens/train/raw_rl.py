@@ -58,12 +58,7 @@ def collect_raw(model: ActionModel, task, n_episodes: int, *, seed: int, stream:
     with torch.no_grad():
         ro = RolloutEngine(model).run(env, generator=gen)
     valid = ro.valid
-    sample = [
-        {"layout": ro.layout[i].tolist(), "agent_pos": ro.agent_pos[i, : ro.length[i]].tolist(),
-         "final_agent_pos": int(ro.final_agent_pos[i]),
-         "subgoal": ro.subgoal[i, : ro.length[i]].tolist(), "success": bool(ro.success[i])}
-        for i in range(min(n_sample, n_episodes))
-    ]  # fmt: skip
+    sample = [ro.episode(i) for i in range(min(n_sample, n_episodes))]
     return RawBatch(
         obs=ro.obs_tokens(),
         action=torch.from_numpy(np.maximum(ro.action, 0)),
