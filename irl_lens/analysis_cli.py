@@ -24,7 +24,7 @@ import typer
 
 from irl_lens.common_cli import DEVICE_OPTION as _DEVICE
 from irl_lens.common_cli import SEED_OPTION as _SEED
-from irl_lens.common_cli import Device, clean_dataset, resolve_device
+from irl_lens.common_cli import Device, clean_dataset, resolve_device, run_env
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def probe(
 
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    ds, data_path = clean_dataset(data, episodes, seed)
+    ds, data_path = clean_dataset(data, episodes, seed, env=run_env(run))
     result = probes.probe_run(
         run,
         ds,

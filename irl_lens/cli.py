@@ -83,7 +83,7 @@ def _main(
 
 @app.command()
 def data(
-    env: Annotated[EnvName, typer.Argument(help="Environment: gridworld (ant: see its issue).")],
+    env: Annotated[EnvName, typer.Argument(help="Environment: gridworld or ant.")],
     out: Annotated[Path, typer.Option("--out", help="Output dataset folder (written atomically).")],
     split: Annotated[
         Split,
@@ -105,20 +105,43 @@ def data(
         typer.Option(help="Fixed task such as 0-1-2-3 or 'post' instead of the Table A1 mix."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed; same seed, same dataset.")] = 0,
-    n_envs: Annotated[int, typer.Option(help="Episodes simulated at once.", min=1)] = 4096,
+    n_envs: Annotated[
+        int | None,
+        typer.Option(help="Episodes simulated at once (gridworld 4096, ant 256).", min=1),
+    ] = None,
+    expert: Annotated[
+        Path | None,
+        typer.Option(help="ant: expert run folder (default: the expert shipped in the package)."),
+    ] = None,
 ) -> None:
     """Generate expert trajectories (observations, actions, subgoal labels).
 
-    Example: irl-lens data gridworld --split pretrain --episodes 200000 --out runs/q/data
-    """
-    if env is EnvName.ant:
-        raise ValueError("env 'ant' is not available yet in this version; use gridworld")
-    from irl_lens.data.generate import generate_gridworld
+    gridworld: the shortest-path expert. ant: the PPO expert; pretrain samples its
+    Gaussian, clean uses its mean.
 
+    Example: irl-lens data gridworld --split pretrain --episodes 200000 --out runs/q/data
+
+    Example: irl-lens data ant --split clean --episodes 2000 --out runs/ant/clean
+    """
     t0 = time.perf_counter()
-    ds = generate_gridworld(
-        episodes, split=split.value, seed=seed, eps=eps, task=task, n_envs=n_envs
-    )
+    if env is EnvName.ant:
+        if eps is not None:
+            raise ValueError("--eps applies to the gridworld expert only")
+        from irl_lens.data.generate_ant import generate_ant
+        from irl_lens.train.ppo import load_expert
+
+        ds = generate_ant(
+            episodes, split=split.value, seed=seed, task=task, expert=load_expert(expert),
+            n_envs=n_envs or 256,
+        )  # fmt: skip
+    else:
+        if expert is not None:
+            raise ValueError("--expert applies to ant only (the gridworld expert is exact)")
+        from irl_lens.data.generate import generate_gridworld
+
+        ds = generate_gridworld(
+            episodes, split=split.value, seed=seed, eps=eps, task=task, n_envs=n_envs or 4096
+        )
     gen_s = time.perf_counter() - t0
     ds.save(out)
     print_table(
@@ -196,6 +219,9 @@ def pretrain(
         if v is not None
     }
     train_over = {k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}
+    if ds.meta.get("env") == "ant":
+        # ant episodes run to T = 500 steps; Table A5: next-observation weight lambda = 10
+        model_over = {"n_ctx": 500, "obs_loss_weight": 10.0} | model_over
     model_cfg = dataclasses.replace(
         model_cfg,
         **model_over,
@@ -304,8 +330,9 @@ def bench(
 
 def _register_commands() -> None:
     """Commands that live in their own modules (they import the heavy parts lazily)."""
-    from irl_lens import analysis_cli, discovery_cli, pipeline_cli, rl_cli
+    from irl_lens import analysis_cli, ant_cli, discovery_cli, pipeline_cli, rl_cli
 
+    ant_cli.register(app)
     analysis_cli.register(app)
     discovery_cli.register(app)
     rl_cli.register(app)

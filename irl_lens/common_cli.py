@@ -50,12 +50,25 @@ def print_table(rows: dict[str, float | int | str], title: str | None = None) ->
         print(f"  {k:<{width}}  {v}")
 
 
-def clean_dataset(data: Path | None, episodes: int, seed: int):
-    """``--data`` if given, else ``episodes`` fresh clean expert episodes (seeded)."""
+def run_env(run: Path) -> str:
+    """The environment a base-model run was trained on (``gridworld`` or ``ant``)."""
+    from irl_lens import runs
+
+    config = runs.read_json(Path(run) / "config.json", "run config")
+    return (config.get("data_meta") or {}).get("env") or "gridworld"
+
+
+def clean_dataset(data: Path | None, episodes: int, seed: int, env: str = "gridworld"):
+    """``--data`` if given, else ``episodes`` fresh clean expert episodes of ``env`` (seeded)."""
     from irl_lens.data.dataset import load_dataset
-    from irl_lens.data.generate import generate_gridworld
 
     if data is not None:
         return load_dataset(data), str(data)
-    logger.info("no --data: generating %d clean expert episodes (seed %d)", episodes, seed)
+    logger.info("no --data: generating %d clean %s expert episodes (seed %d)", episodes, env, seed)
+    if env == "ant":
+        from irl_lens.data.generate_ant import generate_ant
+
+        return generate_ant(episodes, split="clean", seed=seed), None
+    from irl_lens.data.generate import generate_gridworld
+
     return generate_gridworld(episodes, split="clean", seed=seed), None

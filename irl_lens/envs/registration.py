@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import gymnasium
 
-__all__ = ["GRID_PINPAD_ID", "register_envs"]
+__all__ = ["ANT_PINPAD_ID", "GRID_PINPAD_ID", "register_envs"]
 
 GRID_PINPAD_ID = "irl_lens/GridPinpad-v0"
 """Gymnasium id of :class:`~irl_lens.envs.gridworld.GridPinpadEnv`."""
 
+ANT_PINPAD_ID = "irl_lens/AntPinpad-v0"
+"""Gymnasium id of :class:`~irl_lens.envs.ant.AntPinpadEnv` (imports MuJoCo on ``make``)."""
+
 _ENTRY_POINTS = {
     GRID_PINPAD_ID: "irl_lens.envs.gridworld:GridPinpadEnv",
+    ANT_PINPAD_ID: "irl_lens.envs.ant:AntPinpadEnv",
 }
 
 

@@ -89,6 +89,36 @@ def heldout_metrics(
     return out
 
 
+@torch.no_grad()
+def heldout_metrics_continuous(
+    model: ActionModel, ds: TrajectoryDataset, tokens_per_batch: int = 16384
+) -> dict[str, float]:
+    """Teacher-forced metrics for continuous actions (ant): Gaussian action NLL per step,
+    mean-squared error of the predicted mean action against the expert's action, its
+    ratio to the variance of the expert's actions (1 = no better than a constant), and the
+    next-observation squared error per dimension."""
+    sums = {"nll": 0.0, "mse": 0.0, "obs_mse": 0.0}
+    n_tok = 0.0
+    for episodes in bucketed_batches(ds.lengths, tokens_per_batch, np.random.default_rng(0)):
+        b = make_batch(ds, episodes)
+        out = model(b.obs)
+        parts = model.split(out)
+        m = b.mask
+        nll = -model.action_distribution(parts.action_params).log_prob(b.action)
+        mean = parts.action_params.chunk(2, dim=-1)[0]
+        sums["nll"] += float((nll * m).sum())
+        sums["mse"] += float((((mean - b.action) ** 2).mean(-1) * m).sum())
+        sums["obs_mse"] += float((((parts.next_obs - b.next_obs) ** 2).mean(-1) * m).sum())
+        n_tok += float(m.sum())
+    action_var = float(ds.arrays["action"].var(axis=0).mean())
+    return {
+        "eval/action_nll": sums["nll"] / n_tok,
+        "eval/action_mse": sums["mse"] / n_tok,
+        "eval/action_mse_vs_var": sums["mse"] / n_tok / max(action_var, 1e-12),
+        "eval/next_obs_mse": sums["obs_mse"] / n_tok,
+    }
+
+
 def pair_completion_rate(entered: list[list[int]]) -> tuple[float, int]:
     """Fraction of colours entered right after an even colour 2k that are 2k+1, and the count."""
     hits = total = 0
@@ -129,6 +159,8 @@ def make_evaluator(rollout_episodes: int, seed: int):
     """The ``evaluate(model, val_ds)`` callback the pretraining loop calls."""
 
     def evaluate(model: ActionModel, val_ds: TrajectoryDataset) -> dict[str, float]:
+        if val_ds.meta.get("action_kind") == "continuous":
+            return heldout_metrics_continuous(model, val_ds)
         metrics = heldout_metrics(model, val_ds)
         if rollout_episodes > 0 and val_ds.meta.get("obs_kind") == "grid":
             metrics |= free_running_metrics(model, rollout_episodes, seed=seed)

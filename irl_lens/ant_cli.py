@@ -1,0 +1,98 @@
+"""``irl-lens expert`` and ``irl-lens expert-eval``: the ant-pinpad PPO expert.
+
+MuJoCo and the trainer are imported inside the commands, so ``irl-lens --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from irl_lens.common_cli import SEED_OPTION, print_table
+
+
+class ExpertEnv(str, Enum):
+    ant = "ant"
+
+
+def _eval_table(agent, episodes: int, seed: int, deterministic: bool) -> dict:
+    """Success on the Table A2 mix and on the post-training task, ``episodes`` each."""
+    from irl_lens.envs.ant import ANT_POST_TASK
+    from irl_lens.train.ppo import evaluate_expert
+
+    pre = evaluate_expert(agent, episodes, None, deterministic, seed=seed)
+    post = evaluate_expert(agent, episodes, ANT_POST_TASK, deterministic, seed=seed + 1)
+    return {
+        "eval/episodes": episodes,
+        "eval/pretrain_success": pre["success"],
+        "eval/post_success": post["success"],
+        "eval/pretrain_mean_length": pre["mean_length"],
+        "eval/post_mean_length": post["mean_length"],
+        **{f"eval/task_{k}": v for k, v in pre["per_task"].items()},
+    }
+
+
+def expert(
+    env: Annotated[ExpertEnv, typer.Argument(help="Environment (only ant has a learned expert).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder to create (or continue).")],
+    steps: Annotated[
+        int, typer.Option(help="Env steps in all (paper: 256k steps of batch 1024).", min=1)
+    ] = 8_000_000,
+    n_envs: Annotated[int, typer.Option(help="Episodes simulated side by side.", min=1)] = 64,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    eval_episodes: Annotated[
+        int, typer.Option(help="Episodes per evaluation (pretrain mix, post task); 0 skips.", min=0)
+    ] = 500,
+    seed: Annotated[int, SEED_OPTION] = 0,
+) -> None:
+    """Train the ant-pinpad PPO expert (one agent for all Table A2 tasks), then evaluate it.
+
+    Writes OUT/config.json, OUT/metrics.jsonl (success per update), OUT/checkpoints/,
+    OUT/per_task_success.json, OUT/model.safetensors and OUT/summary.json with the
+    success of the mean action on the pretraining mix and on the post task 0-1-2-3.
+
+    Example: irl-lens expert ant --out runs/ant/expert --steps 8000000
+    """
+    from irl_lens import runs
+    from irl_lens.train.ppo import PPOConfig, load_expert, train_ant_expert
+
+    cfg = PPOConfig(total_steps=steps, n_envs=n_envs)
+    t0 = time.perf_counter()
+    summary = train_ant_expert(out, cfg, seed=seed, resume=resume)
+    summary["wall_seconds"] = time.perf_counter() - t0
+    if summary["finished"] and eval_episodes:
+        summary |= _eval_table(load_expert(out), eval_episodes, seed + 7, deterministic=True)
+    runs.write_json(out / "summary.json", summary)
+    print_table(summary, title=f"ant expert {out}")
+
+
+def expert_eval(
+    run: Annotated[
+        Path | None,
+        typer.Argument(help="Expert run folder; default: the expert shipped in the package."),
+    ] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per task set.", min=1)] = 500,
+    sample: Annotated[
+        bool, typer.Option(help="Sample the Gaussian (pretrain data) instead of its mean (clean).")
+    ] = False,
+    seed: Annotated[int, SEED_OPTION] = 0,
+) -> None:
+    """Success rate of an ant expert on the pretraining tasks and on the post task 0-1-2-3.
+
+    Example: irl-lens expert-eval --episodes 500
+    """
+    from irl_lens.train.ppo import load_expert
+
+    t0 = time.perf_counter()
+    table = _eval_table(load_expert(run), episodes, seed, deterministic=not sample)
+    table["seconds"] = time.perf_counter() - t0
+    print_table(table, title=f"ant expert {run or '(shipped)'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("expert")(expert)
+    app.command("expert-eval")(expert_eval)

@@ -1,0 +1,515 @@
+"""PPO for the ant-pinpad expert (paper App. C.1.1), written CleanRL-style in one file.
+
+One Gaussian MLP agent solves every Table A2 task. Its input is the env observation plus
+the expert-only features of :meth:`~irl_lens.envs.ant.BatchedAntPinpad.expert_features`
+(per-cell shortest-path direction one-hots and the waypoint direction in the torso frame),
+normalised by running statistics. Its reward adds to the sparse task reward a dense term
+``velocity . waypoint direction`` (the paper's intrinsic reward), a bonus per colour
+reached, a small control cost and a small alive bonus (Gymnasium's Ant reward terms).
+
+Pieces, top to bottom: :class:`RunningNorm`, :class:`GaussianAgent` (actor + critic),
+:func:`gae` (advantages), :func:`ppo_update` (clipped surrogate shared with internal RL),
+:func:`collect` (one batched rollout), :func:`train_ant_expert` (the loop with progress,
+per-task success, checkpoints and ``resume``), :func:`evaluate_expert`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from irl_lens import runs
+from irl_lens.envs.ant import (
+    ANT_OBS_DIM,
+    EXPERT_EXTRA_DIM,
+    BatchedAntPinpad,
+)
+from irl_lens.envs.pinpad import Task, format_task
+from irl_lens.models.common import DictConfig
+from irl_lens.train.internal_rl import clipped_surrogate
+
+logger = logging.getLogger(__name__)
+
+EXPERT_INPUT_DIM = ANT_OBS_DIM + EXPERT_EXTRA_DIM
+
+
+@dataclass
+class PPOConfig(DictConfig):
+    """Expert PPO settings (defaults: CleanRL's MuJoCo PPO, sized for 2 CPU cores)."""
+
+    total_steps: int = 4_000_000
+    """Env steps in all (summed over envs)."""
+    n_envs: int = 64
+    """Episodes simulated side by side."""
+    n_steps: int = 64
+    """Steps per env per rollout; a batch is ``n_envs * n_steps`` transitions."""
+    lr: float = 3e-4
+    """Adam learning rate, annealed linearly to 0."""
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    update_epochs: int = 10
+    n_minibatches: int = 8
+    clip: float = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    hidden: int = 256
+    """Width of the two hidden layers of actor and critic."""
+    init_log_std: float = -0.5
+    velocity_weight: float = 1.0
+    """Weight of ``velocity . waypoint direction`` (m/s) per step."""
+    subgoal_bonus: float = 2.0
+    """Reward for each task colour entered."""
+    success_bonus: float = 5.0
+    """Extra reward when the task is completed (the sparse task reward, scaled)."""
+    ctrl_cost: float = 0.02
+    """Weight of ``|a|^2`` subtracted per step."""
+    alive_bonus: float = 0.1
+    """Reward per step while the episode lasts. Must exceed the control cost of a typical
+    action (``0.02 * |a|^2 ~ 0.04``): with a net negative step reward PPO learns to fall."""
+    checkpoint_every: int = 25
+    """Updates between checkpoints."""
+
+    def __post_init__(self) -> None:
+        for name in ("total_steps", "n_envs", "n_steps", "update_epochs", "n_minibatches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r} must be >= 1")
+        if (self.n_envs * self.n_steps) % self.n_minibatches:
+            raise ValueError("PPOConfig.n_minibatches must divide n_envs * n_steps")
+        if not self.lr > 0:
+            raise ValueError(f"PPOConfig.lr={self.lr!r} must be > 0")
+
+    @property
+    def batch_size(self) -> int:
+        return self.n_envs * self.n_steps
+
+    @property
+    def n_updates(self) -> int:
+        return max(1, self.total_steps // self.batch_size)
+
+
+class RunningNorm(nn.Module):
+    """Running mean/variance of the inputs (buffers, so they are saved with the weights)."""
+
+    def __init__(self, dim: int, clip: float = 10.0) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+        self.clip = clip
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.double()
+        b_mean, b_var, b_n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta = b_mean - self.mean
+        total = self.count + b_n
+        self.mean += delta * b_n / total
+        m2 = self.var * self.count + b_var * b_n + delta**2 * self.count * b_n / total
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean.float()) / torch.sqrt(self.var.float() + 1e-8)
+        return z.clamp(-self.clip, self.clip)
+
+
+def _mlp(d_in: int, hidden: int, d_out: int, out_gain: float) -> nn.Sequential:
+    layers = [nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()]
+    head = nn.Linear(hidden, d_out)
+    for layer in [*layers[::2], head]:
+        nn.init.orthogonal_(layer.weight, gain=np.sqrt(2) if layer is not head else out_gain)
+        nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers, head)
+
+
+class GaussianAgent(nn.Module):
+    """Actor (diagonal Gaussian, state-independent log-std) and critic MLPs on normalised input."""
+
+    def __init__(self, d_in: int, n_actions: int, hidden: int, init_log_std: float) -> None:
+        super().__init__()
+        self.norm = RunningNorm(d_in)
+        self.actor = _mlp(d_in, hidden, n_actions, out_gain=0.01)
+        self.critic = _mlp(d_in, hidden, 1, out_gain=1.0)
+        self.log_std = nn.Parameter(torch.full((n_actions,), float(init_log_std)))
+
+    def distribution(self, x: torch.Tensor) -> torch.distributions.Normal:
+        mean = self.actor(self.norm(x))
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.norm(x)).squeeze(-1)
+
+    @torch.no_grad()
+    def act(self, x: torch.Tensor, deterministic: bool, generator=None) -> torch.Tensor:
+        dist = self.distribution(x)
+        if deterministic:
+            return dist.mean
+        noise = torch.randn(dist.mean.shape, generator=generator)
+        return dist.mean + dist.stddev * noise
+
+
+def build_agent(cfg: PPOConfig, seed: int) -> GaussianAgent:
+    from irl_lens.models.common import build_seeded
+
+    return build_seeded(
+        lambda: GaussianAgent(EXPERT_INPUT_DIM, 8, cfg.hidden, cfg.init_log_std), seed
+    )
+
+
+def expert_inputs(env: BatchedAntPinpad, obs: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """``(float32 [n, 107] agent input, world waypoint direction [n, 2])`` for the current state."""
+    extra, way = env.expert_features()
+    return torch.from_numpy(np.concatenate([obs, extra], axis=1)), way
+
+
+def gae(
+    rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: np.ndarray,
+    gamma: float, lam: float,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Generalised advantage estimation over ``[T, n]`` arrays; ``dones[t]`` = episode ended
+    at step t. Returns ``(advantages, returns)``."""
+    n_steps = len(rewards)
+    adv = np.zeros_like(rewards)
+    last = np.zeros_like(last_value)
+    for t in reversed(range(n_steps)):
+        nxt = last_value if t == n_steps - 1 else values[t + 1]
+        live = 1.0 - dones[t]
+        delta = rewards[t] + gamma * nxt * live - values[t]
+        last = delta + gamma * lam * live * last
+        adv[t] = last
+    return adv, adv + values
+
+
+@dataclass
+class Rollout:
+    """One batch of transitions, ``[n_steps, n_envs, ...]``."""
+
+    x: torch.Tensor
+    actions: torch.Tensor
+    logp: torch.Tensor
+    values: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    last_value: np.ndarray
+
+
+class EpisodeLog:
+    """Per-task success and return of finished episodes (a sliding window per task)."""
+
+    def __init__(self, window: int = 200) -> None:
+        self.window = window
+        self.by_task: dict[Task, list[bool]] = {}
+        self.returns: list[float] = []
+
+    def add(self, task: Task, success: bool, ret: float) -> None:
+        hist = self.by_task.setdefault(task, [])
+        hist.append(bool(success))
+        del hist[: -self.window]
+        self.returns.append(float(ret))
+        del self.returns[: -self.window * 4]
+
+    def success(self) -> float:
+        rates = [np.mean(v) for v in self.by_task.values() if v]
+        return float(np.mean(rates)) if rates else 0.0
+
+    def per_task(self) -> dict[str, float]:
+        return {format_task(k): float(np.mean(v)) for k, v in sorted(self.by_task.items())}
+
+
+def shaped_reward(
+    cfg: PPOConfig, env_reward: np.ndarray, n_done_before: np.ndarray, env: BatchedAntPinpad,
+    actions: np.ndarray, way: np.ndarray, was_active: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """The expert's training reward for one step (see the module docstring)."""
+    progress = (env.velocity * way).sum(1)
+    reached = env.n_done - n_done_before
+    r = (
+        cfg.velocity_weight * progress
+        + cfg.subgoal_bonus * reached
+        + cfg.success_bonus * env_reward
+        - cfg.ctrl_cost * (np.clip(actions, -1, 1) ** 2).sum(1)
+        + cfg.alive_bonus
+    )
+    return np.where(was_active, r, 0.0).astype(np.float32)
+
+
+class ExpertCollector:
+    """Steps a :class:`BatchedAntPinpad` with the agent, resetting finished envs in place."""
+
+    def __init__(self, env: BatchedAntPinpad, cfg: PPOConfig, seed: int) -> None:
+        self.env, self.cfg = env, cfg
+        self.obs, _ = env.reset(seed=seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.ep_return = np.zeros(env.n_envs)
+        self.log = EpisodeLog()
+
+    def collect(self, agent: GaussianAgent) -> Rollout:
+        cfg, env = self.cfg, self.env
+        T, n = cfg.n_steps, env.n_envs
+        xs, acts, logps = [], [], []
+        values = np.zeros((T, n), np.float32)
+        rewards = np.zeros((T, n), np.float32)
+        dones = np.zeros((T, n), np.float32)
+        for t in range(T):
+            x, way = expert_inputs(env, self.obs)
+            with torch.no_grad():
+                agent.norm.update(x)
+                dist = agent.distribution(x)
+                a = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
+                logps.append(dist.log_prob(a).sum(-1))
+                values[t] = agent.value(x).numpy()
+            xs.append(x)
+            acts.append(a)
+            a_np = a.numpy().astype(np.float64)
+            n_done = env.n_done.copy()
+            active = ~env.done
+            obs, reward, term, trunc, _ = env.step(a_np)
+            rewards[t] = shaped_reward(cfg, reward, n_done, env, a_np, way, active)
+            self.ep_return += rewards[t]
+            ended = term | trunc
+            dones[t] = ended
+            for i in np.flatnonzero(ended):
+                self.log.add(env.tasks[i], env.success[i], self.ep_return[i])
+            self.ep_return[ended] = 0.0
+            if ended.any():
+                obs, _ = env.reset_done()
+            self.obs = obs
+        with torch.no_grad():
+            x, _ = expert_inputs(env, self.obs)
+            last_value = agent.value(x).numpy()
+        return Rollout(
+            torch.stack(xs), torch.stack(acts), torch.stack(logps), values, rewards, dones,
+            last_value,
+        )  # fmt: skip
+
+
+def ppo_update(
+    agent: GaussianAgent, opt: torch.optim.Optimizer, ro: Rollout, cfg: PPOConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:  # fmt: skip
+    """``update_epochs`` passes of minibatch PPO (clipped surrogate + value + entropy)."""
+    adv, ret = gae(ro.rewards, ro.values, ro.dones, ro.last_value, cfg.gamma, cfg.gae_lambda)
+    x = ro.x.flatten(0, 1)
+    a = ro.actions.flatten(0, 1)
+    logp_old = ro.logp.flatten()
+    adv_t = torch.from_numpy(adv.reshape(-1))
+    ret_t = torch.from_numpy(ret.reshape(-1))
+    n = len(x)
+    mb = n // cfg.n_minibatches
+    stats = {"loss/policy": 0.0, "loss/value": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
+    count = 0
+    for _ in range(cfg.update_epochs):
+        order = torch.randperm(n, generator=generator)
+        for k in range(cfg.n_minibatches):
+            idx = order[k * mb : (k + 1) * mb]
+            dist = agent.distribution(x[idx])
+            logp = dist.log_prob(a[idx]).sum(-1)
+            b_adv = adv_t[idx]
+            b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
+            ones = torch.ones_like(b_adv)
+            pg_loss, clip_frac, kl = clipped_surrogate(logp, logp_old[idx], b_adv, ones, cfg.clip)
+            v_loss = 0.5 * ((agent.value(x[idx]) - ret_t[idx]) ** 2).mean()
+            entropy = dist.entropy().sum(-1).mean()
+            loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            opt.step()
+            stats["loss/policy"] += pg_loss.item()
+            stats["loss/value"] += v_loss.item()
+            stats["clip_frac"] += clip_frac
+            stats["approx_kl"] += kl
+            count += 1
+    return {k: v / count for k, v in stats.items()}
+
+
+def train_ant_expert(
+    out: Path,
+    cfg: PPOConfig,
+    seed: int = 0,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train the expert into run folder ``out``; returns the summary (also ``summary.json``).
+
+    ``stop_after`` ends after that many updates (as if interrupted; tests ``resume``).
+    Resuming restores weights, optimiser, normaliser and RNG states, and restarts the
+    envs from fresh episodes (seeded by the update count).
+    """
+    out = Path(out)
+    config = {"kind": "ant_expert", "version": runs.RUN_VERSION, "ppo": cfg.to_dict(), "seed": seed}
+    agent = build_agent(cfg, seed)
+    opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
+    generator = torch.Generator().manual_seed(seed + 1)
+    update, env_steps, train_seconds = 0, 0, 0.0
+    if resume:
+        ckpts = runs.checkpoint_dirs(out)
+        if not ckpts:
+            raise runs.RunError(f"--resume: {out} has no checkpoint to resume from")
+        saved = runs.read_json(out / "config.json", "run config")
+        if saved.get("ppo") != config["ppo"]:
+            raise runs.RunError(f"--resume: {out}/config.json differs from the requested settings")
+        runs.load_weights(agent, ckpts[-1] / "model.safetensors")
+        state = runs.load_trainer_state(ckpts[-1])
+        opt.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        update, env_steps, train_seconds = state["update"], state["env_steps"], state["seconds"]
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise runs.RunError(
+                f"output folder {str(out)!r} is not empty; use a new --out or --resume"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        runs.write_json(out / "config.json", config)
+    env = BatchedAntPinpad(cfg.n_envs)
+    collector = ExpertCollector(env, cfg, seed=seed * 1_000_003 + update)
+    bar = tqdm(
+        total=cfg.n_updates, initial=update, desc="ppo expert", unit="upd", disable=not progress
+    )
+    last = update
+    while update < cfg.n_updates and (stop_after is None or update - last < stop_after):
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * (1.0 - update / cfg.n_updates)
+        ro = collector.collect(agent)
+        stats = ppo_update(agent, opt, ro, cfg, generator)
+        update += 1
+        env_steps += cfg.batch_size
+        train_seconds += time.perf_counter() - t0
+        rec = {
+            "update": update,
+            "env_steps": env_steps,
+            "seconds": train_seconds,
+            "success": collector.log.success(),
+            "return": float(np.mean(collector.log.returns)) if collector.log.returns else 0.0,
+            "std": float(agent.log_std.detach().exp().mean()),
+            **stats,
+        }
+        runs.append_metrics(out / "metrics.jsonl", rec)
+        bar.set_postfix(success=f"{rec['success']:.2f}", ret=f"{rec['return']:.1f}")
+        bar.update(1)
+        if update % cfg.checkpoint_every == 0 or update == cfg.n_updates:
+            runs.save_checkpoint(
+                out, update, agent,
+                {"optimizer": opt.state_dict(), "generator": generator.get_state(),
+                 "update": update, "env_steps": env_steps, "seconds": train_seconds},
+            )  # fmt: skip
+            runs.write_json(out / "per_task_success.json", collector.log.per_task())
+    bar.close()
+    finished = update >= cfg.n_updates
+    if finished:
+        runs.save_weights(agent, out / "model.safetensors")
+    summary = {
+        "updates": update,
+        "env_steps": env_steps,
+        "train_seconds": train_seconds,
+        "env_steps_per_s": env_steps / max(train_seconds, 1e-9),
+        "train_success": collector.log.success(),
+        "finished": finished,
+    }
+    runs.write_json(out / "summary.json", summary)
+    return summary
+
+
+SHIPPED_EXPERT = Path(__file__).resolve().parents[1] / "assets" / "ant_expert.safetensors"
+"""The expert shipped in the package; ``ant_expert.json`` beside it says how it was made."""
+
+
+def load_expert(run: str | Path | None = None) -> GaussianAgent:
+    """The ant expert: from an ``irl-lens expert`` run folder, or the shipped one (None)."""
+    if run is None:
+        weights, meta_path = SHIPPED_EXPERT, SHIPPED_EXPERT.with_suffix(".json")
+        if not weights.is_file():
+            raise runs.RunError(
+                f"the package has no shipped ant expert ({weights}); train one with "
+                "`irl-lens expert ant --out DIR` and pass --expert DIR"
+            )
+        cfg = PPOConfig.from_dict(runs.read_json(meta_path, "shipped expert card")["ppo"])
+    else:
+        run = Path(run)
+        config = runs.read_json(run / "config.json", "expert run config")
+        if config.get("kind") != "ant_expert":
+            raise runs.RunError(f"{run} is a {config.get('kind')!r} run, not an ant_expert run")
+        cfg = PPOConfig.from_dict(config["ppo"])
+        weights = run / "model.safetensors"
+        if not weights.is_file():
+            ckpts = runs.checkpoint_dirs(run)
+            if not ckpts:
+                raise runs.RunError(
+                    f"{run} has no model.safetensors or checkpoint; continue it with "
+                    "`irl-lens expert ant --out RUN --resume`"
+                )
+            weights = ckpts[-1] / "model.safetensors"
+    agent = GaussianAgent(EXPERT_INPUT_DIM, 8, cfg.hidden, cfg.init_log_std)
+    runs.load_weights(agent, weights)
+    agent.eval()
+    return agent
+
+
+@torch.no_grad()
+def evaluate_expert(
+    agent: GaussianAgent,
+    episodes: int,
+    task: Task | None = None,
+    deterministic: bool = True,
+    seed: int = 0,
+    n_envs: int = 128,
+    progress: bool = True,
+) -> dict:
+    """Success rate over ``episodes`` episodes (Table A2 mix when ``task`` is None)."""
+    env = BatchedAntPinpad(min(n_envs, episodes), task=task)
+    obs, _ = env.reset(seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    started = env.n_envs
+    finished: list[tuple[Task, bool, int]] = []
+    bar = tqdm(total=episodes, desc=f"eval {format_task(task) if task else 'pretrain'}",
+               unit="ep", disable=not progress)  # fmt: skip
+    while len(finished) < episodes:
+        x, _ = expert_inputs(env, obs)
+        a = agent.act(x, deterministic, generator)
+        obs, _, term, trunc, _ = env.step(a.numpy().astype(np.float64))
+        ended = np.flatnonzero(term | trunc)
+        for i in ended:
+            finished.append((env.tasks[i], bool(env.success[i]), int(env.t[i])))
+        bar.update(len(ended))
+        if len(ended):
+            # start new episodes only while more are needed; the rest stay frozen
+            need = max(0, episodes - started)
+            restart = ended[:need]
+            if len(restart):
+                env.reset_envs(restart)
+                started += len(restart)
+            obs = env.observations()
+    bar.close()
+    finished = finished[:episodes]
+    per_task: dict[str, list[bool]] = {}
+    for t, s, _ in finished:
+        per_task.setdefault(format_task(t), []).append(s)
+    return {
+        "episodes": len(finished),
+        "success": float(np.mean([s for _, s, _ in finished])),
+        "mean_length": float(np.mean([n for _, _, n in finished])),
+        "per_task": {k: float(np.mean(v)) for k, v in sorted(per_task.items())},
+    }
+
+
+__all__ = [
+    "EXPERT_INPUT_DIM",
+    "GaussianAgent",
+    "PPOConfig",
+    "RunningNorm",
+    "build_agent",
+    "evaluate_expert",
+    "gae",
+    "load_expert",
+    "ppo_update",
+    "train_ant_expert",
+]
