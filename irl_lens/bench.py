@@ -14,6 +14,12 @@ Reported (all measured in the same process, so ratios compare like with like):
   ``pretrain_matmul_fraction`` = ``pretrain_tokens_per_s / matmul_bound_tokens_per_s``.
 * ``peak_gflops``: a large square GEMM, for reference; ``pretrain_peak_fraction`` relates
   the model's matmul FLOPs/s to it.
+* ``ant_env_steps_per_s``: :class:`~irl_lens.envs.ant.BatchedAntPinpad` with 64 envs and
+  random torques (MuJoCo through ``mujoco.rollout``, one thread per core), finished
+  episodes restarted in place; ``ant_env_steps_per_s_single`` is the one-env Gymnasium
+  :class:`~irl_lens.envs.ant.AntPinpadEnv` for comparison.
+* ``ant_data_episodes_per_s``: ``irl-lens data ant --split clean`` with the shipped expert
+  (256 envs; expert MLP inference included).
 """
 
 from __future__ import annotations
@@ -168,6 +174,41 @@ def internal_rl_throughput(model, mc, seconds: float, seed: int, n_envs: int = 1
     }
 
 
+def ant_throughput(seconds: float, seed: int) -> dict[str, float]:
+    """Ant env steps/s (batched and single) and ant data episodes/s (see the module docstring)."""
+    from irl_lens.data.generate_ant import generate_ant
+    from irl_lens.envs.ant import AntPinpadEnv, BatchedAntPinpad
+    from irl_lens.train.ppo import SHIPPED_EXPERT
+
+    rng = np.random.default_rng(seed)
+    env = BatchedAntPinpad(64)
+    env.reset(seed=seed)
+    actions = rng.uniform(-1, 1, (64, 8))
+
+    def batched_step() -> None:
+        env.step(actions)
+        env.reset_done()
+
+    out = {"ant_env_steps_per_s": 64 / _timeit(batched_step, seconds)}
+    single = AntPinpadEnv()
+    single.reset(seed=seed)
+
+    def single_step() -> None:
+        _, _, term, trunc, _ = single.step(actions[0])
+        if term or trunc:
+            single.reset()
+
+    out["ant_env_steps_per_s_single"] = 1 / _timeit(single_step, seconds)
+    if SHIPPED_EXPERT.is_file():
+        n = 256
+        t0 = time.perf_counter()
+        ds = generate_ant(n, "clean", seed=seed, progress=False)
+        wall = time.perf_counter() - t0
+        out["ant_data_episodes_per_s"] = n / wall
+        out["ant_data_steps_per_s"] = ds.n_steps / wall
+    return out
+
+
 def mc_layer(model, mc) -> int:
     """The layer a benchmark metacontroller acts at (stored on it by :func:`run_bench`)."""
     return getattr(mc, "bench_layer", model.cfg.n_layers // 2)
@@ -203,6 +244,7 @@ def run_bench(
         / 1e9
         / result["peak_gflops"]
     )
+    result |= ant_throughput(seconds, seed)
     try:  # the rollout engine, once it exists (probes/controllers issue)
         from irl_lens.engine import engine_benchmark
     except ImportError:

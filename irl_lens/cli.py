@@ -79,6 +79,7 @@ def _main(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL's import chatter (MuJoCo)
 
 
 @app.command()

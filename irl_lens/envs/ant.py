@@ -257,17 +257,18 @@ def direction_map(layout: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarr
                     dist[nb] = dist[cell] + 1
                     nxt.append(nb)
         frontier = nxt
+    reached = dist.copy()  # BFS result: blocked cells must not borrow each other's distance
     direction = np.full(ANT_N_CELLS, -1, dtype=np.int64)
     for cell in range(ANT_N_CELLS):
         if cell == goal:
             continue
         best = None
         for d, nb in _NEIGHBOURS[cell]:
-            if dist[nb] >= 0 and (best is None or dist[nb] < best[1]):
-                best = (d, dist[nb])
+            if reached[nb] >= 0 and (best is None or reached[nb] < best[1]):
+                best = (d, reached[nb])
         if best is not None:
             direction[cell] = best[0]
-            if dist[cell] == -1:  # a blocked cell (e.g. the colour just entered)
+            if reached[cell] == -1:  # a blocked cell (e.g. the colour just entered)
                 dist[cell] = best[1] + 1
     return direction, dist
 

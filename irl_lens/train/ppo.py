@@ -76,6 +76,10 @@ class PPOConfig(DictConfig):
     action (``0.02 * |a|^2 ~ 0.04``): with a net negative step reward PPO learns to fall."""
     checkpoint_every: int = 25
     """Updates between checkpoints."""
+    scale_rewards: bool = True
+    """Divide rewards by the running std of the discounted return (CleanRL's
+    ``NormalizeReward``), so the critic's loss, and with it the shared gradient clip, stays
+    on the scale of the actor's."""
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "n_envs", "n_steps", "update_epochs", "n_minibatches"):
@@ -249,6 +253,8 @@ class ExpertCollector:
         self.generator = torch.Generator().manual_seed(seed)
         self.ep_return = np.zeros(env.n_envs)
         self.log = EpisodeLog()
+        self.return_norm = RunningNorm(1)
+        self.discounted = np.zeros(env.n_envs)
 
     def collect(self, agent: GaussianAgent) -> Rollout:
         cfg, env = self.cfg, self.env
@@ -275,6 +281,9 @@ class ExpertCollector:
             self.ep_return += rewards[t]
             ended = term | trunc
             dones[t] = ended
+            self.discounted = self.discounted * cfg.gamma + rewards[t]
+            self.return_norm.update(torch.from_numpy(self.discounted[:, None]))
+            self.discounted[ended] = 0.0
             for i in np.flatnonzero(ended):
                 self.log.add(env.tasks[i], env.success[i], self.ep_return[i])
             self.ep_return[ended] = 0.0
@@ -284,6 +293,10 @@ class ExpertCollector:
         with torch.no_grad():
             x, _ = expert_inputs(env, self.obs)
             last_value = agent.value(x).numpy()
+        raw = rewards
+        if cfg.scale_rewards:
+            rewards = rewards / np.float32(np.sqrt(float(self.return_norm.var[0]) + 1e-8))
+        self.raw_reward_per_step = float(raw.mean())
         return Rollout(
             torch.stack(xs), torch.stack(acts), torch.stack(logps), values, rewards, dones,
             last_value,
@@ -371,6 +384,8 @@ def train_ant_expert(
         runs.write_json(out / "config.json", config)
     env = BatchedAntPinpad(cfg.n_envs)
     collector = ExpertCollector(env, cfg, seed=seed * 1_000_003 + update)
+    if resume:
+        collector.return_norm.load_state_dict(state["return_norm"])
     bar = tqdm(
         total=cfg.n_updates, initial=update, desc="ppo expert", unit="upd", disable=not progress
     )
@@ -390,6 +405,7 @@ def train_ant_expert(
             "seconds": train_seconds,
             "success": collector.log.success(),
             "return": float(np.mean(collector.log.returns)) if collector.log.returns else 0.0,
+            "reward_per_step": collector.raw_reward_per_step,
             "std": float(agent.log_std.detach().exp().mean()),
             **stats,
         }
@@ -400,6 +416,7 @@ def train_ant_expert(
             runs.save_checkpoint(
                 out, update, agent,
                 {"optimizer": opt.state_dict(), "generator": generator.get_state(),
+                 "return_norm": collector.return_norm.state_dict(),
                  "update": update, "env_steps": env_steps, "seconds": train_seconds},
             )  # fmt: skip
             runs.write_json(out / "per_task_success.json", collector.log.per_task())
