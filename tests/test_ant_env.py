@@ -52,6 +52,7 @@ EMPTY_CODE, WALL_CODE = 0, 5
 EAST, NORTH, WEST, SOUTH = 0, 1, 2, 3
 STEP = {EAST: (1, 0), NORTH: (0, 1), WEST: (-1, 0), SOUTH: (0, -1)}  # (d_col, d_row)
 
+
 def centre(cell: int, cell_size: float = CELL_SIZE) -> np.ndarray:
     """World (x, y) of a cell's centre, written out: cell = row * 4 + col, x along col."""
     col, row = cell % G, cell // G

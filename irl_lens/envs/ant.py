@@ -497,8 +497,7 @@ class BatchedAntPinpad:
     def set_episode(
         self, i: int, task: TaskSpec, layout: np.ndarray, start: int, seed: int = 0
     ) -> None:
-        """Start env ``i`` on a given task and layout (tests, steering); body noise from ``seed``.
-        """
+        """Start env ``i`` on a given task and layout; body noise comes from ``seed``."""
         layout = np.asarray(layout, dtype=np.uint8)
         task = parse_ant_task(task)
         if layout.shape != (ANT_N_CELLS,) or layout[int(start)] != ANT_EMPTY:
