@@ -47,6 +47,13 @@ def expert(
     eval_episodes: Annotated[
         int, typer.Option(help="Episodes per evaluation (pretrain mix, post task); 0 skips.", min=0)
     ] = 500,
+    ship: Annotated[
+        bool,
+        typer.Option(
+            help="Copy the trained weights and a card (command, time, success) into the "
+            "package (irl_lens/assets/ant_expert.*), where `irl-lens data ant` finds them."
+        ),
+    ] = False,
     seed: Annotated[int, SEED_OPTION] = 0,
 ) -> None:
     """Train the ant-pinpad PPO expert (one agent for all Table A2 tasks), then evaluate it.
@@ -55,7 +62,7 @@ def expert(
     OUT/per_task_success.json, OUT/model.safetensors and OUT/summary.json with the
     success of the mean action on the pretraining mix and on the post task 0-1-2-3.
 
-    Example: irl-lens expert ant --out runs/ant/expert --steps 8000000
+    Example: irl-lens --threads 1 expert ant --out runs/ant/expert --steps 8000000 --ship
     """
     from irl_lens import runs
     from irl_lens.train.ppo import PPOConfig, load_expert, train_ant_expert
@@ -68,6 +75,32 @@ def expert(
         summary |= _eval_table(load_expert(out), eval_episodes, seed + 7, deterministic=True)
     runs.write_json(out / "summary.json", summary)
     print_table(summary, title=f"ant expert {out}")
+    if ship:
+        if not summary["finished"]:
+            raise ValueError("--ship: training did not finish; continue it with --resume")
+        _ship(out, cfg, seed, summary)
+
+
+def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
+    """Copy ``run``'s weights into the package with a card saying how they were made."""
+    import shutil
+
+    from irl_lens import runs
+    from irl_lens.train.ppo import SHIPPED_EXPERT
+
+    SHIPPED_EXPERT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "model.safetensors", SHIPPED_EXPERT)
+    card = {
+        "command": (
+            f"irl-lens --threads 1 expert ant --out {run} --steps {cfg.total_steps} "
+            f"--n-envs {cfg.n_envs} --seed {seed} --ship"
+        ),
+        "ppo": cfg.to_dict(),
+        "seed": seed,
+        "summary": summary,
+    }
+    runs.write_json(SHIPPED_EXPERT.with_suffix(".json"), card)
+    print(f"shipped {SHIPPED_EXPERT} (+ .json card)")
 
 
 def expert_eval(

@@ -225,7 +225,10 @@ def train_supervised_controllers(
     """Train controllers at each of ``layers`` on ``ds``; write the controllers folder ``out``."""
     out = Path(out)
     if ds.meta.get("obs_kind") != "grid" or ds.meta.get("action_kind") != "discrete":
-        raise ValueError("supervised controllers: the dataset must be a gridworld dataset")
+        raise ValueError(
+            f"supervised controllers: the dataset is {ds.meta.get('env')!r} data; their "
+            "post-task evaluation steps the gridworld only in this version"
+        )
     if ds.meta.get("split") != "clean":
         logger.warning(
             "training controllers on a %r dataset; the paper uses clean (eps=0) data",
