@@ -158,3 +158,27 @@ def test_cli_rejects_bad_ant_input(tmp_path, capsys):
     assert code == 2 and "--eps" in err
     code, _, err = _run(["-q", "expert-eval", str(tmp_path / "missing")], capsys)
     assert code == 2 and "missing" in err
+
+
+def test_expert_features_are_the_documented_quantities():
+    from irl_lens.envs.ant import EXPERT_EXTRA_DIM, BatchedAntPinpad, direction_map
+
+    env = BatchedAntPinpad(3)
+    env.reset(seed=5)
+    env.step(np.random.default_rng(0).uniform(-0.3, 0.3, (3, 8)))
+    extra, way = env.expert_features()
+    assert extra.shape == (3, EXPERT_EXTRA_DIM)
+    onehot = extra[:, :64].reshape(3, 16, 4)
+    for i in range(3):
+        dirs, _ = direction_map(env.layout[i], int(env.target_colour()[i]))
+        np.testing.assert_array_equal(onehot[i].argmax(1)[dirs >= 0], dirs[dirs >= 0])
+        assert onehot[i][dirs < 0].sum() == 0 and onehot[i].sum() == (dirs >= 0).sum()
+    w, x, y, z = env.qpos[:, 3:7].T
+    yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y**2 + z**2))
+    rot = np.stack([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])  # torso -> world
+    back_way = np.einsum("abn,nb->na", rot, extra[:, 64:66])
+    back_vel = np.einsum("abn,nb->na", rot, extra[:, 66:68])
+    np.testing.assert_allclose(back_way, way, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(way, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(back_vel, env.velocity, atol=1e-4)
+    assert np.abs(env.velocity).sum() > 0

@@ -107,9 +107,10 @@ WALL_HEIGHT = 0.3
 low enough that a leg resting on a wall does not prop the torso above 1.0 (at 0.5 it does)."""
 ANT_OBS_DIM = 41
 """Width of the observation (see the module docstring)."""
-EXPERT_EXTRA_DIM = ANT_N_CELLS * 4 + 2
-"""Extra expert inputs: per-cell one-hot of the shortest-path direction (E, N, W, S) and the
-unit vector to the next waypoint in the torso's heading frame."""
+EXPERT_EXTRA_DIM = ANT_N_CELLS * 4 + 4
+"""Extra expert inputs: per-cell one-hot of the shortest-path direction (E, N, W, S), the
+unit vector to the next waypoint and the torso's planar velocity, both in the torso's
+heading frame (so the shaped reward ``velocity . waypoint`` is a product of two inputs)."""
 
 _COLOUR_RGBA = (
     (0.90, 0.20, 0.20, 1.0),
@@ -627,11 +628,11 @@ class BatchedAntPinpad:
         return vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-6)
 
     def expert_features(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(float32[n, 66] extra expert inputs, float64[n, 2] world waypoint direction)``.
+        """``(float32[n, 68] extra expert inputs, float64[n, 2] world waypoint direction)``.
 
         The extra inputs are the per-cell one-hot of the shortest-path direction (E, N, W,
-        S; zeros for no direction) and the waypoint direction rotated into the torso's
-        heading frame."""
+        S; zeros for no direction), then the waypoint direction and the torso's last
+        planar velocity (m/s), both rotated into the torso's heading frame."""
         dirs = self.directions()
         onehot = np.zeros((self.n_envs, ANT_N_CELLS, 4), dtype=np.float32)
         has = dirs >= 0
@@ -639,8 +640,13 @@ class BatchedAntPinpad:
         way = self.waypoints(dirs)
         yaw = _heading(self.qpos)
         c, s = np.cos(yaw), np.sin(yaw)
-        local = np.stack([c * way[:, 0] + s * way[:, 1], -s * way[:, 0] + c * way[:, 1]], 1)
-        extra = np.concatenate([onehot.reshape(self.n_envs, -1), local], axis=1)
+
+        def to_torso(v: np.ndarray) -> np.ndarray:
+            return np.stack([c * v[:, 0] + s * v[:, 1], -s * v[:, 0] + c * v[:, 1]], 1)
+
+        extra = np.concatenate(
+            [onehot.reshape(self.n_envs, -1), to_torso(way), to_torso(self.velocity)], axis=1
+        )
         return extra.astype(np.float32), way
 
     def render(self, i: int = 0, width: int = 320, height: int = 240) -> np.ndarray:
