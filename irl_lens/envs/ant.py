@@ -1,7 +1,8 @@
 """ant-pinpad: the MuJoCo ant on a 4 x 4 pinpad arena (Kobayashi et al. 2025, App. A.2).
 
 The agent is the standard quadruped Gymnasium ships (``gymnasium/envs/mujoco/assets/ant.xml``,
-torque control on 8 joints, ``dt = 5 x 0.01 s``). The arena is built with ``mujoco.MjSpec``:
+torque control on 8 joints, ``dt = 5 x 0.01 s``), integrated with MuJoCo's ``implicitfast``
+instead of the file's RK4 (3.2x faster; see :func:`build_arena`). The arena is built with ``mujoco.MjSpec``:
 a ``G x G = 4 x 4`` grid of square cells of side :data:`CELL_SIZE`, boundary walls around it,
 4 coloured floor tiles (visual only, no collisions) and 1 wall cell (a box that collides).
 Tiles and the wall are static bodies compiled once; each env holds a copy of the model in
@@ -160,6 +161,10 @@ def build_arena(cell_size: float = CELL_SIZE) -> mujoco.MjSpec:
     below the floor; each env moves them to its layout in its own copy of the model.
     """
     spec = mujoco.MjSpec.from_file(str(_ant_xml()))
+    # ant.xml asks for RK4 (4 dynamics evaluations per step). MuJoCo's implicitfast at the
+    # same 0.01 s step is stable for the ant and 3.2x faster here (64 envs: 12.7k vs 4.0k
+    # env steps/s), which triples the PPO expert's samples per hour of CPU.
+    spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
     half = ANT_GRID_SIZE * cell_size / 2
     floor = spec.geom("floor")
     floor.size = [half + 2.0, half + 2.0, 0.1]

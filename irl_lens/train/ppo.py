@@ -58,7 +58,9 @@ class PPOConfig(DictConfig):
     n_minibatches: int = 8
     clip: float = 0.2
     vf_coef: float = 0.5
-    ent_coef: float = 0.0
+    ent_coef: float = 1e-3
+    """Entropy bonus (paper: 3e-4). Without one the std fell from 0.74 to 0.33 in 1.2M steps,
+    before the ant had learned to walk."""
     max_grad_norm: float = 0.5
     hidden: int = 256
     """Width of the two hidden layers of actor and critic."""
@@ -267,7 +269,6 @@ class ExpertCollector:
         for t in range(T):
             x, way = expert_inputs(env, self.obs)
             with torch.no_grad():
-                agent.norm.update(x)
                 dist = agent.distribution(x)
                 a = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
                 logps.append(dist.log_prob(a).sum(-1))
@@ -397,6 +398,10 @@ def train_ant_expert(
             group["lr"] = cfg.lr * (1.0 - update / cfg.n_updates)
         ro = collector.collect(agent)
         stats = ppo_update(agent, opt, ro, cfg, generator)
+        # The input statistics stay fixed through a rollout and its update, so the update's
+        # log-probs and values are those the rollout saw (ratios start at 1); they absorb
+        # the rollout afterwards.
+        agent.norm.update(ro.x.flatten(0, 1))
         update += 1
         env_steps += cfg.batch_size
         train_seconds += time.perf_counter() - t0
