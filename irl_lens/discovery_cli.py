@@ -24,6 +24,7 @@ from irl_lens.common_cli import (
     Device,
     clean_dataset,
     resolve_device,
+    run_env,
 )
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,10 @@ def discover(
     from irl_lens.train import discover as disc
 
     dev = resolve_device(device)
-    ds, data_path = clean_dataset(data, data_episodes, seed)
+    env_name = run_env(run)
+    ds, data_path = clean_dataset(data, data_episodes, seed, env=env_name)
+    if ds.meta.get("obs_kind") != load_base_model(run).model_cfg.obs_kind:
+        raise ValueError(f"--data is {ds.meta.get('env')!r} data but {run} is a {env_name} model")
     cfg = disc.PRESETS[preset.value]
     over = {
         k: v
@@ -139,16 +143,20 @@ def discover(
         train_summary = {k: v for k, v in train_summary.items() if k.startswith("discover/")}
     n_val = min(cfg.val_episodes, ds.n_episodes // 5)
     summary = train_summary | analyse(out, ds, n_val, task=task, episodes=episodes, seed=seed,
-                                      device=dev)  # fmt: skip
+                                      device=dev, rollouts=env_name != "ant")  # fmt: skip
     summary["discover/seconds"] = time.perf_counter() - t0
     runs.write_json(out / "summary.json", summary)
     _print_summary(out, summary)
 
 
 def analyse(
-    out: Path, ds, n_val: int, *, task: str, episodes: int, seed: int, device: str
-) -> dict[str, float]:
-    """Switching, clustering, steering and prior sampling on a trained metacontroller folder."""
+    out: Path, ds, n_val: int, *, task: str, episodes: int, seed: int, device: str,
+    rollouts: bool = True,
+) -> dict[str, float]:  # fmt: skip
+    """Switching, clustering, steering and prior sampling on a trained metacontroller folder.
+
+    ``rollouts=False`` (ant, which has no step-wise rollout engine in this version) skips
+    steering and prior sampling, the two analyses that run the model in the env."""
     from analyses import clustering, switching
     from irl_lens import runs
     from irl_lens.train.discover import load_metacontroller, prior_rollouts
@@ -162,24 +170,19 @@ def analyse(
     switching.beta_figure(sw).write_html(out / "switching_beta.html")
     cl = clustering.cluster_codes(*clustering.segment_codes(codes, subgoals), seed=seed)
     clustering.cluster_figure(cl).write_html(out / "clusters.html")
-    st = clustering.steering(out, cl, task=task, n_episodes=episodes, seed=seed, loaded=loaded)
-    clustering.steering_figure(st).write_html(out / "steering.html")
-    prior = prior_rollouts(out, n_episodes=episodes, seed=seed, loaded=loaded)
-    runs.write_json(
-        out / "analysis.json",
-        {
-            "switching": dataclasses.asdict(sw),
-            "clustering": dataclasses.asdict(cl),
-            "steering": dataclasses.asdict(st),
-            "prior": prior,
-        },
-    )
-    return (
-        switching.summary(sw)
-        | clustering.clusters_summary(cl)
-        | clustering.steering_summary(st)
-        | {f"prior/{k}": v for k, v in prior.items() if isinstance(v, float)}
-    )
+    analysis = {"switching": dataclasses.asdict(sw), "clustering": dataclasses.asdict(cl)}
+    summary = switching.summary(sw) | clustering.clusters_summary(cl)
+    if rollouts:
+        st = clustering.steering(out, cl, task=task, n_episodes=episodes, seed=seed,
+                                 loaded=loaded)  # fmt: skip
+        clustering.steering_figure(st).write_html(out / "steering.html")
+        prior = prior_rollouts(out, n_episodes=episodes, seed=seed, loaded=loaded)
+        analysis |= {"steering": dataclasses.asdict(st), "prior": prior}
+        summary |= clustering.steering_summary(st) | {
+            f"prior/{k}": v for k, v in prior.items() if isinstance(v, float)
+        }
+    runs.write_json(out / "analysis.json", analysis)
+    return summary
 
 
 def _print_summary(out: Path, s: dict[str, float]) -> None:

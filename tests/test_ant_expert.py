@@ -150,6 +150,24 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     assert code == 0, err
     probe = json.loads((run / "probe" / "summary.json").read_text())
     assert any(k.startswith("probe/") for k in probe)
+    # supervised controllers and the metacontroller accept the ant run unchanged
+    code, out, err = _run(
+        ["-q", "controllers", str(run), "--data", str(data), "--preset", "tiny",
+         "--layers", "0,1", "--steps", "3"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    ctl = json.loads((run / "controllers" / "summary.json").read_text())
+    assert np.isfinite(ctl["controllers/val_nll_layer_1"]) and "(ant)" in out
+    code, out, err = _run(
+        ["-q", "discover", str(run), "--out", str(tmp_path / "mc"), "--data", str(data),
+         "--preset", "tiny", "--steps", "3"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    mc = json.loads((tmp_path / "mc" / "summary.json").read_text())
+    assert np.isfinite(mc["discover/action_nll"]) and "switching/f1_tol1" in mc
+    assert not any(k.startswith("steering/") for k in mc)  # no ant rollout engine yet
 
 
 def test_cli_rejects_bad_ant_input(tmp_path, capsys):

@@ -2,9 +2,10 @@
 
 The agent is the standard quadruped Gymnasium ships (``gymnasium/envs/mujoco/assets/ant.xml``,
 torque control on 8 joints, ``dt = 5 x 0.01 s``), integrated with MuJoCo's ``implicitfast``
-instead of the file's RK4 (3.2x faster; see :func:`build_arena`). The arena is built with ``mujoco.MjSpec``:
-a ``G x G = 4 x 4`` grid of square cells of side :data:`CELL_SIZE`, boundary walls around it,
-4 coloured floor tiles (visual only, no collisions) and 1 wall cell (a box that collides).
+instead of the file's RK4 (3.2x faster; see :func:`build_arena`). The arena is built with
+``mujoco.MjSpec``: a ``G x G = 4 x 4`` grid of square cells of side :data:`CELL_SIZE`,
+boundary walls around it, 4 coloured floor tiles (visual only, no collisions) and 1 wall
+cell (a box that collides).
 Tiles and the wall are static bodies compiled once; each env holds a copy of the model in
 which they sit where its layout puts them (``body_pos``).
 

@@ -116,10 +116,14 @@ def controlled_nll(
     else:
         with intervene(model, layer, bank.select(labels)):
             out = model(batch.obs.to(device))
-    logits = model.split(out).action_params  # [batch, pos, n_actions]
-    nll = F.cross_entropy(
-        logits.flatten(0, 1), batch.action.to(device).flatten(), reduction="none"
-    ).view_as(weight)
+    params = model.split(out).action_params  # [batch, pos, n_action_outputs]
+    actions = batch.action.to(device)
+    if model.model_cfg.action_kind == "continuous":  # ant: Gaussian NLL of the torques
+        nll = -model.action_distribution(params).log_prob(actions)
+    else:
+        nll = F.cross_entropy(params.flatten(0, 1), actions.flatten(), reduction="none").view_as(
+            weight
+        )
     return (nll * weight).sum() / weight.sum().clamp(min=1.0)
 
 
@@ -224,11 +228,6 @@ def train_supervised_controllers(
 ) -> list[LayerResult]:
     """Train controllers at each of ``layers`` on ``ds``; write the controllers folder ``out``."""
     out = Path(out)
-    if ds.meta.get("obs_kind") != "grid" or ds.meta.get("action_kind") != "discrete":
-        raise ValueError(
-            f"supervised controllers: the dataset is {ds.meta.get('env')!r} data; their "
-            "post-task evaluation steps the gridworld only in this version"
-        )
     if ds.meta.get("split") != "clean":
         logger.warning(
             "training controllers on a %r dataset; the paper uses clean (eps=0) data",
