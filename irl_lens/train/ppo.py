@@ -55,7 +55,9 @@ class PPOConfig(DictConfig):
     gamma: float = 0.99
     gae_lambda: float = 0.95
     update_epochs: int = 10
-    n_minibatches: int = 8
+    n_minibatches: int = 32
+    """Minibatches of 128 per epoch: 320 gradient steps per update, CleanRL's ratio of
+    gradient steps to samples within 2x (8 minibatches of 512 learned far slower)."""
     clip: float = 0.2
     vf_coef: float = 0.5
     ent_coef: float = 1e-3
