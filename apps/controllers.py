@@ -38,6 +38,7 @@ HOW_TO = {
     "metacontroller": "irl-lens discover RUN --out MC --data CLEAN_DATA",
     "internal_rl": "irl-lens internal-rl MC --out RL   (or irl-lens raw-rl RUN --out RL)",
     "sweep": "irl-lens sweep rate-distortion RUN --out SWEEP --data CLEAN_DATA",
+    "ant_expert": "irl-lens --threads 1 expert ant --out RUN --steps 10000000",
 }
 
 

@@ -174,7 +174,7 @@ def internal_rl_throughput(model, mc, seconds: float, seed: int, n_envs: int = 1
     }
 
 
-def ant_throughput(seconds: float, seed: int) -> dict[str, float]:
+def ant_throughput(seconds: float, seed: int, data_episodes: int = 256) -> dict[str, float]:
     """Ant env steps/s (batched and single) and ant data episodes/s (see the module docstring)."""
     from irl_lens.data.generate_ant import generate_ant
     from irl_lens.envs.ant import AntPinpadEnv, BatchedAntPinpad
@@ -200,7 +200,7 @@ def ant_throughput(seconds: float, seed: int) -> dict[str, float]:
 
     out["ant_env_steps_per_s_single"] = 1 / _timeit(single_step, seconds)
     if SHIPPED_EXPERT.is_file():
-        n = 256
+        n = data_episodes
         t0 = time.perf_counter()
         ds = generate_ant(n, "clean", seed=seed, progress=False)
         wall = time.perf_counter() - t0

@@ -200,3 +200,11 @@ def test_expert_features_are_the_documented_quantities():
     np.testing.assert_allclose(np.linalg.norm(way, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(back_vel, env.velocity, atol=1e-4)
     assert np.abs(env.velocity).sum() > 0
+
+
+def test_bench_reports_ant_throughput():
+    from irl_lens.bench import ant_throughput
+
+    out = ant_throughput(seconds=0.05, seed=0, data_episodes=4)
+    assert out["ant_env_steps_per_s"] > out["ant_env_steps_per_s_single"] > 0
+    assert out["ant_data_episodes_per_s"] > 0 and out["ant_data_steps_per_s"] > 0
