@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from irl_lens import runs
 from irl_lens.envs.ant import (
+    ANT_MAX_STEPS,
     ANT_OBS_DIM,
     EXPERT_EXTRA_DIM,
     BatchedAntPinpad,
@@ -236,7 +237,8 @@ def shaped_reward(
     cfg: PPOConfig, env_reward: np.ndarray, n_done_before: np.ndarray, env: BatchedAntPinpad,
     actions: np.ndarray, way: np.ndarray, was_active: np.ndarray,
 ) -> np.ndarray:  # fmt: skip
-    """The expert's training reward for one step (see the module docstring)."""
+    """The expert's training reward for one step (see the module docstring). Success also
+    pays the alive bonus of the steps left, so finishing early is never worse than idling."""
     progress = (env.velocity * way).sum(1)
     reached = env.n_done - n_done_before
     r = (
@@ -245,6 +247,8 @@ def shaped_reward(
         + cfg.success_bonus * env_reward
         - cfg.ctrl_cost * (np.clip(actions, -1, 1) ** 2).sum(1)
         + cfg.alive_bonus
+        # finishing early must not forfeit the alive bonus of the steps left
+        + cfg.alive_bonus * env_reward * (ANT_MAX_STEPS - env.t)
     )
     return np.where(was_active, r, 0.0).astype(np.float32)
 
