@@ -82,25 +82,29 @@ def expert(
 
 
 def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
-    """Copy ``run``'s weights into the package with a card saying how they were made."""
+    """Copy ``run``'s weights (final, else its last checkpoint) into the package with a card
+    saying how they were made and how well they do."""
     import shutil
 
     from irl_lens import runs
-    from irl_lens.train.ppo import SHIPPED_EXPERT
+    from irl_lens.train.ppo import SHIPPED_EXPERT, expert_weights
 
+    weights = expert_weights(run)
     SHIPPED_EXPERT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "model.safetensors", SHIPPED_EXPERT)
+    shutil.copyfile(weights, SHIPPED_EXPERT)
     card = {
-        "command": (
+        "train_command": (
             f"irl-lens --threads 1 expert ant --out {run} --steps {cfg.total_steps} "
-            f"--n-envs {cfg.n_envs} --seed {seed} --ship"
+            f"--n-envs {cfg.n_envs} --seed {seed}"
         ),
+        "weights": str(weights),
+        "ship_command": f"irl-lens expert-eval {run} --ship",
         "ppo": cfg.to_dict(),
         "seed": seed,
         "summary": summary,
     }
     runs.write_json(SHIPPED_EXPERT.with_suffix(".json"), card)
-    print(f"shipped {SHIPPED_EXPERT} (+ .json card)")
+    print(f"shipped {weights} as {SHIPPED_EXPERT} (+ .json card)")
 
 
 def expert_eval(
@@ -112,18 +116,37 @@ def expert_eval(
     sample: Annotated[
         bool, typer.Option(help="Sample the Gaussian (pretrain data) instead of its mean (clean).")
     ] = False,
+    ship: Annotated[
+        bool,
+        typer.Option(
+            help="Ship RUN (final weights, else its last checkpoint) into the package with "
+            "these numbers on its card."
+        ),
+    ] = False,
     seed: Annotated[int, SEED_OPTION] = 0,
 ) -> None:
     """Success rate of an ant expert on the pretraining tasks and on the post task 0-1-2-3.
 
     Example: irl-lens expert-eval --episodes 500
-    """
-    from irl_lens.train.ppo import load_expert
 
+    Example: irl-lens expert-eval runs/ant/expert --ship
+    """
+    from irl_lens import runs
+    from irl_lens.train.ppo import PPOConfig, load_expert
+
+    if ship and run is None:
+        raise ValueError("--ship needs the expert run folder to ship")
     t0 = time.perf_counter()
     table = _eval_table(load_expert(run), episodes, seed, deterministic=not sample)
     table["seconds"] = time.perf_counter() - t0
     print_table(table, title=f"ant expert {run or '(shipped)'}")
+    if ship:
+        config = runs.read_json(run / "config.json", "expert run config")
+        summary = table | {
+            k: v for k, v in runs.read_metrics(run / "metrics.jsonl")[-1].items()
+            if k in ("update", "env_steps", "seconds", "success")
+        }  # fmt: skip
+        _ship(run, PPOConfig.from_dict(config["ppo"]), int(config["seed"]), summary)
 
 
 def register(app: typer.Typer) -> None:

@@ -452,6 +452,21 @@ SHIPPED_EXPERT = Path(__file__).resolve().parents[1] / "assets" / "ant_expert.sa
 """The expert shipped in the package; ``ant_expert.json`` beside it says how it was made."""
 
 
+def expert_weights(run: str | Path) -> Path:
+    """An expert run's final weights, else those of its last checkpoint."""
+    run = Path(run)
+    weights = run / "model.safetensors"
+    if weights.is_file():
+        return weights
+    ckpts = runs.checkpoint_dirs(run)
+    if not ckpts:
+        raise runs.RunError(
+            f"{run} has no model.safetensors or checkpoint; continue it with "
+            "`irl-lens expert ant --out RUN --resume`"
+        )
+    return ckpts[-1] / "model.safetensors"
+
+
 def load_expert(run: str | Path | None = None) -> GaussianAgent:
     """The ant expert: from an ``irl-lens expert`` run folder, or the shipped one (None)."""
     if run is None:
@@ -468,15 +483,7 @@ def load_expert(run: str | Path | None = None) -> GaussianAgent:
         if config.get("kind") != "ant_expert":
             raise runs.RunError(f"{run} is a {config.get('kind')!r} run, not an ant_expert run")
         cfg = PPOConfig.from_dict(config["ppo"])
-        weights = run / "model.safetensors"
-        if not weights.is_file():
-            ckpts = runs.checkpoint_dirs(run)
-            if not ckpts:
-                raise runs.RunError(
-                    f"{run} has no model.safetensors or checkpoint; continue it with "
-                    "`irl-lens expert ant --out RUN --resume`"
-                )
-            weights = ckpts[-1] / "model.safetensors"
+        weights = expert_weights(run)
     agent = GaussianAgent(EXPERT_INPUT_DIM, 8, cfg.hidden, cfg.init_log_std)
     runs.load_weights(agent, weights)
     agent.eval()
