@@ -43,6 +43,9 @@ def expert(
         int, typer.Option(help="Env steps in all (paper: 256k steps of batch 1024).", min=1)
     ] = 8_000_000,
     n_envs: Annotated[int, typer.Option(help="Episodes simulated side by side.", min=1)] = 64,
+    speed_bonus: Annotated[
+        float, typer.Option(help="Reward weight of the planar speed in any direction.", min=0)
+    ] = 0.3,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     eval_episodes: Annotated[
         int, typer.Option(help="Episodes per evaluation (pretrain mix, post task); 0 skips.", min=0)
@@ -67,7 +70,7 @@ def expert(
     from irl_lens import runs
     from irl_lens.train.ppo import PPOConfig, load_expert, train_ant_expert
 
-    cfg = PPOConfig(total_steps=steps, n_envs=n_envs)
+    cfg = PPOConfig(total_steps=steps, n_envs=n_envs, speed_bonus=speed_bonus)
     t0 = time.perf_counter()
     summary = train_ant_expert(out, cfg, seed=seed, resume=resume)
     summary["wall_seconds"] = time.perf_counter() - t0
@@ -95,7 +98,7 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
     card = {
         "train_command": (
             f"irl-lens --threads 1 expert ant --out {run} --steps {cfg.total_steps} "
-            f"--n-envs {cfg.n_envs} --seed {seed}"
+            f"--n-envs {cfg.n_envs} --speed-bonus {cfg.speed_bonus} --seed {seed}"
         ),
         "weights": str(weights),
         "ship_command": f"irl-lens expert-eval {run} --ship",

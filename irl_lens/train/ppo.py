@@ -70,6 +70,10 @@ class PPOConfig(DictConfig):
     init_log_std: float = -0.3
     velocity_weight: float = 1.0
     """Weight of ``velocity . waypoint direction`` (m/s) per step."""
+    speed_bonus: float = 0.3
+    """Weight of the torso's planar speed ``|v|`` (m/s), in any direction. The directional
+    term alone pays nothing on average for a gait that ignores the (random) direction, so
+    no gait got started: 4M steps without one gave an ant that stood still."""
     subgoal_bonus: float = 2.0
     """Reward for each task colour entered."""
     success_bonus: float = 5.0
@@ -243,6 +247,7 @@ def shaped_reward(
     reached = env.n_done - n_done_before
     r = (
         cfg.velocity_weight * progress
+        + cfg.speed_bonus * np.linalg.norm(env.velocity, axis=1)
         + cfg.subgoal_bonus * reached
         + cfg.success_bonus * env_reward
         - cfg.ctrl_cost * (np.clip(actions, -1, 1) ** 2).sum(1)
