@@ -277,6 +277,8 @@ class ExpertCollector:
         values = np.zeros((T, n), np.float32)
         rewards = np.zeros((T, n), np.float32)
         dones = np.zeros((T, n), np.float32)
+        speed = np.zeros((T, n))  # planar torso speed (m/s), for the log
+        toward = np.zeros((T, n))  # its component towards the waypoint
         for t in range(T):
             x, way = expert_inputs(env, self.obs)
             with torch.no_grad():
@@ -291,6 +293,8 @@ class ExpertCollector:
             active = ~env.done
             obs, reward, term, trunc, _ = env.step(a_np)
             rewards[t] = shaped_reward(cfg, reward, n_done, env, a_np, way, active)
+            speed[t] = np.linalg.norm(env.velocity, axis=1)
+            toward[t] = (env.velocity * way).sum(1)
             self.ep_return += rewards[t]
             ended = term | trunc
             dones[t] = ended
@@ -310,6 +314,7 @@ class ExpertCollector:
         if cfg.scale_rewards:
             rewards = rewards / np.float32(np.sqrt(float(self.return_norm.var[0]) + 1e-8))
         self.raw_reward_per_step = float(raw.mean())
+        self.speed, self.toward = float(speed.mean()), float(toward.mean())
         return Rollout(
             torch.stack(xs), torch.stack(acts), torch.stack(logps), values, rewards, dones,
             last_value,
@@ -423,6 +428,8 @@ def train_ant_expert(
             "success": collector.log.success(),
             "return": float(np.mean(collector.log.returns)) if collector.log.returns else 0.0,
             "reward_per_step": collector.raw_reward_per_step,
+            "speed": collector.speed,
+            "speed_toward_waypoint": collector.toward,
             "std": float(agent.log_std.detach().exp().mean()),
             **stats,
         }
