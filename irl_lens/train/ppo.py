@@ -1,16 +1,20 @@
 """PPO for the ant-pinpad expert (paper App. C.1.1), written CleanRL-style in one file.
 
-One Gaussian MLP agent solves every Table A2 task. Its input is the env observation plus
-the expert-only features of :meth:`~irl_lens.envs.ant.BatchedAntPinpad.expert_features`
-(per-cell shortest-path direction one-hots and the waypoint direction in the torso frame),
-normalised by running statistics. Its reward adds to the sparse task reward a dense term
-``velocity . waypoint direction`` (the paper's intrinsic reward), a bonus per colour
-reached, a small control cost and a small alive bonus (Gymnasium's Ant reward terms).
+One Gaussian MLP agent is trained on all Table A2 tasks (it does not solve them yet: see
+the shipped card ``irl_lens/assets/ant_expert.json``). Its input is the env observation
+plus the expert-only features of :meth:`~irl_lens.envs.ant.BatchedAntPinpad.expert_features`
+(per-cell shortest-path direction one-hots; the waypoint direction and the torso's velocity
+in the torso frame), normalised by running statistics that stay fixed through a rollout
+and its update. Its reward adds to the sparse task reward the paper's intrinsic term
+``velocity . waypoint direction``, a speed bonus, a bonus per colour reached, and
+Gymnasium-Ant-style alive bonus and control cost (success also pays the alive bonus of
+the steps left); rewards are divided by the running std of the discounted return.
 
-Pieces, top to bottom: :class:`RunningNorm`, :class:`GaussianAgent` (actor + critic),
-:func:`gae` (advantages), :func:`ppo_update` (clipped surrogate shared with internal RL),
-:func:`collect` (one batched rollout), :func:`train_ant_expert` (the loop with progress,
-per-task success, checkpoints and ``resume``), :func:`evaluate_expert`.
+Pieces, top to bottom: :class:`PPOConfig`, :class:`RunningNorm`, :class:`GaussianAgent`
+(actor + critic), :func:`gae`, :class:`ExpertCollector` (one batched rollout),
+:func:`ppo_update` (clipped surrogate shared with internal RL), :func:`train_ant_expert`
+(the loop with progress, per-task success, checkpoints and ``resume``),
+:func:`evaluate_expert`, :func:`load_expert`.
 """
 
 from __future__ import annotations
