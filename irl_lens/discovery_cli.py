@@ -113,7 +113,8 @@ def discover(
     dev = resolve_device(device)
     env_name = run_env(run)
     ds, data_path = clean_dataset(data, data_episodes, seed, env=env_name)
-    if ds.meta.get("obs_kind") != load_base_model(run).model_cfg.obs_kind:
+    base_cfg = load_base_model(run).model_cfg
+    if ds.meta.get("obs_kind") != base_cfg.obs_kind:
         raise ValueError(f"--data is {ds.meta.get('env')!r} data but {run} is a {env_name} model")
     cfg = disc.PRESETS[preset.value]
     over = {
@@ -131,8 +132,7 @@ def discover(
     )  # fmt: skip
     t0 = time.perf_counter()
     if not analyse_only:
-        d_model = load_base_model(run).cfg.d_model
-        mc_cfg = MetacontrollerConfig(d_model=d_model, switch=switch.value)
+        mc_cfg = MetacontrollerConfig(d_model=base_cfg.d_model, switch=switch.value)
         result = disc.discover(
             run, ds, out, cfg, layer=layer, mc_cfg=mc_cfg, data_path=data_path, device=dev,
             resume=resume, progress=True,

@@ -12,22 +12,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from irl_lens.cli import main  # noqa: E402
 from irl_lens.data.dataset import load_dataset  # noqa: E402
 from irl_lens.data.generate_ant import generate_ant  # noqa: E402
 from irl_lens.envs.ant import ANT_OBS_DIM  # noqa: E402
 from irl_lens.runs import RunError  # noqa: E402
 from irl_lens.train import ppo  # noqa: E402
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.cli_helpers import run_cli as _run  # noqa: E402
 
 
 def test_gae_matches_hand_computation():

@@ -8,17 +8,7 @@ import sys
 
 import pytest
 
-from irl_lens.cli import main
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.cli_helpers import run_cli as _run
 
 
 def test_data_then_pretrain_tiny(tmp_path, capsys):

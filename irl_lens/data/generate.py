@@ -129,19 +129,25 @@ def _run_chunk(env: BatchedGridPinpad, expert: GridExpert, rng: np.random.Genera
     }
 
 
-def _assemble(
-    chunks: list[dict], *, split: str, seed: int, eps: float, fixed_task
-) -> TrajectoryDataset:
+def pack_chunks(
+    chunks: list[dict], max_steps: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """Join chunks of padded ``[episodes, max_steps]`` rollouts (shared by every env's generator).
+
+    Each chunk holds ``task [n, K]`` (padded with -1), ``task_len``, ``success``, ``layout``,
+    ``length`` and per-step arrays. Returns ``(cat, valid, arrays)``: every chunk key joined
+    along episodes (tasks widened to the longest), the ``[episodes, max_steps]`` mask of real
+    steps (``cat[key][valid]`` flattens a per-step array; row-major boolean indexing keeps
+    each episode's steps in order, episodes in order), and the format's per-episode arrays.
+    """
     cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "task"}
-    max_task = max(c["task"].shape[1] for c in chunks)
+    width = max(c["task"].shape[1] for c in chunks)
     task = np.concatenate(
-        [
-            np.pad(c["task"], ((0, 0), (0, max_task - c["task"].shape[1])), constant_values=-1)
-            for c in chunks
-        ]
-    )
+        [np.pad(c["task"], ((0, 0), (0, width - c["task"].shape[1])), constant_values=-1)
+         for c in chunks]
+    )  # fmt: skip
     lengths = cat["length"].astype(np.int64)
-    valid = np.arange(MAX_STEPS)[None, :] < lengths[:, None]  # [episodes, MAX_STEPS]
+    valid = np.arange(max_steps)[None, :] < lengths[:, None]
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     arrays = {
@@ -150,8 +156,17 @@ def _assemble(
         "task_len": cat["task_len"].astype(np.int8),
         "success": cat["success"].astype(bool),
         "layout": cat["layout"].astype(np.uint8),
+    }
+    return cat, valid, arrays
+
+
+def _assemble(
+    chunks: list[dict], *, split: str, seed: int, eps: float, fixed_task
+) -> TrajectoryDataset:
+    cat, valid, arrays = pack_chunks(chunks, MAX_STEPS)
+    offsets, lengths = arrays["episode_offsets"], cat["length"]
+    arrays |= {
         "final_agent_pos": cat["final_agent_pos"].astype(np.uint8),
-        # row-major boolean indexing keeps each episode's steps in order, episodes in order
         "agent_pos": cat["agent"][valid],
         "action": cat["action"][valid],
         "subgoal": cat["subgoal"][valid],

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from irl_lens.data.dataset import FORMAT_NAME, FORMAT_VERSION, TrajectoryDataset
-from irl_lens.data.generate import SPLITS
+from irl_lens.data.generate import SPLITS, pack_chunks
 from irl_lens.envs.ant import ANT_MAX_STEPS, ANT_OBS_DIM, BatchedAntPinpad, parse_ant_task
 from irl_lens.envs.pinpad import format_task
 from irl_lens.train.ppo import GaussianAgent, expert_inputs, load_expert
@@ -108,22 +108,9 @@ def _run_chunk(
 
 
 def _assemble(chunks: list[dict], *, split: str, seed: int, fixed_task) -> TrajectoryDataset:
-    cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "task"}
-    width = max(c["task"].shape[1] for c in chunks)
-    task = np.concatenate(
-        [np.pad(c["task"], ((0, 0), (0, width - c["task"].shape[1])), constant_values=-1)
-         for c in chunks]
-    )  # fmt: skip
-    lengths = cat["length"].astype(np.int64)
-    valid = np.arange(ANT_MAX_STEPS)[None, :] < lengths[:, None]
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    arrays = {
-        "episode_offsets": offsets,
-        "task": task.astype(np.int8),
-        "task_len": cat["task_len"].astype(np.int8),
-        "success": cat["success"].astype(bool),
-        "layout": cat["layout"].astype(np.uint8),
+    cat, valid, arrays = pack_chunks(chunks, ANT_MAX_STEPS)
+    offsets, lengths = arrays["episode_offsets"], cat["length"]
+    arrays |= {
         "final_obs": cat["final_obs"],
         "obs": cat["obs"][valid],
         "action": cat["action"][valid],

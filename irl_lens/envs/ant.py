@@ -409,7 +409,8 @@ class BatchedAntPinpad:
         self.visited = np.zeros((n, ANT_N_COLOURS), dtype=bool)
         self.velocity = np.zeros((n, 2))
         self._episode = np.zeros(n, dtype=np.int64)  # per-env episode counter (cache key)
-        self._dir_cache: list[tuple[tuple[int, int], np.ndarray]] = [((-1, -1), np.zeros(0))] * n
+        self._dirs = np.full((n, ANT_N_CELLS), -1, dtype=np.int64)  # see directions()
+        self._dirs_for = np.full((n, 2), -1, dtype=np.int64)  # (episode, target) they are for
         self._arange = np.arange(n)
 
     # -- state views --------------------------------------------------------------------
@@ -606,18 +607,12 @@ class BatchedAntPinpad:
     def directions(self) -> np.ndarray:
         """``int64[n, 16]`` shortest-path direction per cell towards each env's target
         (-1 where none; all -1 after success). Cached per (env, target)."""
-        target = self.target_colour()
-        out = np.full((self.n_envs, ANT_N_CELLS), -1, dtype=np.int64)
-        for i in range(self.n_envs):
-            if target[i] < 0:
-                continue
-            key = (int(self._episode[i]), int(target[i]))
-            cached_key, cached = self._dir_cache[i]
-            if cached_key != key:
-                cached = direction_map(self.layout[i], int(target[i]))[0]
-                self._dir_cache[i] = (key, cached)
-            out[i] = cached
-        return out
+        key = np.stack([self._episode, self.target_colour()], axis=1)
+        for i in np.flatnonzero((key != self._dirs_for).any(axis=1)):  # new episode or target
+            target = int(key[i, 1])
+            self._dirs[i] = direction_map(self.layout[i], target)[0] if target >= 0 else -1
+            self._dirs_for[i] = key[i]
+        return self._dirs.copy()
 
     def waypoints(self, directions: np.ndarray | None = None) -> np.ndarray:
         """``float64[n, 2]`` unit vectors from the torso to the next cell on the shortest path

@@ -243,15 +243,16 @@ class EpisodeLog:
 
 def shaped_reward(
     cfg: PPOConfig, env_reward: np.ndarray, n_done_before: np.ndarray, env: BatchedAntPinpad,
-    actions: np.ndarray, way: np.ndarray, was_active: np.ndarray,
+    actions: np.ndarray, speed: np.ndarray, progress: np.ndarray, was_active: np.ndarray,
 ) -> np.ndarray:  # fmt: skip
-    """The expert's training reward for one step (see the module docstring). Success also
-    pays the alive bonus of the steps left, so finishing early is never worse than idling."""
-    progress = (env.velocity * way).sum(1)
+    """The expert's training reward for one step (see the module docstring), given the
+    torso's planar ``speed`` and ``progress`` (its velocity towards the waypoint). Success
+    also pays the alive bonus of the steps left, so finishing early is never worse than
+    idling."""
     reached = env.n_done - n_done_before
     r = (
         cfg.velocity_weight * progress
-        + cfg.speed_bonus * np.linalg.norm(env.velocity, axis=1)
+        + cfg.speed_bonus * speed
         + cfg.subgoal_bonus * reached
         + cfg.success_bonus * env_reward
         - cfg.ctrl_cost * (np.clip(actions, -1, 1) ** 2).sum(1)
@@ -296,9 +297,9 @@ class ExpertCollector:
             n_done = env.n_done.copy()
             active = ~env.done
             obs, reward, term, trunc, _ = env.step(a_np)
-            rewards[t] = shaped_reward(cfg, reward, n_done, env, a_np, way, active)
             speed[t] = np.linalg.norm(env.velocity, axis=1)
             toward[t] = (env.velocity * way).sum(1)
+            rewards[t] = shaped_reward(cfg, reward, n_done, env, a_np, speed[t], toward[t], active)
             self.ep_return += rewards[t]
             ended = term | trunc
             dones[t] = ended
