@@ -171,28 +171,118 @@ def test_cli_rejects_bad_ant_input(tmp_path, capsys):
     assert code == 2 and "missing" in err
 
 
-def test_expert_features_are_the_documented_quantities():
-    from irl_lens.envs.ant import EXPERT_EXTRA_DIM, BatchedAntPinpad, direction_map
+def _quat_mul(a, b):
+    w1, x1, y1, z1 = a
+    w2, x2, y2, z2 = b
+    return np.array([
+        w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+        w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
+    ])  # fmt: skip
 
-    env = BatchedAntPinpad(3)
+
+def _relabelled_pair(seed: int = 3):
+    """Two envs holding the *same* physical ant, the second with its torso frame turned by
+    -90 degrees and its legs relabelled by the leg rotation P (so its canonical quadrant is
+    one more)."""
+    from irl_lens.envs.ant import BatchedAntPinpad, leg_rotation
+
+    p = leg_rotation()
+    env = BatchedAntPinpad(2, n_threads=1)
+    env.reset(seed=seed)
+    for i in (0, 1):
+        env.set_episode(i, env.tasks[0], env.layout[0].copy(), int(env.cell[0]))
+    rng = np.random.default_rng(seed)
+    q, v = env.qpos[0].copy(), env.qvel[0].copy()
+    q[3:7] = _quat_mul(q[3:7], [np.cos(0.1), np.sin(0.1), 0.0, 0.0])  # tilted torso
+    q[7:] = rng.uniform(-0.3, 0.3, 8) + np.array([0, 0.8, 0, -0.8, 0, -0.8, 0, 0.8])
+    v[:] = rng.uniform(-0.5, 0.5, 14)
+    q2, v2 = q.copy(), v.copy()
+    q2[3:7] = _quat_mul(q[3:7], [np.cos(-np.pi / 4), 0.0, 0.0, np.sin(-np.pi / 4)])
+    q2[7:] = p @ q[7:]
+    v2[3:6] = [-v[4], v[3], v[5]]  # body angular velocity in the turned frame
+    v2[6:] = p @ v[6:]
+    env._state[0, env._qpos_sl], env._state[0, env._qvel_sl] = q, v
+    env._state[1, env._qpos_sl], env._state[1, env._qvel_sl] = q2, v2
+    return env
+
+
+def test_leg_rotation_is_a_symmetry_of_the_ant():
+    from irl_lens.envs.ant import leg_rotation
+
+    p = leg_rotation()
+    np.testing.assert_array_equal(np.linalg.matrix_power(p, 4), np.eye(8))
+    np.testing.assert_array_equal(p @ p.T, np.eye(8))
+    assert not np.array_equal(np.linalg.matrix_power(p, 2), np.eye(8))
+    # The relabelled ant is the same body: driven by the same canonical actions (mapped
+    # back through each env's quadrant), both follow the same path, bit for bit.
+    env = _relabelled_pair()
+    rng = np.random.default_rng(0)
+    feats, quadrant, _ = env.expert_view()
+    assert (quadrant[1] - quadrant[0]) % 4 == 1
+    for _ in range(15):
+        np.testing.assert_allclose(feats[0], feats[1], atol=1e-5)
+        a = np.repeat(rng.uniform(-1, 1, (1, 8)), 2, axis=0)
+        env.step(env.controls(a, quadrant))
+        feats, quadrant, _ = env.expert_view()
+    np.testing.assert_allclose(env.xy[0], env.xy[1], atol=1e-9)
+    assert np.linalg.norm(env.xy[0] - env._centres[env.cell[0]]) > 0  # it moved
+
+
+def test_controls_map_canonical_joints_to_actuators():
+    from irl_lens.envs.ant import BatchedAntPinpad, leg_rotation
+
+    env = BatchedAntPinpad(4, n_threads=1)
+    names = [env.model.joint(int(j)).name for j in env.model.actuator_trnid[:, 0]]
+    joint_order = ["hip_1", "ankle_1", "hip_2", "ankle_2", "hip_3", "ankle_3", "hip_4", "ankle_4"]
+    a = np.arange(1.0, 9.0)[None].repeat(4, 0)
+    ctrl = env.controls(a, np.arange(4))
+    by_name = [dict(zip(names, row, strict=True)) for row in ctrl]
+    assert [by_name[0][j] for j in joint_order] == list(a[0])  # quadrant 0: only reordering
+    for k in range(4):  # quadrant k: canonical leg i drives physical leg i + k
+        real = np.linalg.matrix_power(leg_rotation(), k) @ a[k]
+        assert [by_name[k][j] for j in joint_order] == list(real)
+    # hip_1's torque goes to leg 2 after one turn, ankle_1's with its sign flipped
+    assert by_name[1]["hip_2"] == 1.0 and by_name[1]["ankle_2"] == -2.0
+
+
+def test_expert_view_is_the_documented_quantities():
+    from irl_lens.envs.ant import EXPERT_DIM, BatchedAntPinpad
+
+    env = BatchedAntPinpad(3, n_threads=1)
     env.reset(seed=5)
     env.step(np.random.default_rng(0).uniform(-0.3, 0.3, (3, 8)))
-    extra, way = env.expert_features()
-    assert extra.shape == (3, EXPERT_EXTRA_DIM)
-    onehot = extra[:, :64].reshape(3, 16, 4)
-    for i in range(3):
-        dirs, _ = direction_map(env.layout[i], int(env.target_colour()[i]))
-        np.testing.assert_array_equal(onehot[i].argmax(1)[dirs >= 0], dirs[dirs >= 0])
-        assert onehot[i][dirs < 0].sum() == 0 and onehot[i].sum() == (dirs >= 0).sum()
-    w, x, y, z = env.qpos[:, 3:7].T
-    yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y**2 + z**2))
-    rot = np.stack([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])  # torso -> world
-    back_way = np.einsum("abn,nb->na", rot, extra[:, 64:66])
-    back_vel = np.einsum("abn,nb->na", rot, extra[:, 66:68])
-    np.testing.assert_allclose(back_way, way, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(way, axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(back_vel, env.velocity, atol=1e-4)
-    assert np.abs(env.velocity).sum() > 0
+    feats, quadrant, way = env.expert_view()
+    assert feats.shape == (3, EXPERT_DIM) and feats.dtype == np.float32
+    np.testing.assert_allclose(way, env.waypoints(), atol=1e-12)
+    np.testing.assert_allclose(feats[:, 0], env.qpos[:, 2], rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(feats[:, 1:4], axis=1), 1.0, atol=1e-5)
+    assert (feats[:, 3] > 0.9).all()  # nearly upright: "up" is mostly body z
+    speed = np.linalg.norm(env.qvel[:, :3], axis=1)
+    np.testing.assert_allclose(np.linalg.norm(feats[:, 4:7], axis=1), speed, rtol=1e-5)
+    way_c = feats[:, 26:29]
+    np.testing.assert_allclose(np.linalg.norm(way_c, axis=1), 1.0, atol=1e-5)
+    angle = np.arctan2(way_c[:, 1], way_c[:, 0])
+    assert (np.abs(angle) <= np.pi / 4 + 1e-6).all()  # fresh frames: the nearest quadrant
+    assert ((feats[:, 29] >= 0) & (feats[:, 29] <= 2.0)).all()
+
+
+def test_canonical_frame_has_hysteresis():
+    from irl_lens.envs.ant import QUADRANT_HYSTERESIS as H
+    from irl_lens.envs.ant import BatchedAntPinpad
+
+    env = BatchedAntPinpad(1, n_threads=1)
+    env.reset(seed=5)
+    way = env.waypoints()[0]
+    phi = np.arctan2(way[1], way[0])
+    # waypoint at 45 + delta degrees left of the torso's x axis, previous frame `prev`
+    for delta, prev, expected in ((0.5 * H, 0, 0), (1.5 * H, 0, 1), (0.5 * H, -1, 1),
+                                  (-0.5 * H, 1, 1), (-1.5 * H, 1, 0), (-0.5 * H, -1, 0),
+                                  (-np.pi / 2 + 0.5 * H, 3, 3)):  # fmt: skip
+        yaw = phi - (np.pi / 4 + delta)
+        env._state[0, env._qpos_sl][3:7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+        env._quadrant[0] = prev
+        _, quadrant, _ = env.expert_view()
+        assert quadrant[0] == expected, (delta / H, prev)
 
 
 def test_bench_reports_ant_throughput():

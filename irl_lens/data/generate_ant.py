@@ -88,8 +88,8 @@ def _run_chunk(
         live = ~env.done
         if not live.any():
             break
-        x, _ = expert_inputs(env, obs)
-        a = np.clip(expert.act(x, deterministic, generator).numpy(), -1.0, 1.0)
+        view = expert_inputs(env)
+        a = np.clip(view.controls(env, expert.act(view.x, deterministic, generator)), -1.0, 1.0)
         obs_buf[live, t] = obs[live]
         act_buf[live, t] = a[live]
         target[live, t] = env.target_colour()[live]

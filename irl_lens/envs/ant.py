@@ -74,12 +74,13 @@ __all__ = [
     "ANT_POST_TASK",
     "ANT_PRETRAIN_TASKS",
     "CELL_SIZE",
-    "EXPERT_EXTRA_DIM",
+    "EXPERT_DIM",
     "AntPinpadEnv",
     "BatchedAntPinpad",
     "ant_observations",
     "build_arena",
     "direction_map",
+    "leg_rotation",
     "sample_ant_layout",
     "trajectory_figure",
 ]
@@ -109,10 +110,12 @@ WALL_HEIGHT = 0.3
 low enough that a leg resting on a wall does not prop the torso above 1.0 (at 0.5 it does)."""
 ANT_OBS_DIM = 41
 """Width of the observation (see the module docstring)."""
-EXPERT_EXTRA_DIM = ANT_N_CELLS * 4 + 4
-"""Extra expert inputs: per-cell one-hot of the shortest-path direction (E, N, W, S), the
-unit vector to the next waypoint and the torso's planar velocity, both in the torso's
-heading frame (so the shaped reward ``velocity . waypoint`` is a product of two inputs)."""
+EXPERT_DIM = 30
+"""Width of the expert's input (:meth:`BatchedAntPinpad.expert_view`): proprioception and
+the next waypoint, all in the torso's canonical frame (see :func:`leg_rotation`)."""
+QUADRANT_HYSTERESIS = np.pi / 18
+"""A env keeps its canonical quadrant until the waypoint lies this far (10 degrees) past the
+45-degree boundary, so the expert's frame does not flicker on a diagonal."""
 
 _COLOUR_RGBA = (
     (0.90, 0.20, 0.20, 1.0),
@@ -343,10 +346,56 @@ def ant_observations(
     return obs.astype(np.float32)
 
 
-def _heading(qpos: np.ndarray) -> np.ndarray:
-    """Yaw angle of the torso from its quaternion (w, x, y, z)."""
-    w, x, y, z = qpos[:, 3], qpos[:, 4], qpos[:, 5], qpos[:, 6]
-    return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+# -- the ant's 4-fold symmetry ------------------------------------------------------------
+#
+# Gymnasium's ant has legs at 45, 135, 225 and 315 degrees (legs 1..4, counter-clockwise).
+# Turning the whole ant by +90 degrees about its vertical axis maps leg i onto leg i+1: hip
+# angles carry over (all hip axes are vertical) and ankle angles carry over up to the sign
+# of the ankle axes (ankle 1 -> 2 and 3 -> 4 flip, 2 -> 3 and 4 -> 1 keep; the joint
+# ranges flip with them). The expert uses this to see every state in a *canonical* frame
+# where its waypoint lies within 45 degrees of the torso's x axis, so it needs one gait that
+# walks forwards and steers, not one gait per compass direction.
+
+
+@functools.lru_cache(maxsize=1)
+def leg_rotation() -> np.ndarray:
+    """``float64[8, 8]`` signed permutation P on joint vectors in qpos order (hip_1, ankle_1,
+    ..., hip_4, ankle_4): the joint angles (or torques) of the ant turned by +90 degrees are
+    ``P @ q``. ``P^4 = I`` and ``P^-1 = P.T``."""
+    ankle_sign = (-1.0, 1.0, -1.0, 1.0)  # ankle axis of leg i+1 vs turned axis of leg i
+    p = np.zeros((8, 8))
+    for i in range(4):
+        j = (i + 1) % 4
+        p[2 * j, 2 * i] = 1.0
+        p[2 * j + 1, 2 * i + 1] = ankle_sign[i]
+    return p
+
+
+@functools.lru_cache(maxsize=1)
+def _leg_rotation_powers() -> np.ndarray:
+    """``[4, 8, 8]``: P^k for k = 0..3."""
+    p = leg_rotation()
+    return np.stack([np.linalg.matrix_power(p, k) for k in range(4)])
+
+
+def _turn(v: np.ndarray, quadrant: np.ndarray) -> np.ndarray:
+    """Planar vectors ``v [n, 2]`` turned by ``-quadrant * 90`` degrees (into canonical frames)."""
+    ang = -quadrant * (np.pi / 2)
+    c, s = np.round(np.cos(ang)), np.round(np.sin(ang))
+    return np.stack([c * v[:, 0] - s * v[:, 1], s * v[:, 0] + c * v[:, 1]], axis=1)
+
+
+def _body_axes(quat: np.ndarray) -> np.ndarray:
+    """``[n, 3, 3]`` rotation matrices (body -> world) from quaternions (w, x, y, z)."""
+    w, x, y, z = quat.T
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        axis=1,
+    )
 
 
 # -- batched engine -------------------------------------------------------------------------
@@ -411,6 +460,10 @@ class BatchedAntPinpad:
         self._episode = np.zeros(n, dtype=np.int64)  # per-env episode counter (cache key)
         self._dirs = np.full((n, ANT_N_CELLS), -1, dtype=np.int64)  # see directions()
         self._dirs_for = np.full((n, 2), -1, dtype=np.int64)  # (episode, target) they are for
+        self._quadrant = np.full(n, -1, dtype=np.int64)  # expert's canonical frame, -1 = unset
+        self._joint_of_actuator = (
+            self.model.jnt_qposadr[self.model.actuator_trnid[:, 0]] - 7
+        )  # index into the 8 joint angles (qpos[7:]) driven by each actuator
         self._arange = np.arange(n)
 
     # -- state views --------------------------------------------------------------------
@@ -501,6 +554,7 @@ class BatchedAntPinpad:
         self.success[i] = False
         self.visited[i] = False
         self.velocity[i] = 0.0
+        self._quadrant[i] = -1
 
     def set_episode(
         self, i: int, task: TaskSpec, layout: np.ndarray, start: int, seed: int = 0
@@ -614,41 +668,88 @@ class BatchedAntPinpad:
             self._dirs_for[i] = key[i]
         return self._dirs.copy()
 
-    def waypoints(self, directions: np.ndarray | None = None) -> np.ndarray:
-        """``float64[n, 2]`` unit vectors from the torso to the next cell on the shortest path
-        (the target cell's centre where the torso's cell has no direction)."""
-        directions = self.directions() if directions is None else directions
+    def _waypoint_cells(self, directions: np.ndarray) -> np.ndarray:
+        """``int64[n]``: the next cell on the shortest path (the target cell where the
+        torso's cell has no direction)."""
         d = directions[self._arange, self.cell]
         col = self.cell % ANT_GRID_SIZE + np.where(d >= 0, _DIRS[np.maximum(d, 0), 0], 0)
         row = self.cell // ANT_GRID_SIZE + np.where(d >= 0, _DIRS[np.maximum(d, 0), 1], 0)
         goal = np.clip(row, 0, 3) * ANT_GRID_SIZE + np.clip(col, 0, 3)
         target = self.target_colour()
         tcell = np.argmax(self.layout == (1 + np.maximum(target, 0))[:, None], axis=1)
-        goal = np.where(d >= 0, goal, tcell)
-        vec = self._centres[goal] - self.xy
+        return np.where(d >= 0, goal, tcell)
+
+    def waypoints(self, directions: np.ndarray | None = None) -> np.ndarray:
+        """``float64[n, 2]`` unit vectors from the torso to the next cell on the shortest path
+        (the target cell's centre where the torso's cell has no direction)."""
+        directions = self.directions() if directions is None else directions
+        vec = self._centres[self._waypoint_cells(directions)] - self.xy
         return vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-6)
 
-    def expert_features(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(float32[n, 68] extra expert inputs, float64[n, 2] world waypoint direction)``.
+    def expert_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The expert's input in each env's canonical frame (see :func:`leg_rotation`).
 
-        The extra inputs are the per-cell one-hot of the shortest-path direction (E, N, W,
-        S; zeros for no direction), then the waypoint direction and the torso's last
-        planar velocity (m/s), both rotated into the torso's heading frame."""
+        Returns ``(features float32[n, 30], quadrant int64[n], waypoint float64[n, 2])``.
+        ``quadrant`` k says the canonical frame is the torso frame turned by ``k * 90``
+        degrees, chosen so the waypoint lies within 45 (+ hysteresis) degrees of its x axis;
+        :meth:`controls` maps canonical actions back. ``waypoint`` is the world unit vector
+        of :meth:`waypoints` (the per-cell shortest-path direction at the torso's cell).
+
+        Features, all in the canonical frame: torso height (1), world "up" in body
+        coordinates (3), torso linear (3) and angular (3) velocity in body coordinates,
+        joint angles (8) and joint velocities (8) of the canonical legs, the (horizontal)
+        waypoint direction in body coordinates (3), and the distance to the waypoint cell's centre
+        in cells (1). None depends on the world yaw, so one walking-forward gait serves every
+        direction.
+        """
         dirs = self.directions()
-        onehot = np.zeros((self.n_envs, ANT_N_CELLS, 4), dtype=np.float32)
-        has = dirs >= 0
-        onehot[np.nonzero(has)[0], np.nonzero(has)[1], dirs[has]] = 1.0
-        way = self.waypoints(dirs)
-        yaw = _heading(self.qpos)
-        c, s = np.cos(yaw), np.sin(yaw)
+        to_goal = self._centres[self._waypoint_cells(dirs)] - self.xy
+        dist = np.linalg.norm(to_goal, axis=1, keepdims=True)
+        way = to_goal / np.maximum(dist, 1e-6)
+        qpos, qvel = self.qpos, self.qvel
+        axes = _body_axes(qpos[:, 3:7])  # body -> world
 
-        def to_torso(v: np.ndarray) -> np.ndarray:
-            return np.stack([c * v[:, 0] + s * v[:, 1], -s * v[:, 0] + c * v[:, 1]], 1)
+        def to_body(v: np.ndarray) -> np.ndarray:
+            return np.einsum("nji,nj->ni", axes, v)
 
-        extra = np.concatenate(
-            [onehot.reshape(self.n_envs, -1), to_torso(way), to_torso(self.velocity)], axis=1
+        way_b = to_body(np.concatenate([way, np.zeros((len(way), 1))], axis=1))
+        angle = np.arctan2(way_b[:, 1], way_b[:, 0])
+        nearest = np.round(angle / (np.pi / 2)).astype(np.int64) % 4
+        prev = self._quadrant
+        off = np.angle(np.exp(1j * (angle - prev * (np.pi / 2))))
+        keep = (prev >= 0) & (np.abs(off) < np.pi / 4 + QUADRANT_HYSTERESIS)
+        quadrant = np.where(keep, prev, nearest)
+        self._quadrant = quadrant.copy()
+        up = axes[:, 2, :]  # world z in body coordinates
+        lin = to_body(qvel[:, :3])  # MuJoCo: free-joint linear velocity is in world axes
+        ang = qvel[:, 3:6]  # MuJoCo: free-joint angular velocity is already in body axes
+
+        def canon3(v: np.ndarray) -> np.ndarray:
+            return np.concatenate([_turn(v[:, :2], quadrant), v[:, 2:]], axis=1)
+
+        inv = _leg_rotation_powers()[quadrant].transpose(0, 2, 1)  # P^-k = (P^k).T
+        joints = np.einsum("nij,nj->ni", inv, qpos[:, 7:15])
+        joint_vel = np.einsum("nij,nj->ni", inv, qvel[:, 6:14])
+        feats = np.concatenate(
+            [
+                qpos[:, 2:3],
+                canon3(up),
+                canon3(lin),
+                canon3(ang),
+                joints,
+                joint_vel,
+                canon3(way_b),
+                np.minimum(dist / self.cell_size, 2.0),
+            ],
+            axis=1,
         )
-        return extra.astype(np.float32), way
+        return feats.astype(np.float32), quadrant, way
+
+    def controls(self, actions: np.ndarray, quadrant: np.ndarray) -> np.ndarray:
+        """Actuator commands ``float64[n, 8]`` for canonical joint torques ``actions [n, 8]``
+        (joint order hip_1, ankle_1, ..., as in :func:`leg_rotation`) in frames ``quadrant``."""
+        real = np.einsum("nij,nj->ni", _leg_rotation_powers()[quadrant], actions)
+        return real[:, self._joint_of_actuator]
 
     def render(self, i: int = 0, width: int = 320, height: int = 240) -> np.ndarray:
         """An ``uint8[height, width, 3]`` image of env ``i`` from above at an angle (MuJoCo GL)."""

@@ -1,14 +1,20 @@
 """PPO for the ant-pinpad expert (paper App. C.1.1), written CleanRL-style in one file.
 
-One Gaussian MLP agent is trained on all Table A2 tasks (it does not solve them yet: see
-the shipped card ``irl_lens/assets/ant_expert.json``). Its input is the env observation
-plus the expert-only features of :meth:`~irl_lens.envs.ant.BatchedAntPinpad.expert_features`
-(per-cell shortest-path direction one-hots; the waypoint direction and the torso's velocity
-in the torso frame), normalised by running statistics that stay fixed through a rollout
-and its update. Its reward adds to the sparse task reward the paper's intrinsic term
-``velocity . waypoint direction``, a speed bonus, a bonus per colour reached, and
-Gymnasium-Ant-style alive bonus and control cost (success also pays the alive bonus of
-the steps left); rewards are divided by the running std of the discounted return.
+One Gaussian MLP agent is trained on all Table A2 tasks. It walks to the next waypoint
+of the grid-level shortest path (the per-cell direction map at the torso's cell), and it
+sees the world in a *canonical frame*: the ant is 4-fold symmetric, so each state is
+relabelled (legs and body axes turned by a multiple of 90 degrees, see
+:func:`~irl_lens.envs.ant.leg_rotation`) until the waypoint lies within 45 degrees of the
+torso's x axis, and the agent's actions are mapped back the same way
+(:meth:`~irl_lens.envs.ant.BatchedAntPinpad.expert_view` /
+:meth:`~irl_lens.envs.ant.BatchedAntPinpad.controls`). One forward gait that steers then
+serves every compass direction: without the frame, 3M steps of PPO learned a gait that
+ignored the (random, body-relative) waypoint direction and never solved a task. Inputs are
+normalised by running statistics that stay fixed through a rollout and its update. The
+reward adds to the sparse task reward the paper's intrinsic term ``velocity . waypoint
+direction``, a small speed bonus, a bonus per colour reached, and Gymnasium-Ant-style alive
+bonus and control cost (success also pays the alive bonus of the steps left); rewards are
+divided by the running std of the discounted return.
 
 Pieces, top to bottom: :class:`PPOConfig`, :class:`RunningNorm`, :class:`GaussianAgent`
 (actor + critic), :func:`gae`, :class:`ExpertCollector` (one batched rollout),
@@ -30,19 +36,14 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from irl_lens import runs
-from irl_lens.envs.ant import (
-    ANT_MAX_STEPS,
-    ANT_OBS_DIM,
-    EXPERT_EXTRA_DIM,
-    BatchedAntPinpad,
-)
+from irl_lens.envs.ant import ANT_MAX_STEPS, EXPERT_DIM, BatchedAntPinpad
 from irl_lens.envs.pinpad import Task, format_task
 from irl_lens.models.common import DictConfig
 from irl_lens.train.internal_rl import clipped_surrogate
 
 logger = logging.getLogger(__name__)
 
-EXPERT_INPUT_DIM = ANT_OBS_DIM + EXPERT_EXTRA_DIM
+EXPERT_INPUT_DIM = EXPERT_DIM
 
 
 @dataclass
@@ -75,9 +76,8 @@ class PPOConfig(DictConfig):
     velocity_weight: float = 1.0
     """Weight of ``velocity . waypoint direction`` (m/s) per step."""
     speed_bonus: float = 0.3
-    """Weight of the torso's planar speed ``|v|`` (m/s), in any direction. The directional
-    term alone pays nothing on average for a gait that ignores the (random) direction, so
-    no gait got started: 4M steps without one gave an ant that stood still."""
+    """Weight of the torso's planar speed ``|v|`` (m/s), in any direction, to get a gait
+    started (before the canonical frame, 4M steps without it gave an ant that stood still)."""
     subgoal_bonus: float = 2.0
     """Reward for each task colour entered."""
     success_bonus: float = 5.0
@@ -181,10 +181,27 @@ def build_agent(cfg: PPOConfig, seed: int) -> GaussianAgent:
     )
 
 
-def expert_inputs(env: BatchedAntPinpad, obs: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    """``(float32 [n, 107] agent input, world waypoint direction [n, 2])`` for the current state."""
-    extra, way = env.expert_features()
-    return torch.from_numpy(np.concatenate([obs, extra], axis=1)), way
+@dataclass
+class ExpertInput:
+    """What the expert sees at one step (:meth:`BatchedAntPinpad.expert_view`)."""
+
+    x: torch.Tensor
+    """``float32[n, EXPERT_INPUT_DIM]`` canonical-frame features (the agent's input)."""
+    quadrant: np.ndarray
+    """``int64[n]`` canonical frame per env; :meth:`controls` maps actions back with it."""
+    waypoint: np.ndarray
+    """``float64[n, 2]`` world unit vector to the next waypoint (for the shaped reward)."""
+
+    def controls(self, env: BatchedAntPinpad, actions: torch.Tensor) -> np.ndarray:
+        """Actuator commands ``float64[n, 8]`` for the agent's canonical ``actions``."""
+        return env.controls(actions.numpy().astype(np.float64), self.quadrant)
+
+
+def expert_inputs(env: BatchedAntPinpad) -> ExpertInput:
+    """The expert's view of ``env``'s current states (call once per step: it advances the
+    canonical frame's hysteresis)."""
+    feats, quadrant, way = env.expert_view()
+    return ExpertInput(torch.from_numpy(feats), quadrant, way)
 
 
 def gae(
@@ -268,7 +285,7 @@ class ExpertCollector:
 
     def __init__(self, env: BatchedAntPinpad, cfg: PPOConfig, seed: int) -> None:
         self.env, self.cfg = env, cfg
-        self.obs, _ = env.reset(seed=seed)
+        env.reset(seed=seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.ep_return = np.zeros(env.n_envs)
         self.log = EpisodeLog()
@@ -285,7 +302,8 @@ class ExpertCollector:
         speed = np.zeros((T, n))  # planar torso speed (m/s), for the log
         toward = np.zeros((T, n))  # its component towards the waypoint
         for t in range(T):
-            x, way = expert_inputs(env, self.obs)
+            view = expert_inputs(env)
+            x = view.x
             with torch.no_grad():
                 dist = agent.distribution(x)
                 a = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
@@ -296,9 +314,9 @@ class ExpertCollector:
             a_np = a.numpy().astype(np.float64)
             n_done = env.n_done.copy()
             active = ~env.done
-            obs, reward, term, trunc, _ = env.step(a_np)
+            _, reward, term, trunc, _ = env.step(view.controls(env, a))
             speed[t] = np.linalg.norm(env.velocity, axis=1)
-            toward[t] = (env.velocity * way).sum(1)
+            toward[t] = (env.velocity * view.waypoint).sum(1)
             rewards[t] = shaped_reward(cfg, reward, n_done, env, a_np, speed[t], toward[t], active)
             self.ep_return += rewards[t]
             ended = term | trunc
@@ -310,11 +328,9 @@ class ExpertCollector:
                 self.log.add(env.tasks[i], env.success[i], self.ep_return[i])
             self.ep_return[ended] = 0.0
             if ended.any():
-                obs, _ = env.reset_done()
-            self.obs = obs
+                env.reset_done()
         with torch.no_grad():
-            x, _ = expert_inputs(env, self.obs)
-            last_value = agent.value(x).numpy()
+            last_value = agent.value(expert_inputs(env).x).numpy()
         raw = rewards
         if cfg.scale_rewards:
             rewards = rewards / np.float32(np.sqrt(float(self.return_norm.var[0]) + 1e-8))
@@ -519,16 +535,16 @@ def evaluate_expert(
 ) -> dict:
     """Success rate over ``episodes`` episodes (Table A2 mix when ``task`` is None)."""
     env = BatchedAntPinpad(min(n_envs, episodes), task=task)
-    obs, _ = env.reset(seed=seed)
+    env.reset(seed=seed)
     generator = torch.Generator().manual_seed(seed)
     started = env.n_envs
     finished: list[tuple[Task, bool, int]] = []
     bar = tqdm(total=episodes, desc=f"eval {format_task(task) if task else 'pretrain'}",
                unit="ep", disable=not progress)  # fmt: skip
     while len(finished) < episodes:
-        x, _ = expert_inputs(env, obs)
-        a = agent.act(x, deterministic, generator)
-        obs, _, term, trunc, _ = env.step(a.numpy().astype(np.float64))
+        view = expert_inputs(env)
+        a = agent.act(view.x, deterministic, generator)
+        _, _, term, trunc, _ = env.step(view.controls(env, a))
         ended = np.flatnonzero(term | trunc)
         for i in ended:
             finished.append((env.tasks[i], bool(env.success[i]), int(env.t[i])))
@@ -540,7 +556,6 @@ def evaluate_expert(
             if len(restart):
                 env.reset_envs(restart)
                 started += len(restart)
-            obs = env.observations()
     bar.close()
     finished = finished[:episodes]
     per_task: dict[str, list[bool]] = {}
