@@ -718,3 +718,25 @@ def test_render_rgb_array():
         images.append(env.render().astype(int))
     assert np.abs(images[0] - images[1]).max() > 50
     assert AntPinpadEnv().render() is None
+
+
+def test_initial_state_is_inside_the_joint_limits_and_settles():
+    from irl_lens.envs.ant import start_pose
+
+    env = BatchedAntPinpad(64, n_threads=1)
+    env.reset(seed=1)
+    model = env.model
+    joints = [model.joint(f"{k}_{i}").id for i in range(1, 5) for k in ("hip", "ankle")]
+    lo, hi = model.jnt_range[joints].T
+    q = env.qpos[:, 7:15]
+    assert ((q >= lo) & (q <= hi)).all()  # no limit is violated at t = 0
+    np.testing.assert_array_less(np.abs(q - start_pose(model)[7:15]), 0.1 + 1e-12)
+    assert np.abs(q - start_pose(model)[7:15]).max() > 0.05  # the noise is there
+    np.testing.assert_allclose(env.qpos[:, 2], 0.75)
+    # Dropped from 0.75 m with no torque, every ant lands and stays in its cell: none is
+    # thrown out of the arena or above 1.0 m (with ankles outside their range, 1 in 4 was).
+    start_cell = env.cell.copy()
+    for _ in range(40):
+        _, _, term, trunc, _ = env.step(np.zeros((64, 8)))
+        assert not (term | trunc).any()
+    np.testing.assert_array_equal(env.cell, start_cell)

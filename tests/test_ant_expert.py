@@ -50,8 +50,8 @@ def test_ppo_improves_return_on_tiny_budget(tmp_path):
     # PPO (sampling, log-probs, surrogate, optimiser) must raise the reward per step.
     cfg = ppo.PPOConfig(
         total_steps=8 * 32 * 10, n_envs=8, n_steps=32, n_minibatches=2, lr=3e-3, gamma=0.0,
-        velocity_weight=0.0, subgoal_bonus=0.0, success_bonus=0.0, alive_bonus=0.0,
-        ctrl_cost=1.0,
+        velocity_weight=0.0, speed_bonus=0.0, subgoal_bonus=0.0, success_bonus=0.0,
+        alive_bonus=0.0, fail_penalty=0.0, height_cost=0.0, ctrl_cost=1.0,
     )  # fmt: skip
     ppo.train_ant_expert(tmp_path / "e", cfg, seed=0, progress=False)
     recs = [json.loads(line) for line in (tmp_path / "e" / "metrics.jsonl").open()]
@@ -118,8 +118,8 @@ def test_shipped_expert_matches_its_card():
     res = ppo.evaluate_expert(agent, n, None, deterministic=True, seed=21, progress=False)
     p = card["summary"]["eval/pretrain_success"]
     assert abs(res["success"] - p) <= 3 * np.sqrt(max(p * (1 - p), 0.01) / n) + 0.05, (res, p)
-    ds = generate_ant(8, "clean", seed=0, progress=False)
-    assert ds.meta["sampling"] == "mean" and ds.n_episodes == 8
+    ds = generate_ant(16, "clean", seed=0, progress=False)
+    assert ds.meta["sampling"] == "mean" and ds.n_episodes == 16
 
 
 def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
@@ -291,3 +291,25 @@ def test_bench_reports_ant_throughput():
     out = ant_throughput(seconds=0.05, seed=0, data_episodes=4)
     assert out["ant_env_steps_per_s"] > out["ant_env_steps_per_s_single"] > 0
     assert out["ant_data_episodes_per_s"] > 0 and out["ant_data_steps_per_s"] > 0
+
+
+def test_waypoints_follow_the_corridor_of_cells():
+    from irl_lens.envs.ant import CELL_SIZE, BatchedAntPinpad, cell_centres, direction_map
+
+    env = BatchedAntPinpad(1, n_threads=1)
+    env.reset(seed=11)
+    dirs, _ = direction_map(env.layout[0], int(env.target_colour()[0]))
+    cell = int(env.cell[0])
+    assert dirs[cell] >= 0
+    u = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]][dirs[cell]], dtype=float)
+    perp = np.array([-u[1], u[0]])
+    centre = cell_centres()[cell]
+    for along, side in ((0.0, 0.0), (0.3, 0.0), (-0.2, 0.25), (0.1, -0.5)):
+        xy = centre + (along * u + side * perp) * CELL_SIZE / 2
+        env.set_torso(0, *xy)
+        env.step(np.zeros((1, 8)))  # the rules see the new position (same cell)
+        env.set_torso(0, *xy)
+        expected = u - side * perp  # bent back towards the centre line, 45 deg at the edge
+        np.testing.assert_allclose(
+            env.waypoints()[0], expected / np.linalg.norm(expected), atol=1e-9
+        )

@@ -22,7 +22,9 @@ Rules (same as gridworld-pinpad, with the torso centre as the agent's position):
 Initial state (paper): a random free cell, the torso at a uniform point of its central
 part (offsets up to :data:`START_SPREAD` of the cell side from the centre, so the legs never
 start inside a wall), height 0.75, a uniformly random yaw, joint angles and all velocities
-uniform in ``+-0.1``.
+uniform in ``+-0.1`` around :func:`start_pose` (``ant.xml``'s zero pose with each angle
+moved 0.1 rad inside its joint range: at zero the ankles sit 30 degrees outside theirs, and
+the limits threw a quarter of all ants out of the arena or above 1.0 m within 20 steps).
 
 Observation (``float32[41]``, :func:`ant_observations`):
 
@@ -82,6 +84,7 @@ __all__ = [
     "direction_map",
     "leg_rotation",
     "sample_ant_layout",
+    "start_pose",
     "trajectory_figure",
 ]
 
@@ -346,6 +349,17 @@ def ant_observations(
     return obs.astype(np.float32)
 
 
+def start_pose(model: mujoco.MjModel) -> np.ndarray:
+    """``qpos`` the episodes start around: ``model.qpos0`` with the 8 joint angles moved to
+    at least 0.1 rad inside their ranges, so the ``+-0.1`` start noise never violates a limit."""
+    qpos = model.qpos0.copy()
+    joints = np.flatnonzero(model.jnt_type == mujoco.mjtJoint.mjJNT_HINGE)
+    lo, hi = model.jnt_range[joints].T
+    adr = model.jnt_qposadr[joints]
+    qpos[adr] = np.clip(qpos[adr], lo + 0.1, hi - 0.1)
+    return qpos
+
+
 # -- the ant's 4-fold symmetry ------------------------------------------------------------
 #
 # Gymnasium's ant has legs at 45, 135, 225 and 315 degrees (legs 1..4, counter-clockwise).
@@ -436,7 +450,7 @@ class BatchedAntPinpad:
         self._spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
         self.n_state = mujoco.mj_stateSize(self.model, self._spec)
         self._state = np.zeros((n, self.n_state))
-        self._qpos0 = self.model.qpos0.copy()
+        self._qpos0 = start_pose(self.model)
         nq, nv = self.model.nq, self.model.nv
         self._qpos_sl = slice(1, 1 + nq)
         self._qvel_sl = slice(1 + nq, 1 + nq + nv)
@@ -680,10 +694,19 @@ class BatchedAntPinpad:
         return np.where(d >= 0, goal, tcell)
 
     def waypoints(self, directions: np.ndarray | None = None) -> np.ndarray:
-        """``float64[n, 2]`` unit vectors from the torso to the next cell on the shortest path
-        (the target cell's centre where the torso's cell has no direction)."""
+        """``float64[n, 2]`` unit vectors the expert should walk along: the shortest-path
+        direction ``u`` at the torso's cell, bent back towards the line through the cell's
+        centre (``u - offset_perp / (cell_size / 2)``: 45 degrees at the cell's edge), so the
+        ant follows the corridor of cells and does not cut corners into a neighbour. Where
+        the torso's cell has no direction, the vector to the target cell's centre."""
         directions = self.directions() if directions is None else directions
-        vec = self._centres[self._waypoint_cells(directions)] - self.xy
+        d = directions[self._arange, self.cell]
+        u = _DIRS[np.maximum(d, 0)].astype(np.float64)  # (d_col, d_row) = (dx, dy)
+        offset = self.xy - self._centres[self.cell]
+        perp = offset - (offset * u).sum(1, keepdims=True) * u
+        along = u - perp / (self.cell_size / 2)
+        to_target = self._centres[self._waypoint_cells(directions)] - self.xy
+        vec = np.where((d >= 0)[:, None], along, to_target)
         return vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-6)
 
     def expert_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -693,7 +716,7 @@ class BatchedAntPinpad:
         ``quadrant`` k says the canonical frame is the torso frame turned by ``k * 90``
         degrees, chosen so the waypoint lies within 45 (+ hysteresis) degrees of its x axis;
         :meth:`controls` maps canonical actions back. ``waypoint`` is the world unit vector
-        of :meth:`waypoints` (the per-cell shortest-path direction at the torso's cell).
+        of :meth:`waypoints` (from the per-cell shortest-path direction at the torso's cell).
 
         Features, all in the canonical frame: torso height (1), world "up" in body
         coordinates (3), torso linear (3) and angular (3) velocity in body coordinates,
@@ -703,9 +726,9 @@ class BatchedAntPinpad:
         direction.
         """
         dirs = self.directions()
-        to_goal = self._centres[self._waypoint_cells(dirs)] - self.xy
-        dist = np.linalg.norm(to_goal, axis=1, keepdims=True)
-        way = to_goal / np.maximum(dist, 1e-6)
+        way = self.waypoints(dirs)
+        to_next = self._centres[self._waypoint_cells(dirs)] - self.xy
+        dist = np.linalg.norm(to_next, axis=1, keepdims=True)
         qpos, qvel = self.qpos, self.qvel
         axes = _body_axes(qpos[:, 3:7])  # body -> world
 
