@@ -118,8 +118,11 @@ def test_shipped_expert_matches_its_card():
     res = ppo.evaluate_expert(agent, n, None, deterministic=True, seed=21, progress=False)
     p = card["summary"]["eval/pretrain_success"]
     assert abs(res["success"] - p) <= 3 * np.sqrt(max(p * (1 - p), 0.01) / n) + 0.05, (res, p)
-    ds = generate_ant(16, "clean", seed=0, progress=False)
-    assert ds.meta["sampling"] == "mean" and ds.n_episodes == 16
+    ds = generate_ant(32, "clean", seed=0, progress=False)
+    assert ds.meta["sampling"] == "mean" and ds.n_episodes == 32
+    # data from the shipped expert has non-trivial success (its card: 0.154 over 500
+    # episodes; a 0.15 expert stays below 2 of 32 in 4% of draws; seeded, so fixed here)
+    assert ds.meta["success_rate"] >= 2 / 32, ds.meta["success_rate"]
 
 
 def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
