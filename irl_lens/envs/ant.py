@@ -117,7 +117,7 @@ EXPERT_DIM = 30
 """Width of the expert's input (:meth:`BatchedAntPinpad.expert_view`): proprioception and
 the next waypoint, all in the torso's canonical frame (see :func:`leg_rotation`)."""
 QUADRANT_HYSTERESIS = np.pi / 18
-"""A env keeps its canonical quadrant until the waypoint lies this far (10 degrees) past the
+"""An env keeps its canonical quadrant until the waypoint lies this far (10 degrees) past the
 45-degree boundary, so the expert's frame does not flicker on a diagonal."""
 
 _COLOUR_RGBA = (
