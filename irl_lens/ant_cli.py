@@ -41,7 +41,7 @@ def expert(
     out: Annotated[Path, typer.Option("--out", help="Run folder to create (or continue).")],
     steps: Annotated[
         int, typer.Option(help="Env steps in all (paper: 256k steps of batch 1024).", min=1)
-    ] = 10_000_000,
+    ] = 5_000_000,
     n_envs: Annotated[int, typer.Option(help="Episodes simulated side by side.", min=1)] = 64,
     speed_bonus: Annotated[
         float, typer.Option(help="Reward weight of the planar speed in any direction.", min=0)
@@ -65,7 +65,7 @@ def expert(
     OUT/per_task_success.json, OUT/model.safetensors and OUT/summary.json with the
     success of the mean action on the pretraining mix and on the post task 0-1-2-3.
 
-    Example: irl-lens --threads 1 expert ant --out runs/ant/expert --steps 10000000 --ship
+    Example: irl-lens --threads 1 expert ant --out runs/ant/expert --steps 5000000 --ship
     """
     from irl_lens import runs
     from irl_lens.train.ppo import PPOConfig, load_expert, train_ant_expert

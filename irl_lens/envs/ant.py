@@ -721,9 +721,10 @@ class BatchedAntPinpad:
         Features, all in the canonical frame: torso height (1), world "up" in body
         coordinates (3), torso linear (3) and angular (3) velocity in body coordinates,
         joint angles (8) and joint velocities (8) of the canonical legs, the (horizontal)
-        waypoint direction in body coordinates (3), and the distance to the waypoint cell's centre
-        in cells (1). None depends on the world yaw, so one walking-forward gait serves every
-        direction.
+        waypoint direction in body coordinates (3), and the distance to the next path cell's
+        centre in cells, capped at 2 (1). None depends on the world yaw, so one
+        walking-forward gait serves every direction. Each call advances the frames'
+        hysteresis (a fresh episode starts from the nearest quadrant): call it once per step.
         """
         dirs = self.directions()
         way = self.waypoints(dirs)
