@@ -44,8 +44,13 @@ def expert(
     ] = 5_000_000,
     n_envs: Annotated[int, typer.Option(help="Episodes simulated side by side.", min=1)] = 64,
     speed_bonus: Annotated[
-        float, typer.Option(help="Reward weight of the planar speed in any direction.", min=0)
-    ] = 0.1,
+        float | None,
+        typer.Option(
+            help="Reward weight of the planar speed in any direction (default: PPOConfig's).",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     eval_episodes: Annotated[
         int, typer.Option(help="Episodes per evaluation (pretrain mix, post task); 0 skips.", min=0)
@@ -70,7 +75,8 @@ def expert(
     from irl_lens import runs
     from irl_lens.train.ppo import PPOConfig, load_expert, train_ant_expert
 
-    cfg = PPOConfig(total_steps=steps, n_envs=n_envs, speed_bonus=speed_bonus)
+    overrides = {} if speed_bonus is None else {"speed_bonus": speed_bonus}
+    cfg = PPOConfig(total_steps=steps, n_envs=n_envs, **overrides)
     t0 = time.perf_counter()
     summary = train_ant_expert(out, cfg, seed=seed, resume=resume)
     summary["wall_seconds"] = time.perf_counter() - t0

@@ -174,13 +174,12 @@ def test_cli_rejects_bad_ant_input(tmp_path, capsys):
     assert code == 2 and "missing" in err
 
 
-def _quat_mul(a, b):
-    w1, x1, y1, z1 = a
-    w2, x2, y2, z2 = b
-    return np.array([
-        w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
-        w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
-    ])  # fmt: skip
+def _quat_mul(a, b) -> np.ndarray:
+    import mujoco
+
+    out = np.zeros(4)
+    mujoco.mju_mulQuat(out, np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    return out
 
 
 def _relabelled_pair(seed: int = 3):

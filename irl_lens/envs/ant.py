@@ -699,15 +699,19 @@ class BatchedAntPinpad:
         centre (``u - offset_perp / (cell_size / 2)``: 45 degrees at the cell's edge), so the
         ant follows the corridor of cells and does not cut corners into a neighbour. Where
         the torso's cell has no direction, the vector to the target cell's centre."""
-        directions = self.directions() if directions is None else directions
+        return self._walk(self.directions() if directions is None else directions)[0]
+
+    def _walk(self, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(waypoints (see there), float64[n] distance to the next path cell's centre)``."""
         d = directions[self._arange, self.cell]
         u = _DIRS[np.maximum(d, 0)].astype(np.float64)  # (d_col, d_row) = (dx, dy)
         offset = self.xy - self._centres[self.cell]
         perp = offset - (offset * u).sum(1, keepdims=True) * u
         along = u - perp / (self.cell_size / 2)
-        to_target = self._centres[self._waypoint_cells(directions)] - self.xy
-        vec = np.where((d >= 0)[:, None], along, to_target)
-        return vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-6)
+        to_next = self._centres[self._waypoint_cells(directions)] - self.xy
+        vec = np.where((d >= 0)[:, None], along, to_next)
+        way = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-6)
+        return way, np.linalg.norm(to_next, axis=1)
 
     def expert_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The expert's input in each env's canonical frame (see :func:`leg_rotation`).
@@ -726,10 +730,7 @@ class BatchedAntPinpad:
         walking-forward gait serves every direction. Each call advances the frames'
         hysteresis (a fresh episode starts from the nearest quadrant): call it once per step.
         """
-        dirs = self.directions()
-        way = self.waypoints(dirs)
-        to_next = self._centres[self._waypoint_cells(dirs)] - self.xy
-        dist = np.linalg.norm(to_next, axis=1, keepdims=True)
+        way, dist = self._walk(self.directions())
         qpos, qvel = self.qpos, self.qvel
         axes = _body_axes(qpos[:, 3:7])  # body -> world
 
@@ -763,7 +764,7 @@ class BatchedAntPinpad:
                 joints,
                 joint_vel,
                 canon3(way_b),
-                np.minimum(dist / self.cell_size, 2.0),
+                np.minimum(dist / self.cell_size, 2.0)[:, None],
             ],
             axis=1,
         )

@@ -44,8 +44,6 @@ from irl_lens.train.internal_rl import clipped_surrogate
 
 logger = logging.getLogger(__name__)
 
-EXPERT_INPUT_DIM = EXPERT_DIM
-
 
 @dataclass
 class PPOConfig(DictConfig):
@@ -188,9 +186,7 @@ class GaussianAgent(nn.Module):
 def build_agent(cfg: PPOConfig, seed: int) -> GaussianAgent:
     from irl_lens.models.common import build_seeded
 
-    return build_seeded(
-        lambda: GaussianAgent(EXPERT_INPUT_DIM, 8, cfg.hidden, cfg.init_log_std), seed
-    )
+    return build_seeded(lambda: GaussianAgent(EXPERT_DIM, 8, cfg.hidden, cfg.init_log_std), seed)
 
 
 @dataclass
@@ -198,7 +194,7 @@ class ExpertInput:
     """What the expert sees at one step (:meth:`BatchedAntPinpad.expert_view`)."""
 
     x: torch.Tensor
-    """``float32[n, EXPERT_INPUT_DIM]`` canonical-frame features (the agent's input)."""
+    """``float32[n, EXPERT_DIM]`` canonical-frame features (the agent's input)."""
     quadrant: np.ndarray
     """``int64[n]`` canonical frame per env; :meth:`controls` maps actions back with it."""
     waypoint: np.ndarray
@@ -536,7 +532,7 @@ def load_expert(run: str | Path | None = None) -> GaussianAgent:
             raise runs.RunError(f"{run} is a {config.get('kind')!r} run, not an ant_expert run")
         cfg = PPOConfig.from_dict(config["ppo"])
         weights = expert_weights(run)
-    agent = GaussianAgent(EXPERT_INPUT_DIM, 8, cfg.hidden, cfg.init_log_std)
+    agent = GaussianAgent(EXPERT_DIM, 8, cfg.hidden, cfg.init_log_std)
     runs.load_weights(agent, weights)
     agent.eval()
     return agent
@@ -589,7 +585,6 @@ def evaluate_expert(
 
 
 __all__ = [
-    "EXPERT_INPUT_DIM",
     "GaussianAgent",
     "PPOConfig",
     "RunningNorm",
