@@ -315,3 +315,39 @@ def test_waypoints_follow_the_corridor_of_cells():
         np.testing.assert_allclose(
             env.waypoints()[0], expected / np.linalg.norm(expected), atol=1e-9
         )
+
+
+def test_shaped_reward_terms_match_hand_values():
+    from irl_lens.envs.ant import BatchedAntPinpad
+
+    env = BatchedAntPinpad(4, n_threads=1)
+    env.reset(seed=2)
+    actions = np.random.default_rng(1).uniform(-1.5, 1.5, (4, 8))
+    n_done = env.n_done.copy()
+    env.step(actions)
+    speed = np.array([1.0, 1.3, 2.0, 0.3])
+    progress = np.array([0.6, -0.5, 1.2, 0.3])
+    active = np.array([True, True, True, False])
+    failed = np.array([False, True, False, False])
+    off = {name: 0.0 for name in ("velocity_weight", "speed_bonus", "subgoal_bonus",
+                                  "success_bonus", "ctrl_cost", "height_cost", "fail_penalty",
+                                  "alive_bonus", "yaw_cost", "lateral_cost")}  # fmt: skip
+    lateral = np.array([0.8, 1.2, 1.6, 0.0])  # sqrt(speed^2 - progress^2)
+    z = env.qpos[:, 2]
+    terms = {
+        "velocity_weight": progress,
+        "speed_bonus": speed,
+        "ctrl_cost": -(np.clip(actions, -1, 1) ** 2).sum(1),
+        "height_cost": -np.maximum(z - 0.3, 0.0),  # soft_max_height 0.3: every torso above
+        "fail_penalty": -failed.astype(float),
+        "yaw_cost": -np.abs(env.qvel[:, 5]),
+        "lateral_cost": -lateral,
+    }
+    for name, per_unit in terms.items():
+        assert np.abs(per_unit[active]).min() > 0 or name == "fail_penalty", name
+        cfg = ppo.PPOConfig(**{**off, name: 2.0, "soft_max_height": 0.3})
+        r = ppo.shaped_reward(cfg, np.zeros(4), n_done, env, actions, speed, progress, active,
+                              failed)  # fmt: skip
+        np.testing.assert_allclose(
+            r, np.where(active, 2.0 * per_unit, 0.0), atol=1e-5, err_msg=name
+        )

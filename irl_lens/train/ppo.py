@@ -14,8 +14,8 @@ normalised by running statistics that stay fixed through a rollout and its updat
 reward adds to the sparse task reward the paper's intrinsic term ``velocity . waypoint
 direction``, a small speed bonus, a bonus per colour reached, a penalty when the episode
 fails (wrong colour, wall, torso height), a cost for a torso close to the 1.0 m height
-limit, and Gymnasium-Ant-style control cost (an alive bonus is available but off: it taught
-the ant to dawdle); rewards are divided by the running std of the discounted return.
+limit, and Gymnasium-Ant-style control cost (an alive bonus, and costs on the yaw rate and
+on speed across the waypoint direction, are available but off by default); rewards are divided by the running std of the discounted return.
 
 Pieces, top to bottom: :class:`PPOConfig`, :class:`RunningNorm`, :class:`GaussianAgent`
 (actor + critic), :func:`gae`, :class:`ExpertCollector` (one batched rollout),
@@ -89,6 +89,10 @@ class PPOConfig(DictConfig):
     3 x max(0, z - 0.85) the training success after 2.8M steps was 0.145, with 10 x
     max(0, z - 0.75) it was 0.292 (same seed and everything else)."""
     soft_max_height: float = 0.75
+    yaw_cost: float = 0.0
+    """Weight of the torso's yaw rate ``|omega_z|`` (rad/s) subtracted per step."""
+    lateral_cost: float = 0.0
+    """Weight of the planar speed across the waypoint direction (m/s) subtracted per step."""
     """Torso height (m) above which ``height_cost`` applies."""
     fail_penalty: float = 10.0
     """Reward subtracted when a step ends the episode as a failure (wrong colour, wall cell,
@@ -284,6 +288,8 @@ def shaped_reward(
         + cfg.success_bonus * env_reward
         - cfg.ctrl_cost * (np.clip(actions, -1, 1) ** 2).sum(1)
         - cfg.height_cost * np.maximum(env.qpos[:, 2] - cfg.soft_max_height, 0.0)
+        - cfg.yaw_cost * np.abs(env.qvel[:, 5])
+        - cfg.lateral_cost * np.sqrt(np.maximum(speed**2 - progress**2, 0.0))
         + cfg.alive_bonus
         # finishing early must not forfeit the alive bonus of the steps left
         + cfg.alive_bonus * env_reward * (ANT_MAX_STEPS - env.t)
