@@ -15,7 +15,8 @@ reward adds to the sparse task reward the paper's intrinsic term ``velocity . wa
 direction``, a small speed bonus, a bonus per colour reached, a penalty when the episode
 fails (wrong colour, wall, torso height), a cost for a torso close to the 1.0 m height
 limit, and Gymnasium-Ant-style control cost (an alive bonus, and costs on the yaw rate and
-on speed across the waypoint direction, are available but off by default); rewards are divided by the running std of the discounted return.
+on speed across the waypoint direction, are available but off by default); rewards are
+divided by the running std of the discounted return.
 
 Pieces, top to bottom: :class:`PPOConfig`, :class:`RunningNorm`, :class:`GaussianAgent`
 (actor + critic), :func:`gae`, :class:`ExpertCollector` (one batched rollout),
