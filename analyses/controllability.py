@@ -11,7 +11,9 @@ per layer is compared with the uncontrolled base model on the very same episodes
 layouts, same action-sampling seed).
 
 :func:`controllability` computes a :class:`ControllabilityResult` from a controllers
-folder; :func:`success_figure` draws it; :func:`summary` flattens it.
+folder; :func:`success_figure` draws it, :func:`reach_figure` shows at which task colour
+the episodes stop (failures piling up at the unseen subgoal transitions, or spread evenly
+over the colours); :func:`summary` flattens it.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class ControllabilityResult:
     n_subgoals: int
     n_episodes: int
     val_nll: list[float] = field(default_factory=list)  # per layer, clean held-out data
+    # reach[i][k]: fraction of episodes that completed at least k + 1 task colours, per
+    # layer i (then the base model last), greedy actions
+    reach_greedy: list[list[float]] = field(default_factory=list)
     base_val_nll: float = float("nan")
 
     @property
@@ -77,8 +82,9 @@ def _episodes(
     seed: int,
     greedy: bool,
     n_envs: int,
-) -> tuple[float, float]:
-    """``(success rate, mean subgoals completed)`` over ``n_episodes`` fixed episodes."""
+) -> tuple[float, float, list[float]]:
+    """``(success rate, mean subgoals completed, reach)`` over ``n_episodes`` fixed
+    episodes, where ``reach[k]`` is the fraction that completed at least ``k + 1`` colours."""
     engine = RolloutEngine(model, layer)
     generator = torch.Generator().manual_seed(seed)
     success, done = [], []
@@ -88,8 +94,10 @@ def _episodes(
         fn = GroundTruthSwitcher(bank.select) if bank is not None else None
         ro: EngineRollout = engine.run(env, controller_fn=fn, greedy=greedy, generator=generator)
         success.append(ro.success)
-        done.append(ro.final_n_done // 2)
-    return float(np.concatenate(success).mean()), float(np.concatenate(done).mean())
+        done.append(ro.final_n_done)
+    n_colours = np.concatenate(done)
+    reach = [float((n_colours >= k).mean()) for k in range(1, len(task) + 1)]
+    return float(np.concatenate(success).mean()), float((n_colours // 2).mean()), reach
 
 
 def controllability(
@@ -116,7 +124,7 @@ def controllability(
             f"layers {missing} have no trained controllers in {path} (it has {sorted(banks)})"
         )
 
-    def evaluate(layer: int, bank: ControllerBank | None) -> dict[bool, tuple[float, float]]:
+    def evaluate(layer: int, bank: ControllerBank | None) -> dict[bool, tuple]:
         return {
             greedy: _episodes(model, layer, bank, colours, n_episodes, seed, greedy, n_envs)
             for greedy in (False, True)
@@ -126,7 +134,7 @@ def controllability(
     per_layer = []
     for layer in tqdm(wanted, desc="evaluate layers", disable=not progress):
         per_layer.append(evaluate(layer, banks[layer]))
-        (ok, done), (ok_g, done_g) = per_layer[-1][False], per_layer[-1][True]
+        (ok, done, _), (ok_g, done_g, _) = per_layer[-1][False], per_layer[-1][True]
         logger.info(
             "layer %d: success %.3f (greedy %.3f), subgoals %.2f (greedy %.2f) of %d",
             layer, ok, ok_g, done, done_g, n_subgoals,
@@ -145,6 +153,7 @@ def controllability(
         base_completed_subgoals_greedy=base[True][1],
         n_subgoals=n_subgoals,
         n_episodes=n_episodes,
+        reach_greedy=[r[True][2] for r in per_layer] + [base[True][2]],
     )
 
 
@@ -211,5 +220,33 @@ def success_figure(result: ControllabilityResult):
         barmode="group",
         title=f"Supervised controllers on task {result.task} ({result.n_episodes} episodes "
         "per layer and mode)",
+    )
+    return fig
+
+
+def reach_figure(result: ControllabilityResult):
+    """Greedy episodes that completed at least k task colours, by k, one line per layer and
+    the base model. Where a line drops shows where the controllers lose the agent: at the
+    task's subgoal transitions (after every second colour) or evenly along the way."""
+    import plotly.graph_objects as go
+
+    if not result.reach_greedy:
+        raise ValueError("this result has no reach curves (it predates them); re-run evaluation")
+    task = result.task.split("-")
+    x = list(range(1, len(task) + 1))
+    fig = go.Figure()
+    names = [f"layer {layer}" for layer in result.layers] + ["base model"]
+    for name, reach in zip(names, result.reach_greedy, strict=True):
+        dash = "dash" if name == "base model" else None
+        fig.add_trace(go.Scatter(x=x, y=reach, mode="lines+markers", name=name,
+                                 line={"dash": dash}))  # fmt: skip
+    for k in range(2, len(task), 2):  # a subgoal (colour pair) ends after every 2nd colour
+        fig.add_vline(x=k + 0.5, line={"color": "#bbb", "width": 1, "dash": "dot"})
+    fig.update_xaxes(title_text="task colours completed (at least)", tickvals=x,
+                     ticktext=[f"{k}: {c}" for k, c in zip(x, task, strict=True)])  # fmt: skip
+    fig.update_yaxes(title_text="fraction of episodes", range=[0, 1.02])
+    fig.update_layout(
+        title=f"Where episodes stop on task {result.task} (greedy actions; dotted lines: "
+        "subgoal transitions)"
     )
     return fig

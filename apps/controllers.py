@@ -172,6 +172,8 @@ def page_controllability(found: list[dict]) -> None:
     run = pick("Controllers folder", items, "ctl_pick")
     result = ctl.ControllabilityResult(**json_file(Path(run["path"]) / "result.json"))
     st.plotly_chart(ctl.success_figure(result), key="ctl_fig")
+    if result.reach_greedy:
+        st.plotly_chart(ctl.reach_figure(result), key="ctl_reach")
     st.caption(f"task {result.task}, {result.n_episodes} episodes per layer; best layer "
                f"{result.best_layer} of 0..{result.n_layers}")  # fmt: skip
 

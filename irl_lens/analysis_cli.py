@@ -164,8 +164,9 @@ def controllers(
 
     Trains one low-rank controller per subgoal at each layer on clean data with the base
     model frozen, then runs them on TASK (switching when a subgoal is done) next to the
-    uncontrolled base model. Writes weights, summary.json, result.json and
-    controllers_success.html.
+    uncontrolled base model. Writes weights, summary.json, result.json,
+    controllers_success.html (success by layer) and controllers_reach.html (at which task
+    colour episodes stop).
 
     Example: irl-lens controllers runs/q/base --layers 0,1,2,3,4 --task post
     """
@@ -230,6 +231,7 @@ def controllers(
     runs.write_json(out / "summary.json", summary)
     runs.write_json(out / "result.json", dataclasses.asdict(result))
     ctl.success_figure(result).write_html(out / "controllers_success.html")
+    ctl.reach_figure(result).write_html(out / "controllers_reach.html")
 
     print(
         f"supervised controllers of {run} on task {result.task} "

@@ -151,6 +151,12 @@ def test_controllers_cli(base_run, clean_ds, tmp_path, capsys):
     flat = json.loads((out / "summary.json").read_text())
     assert "controllers/success_layer_1" in flat and "controllers/val_nll_layer_1" in flat
     assert (out / "controllers_success.html").is_file()
+    assert (out / "controllers_reach.html").is_file()
+    result = json.loads((out / "result.json").read_text())
+    for reach, success in zip(result["reach_greedy"], result["success_greedy"] + [
+        result["base_success_greedy"]], strict=True):  # fmt: skip
+        assert len(reach) == 12 and reach[-1] == success  # all 12 colours <=> success
+        assert all(a >= b for a, b in zip(reach, reach[1:], strict=False))
     main(args[:-2] + ["--out", str(out), "--eval-only", "--task", "0-1"])
     assert json.loads((out / "result.json").read_text())["task"] == "0-1"
     for bad in (["--task", "0-3"], ["--layers", "9"]):
