@@ -32,6 +32,8 @@ def _eval_table(agent, episodes: int, seed: int, deterministic: bool) -> dict:
         "eval/post_success": post["success"],
         "eval/pretrain_mean_length": pre["mean_length"],
         "eval/post_mean_length": post["mean_length"],
+        **{f"eval/pretrain_end_{k}": v for k, v in pre["end_reasons"].items()},
+        **{f"eval/post_end_{k}": v for k, v in post["end_reasons"].items()},
         **{f"eval/task_{k}": v for k, v in pre["per_task"].items()},
     }
 

@@ -33,6 +33,7 @@ from irl_lens.envs.ant import (
     ANT_POST_TASK,
     ANT_PRETRAIN_TASKS,
     CELL_SIZE,
+    END_REASONS,
     WALL_HEIGHT,
     AntPinpadEnv,
     BatchedAntPinpad,
@@ -290,10 +291,10 @@ RULE_SCENARIOS = [
 
 
 @pytest.mark.parametrize(
-    ("task", "moves", "expected"),
-    [pytest.param(t, m, e, id=name) for name, t, m, e in RULE_SCENARIOS],
+    ("name", "task", "moves", "expected"),
+    [pytest.param(name, t, m, e, id=name) for name, t, m, e in RULE_SCENARIOS],
 )
-def test_rules(task, moves, expected):
+def test_rules(name, task, moves, expected):
     env = ant_env(task)
     for k, move in enumerate(moves):
         cell, offset = (move, (0.0, 0.0)) if not isinstance(move, tuple) else move
@@ -306,6 +307,13 @@ def test_rules(task, moves, expected):
     assert bool(info["is_success"][0]) == expected[4]
     assert int(info["cell"][0]) == expected[5] == int(cell_of(env.xy[0]))
     assert env.done[0] == terminated
+    reason = END_REASONS[int(info["end_reason"][0])]
+    if not terminated:
+        assert reason == "running"
+    else:
+        assert reason == (
+            "success" if expected[4] else "wall" if "wall" in name else "wrong_colour"
+        )
 
 
 def test_repeat_colour_task_succeeds_on_return():
@@ -326,6 +334,7 @@ def test_torso_too_high_ends(z, ends):
     reward, terminated, truncated, info = teleport_and_step(env, 8, z=z)
     assert (reward, terminated, truncated) == (0.0, ends, False)
     assert (env.qpos[0, 2] > 1.0) == ends
+    assert END_REASONS[int(info["end_reason"][0])] == ("too_high" if ends else "running")
     assert int(info["n_done"][0]) == 0 and not info["is_success"][0]
 
 
@@ -340,8 +349,9 @@ def test_torso_too_low_ends(z, ends):
     shared_flags = env.model.opt.disableflags
     env._models[0].opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_CONTACT
     assert env.model.opt.disableflags == shared_flags  # env 0's model is its own copy
-    reward, terminated, truncated, _ = teleport_and_step(env, 8, z=z)
+    reward, terminated, truncated, info = teleport_and_step(env, 8, z=z)
     assert (env.qpos[0, 2] < 0.2) == ends
+    assert END_REASONS[int(info["end_reason"][0])] == ("too_low" if ends else "running")
     assert (reward, terminated, truncated) == (0.0, ends, False)
 
 
@@ -350,6 +360,7 @@ def test_leaving_the_arena_ends():
     reward, terminated, _, info = teleport_and_step(env, xy=(HALF + 0.6, centre(7)[1]))
     assert (reward, terminated) == (0.0, True)
     assert int(info["cell"][0]) == 7  # clipped to the arena, an empty cell: only `outside` fired
+    assert END_REASONS[int(info["end_reason"][0])] == "wall"
 
 
 def test_frozen_after_termination():
@@ -367,6 +378,9 @@ def test_frozen_after_termination():
     assert env.done[0] and not info["is_success"][0]
     assert np.abs(env.qpos[1] - moving).max() > 1e-3  # env 1 kept moving beside it
     assert int(info["t"][1]) == 4
+    assert END_REASONS[int(info["end_reason"][0])] == "wrong_colour"  # kept while frozen
+    env.reset_envs(np.array([0]))
+    assert env.end_reason[0] == 0 and not env.done[0]
 
 
 def test_frozen_after_success_keeps_reward_zero():
@@ -388,7 +402,7 @@ def test_truncation_at_time_limit():
     assert (terminated, truncated, int(info["t"][0])) == (False, False, ANT_MAX_STEPS - 1)
     reward, terminated, truncated, info = teleport_and_step(env)
     assert (reward, terminated, truncated, int(info["t"][0])) == (0.0, False, True, ANT_MAX_STEPS)
-    assert env.done[0]
+    assert env.done[0] and END_REASONS[int(info["end_reason"][0])] == "timeout"
     reward, terminated, truncated, info = teleport_and_step(env)
     assert (reward, terminated, truncated, int(info["t"][0])) == (0.0, False, False, ANT_MAX_STEPS)
 

@@ -117,6 +117,8 @@ def test_shipped_expert_matches_its_card():
     n = 48
     res = ppo.evaluate_expert(agent, n, None, deterministic=True, seed=21, progress=False)
     p = card["summary"]["eval/pretrain_success"]
+    ends = res["end_reasons"]  # how the episodes ended: a partition of them
+    assert abs(sum(ends.values()) - 1.0) < 1e-9 and ends["success"] == res["success"]
     assert abs(res["success"] - p) <= 3 * np.sqrt(max(p * (1 - p), 0.01) / n) + 0.05, (res, p)
     ds = generate_ant(32, "clean", seed=0, progress=False)
     assert ds.meta["sampling"] == "mean" and ds.n_episodes == 32

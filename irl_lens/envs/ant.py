@@ -76,6 +76,7 @@ __all__ = [
     "ANT_POST_TASK",
     "ANT_PRETRAIN_TASKS",
     "CELL_SIZE",
+    "END_REASONS",
     "EXPERT_DIM",
     "AntPinpadEnv",
     "BatchedAntPinpad",
@@ -108,6 +109,9 @@ FRAME_SKIP = 5
 """Physics steps (0.01 s each) per env step."""
 HEALTHY_Z = (0.2, 1.0)
 """The episode ends when the torso height leaves this range."""
+END_REASONS = ("running", "success", "wrong_colour", "wall", "too_low", "too_high", "timeout")
+"""Names of :attr:`BatchedAntPinpad.end_reason` codes (index = code); when several rules
+fire on one step the earlier name wins. ``wall`` includes leaving the arena."""
 WALL_HEIGHT = 0.3
 """Height of the wall cell's box and the boundary walls. Below the legs at the start, and
 low enough that a leg resting on a wall does not prop the torso above 1.0 (at 0.5 it does)."""
@@ -469,6 +473,7 @@ class BatchedAntPinpad:
         self.t = np.zeros(n, dtype=np.int64)
         self.done = np.ones(n, dtype=bool)
         self.success = np.zeros(n, dtype=bool)
+        self.end_reason = np.zeros(n, dtype=np.int64)  # index into END_REASONS
         self.visited = np.zeros((n, ANT_N_COLOURS), dtype=bool)
         self.velocity = np.zeros((n, 2))
         self._episode = np.zeros(n, dtype=np.int64)  # per-env episode counter (cache key)
@@ -566,6 +571,7 @@ class BatchedAntPinpad:
         self.t[i] = 0
         self.done[i] = False
         self.success[i] = False
+        self.end_reason[i] = 0
         self.visited[i] = False
         self.velocity[i] = 0.0
         self._quadrant[i] = -1
@@ -644,7 +650,14 @@ class BatchedAntPinpad:
         truncated = np.zeros(n, dtype=bool)
         truncated[active] = ~terminated[active] & (self.t[active] >= ANT_MAX_STEPS)
         self.success |= success
-        self.done |= terminated | truncated
+        ended = terminated | truncated
+        reason = np.select(
+            [success, wrong, hit_wall, fell & (z < HEALTHY_Z[0]), fell, truncated],
+            np.arange(1, len(END_REASONS)),
+            default=0,
+        )
+        self.end_reason[ended] = reason[ended]
+        self.done |= ended
         reward[success] = 1.0
         return self.observations(), reward, terminated, truncated, self.info()
 
@@ -666,6 +679,7 @@ class BatchedAntPinpad:
             "target_colour": target,
             "n_done": self.n_done.copy(),
             "is_success": self.success.copy(),
+            "end_reason": self.end_reason.copy(),
             "t": self.t.copy(),
             "cell": self.cell.copy(),
             "xy": self.xy.copy(),

@@ -38,7 +38,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from irl_lens import runs
-from irl_lens.envs.ant import ANT_MAX_STEPS, EXPERT_DIM, BatchedAntPinpad
+from irl_lens.envs.ant import ANT_MAX_STEPS, END_REASONS, EXPERT_DIM, BatchedAntPinpad
 from irl_lens.envs.pinpad import Task, format_task
 from irl_lens.models.common import DictConfig
 from irl_lens.train.internal_rl import clipped_surrogate
@@ -429,7 +429,8 @@ def train_ant_expert(
         if not ckpts:
             raise runs.RunError(f"--resume: {out} has no checkpoint to resume from")
         saved = runs.read_json(out / "config.json", "run config")
-        if saved.get("ppo") != config["ppo"]:
+        # runs saved before a field existed compare with its default
+        if PPOConfig.from_dict(saved.get("ppo", {})).to_dict() != config["ppo"]:
             raise runs.RunError(f"--resume: {out}/config.json differs from the requested settings")
         runs.load_weights(agent, ckpts[-1] / "model.safetensors")
         state = runs.load_trainer_state(ckpts[-1])
@@ -555,12 +556,14 @@ def evaluate_expert(
     n_envs: int = 128,
     progress: bool = True,
 ) -> dict:
-    """Success rate over ``episodes`` episodes (Table A2 mix when ``task`` is None)."""
+    """Success rate over ``episodes`` episodes (Table A2 mix when ``task`` is None), mean
+    length, success per task, and how the episodes ended (fractions per
+    :data:`~irl_lens.envs.ant.END_REASONS` name)."""
     env = BatchedAntPinpad(min(n_envs, episodes), task=task)
     env.reset(seed=seed)
     generator = torch.Generator().manual_seed(seed)
     started = env.n_envs
-    finished: list[tuple[Task, bool, int]] = []
+    finished: list[tuple[Task, bool, int, int]] = []
     bar = tqdm(total=episodes, desc=f"eval {format_task(task) if task else 'pretrain'}",
                unit="ep", disable=not progress)  # fmt: skip
     while len(finished) < episodes:
@@ -569,7 +572,8 @@ def evaluate_expert(
         _, _, term, trunc, _ = env.step(view.controls(env, a))
         ended = np.flatnonzero(term | trunc)
         for i in ended:
-            finished.append((env.tasks[i], bool(env.success[i]), int(env.t[i])))
+            finished.append((env.tasks[i], bool(env.success[i]), int(env.t[i]),
+                             int(env.end_reason[i])))  # fmt: skip
         bar.update(len(ended))
         if len(ended):
             # start new episodes only while more are needed; the rest stay frozen
@@ -581,13 +585,19 @@ def evaluate_expert(
     bar.close()
     finished = finished[:episodes]
     per_task: dict[str, list[bool]] = {}
-    for t, s, _ in finished:
+    for t, s, _, _ in finished:
         per_task.setdefault(format_task(t), []).append(s)
+    reasons = np.bincount([r for *_, r in finished], minlength=len(END_REASONS))
     return {
         "episodes": len(finished),
-        "success": float(np.mean([s for _, s, _ in finished])),
-        "mean_length": float(np.mean([n for _, _, n in finished])),
+        "success": float(np.mean([s for _, s, _, _ in finished])),
+        "mean_length": float(np.mean([n for _, _, n, _ in finished])),
         "per_task": {k: float(np.mean(v)) for k, v in sorted(per_task.items())},
+        "end_reasons": {
+            name: float(c / len(finished))
+            for name, c in zip(END_REASONS, reasons, strict=True)
+            if name != "running"
+        },  # fmt: skip
     }
 
 
