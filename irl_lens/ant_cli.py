@@ -53,6 +53,23 @@ def expert(
             show_default=False,
         ),
     ] = None,
+    yaw_cost: Annotated[
+        float | None,
+        typer.Option(
+            help="Reward cost per rad/s of torso yaw rate (default: PPOConfig's, off).",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
+    lateral_cost: Annotated[
+        float | None,
+        typer.Option(
+            help="Reward cost per m/s of speed across the waypoint direction (default: "
+            "PPOConfig's, off).",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     eval_episodes: Annotated[
         int, typer.Option(help="Episodes per evaluation (pretrain mix, post task); 0 skips.", min=0)
@@ -77,7 +94,13 @@ def expert(
     from irl_lens import runs
     from irl_lens.train.ppo import PPOConfig, load_expert, train_ant_expert
 
-    overrides = {} if speed_bonus is None else {"speed_bonus": speed_bonus}
+    overrides = {
+        name: value
+        for name, value in (
+            ("speed_bonus", speed_bonus), ("yaw_cost", yaw_cost), ("lateral_cost", lateral_cost)
+        )
+        if value is not None
+    }  # fmt: skip
     cfg = PPOConfig(total_steps=steps, n_envs=n_envs, **overrides)
     t0 = time.perf_counter()
     summary = train_ant_expert(out, cfg, seed=seed, resume=resume)
@@ -106,7 +129,8 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
     card = {
         "train_command": (
             f"irl-lens --threads 1 expert ant --out {run} --steps {cfg.total_steps} "
-            f"--n-envs {cfg.n_envs} --speed-bonus {cfg.speed_bonus} --seed {seed}"
+            f"--n-envs {cfg.n_envs} --speed-bonus {cfg.speed_bonus} --yaw-cost {cfg.yaw_cost} "
+            f"--lateral-cost {cfg.lateral_cost} --seed {seed}"
         ),
         "weights": str(weights),
         "ship_command": f"irl-lens expert-eval {run} --ship",

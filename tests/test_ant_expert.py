@@ -174,6 +174,19 @@ def test_cli_rejects_bad_ant_input(tmp_path, capsys):
     assert code == 2 and "--eps" in err
     code, _, err = _run(["-q", "expert-eval", str(tmp_path / "missing")], capsys)
     assert code == 2 and "missing" in err
+    code, _, err = _run(["-q", "expert", "ant", "--out", str(tmp_path / "e"), "--yaw-cost", "-1"],
+                        capsys)  # fmt: skip
+    assert code == 2 and "--yaw-cost" in err
+
+
+def test_expert_cli_passes_reward_settings(tmp_path, capsys):
+    out = tmp_path / "e"
+    args = ["-q", "expert", "ant", "--out", str(out), "--steps", "64", "--n-envs", "1",
+            "--eval-episodes", "0", "--yaw-cost", "0.25", "--lateral-cost", "0.5"]  # fmt: skip
+    code, _, err = _run(args, capsys)
+    assert code == 0, err
+    saved = json.loads((out / "config.json").read_text())["ppo"]
+    assert (saved["yaw_cost"], saved["lateral_cost"], saved["total_steps"]) == (0.25, 0.5, 64)
 
 
 def _quat_mul(a, b) -> np.ndarray:
