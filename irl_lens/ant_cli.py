@@ -38,6 +38,11 @@ def _eval_table(agent, episodes: int, seed: int, deterministic: bool) -> dict:
     }
 
 
+def _reward_weight(text: str) -> typer.models.OptionInfo:
+    """A ``--name FLOAT >= 0`` option whose absence keeps :class:`PPOConfig`'s default."""
+    return typer.Option(help=f"{text} Default: PPOConfig's.", min=0, show_default=False)
+
+
 def expert(
     env: Annotated[ExpertEnv, typer.Argument(help="Environment (only ant has a learned expert).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder to create (or continue).")],
@@ -46,28 +51,15 @@ def expert(
     ] = 5_000_000,
     n_envs: Annotated[int, typer.Option(help="Episodes simulated side by side.", min=1)] = 64,
     speed_bonus: Annotated[
-        float | None,
-        typer.Option(
-            help="Reward weight of the planar speed in any direction (default: PPOConfig's).",
-            min=0,
-            show_default=False,
-        ),
+        float | None, _reward_weight("Reward weight of the planar speed in any direction.")
     ] = None,
     yaw_cost: Annotated[
-        float | None,
-        typer.Option(
-            help="Reward cost per rad/s of torso yaw rate (default: PPOConfig's, off).",
-            min=0,
-            show_default=False,
-        ),
+        float | None, _reward_weight("Reward cost per rad/s of torso yaw rate.")
     ] = None,
     lateral_cost: Annotated[
         float | None,
-        typer.Option(
-            help="Reward cost per m/s of speed across the waypoint direction (default: "
-            "PPOConfig's, off).",
-            min=0,
-            show_default=False,
+        _reward_weight(
+            "Reward cost per m/s of speed across the waypoint direction (off by default)."
         ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
