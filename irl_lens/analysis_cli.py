@@ -154,6 +154,15 @@ def controllers(
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default RUN/controllers).")
     ] = None,
+    base_step: Annotated[
+        int | None,
+        typer.Option(
+            help="Control the base model saved at this training step (one of RUN's "
+            "checkpoints) instead of the final one; needs --out.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     eval_only: Annotated[
         bool, typer.Option(help="Reuse the controllers already trained in --out; only evaluate.")
     ] = False,
@@ -183,6 +192,9 @@ def controllers(
         raise ValueError("--eval-only: ant controllers have no rollout evaluation yet")
     if env_name != "ant":
         pair_subgoals(task)  # validate before any work
+    if base_step is not None and out is None:
+        raise ValueError("--base-step needs --out (RUN/controllers is for the final model)")
+    checkpoint = None if base_step is None else runs.checkpoint_at(Path(run), base_step)
     n_layers = load_base_model(run).cfg.n_layers
     layer_list = parse_layers(layers, n_layers)
     out = Path(out) if out is not None else Path(run) / "controllers"
@@ -204,8 +216,9 @@ def controllers(
         cfg = dataclasses.replace(cfg, **over, seed=seed)
         ds, data_path = clean_dataset(data, data_episodes, seed, env=env_name)
         trained = train_ctl.train_supervised_controllers(
-            run, ds, out, layer_list, cfg, data_path=data_path, device=dev, progress=True
-        )
+            run, ds, out, layer_list, cfg, data_path=data_path, checkpoint=checkpoint,
+            device=dev, progress=True,
+        )  # fmt: skip
         val_nll = {r.layer: r.val_nll for r in trained}
         base_nll = trained[0].base_val_nll
     train_s = time.perf_counter() - t0
@@ -234,7 +247,8 @@ def controllers(
     ctl.reach_figure(result).write_html(out / "controllers_reach.html")
 
     print(
-        f"supervised controllers of {run} on task {result.task} "
+        f"supervised controllers of {run}{'' if base_step is None else f' (step {base_step})'} "
+        f"on task {result.task} "
         f"({result.n_episodes} episodes per layer)"
     )
     print("                 sampled actions     greedy actions")

@@ -116,6 +116,15 @@ def checkpoint_dirs(run: Path) -> list[Path]:
     return sorted(dirs, key=lambda d: int(d.name.split("_")[1]))
 
 
+def checkpoint_at(run: Path, step: int) -> Path:
+    """The complete checkpoint of ``run`` saved at optimizer step ``step``."""
+    found = {int(d.name.split("_")[1]): d for d in checkpoint_dirs(run)}
+    if step not in found:
+        have = ", ".join(str(s) for s in sorted(found)) or "none"
+        raise RunError(f"{run} has no checkpoint at step {step} (it has: {have})")
+    return found[step]
+
+
 def save_checkpoint(run: Path, step: int, model: torch.nn.Module, trainer_state: dict) -> Path:
     """Write ``checkpoints/step_N`` atomically (temp folder, then rename)."""
     root = Path(run) / "checkpoints"

@@ -164,3 +164,32 @@ def test_controllers_cli(base_run, clean_ds, tmp_path, capsys):
             main(["controllers", str(base_run), *bad])
         assert exc.value.code == 2
     assert load_base_model(base_run).cfg.n_layers == 2
+
+
+def test_controllers_of_an_earlier_checkpoint(clean_ds, tmp_path, capsys):
+    # --base-step controls the base model saved at that step, not the final one
+    from irl_lens.cli import main
+
+    ds = generate_gridworld(100, "pretrain", seed=1, progress=False)
+    model_cfg, cfg = BASE_PRESETS["tiny"]
+    pretrain(ds, tmp_path / "base", model_cfg, dataclasses.replace(cfg, checkpoint_every=20),
+             progress=False)  # fmt: skip
+    clean_ds.save(tmp_path / "clean")
+    out = tmp_path / "ctl20"
+    args = ["controllers", str(tmp_path / "base"), "--data", str(tmp_path / "clean"),
+            "--preset", "tiny", "--steps", "2", "--layers", "1", "--episodes", "8"]  # fmt: skip
+    main([*args, "--base-step", "20", "--out", str(out)])
+    assert "(step 20)" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["base_checkpoint"] == "step_00000020"
+    model, _, _ = load_controllers(out)
+    early = load_base_model(tmp_path / "base", tmp_path / "base" / "checkpoints" / "step_00000020")
+    final = load_base_model(tmp_path / "base")
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, early.state_dict()[name]), name
+    assert any(not torch.equal(p, final.state_dict()[k]) for k, p in early.state_dict().items())
+    for bad in (["--base-step", "7", "--out", str(tmp_path / "x")], ["--base-step", "20"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, *bad])
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint at step 7" in err and "20, 40" in err and "--base-step needs --out" in err

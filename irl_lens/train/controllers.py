@@ -223,17 +223,21 @@ def train_supervised_controllers(
     cfg: ControllerTrainConfig,
     *,
     data_path: str | None = None,
+    checkpoint: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
 ) -> list[LayerResult]:
-    """Train controllers at each of ``layers`` on ``ds``; write the controllers folder ``out``."""
+    """Train controllers at each of ``layers`` on ``ds``; write the controllers folder ``out``.
+
+    ``checkpoint`` (a folder of ``run``'s checkpoints) controls that earlier base model
+    instead of the final one (controllability by base training step)."""
     out = Path(out)
     if ds.meta.get("split") != "clean":
         logger.warning(
             "training controllers on a %r dataset; the paper uses clean (eps=0) data",
             ds.meta.get("split"),
         )
-    model = load_base_model(run).to(device, print_details=False)
+    model = load_base_model(run, checkpoint).to(device, print_details=False)
     layers = [check_layer(layer, model.cfg.n_layers) for layer in layers]
     if not layers:
         raise ValueError("layers: give at least one layer")
@@ -251,6 +255,7 @@ def train_supervised_controllers(
             "kind": KIND,
             "version": runs.RUN_VERSION,
             "base_run": str(run),
+            "base_checkpoint": None if checkpoint is None else Path(checkpoint).name,
             "data": data_path,
             "layers": layers,
             "train": dataclasses.asdict(cfg),
@@ -290,7 +295,10 @@ def load_controllers(
         raise runs.RunError(f"{path}/config.json: bad controllers config ({e})") from None
     if not Path(base_run).is_dir() and (path.parent / "model.safetensors").is_file():
         base_run = path.parent  # the default layout RUN/controllers, moved with its run
-    model = load_base_model(base_run).to(device, print_details=False)
+    checkpoint = config.get("base_checkpoint")
+    if checkpoint is not None:
+        checkpoint = Path(base_run) / "checkpoints" / checkpoint
+    model = load_base_model(base_run, checkpoint).to(device, print_details=False)
     banks = {}
     for layer in layers:
         bank = ControllerBank(ccfg)
