@@ -224,6 +224,13 @@ def success_figure(result: ControllabilityResult):
     return fig
 
 
+def lost_at_each_colour(reach: list[float]) -> list[float]:
+    """From a reach curve (fraction completing >= k colours, k = 1..n), the fraction of
+    the episodes that reached colour k's turn and ended there (nan where none reached it)."""
+    before = [1.0, *reach[:-1]]
+    return [1.0 - r / b if b > 0 else float("nan") for r, b in zip(reach, before, strict=True)]
+
+
 def reach_figure(result: ControllabilityResult):
     """Greedy episodes that completed at least k task colours, by k, one line per layer and
     the base model. Where a line drops shows where the controllers lose the agent: at the

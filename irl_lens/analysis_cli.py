@@ -265,6 +265,11 @@ def controllers(
     for name, ok, done, ok_g, done_g, nll in rows:
         print(f"  {name:<5}          {ok:7.3f}  {done:8.2f}   {ok_g:7.3f}  {done_g:8.2f}   "
               f"{_fmt(nll):>7}")  # fmt: skip
+    print("  greedy episodes lost at each task colour (of those that reached it):")
+    print("  layer  " + " ".join(f"{c:>5}" for c in result.task.split("-")))
+    for name, reach in zip([*map(str, result.layers), "base"], result.reach_greedy, strict=True):
+        lost = ctl.lost_at_each_colour(reach)
+        print(f"  {name:<5}  " + " ".join(f"{v:5.3f}" for v in lost))
     print(f"  best layer {result.best_layer}; wrote {out}")
 
 

@@ -50,6 +50,14 @@ def trained(base_run, clean_ds, tmp_path_factory):
     return out, results
 
 
+def test_lost_at_each_colour():
+    from analyses.controllability import lost_at_each_colour
+
+    lost = lost_at_each_colour([0.8, 0.6, 0.6, 0.0, 0.0])
+    np.testing.assert_allclose(lost[:4], [0.2, 0.25, 0.0, 1.0])
+    assert np.isnan(lost[4])  # nobody reached the fifth colour
+
+
 def test_config_validation():
     for kwargs in ({"steps": 0}, {"lr": 0.0}, {"rank": 0}, {"weight_decay": -1.0}):
         with pytest.raises(ValueError, match="ControllerTrainConfig"):
@@ -157,6 +165,7 @@ def test_controllers_cli(base_run, clean_ds, tmp_path, capsys):
         result["base_success_greedy"]], strict=True):  # fmt: skip
         assert len(reach) == 12 and reach[-1] == success  # all 12 colours <=> success
         assert all(a >= b for a, b in zip(reach, reach[1:], strict=False))
+    assert "lost at each task colour" in printed
     main(args[:-2] + ["--out", str(out), "--eval-only", "--task", "0-1"])
     assert json.loads((out / "result.json").read_text())["task"] == "0-1"
     for bad in (["--task", "0-3"], ["--layers", "9"]):
