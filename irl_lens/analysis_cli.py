@@ -204,6 +204,14 @@ def controllers(
     if eval_only:
         _, _, config = train_ctl.load_controllers(out)
         logger.info("reusing controllers in %s (layers %s)", out, config["layers"])
+        saved = config.get("base_checkpoint")
+        if checkpoint is not None and saved != checkpoint.name:
+            raise ValueError(
+                f"--base-step {base_step}: the controllers in {out} were trained on "
+                f"{saved or 'the final model'}"
+            )
+        if saved is not None:
+            base_step = int(saved.split("_")[1])
         if layers.strip().lower() == "all":
             layer_list = list(config["layers"])
         for rec in runs.read_metrics(out / "metrics.jsonl"):

@@ -58,9 +58,7 @@ def expert(
     ] = None,
     lateral_cost: Annotated[
         float | None,
-        _reward_weight(
-            "Reward cost per m/s of speed across the waypoint direction (off by default)."
-        ),
+        _reward_weight("Reward cost per m/s of speed across the waypoint direction."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     eval_episodes: Annotated[

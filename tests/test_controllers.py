@@ -196,9 +196,13 @@ def test_controllers_of_an_earlier_checkpoint(clean_ds, tmp_path, capsys):
     for name, p in model.state_dict().items():
         assert torch.equal(p, early.state_dict()[name]), name
     assert any(not torch.equal(p, final.state_dict()[k]) for k, p in early.state_dict().items())
-    for bad in (["--base-step", "7", "--out", str(tmp_path / "x")], ["--base-step", "20"]):
+    main([*args, "--out", str(out), "--eval-only"])  # the step comes from the saved config
+    assert "(step 20)" in capsys.readouterr().out
+    for bad in (["--base-step", "7", "--out", str(tmp_path / "x")], ["--base-step", "20"],
+                ["--base-step", "40", "--out", str(out), "--eval-only"]):  # fmt: skip
         with pytest.raises(SystemExit) as exc:
             main([*args, *bad])
         assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "no checkpoint at step 7" in err and "20, 40" in err and "--base-step needs --out" in err
+    assert "trained on step_00000020" in err
