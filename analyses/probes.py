@@ -344,7 +344,7 @@ def probe_checkpoints(
         train = collect_residuals(model, ds, train_eps, layers)
         test = collect_residuals(model, ds, test_eps, layers)
         acc, _, _ = _fit_layers(train, test, layers, l2, max_iter)
-        steps.append(int(ckpt.name.split("_")[1]))
+        steps.append(runs.checkpoint_step(ckpt))
         table.append(acc)
         logger.info("probe %s: %s", ckpt.name, " ".join(f"{a:.3f}" for a in acc))
     return steps, table

@@ -211,7 +211,7 @@ def controllers(
                 f"{saved or 'the final model'}"
             )
         if saved is not None:
-            base_step = int(saved.split("_")[1])
+            base_step = runs.checkpoint_step(saved)
         if layers.strip().lower() == "all":
             layer_list = list(config["layers"])
         for rec in runs.read_metrics(out / "metrics.jsonl"):

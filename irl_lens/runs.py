@@ -113,12 +113,17 @@ def checkpoint_dirs(run: Path) -> list[Path]:
     if not root.is_dir():
         return []
     dirs = [d for d in root.iterdir() if d.name.startswith("step_") and (d / "meta.json").is_file()]
-    return sorted(dirs, key=lambda d: int(d.name.split("_")[1]))
+    return sorted(dirs, key=checkpoint_step)
+
+
+def checkpoint_step(ckpt: str | Path) -> int:
+    """The optimizer step of a checkpoint folder (``step_00000800`` -> 800)."""
+    return int(Path(ckpt).name.split("_")[1])
 
 
 def checkpoint_at(run: Path, step: int) -> Path:
     """The complete checkpoint of ``run`` saved at optimizer step ``step``."""
-    found = {int(d.name.split("_")[1]): d for d in checkpoint_dirs(run)}
+    found = {checkpoint_step(d): d for d in checkpoint_dirs(run)}
     if step not in found:
         have = ", ".join(str(s) for s in sorted(found)) or "none"
         raise RunError(f"{run} has no checkpoint at step {step} (it has: {have})")
