@@ -48,6 +48,11 @@ class Split(str, Enum):
     clean = "clean"
 
 
+class TieBreak(str, Enum):
+    random = "random"
+    first = "first"
+
+
 class Preset(str, Enum):
     quick = "quick"
     paper = "paper"
@@ -114,6 +119,14 @@ def data(
         Path | None,
         typer.Option(help="ant: expert run folder (default: the expert shipped in the package)."),
     ] = None,
+    tie_break: Annotated[
+        TieBreak,
+        typer.Option(
+            help="gridworld: how the expert picks among equally short moves. random: "
+            "uniformly (the paper's expert); first: always the lowest-numbered move, a "
+            "deterministic expert (the analogue of the ant expert's mean for clean data)."
+        ),
+    ] = TieBreak.random,
 ) -> None:
     """Generate expert trajectories (observations, actions, subgoal labels).
 
@@ -126,8 +139,8 @@ def data(
     """
     t0 = time.perf_counter()
     if env is EnvName.ant:
-        if eps is not None:
-            raise ValueError("--eps applies to the gridworld expert only")
+        if eps is not None or tie_break is not TieBreak.random:
+            raise ValueError("--eps and --tie-break apply to the gridworld expert only")
         from irl_lens.data.generate_ant import generate_ant
         from irl_lens.train.ppo import load_expert
 
@@ -141,8 +154,9 @@ def data(
         from irl_lens.data.generate import generate_gridworld
 
         ds = generate_gridworld(
-            episodes, split=split.value, seed=seed, eps=eps, task=task, n_envs=n_envs or 4096
-        )
+            episodes, split=split.value, seed=seed, eps=eps, task=task,
+            n_envs=n_envs or 4096, tie_break=tie_break.value,
+        )  # fmt: skip
     gen_s = time.perf_counter() - t0
     ds.save(out)
     print_table(
@@ -180,6 +194,13 @@ def pretrain(
     ] = None,
     d_model: Annotated[int | None, typer.Option(help="Override the residual width.", min=8)] = None,
     lr: Annotated[float | None, typer.Option(help="Override the peak learning rate.")] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(
+            help="Override AdamW weight decay on weight matrices (preset 0.03, as the paper).",
+            min=0.0,
+        ),
+    ] = None,
     obs_loss_weight: Annotated[
         float | None, typer.Option(help="Override lambda (next-observation loss weight).")
     ] = None,
@@ -219,7 +240,11 @@ def pretrain(
         )
         if v is not None
     }
-    train_over = {k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}
+    train_over = {
+        k: v
+        for k, v in (("steps", steps), ("lr", lr), ("weight_decay", weight_decay))
+        if v is not None
+    }
     if ds.meta.get("env") == "ant":
         # ant episodes run to T = 500 steps; Table A5: next-observation weight lambda = 10
         model_over = {"n_ctx": 500, "obs_loss_weight": 10.0} | model_over

@@ -11,6 +11,7 @@ from collections import deque
 import numpy as np
 import pytest
 
+from irl_lens.data.generate import generate_gridworld
 from irl_lens.envs import (
     EMPTY,
     MAX_STEPS,
@@ -26,6 +27,8 @@ from irl_lens.envs import (
     sample_layout,
     validate_layout,
 )
+from irl_lens.envs.expert import expert_action_probs
+from irl_lens.train.evaluate import known_task_ceiling
 
 
 def bfs_distances(layout: np.ndarray, colour: int) -> dict[int, int]:
@@ -152,6 +155,36 @@ def test_ties_broken_uniformly_and_noop_never_chosen():
     counts = np.bincount(actions, minlength=4)
     assert counts[0] == 0 and counts[3] == 0  # up/left are no-ops at the corner
     assert abs(counts[1] / n - 0.5) < 0.05  # right vs down: uniform
+
+
+def test_first_tie_break_is_deterministic_lowest_move_and_its_ceiling_is_one():
+    # same corner state: right (1) and down (2) tie; "first" always takes 1
+    layout = np.zeros(49, dtype=np.uint8)
+    layout[8] = 1
+    layout[[40, 41, 42, 43, 44, 45, 46]] = [2, 3, 4, 5, 6, 7, 8]
+    layout[[30, 31, 32, 33]] = WALL
+    layout, agent = validate_layout(layout, 0)
+    env = BatchedGridPinpad(256)
+    env.set_state(np.stack([layout] * 256), [agent] * 256, ["0-1"] * 256)
+    actions = GridExpert(tie_break="first").act(env, np.random.default_rng(3))
+    assert (actions == 1).all()
+    dist = distance_maps(layout[None])[:, 0]
+    probs = expert_action_probs(dist, layout[None], np.array([agent]), np.array([0]),
+                                tie_break="first")  # fmt: skip
+    np.testing.assert_array_equal(probs, [[0.0, 1.0, 0.0, 0.0]])
+    uniform = expert_action_probs(dist, layout[None], np.array([agent]), np.array([0]))
+    np.testing.assert_array_equal(uniform, [[0.0, 0.5, 0.5, 0.0]])
+    with pytest.raises(ValueError, match="tie_break='last'"):
+        GridExpert(tie_break="last")
+
+
+def test_first_tie_break_dataset_is_solved_and_has_ceiling_one():
+    ds = generate_gridworld(300, split="clean", seed=1, tie_break="first", progress=False)
+    assert ds.meta["tie_break"] == "first" and ds.meta["success_rate"] == 1.0
+    np.testing.assert_array_equal(known_task_ceiling(ds), 1.0)
+    random = generate_gridworld(300, split="clean", seed=1, progress=False)
+    assert known_task_ceiling(random).mean() < 0.95  # ties are common under the paper's expert
+    np.testing.assert_array_equal(ds.lengths, random.lengths)  # both take shortest paths
 
 
 def test_unreachable_target_acts_safely():

@@ -45,6 +45,7 @@ def generate_gridworld(
     task: str | Sequence[int] | None = None,
     n_envs: int = 4096,
     progress: bool = True,
+    tie_break: str = "random",
 ) -> TrajectoryDataset:
     """Roll out the expert for ``n_episodes`` episodes and return them as a dataset.
 
@@ -56,6 +57,8 @@ def generate_gridworld(
         eps: expert noise; default 0. Must be 0 (or None) for ``clean``.
         task: a fixed task (``"0-1-2-3"`` or ``"post"``) instead of the Table A1 mix.
         n_envs: episodes simulated at once.
+        tie_break: ``random`` (the paper's expert) or ``first`` (deterministic among
+            equally short moves), see :class:`~irl_lens.envs.expert.GridExpert`.
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not allowed; use one of {', '.join(SPLITS)}")
@@ -73,7 +76,7 @@ def generate_gridworld(
     env_seeds = ss.generate_state(n_envs, dtype=np.uint32)
     expert_rng = np.random.default_rng(ss.spawn(1)[0])
     env = BatchedGridPinpad(n_envs, task=fixed_task)
-    expert = GridExpert(eps=eps)
+    expert = GridExpert(eps=eps, tie_break=tie_break)
 
     chunks: list[dict[str, np.ndarray]] = []
     done_episodes = 0
@@ -91,7 +94,9 @@ def generate_gridworld(
         done_episodes += take
         bar.update(take)
     bar.close()
-    return _assemble(chunks, split=split, seed=seed, eps=eps, fixed_task=fixed_task)
+    return _assemble(
+        chunks, split=split, seed=seed, eps=eps, fixed_task=fixed_task, tie_break=tie_break
+    )
 
 
 def _run_chunk(env: BatchedGridPinpad, expert: GridExpert, rng: np.random.Generator) -> dict:
@@ -161,7 +166,7 @@ def pack_chunks(
 
 
 def _assemble(
-    chunks: list[dict], *, split: str, seed: int, eps: float, fixed_task
+    chunks: list[dict], *, split: str, seed: int, eps: float, fixed_task, tie_break: str
 ) -> TrajectoryDataset:
     cat, valid, arrays = pack_chunks(chunks, MAX_STEPS)
     offsets, lengths = arrays["episode_offsets"], cat["length"]
@@ -185,6 +190,7 @@ def _assemble(
         "n_steps": int(offsets[-1]),
         "seed": int(seed),
         "eps": float(eps),
+        "tie_break": tie_break,
         "task": format_task(fixed_task) if fixed_task is not None else "pretrain-mix",
         "success_rate": float(cat["success"].mean()),
         "mean_length": float(lengths.mean()),

@@ -147,6 +147,17 @@ def distance_maps(layouts: UInt8[np.ndarray, "n 49"]) -> Int16[np.ndarray, "n 8 
 # ---------------------------------------------------------------------- action choice
 
 
+TIE_BREAKS = ("random", "first")
+"""How the expert chooses among equally short moves (see :class:`GridExpert`)."""
+
+
+def check_tie_break(tie_break: str) -> str:
+    if tie_break not in TIE_BREAKS:
+        allowed = ", ".join(TIE_BREAKS)
+        raise ValueError(f"tie_break={tie_break!r} is not allowed; use one of {allowed}")
+    return tie_break
+
+
 def _check_eps(eps: float) -> float:
     eps = float(eps)
     if not 0.0 <= eps <= 1.0:
@@ -188,12 +199,16 @@ def _choose_actions(
     target: Int64[np.ndarray, " n"],
     eps: float,
     rng: np.random.Generator,
+    tie_break: str = "random",
 ) -> Int64[np.ndarray, " n"]:
     """Shared by :class:`GridExpert` and :func:`expert_action` so both act identically."""
     n = len(agent_pos)
     good, explore_ok = _move_masks(dist_to_target, layouts, agent_pos, target)
-    score = rng.random((n, N_ACTIONS))
-    actions = np.where(good, score, -1.0).argmax(axis=1)  # uniform among the good moves
+    score = rng.random((n, N_ACTIONS))  # drawn for both rules: same rng stream either way
+    if tie_break == "first":
+        actions = good.argmax(axis=1)  # the lowest-numbered shortest-path move
+    else:
+        actions = np.where(good, score, -1.0).argmax(axis=1)  # uniform among the good moves
     if eps > 0.0:
         explore = rng.random(n) < eps
         score = rng.random((n, N_ACTIONS))
@@ -208,15 +223,20 @@ def expert_action_probs(
     agent_pos: Int64[np.ndarray, " n"],
     target: Int64[np.ndarray, " n"],
     eps: float = 0.0,
+    tie_break: str = "random",
 ) -> Float[np.ndarray, "n 4"]:
     """The expert's exact action distribution in each state (what :func:`_choose_actions` samples).
 
-    ``(1 - eps)`` spread evenly over the shortest-path moves plus ``eps`` spread evenly
-    over the moves exploration may take. Its row-wise maximum, averaged over a dataset,
-    is the best accuracy any model *that knows the task* can reach: the known-task ceiling.
+    ``(1 - eps)`` spread evenly over the shortest-path moves (all on the lowest-numbered
+    one for ``tie_break="first"``) plus ``eps`` spread evenly over the moves exploration
+    may take. Its row-wise maximum, averaged over a dataset, is the best accuracy any
+    model *that knows the task* can reach: the known-task ceiling.
     """
     eps = _check_eps(eps)
+    tie_break = check_tie_break(tie_break)
     good, explore_ok = _move_masks(dist_to_target, layouts, agent_pos, target)
+    if tie_break == "first":
+        good = np.eye(N_ACTIONS, dtype=bool)[good.argmax(axis=1)]
     p_good = good / good.sum(axis=1, keepdims=True)
     p_explore = explore_ok / np.maximum(explore_ok.sum(axis=1, keepdims=True), 1)
     return (1.0 - eps) * p_good + eps * p_explore
@@ -260,6 +280,9 @@ class GridExpert:
     Args:
         eps: probability, per step and env, of a uniformly random non-terminating action
             instead of a shortest-path move. Must be in ``[0, 1]``.
+        tie_break: how to choose among equally short moves: ``random`` (uniformly, the
+            paper's expert) or ``first`` (always the lowest-numbered one: a deterministic
+            expert, the gridworld analogue of the ant expert's Gaussian mean).
 
     Example::
 
@@ -270,8 +293,9 @@ class GridExpert:
             env.step(expert.act(env, rng))
     """
 
-    def __init__(self, eps: float = 0.0):
+    def __init__(self, eps: float = 0.0, tie_break: str = "random"):
         self.eps = _check_eps(eps)
+        self.tie_break = check_tie_break(tie_break)
         self._dist: np.ndarray | None = None  # [n_envs, 8, 49] int16
         self._uid: np.ndarray | None = None  # [n_envs] episode_uid the maps belong to
 
@@ -293,7 +317,9 @@ class GridExpert:
         target = env.target_colour()
         target_row = np.maximum(target, 0)  # finished envs: any row, their action is ignored
         dist = self._dist[np.arange(env.n_envs), target_row]  # [n_envs, 49]
-        return _choose_actions(dist, env.layout, env.agent_pos, target, self.eps, rng)
+        return _choose_actions(
+            dist, env.layout, env.agent_pos, target, self.eps, rng, self.tie_break
+        )
 
 
 def benchmark(n_envs: int = 4096, seconds: float = 5.0) -> dict[str, float]:

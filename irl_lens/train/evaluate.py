@@ -47,6 +47,7 @@ def known_task_ceiling(ds: TrajectoryDataset) -> np.ndarray:
         a["agent_pos"].astype(np.int64),
         target,
         eps=float(ds.meta.get("eps", 0.0)),
+        tie_break=ds.meta.get("tie_break", "random"),
     )
     return probs.max(axis=1)
 
