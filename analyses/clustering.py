@@ -50,18 +50,67 @@ class ClusterResult:
     explained_variance: list[float] = field(default_factory=list)
 
 
+def _segment_ends(g: np.ndarray) -> np.ndarray:
+    """Last step of every labelled true segment of one episode."""
+    ends = np.flatnonzero(np.append(g[1:] != g[:-1], True))
+    return ends[g[ends] >= 0]
+
+
 def segment_codes(
     codes: list[np.ndarray], subgoals: list[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(codes [n_segments, n_z], true subgoal [n_segments])``: the code at each segment's end."""
     out_z, out_g = [], []
     for z, g in zip(codes, subgoals, strict=True):
-        ends = np.flatnonzero(np.append(g[1:] != g[:-1], True))
-        for t in ends:
-            if g[t] >= 0:
-                out_z.append(z[t])
-                out_g.append(int(g[t]))
+        for t in _segment_ends(g):
+            out_z.append(z[t])
+            out_g.append(int(g[t]))
     return np.asarray(out_z, dtype=np.float64), np.asarray(out_g, dtype=np.int64)
+
+
+def segment_target_cells(
+    ds: TrajectoryDataset, episodes: np.ndarray, subgoals: list[np.ndarray]
+) -> np.ndarray:
+    """Gridworld: ``(row, col)`` of each segment's first colour ``2k``, float[n, 2].
+
+    That is where the segment's subgoal ``k`` (colours ``2k``, ``2k+1``) sends the agent
+    first. Rows follow :func:`segment_codes` (same episodes, same segments)."""
+    layout = ds.arrays["layout"]
+    cells = []
+    for i, g in zip(episodes, subgoals, strict=True):
+        for t in _segment_ends(g):
+            cells.append(divmod(int(np.flatnonzero(layout[i] == 1 + 2 * g[t])[0]), 7))
+    return np.asarray(cells, dtype=np.float64)
+
+
+def code_semantics(
+    z: np.ndarray, truth: np.ndarray, target_cells: np.ndarray | None = None, seed: int = 0
+) -> dict[str, float]:
+    """What a segment's code is linearly predictive of, by 5-fold cross-validation.
+
+    ``subgoal_accuracy``: a logistic probe from the code to the true subgoal (next to
+    ``subgoal_chance``, the majority rate). ``target_cell_r2``: a linear regression from the
+    code to the grid ``(row, col)`` of the segment's first colour (gridworld,
+    :func:`segment_target_cells`). A code that means
+    "go to colour k" scores high on the first; one that means "go to that cell", whatever
+    its colour, on the second and near chance on the first.
+    """
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+
+    counts = np.bincount(truth)
+    out = {"subgoal_chance": float(counts.max() / len(truth)), "subgoal_accuracy": float("nan")}
+    folds = min(5, int(counts[counts > 0].min()))
+    if folds >= 2 and len(np.unique(truth)) >= 2:
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        probe = LogisticRegression(max_iter=2000)
+        out["subgoal_accuracy"] = float(cross_val_score(probe, z, truth, cv=cv).mean())
+    if target_cells is not None and len(z) >= 5:
+        cv = KFold(5, shuffle=True, random_state=seed)
+        out["target_cell_r2"] = float(
+            cross_val_score(LinearRegression(), z, target_cells, cv=cv, scoring="r2").mean()
+        )
+    return out
 
 
 def cluster_codes(z: np.ndarray, truth: np.ndarray, seed: int = 0) -> ClusterResult:

@@ -163,15 +163,22 @@ def analyse(
 
     loaded = load_metacontroller(out, device=device)  # once, for every analysis below
     # one posterior pass over the held-out episodes serves alignment and clustering
-    betas, subgoals, codes = switching.episode_betas(
-        out, ds, switching.held_out(ds, n_val), loaded=loaded
-    )
+    held = switching.held_out(ds, n_val)
+    betas, subgoals, codes = switching.episode_betas(out, ds, held, loaded=loaded)
     sw = switching.alignment_result(betas, subgoals)
     switching.beta_figure(sw).write_html(out / "switching_beta.html")
-    cl = clustering.cluster_codes(*clustering.segment_codes(codes, subgoals), seed=seed)
+    z, truth = clustering.segment_codes(codes, subgoals)
+    cl = clustering.cluster_codes(z, truth, seed=seed)
     clustering.cluster_figure(cl).write_html(out / "clusters.html")
+    gridworld = ds.meta.get("env") == "gridworld"
+    cells = clustering.segment_target_cells(ds, held, subgoals) if gridworld else None
+    semantics = clustering.code_semantics(z, truth, cells, seed=seed)
     analysis = {"switching": dataclasses.asdict(sw), "clustering": dataclasses.asdict(cl)}
-    summary = switching.summary(sw) | clustering.clusters_summary(cl)
+    summary = (
+        switching.summary(sw)
+        | clustering.clusters_summary(cl)
+        | {f"clustering/{k}": v for k, v in semantics.items()}
+    )
     if rollouts:
         st = clustering.steering(out, cl, task=task, n_episodes=episodes, seed=seed,
                                  loaded=loaded)  # fmt: skip
@@ -204,6 +211,11 @@ def _print_summary(out: Path, s: dict[str, float]) -> None:
         row = "  ".join(f"{g(f'switching/{name}_tol{t}'):>8}" for t in (0, 1, 2))
         print(f"    {name:<26} {row}")
     print(f"  code clustering              NMI {g('clustering/nmi')}  ARI {g('clustering/ari')}")
+    print(
+        f"  what a code predicts         subgoal {g('clustering/subgoal_accuracy')} "
+        f"(chance {g('clustering/subgoal_chance')}), target cell R2 "
+        f"{g('clustering/target_cell_r2')}"
+    )
     print(
         f"  steering (one-pair tasks)    {g('steering/mean_steered')} "
         f"vs uncontrolled {g('steering/mean_uncontrolled')}"

@@ -131,6 +131,26 @@ def test_clustering_recovers_planted_codes():
     assert shuffled.nmi < 0.1
 
 
+def test_code_semantics_tells_colour_codes_from_cell_codes(clean_ds):
+    held = np.arange(clean_ds.n_episodes)
+    subgoals = [clean_ds.arrays["subgoal"][o : o + n]
+                for o, n in zip(clean_ds.offsets[:-1], clean_ds.lengths, strict=True)]  # fmt: skip
+    cells = clustering.segment_target_cells(clean_ds, held, subgoals)
+    # recompute one segment's cell by hand: episode 0's first segment targets colour 2k first
+    k = int(subgoals[0][0])
+    layout = clean_ds.arrays["layout"][0].reshape(7, 7)
+    assert layout[int(cells[0, 0]), int(cells[0, 1])] == 1 + 2 * k
+    rng = np.random.default_rng(0)
+    _, truth = clustering.segment_codes([np.zeros((len(g), 2)) for g in subgoals], subgoals)
+    assert len(truth) == len(cells)
+    colour_codes = np.eye(4)[truth] * 3 + rng.normal(size=(len(truth), 4)) * 0.1
+    sem = clustering.code_semantics(colour_codes, truth, cells)
+    assert sem["subgoal_accuracy"] > 0.95 and sem["target_cell_r2"] < 0.2
+    cell_codes = cells + rng.normal(size=cells.shape) * 0.1  # "go to that cell", any colour
+    sem = clustering.code_semantics(cell_codes, truth, cells)
+    assert sem["target_cell_r2"] > 0.95 and sem["subgoal_accuracy"] < sem["subgoal_chance"] + 0.15
+
+
 def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
     from irl_lens.cli import main
 
@@ -140,9 +160,10 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
     main(["discover", str(base_run), "--out", str(out), "--data", str(data), "--preset", "tiny",
           "--episodes", "40", "--task", "0-1-2-3"])  # fmt: skip
     text = capsys.readouterr().out
-    assert "switch alignment" in text and "NMI" in text
+    assert "switch alignment" in text and "NMI" in text and "target cell R2" in text
     s = json.loads((out / "summary.json").read_text())
-    for key in ("switching/f1_tol1", "clustering/nmi", "steering/task_success", "prior/success"):
+    for key in ("switching/f1_tol1", "clustering/nmi", "clustering/subgoal_accuracy",
+                "clustering/target_cell_r2", "steering/task_success", "prior/success"):  # fmt: skip
         assert key in s
     for fig in ("switching_beta.html", "clusters.html", "steering.html"):
         assert (out / fig).stat().st_size > 1000
