@@ -9,7 +9,9 @@ wall-clock lands in ``DIR/stages.json``; the report is ``DIR/report.md`` and
 
 Stages (quick preset; ``paper`` uses the paper's sizes, meant for a GPU):
 
-1. data: 200k pretraining episodes and 20k clean episodes
+1. data: 200k pretraining episodes, 20k clean episodes (probes, supervised controllers)
+   and the same 20k clean layouts with the deterministic expert (``--tie-break first``,
+   discovery: the gridworld analogue of the ant's mean-action data)
 2. base: the base model (quick preset, both cores)
 3. read: linear probes and supervised controllers by layer
 4. discover: metacontrollers ``full``, ``beta1`` and ``cotrain``
@@ -60,10 +62,11 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     """The pipeline as stages of independent jobs (see the module docstring)."""
     p, seed = s.preset, str(s.seed)
     data, clean, base = out / "data", out / "data-clean", out / "base"
+    discovery = out / "data-discovery"
     rl = ["--preset", p, "--task", "post"]
     if s.rl_episodes is not None:
         rl += ["--episodes", str(s.rl_episodes)]
-    mc_args = ["--data", str(clean), "--preset", p, "--seed", seed, "--episodes", "1000"]
+    mc_args = ["--data", str(discovery), "--preset", p, "--seed", seed, "--episodes", "1000"]
     out_stages = [
         Stage("data", [
             Job(["data", "gridworld", "--split", "pretrain", "--episodes",
@@ -71,6 +74,9 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
                 marker="meta.json"),
             Job(["data", "gridworld", "--split", "clean", "--episodes", str(s.clean_episodes),
                  "--out", str(clean), "--seed", seed], clean, marker="meta.json"),
+            Job(["data", "gridworld", "--split", "clean", "--episodes", str(s.clean_episodes),
+                 "--tie-break", "first", "--out", str(discovery), "--seed", seed], discovery,
+                marker="meta.json"),
         ]),
         Stage("base", [
             Job(resumable(["pretrain", str(data), "--out", str(base), "--preset", p,
@@ -103,7 +109,7 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     if s.with_sweep:
         out_stages.append(Stage("sweep", [
             Job(["sweep", "rate-distortion", str(base), "--out", str(out / "rd"), "--data",
-                 str(clean), "--seeds", str(s.sweep_seeds), "--preset", p,
+                 str(discovery), "--seeds", str(s.sweep_seeds), "--preset", p,
                  "--workers", str(s.workers)], out / "rd"),
         ]))  # fmt: skip
     return out_stages

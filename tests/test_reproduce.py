@@ -25,6 +25,9 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
                  "mc-beta1/summary.json", "mc-cotrain/summary.json", "rl-full-s1/summary.json",
                  "rl-raw-s0/summary.json", "compare/success_log.html"):  # fmt: skip
         assert (repro / path).is_file(), path
+    mc_data = json.loads((repro / "mc-full" / "config.json").read_text())["data"]
+    assert json.loads((repro / "data-discovery" / "meta.json").read_text())["tie_break"] == "first"
+    assert mc_data.endswith("data-discovery")  # discovery trains on the deterministic expert
     report = (repro / "report.md").read_text()
     assert "| claim (paper) | paper | ours | figure |" in report
     assert "Internal RL solves the post task" in report and "internal_rl" in report
