@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -220,10 +221,13 @@ def _print_summary(out: Path, s: dict[str, float]) -> None:
         f"  steering (one-pair tasks)    {g('steering/mean_steered')} "
         f"vs uncontrolled {g('steering/mean_uncontrolled')}"
     )
-    print(
-        f"  steering (whole task)        {g('steering/task_success')} "
-        f"vs uncontrolled {g('steering/task_base_success')}"
-    )
+    if math.isnan(s.get("steering/task_success", 0.0)):
+        print("  steering (whole task)        n/a: no cluster code for some subgoal of the task")
+    else:
+        print(
+            f"  steering (whole task)        {g('steering/task_success')} "
+            f"vs uncontrolled {g('steering/task_base_success')}"
+        )
     print(
         f"  prior sampling               success {g('prior/success')}, "
         f"switches/episode {g('prior/switches_per_episode')}"
