@@ -263,6 +263,16 @@ def rate_distortion(
         DiscoverPreset.quick
     ),
     steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
+    layer: Annotated[
+        int | None, typer.Option(help="Residual layer of every run (default L/2).", min=0)
+    ] = None,
+    switch: Annotated[
+        Switch,
+        typer.Option(
+            help="Switching unit of every run; the paper's grid curve uses gumbel. On the quick "
+            "base, gumbel at layer 1 switches exactly at the subgoal boundaries."
+        ),
+    ] = Switch.sigmoid,
     workers: Annotated[
         int, typer.Option(help="Parallel worker processes (default: one per CPU core).", min=0)
     ] = 0,
@@ -292,7 +302,9 @@ def rate_distortion(
     bad = [v for v in variant_list if v not in Variant.__members__]
     if bad:
         raise ValueError(f"--variants: unknown {bad}; allowed: full, beta1, cotrain")
-    extra = ["--preset", preset.value, "--episodes", str(episodes)]
+    extra = ["--preset", preset.value, "--episodes", str(episodes), "--switch", switch.value]
+    if layer is not None:
+        extra += ["--layer", str(layer)]
     if data is not None:
         extra += ["--data", str(data)]
     if steps is not None:

@@ -180,12 +180,15 @@ def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_ru
     main(["data", "gridworld", "--split", "clean", "--episodes", "100", "--out", str(data)])
     args = ["sweep", "rate-distortion", str(base_run), "--out", str(tmp_path / "rd"),
             "--alphas", "0,0.5", "--seeds", "1", "--variants", "full", "--preset", "tiny",
-            "--data", str(data), "--episodes", "16", "--workers", "2"]  # fmt: skip
+            "--data", str(data), "--episodes", "16", "--workers", "2",
+            "--switch", "gumbel", "--layer", "1"]  # fmt: skip
     main(args)
     text = capsys.readouterr().out
     assert "full" in text and "FAILED" not in text
     s = json.loads((tmp_path / "rd" / "summary.json").read_text())
     assert s["sweep/finished"] == 2.0 and s["sweep/failed"] == 0.0
+    cfg = json.loads((tmp_path / "rd" / "full-a0.5-s0" / "config.json").read_text())
+    assert cfg["metacontroller"]["switch"] == "gumbel" and cfg["layer"] == 1
     assert (tmp_path / "rd" / "rate_distortion.html").stat().st_size > 1000
     stamp = (tmp_path / "rd" / "full-a0.5-s0" / "summary.json").stat().st_mtime
     main(args)  # again: both runs are skipped
