@@ -91,9 +91,9 @@ def code_semantics(
     ``subgoal_accuracy``: a logistic probe from the code to the true subgoal (next to
     ``subgoal_chance``, the majority rate). ``target_cell_r2``: a linear regression from the
     code to the grid ``(row, col)`` of the segment's first colour (gridworld,
-    :func:`segment_target_cells`). A code that means
-    "go to colour k" scores high on the first; one that means "go to that cell", whatever
-    its colour, on the second and near chance on the first.
+    :func:`segment_target_cells`). A code that means "go to colour k" scores high on the
+    first; one that means "go to that cell", whatever its colour, on the second and near
+    chance on the first.
     """
     from sklearn.linear_model import LinearRegression, LogisticRegression
     from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
