@@ -223,9 +223,16 @@ def page_controllers(found: list[dict]) -> None:
     run, analysis = got
     cl = clustering.ClusterResult(**analysis["clustering"])
     st.plotly_chart(clustering.cluster_figure(cl), key="cl_fig")
-    c1, c2 = st.columns(2)
+    c1, c2, c3, c4 = st.columns(4)
     c1.metric("NMI", f"{cl.nmi:.2f}")
     c2.metric("ARI", f"{cl.ari:.2f}")
+    summary = run.get("summary") or {}
+    if "clustering/subgoal_accuracy" in summary:  # analysed since the code read-outs exist
+        c3.metric("code -> subgoal (linear)", f"{summary['clustering/subgoal_accuracy']:.2f}",
+                  help=f"chance {summary['clustering/subgoal_chance']:.2f}")  # fmt: skip
+    if "clustering/target_cell_r2" in summary:
+        c4.metric("code -> target cell R2", f"{summary['clustering/target_cell_r2']:.2f}",
+                  help="high: the code means 'go to that cell', not 'go to colour k'")  # fmt: skip
     st.plotly_chart(clustering.steering_figure(clustering.SteeringResult(**analysis["steering"])),
                     key="steer_fig")  # fmt: skip
     st.subheader("Steer a rollout")

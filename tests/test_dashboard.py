@@ -105,3 +105,11 @@ def test_a_missing_result_gives_the_command_that_makes_it(tmp_path):
     main(["pretrain", str(tmp_path / "d"), "--out", str(tmp_path / "base"), "--preset", "tiny"])
     at = _app(tmp_path, "Probes")
     assert any("irl-lens probe" in i.value for i in at.info)
+
+
+def test_controllers_page_shows_what_the_codes_predict(runs_root):
+    at = _app(runs_root, "Controllers")
+    metrics = {m.label: m.value for m in at.metric}
+    assert {"NMI", "code -> subgoal (linear)", "code -> target cell R2"} <= set(metrics)
+    summary = json.loads((runs_root / "q" / "mc" / "summary.json").read_text())
+    assert metrics["code -> target cell R2"] == f"{summary['clustering/target_cell_r2']:.2f}"
