@@ -14,7 +14,9 @@ Stages (quick preset; ``paper`` uses the paper's sizes, meant for a GPU):
    discovery: the gridworld analogue of the ant's mean-action data)
 2. base: the base model (quick preset, both cores)
 3. read: linear probes and supervised controllers by layer
-4. discover: metacontrollers ``full``, ``beta1`` and ``cotrain``
+4. discover: metacontrollers ``full``, ``beta1`` and ``cotrain`` (quick preset: at layer 1
+   with the Gumbel switch, the configuration that switches exactly at the subgoal boundaries
+   on the quick base; other presets: layer L/2, sigmoid switch)
 5. rl: internal RL (3 seeds) on ``full``; raw-action RL and internal RL on ``beta1`` and
    ``cotrain`` on the same budget
 6. (``--with-sweep``) the rate-distortion sweep
@@ -67,6 +69,10 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     if s.rl_episodes is not None:
         rl += ["--episodes", str(s.rl_episodes)]
     mc_args = ["--data", str(discovery), "--preset", p, "--seed", seed, "--episodes", "1000"]
+    # measured on the 4-layer quick base: layer 1 is its best controller layer, and there
+    # the Gumbel switch lands exactly on the subgoal boundaries
+    switching = ["--layer", "1", "--switch", "gumbel"] if p == "quick" else []
+    mc_args += switching
     out_stages = [
         Stage("data", [
             Job(["data", "gridworld", "--split", "pretrain", "--episodes",
@@ -109,7 +115,7 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     if s.with_sweep:
         out_stages.append(Stage("sweep", [
             Job(["sweep", "rate-distortion", str(base), "--out", str(out / "rd"), "--data",
-                 str(discovery), "--seeds", str(s.sweep_seeds), "--preset", p,
+                 str(discovery), "--seeds", str(s.sweep_seeds), "--preset", p, *switching,
                  "--workers", str(s.workers)], out / "rd"),
         ]))  # fmt: skip
     return out_stages

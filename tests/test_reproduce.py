@@ -43,3 +43,16 @@ def test_a_rerun_skips_finished_stages_and_gives_the_same_numbers(repro):
     assert (repro / "base" / "model.safetensors").stat().st_mtime == mtime  # not redone
     after = json.loads((repro / "summary.json").read_text())
     assert after == before
+
+
+def test_quick_discovery_runs_at_layer_1_with_the_gumbel_switch_on_deterministic_data(tmp_path):
+    from irl_lens.reproduce import ReproduceSettings, stages
+
+    by_name = {s.name: s for s in stages(tmp_path, ReproduceSettings(with_sweep=True))}
+    for job in [*by_name["discover"].jobs, *by_name["sweep"].jobs]:
+        args = job.args
+        assert args[args.index("--layer") + 1] == "1", args
+        assert args[args.index("--switch") + 1] == "gumbel", args
+        assert args[args.index("--data") + 1] == str(tmp_path / "data-discovery"), args
+    tiny = {s.name: s for s in stages(tmp_path, ReproduceSettings(preset="tiny"))}
+    assert all("--switch" not in j.args for j in tiny["discover"].jobs)  # other presets: L/2
