@@ -158,6 +158,11 @@ def check_tie_break(tie_break: str) -> str:
     return tie_break
 
 
+def _lowest_good_move(good: Bool[np.ndarray, "n 4"]) -> Int64[np.ndarray, " n"]:
+    """The ``tie_break="first"`` rule: the lowest-numbered shortest-path move."""
+    return good.argmax(axis=1)
+
+
 def _check_eps(eps: float) -> float:
     eps = float(eps)
     if not 0.0 <= eps <= 1.0:
@@ -206,7 +211,7 @@ def _choose_actions(
     good, explore_ok = _move_masks(dist_to_target, layouts, agent_pos, target)
     score = rng.random((n, N_ACTIONS))  # drawn for both rules: same rng stream either way
     if tie_break == "first":
-        actions = good.argmax(axis=1)  # the lowest-numbered shortest-path move
+        actions = _lowest_good_move(good)
     else:
         actions = np.where(good, score, -1.0).argmax(axis=1)  # uniform among the good moves
     if eps > 0.0:
@@ -236,7 +241,7 @@ def expert_action_probs(
     tie_break = check_tie_break(tie_break)
     good, explore_ok = _move_masks(dist_to_target, layouts, agent_pos, target)
     if tie_break == "first":
-        good = np.eye(N_ACTIONS, dtype=bool)[good.argmax(axis=1)]
+        good = np.eye(N_ACTIONS, dtype=bool)[_lowest_good_move(good)]
     p_good = good / good.sum(axis=1, keepdims=True)
     p_explore = explore_ok / np.maximum(explore_ok.sum(axis=1, keepdims=True), 1)
     return (1.0 - eps) * p_good + eps * p_explore

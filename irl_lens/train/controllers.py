@@ -297,7 +297,7 @@ def load_controllers(
         base_run = path.parent  # the default layout RUN/controllers, moved with its run
     checkpoint = config.get("base_checkpoint")
     if checkpoint is not None:
-        checkpoint = Path(base_run) / "checkpoints" / checkpoint
+        checkpoint = runs.checkpoint_at(Path(base_run), runs.checkpoint_step(checkpoint))
     model = load_base_model(base_run, checkpoint).to(device, print_details=False)
     banks = {}
     for layer in layers:
