@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from irl_lens import runs
 from irl_lens.sweep import Job, LocalRunner, resumable
 
@@ -128,20 +130,25 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     runner = LocalRunner(s.workers, progress=progress)
     all_stages = stages(out, s)
-    for i, stage in enumerate(all_stages, start=1):
-        todo = [j for j in stage.jobs if not j.done]
-        logger.info("stage %d/%d %s: %d job(s) to run, %d done", i, len(all_stages),
-                    stage.name, len(todo), len(stage.jobs) - len(todo))  # fmt: skip
-        if not todo:
-            continue
-        t0 = time.perf_counter()
-        results = runner.run(todo)
-        failed = [r for r in results if r.returncode != 0]
-        timing[stage.name] = timing.get(stage.name, 0.0) + time.perf_counter() - t0
-        runs.write_json(timing_path, timing)
-        if failed:
-            names = ", ".join(f"{r.job.out} (log {r.log})" for r in failed)
-            raise RuntimeError(f"stage {stage.name!r} failed: {names}")
+    todo_by_stage = [[j for j in stage.jobs if not j.done] for stage in all_stages]
+    # one bar over the whole pipeline: jobs finished, and each running job's own progress
+    bar = tqdm(total=sum(map(len, todo_by_stage)), desc="reproduce", unit="job",
+               disable=not progress)  # fmt: skip
+    with bar:
+        for i, (stage, todo) in enumerate(zip(all_stages, todo_by_stage, strict=True), 1):
+            logger.info("stage %d/%d %s: %d job(s) to run, %d done", i, len(all_stages),
+                        stage.name, len(todo), len(stage.jobs) - len(todo))  # fmt: skip
+            if not todo:
+                continue
+            bar.set_description(f"reproduce {i}/{len(all_stages)} {stage.name}")
+            t0 = time.perf_counter()
+            results = runner.run(todo, bar=bar)
+            failed = [r for r in results if r.returncode != 0]
+            timing[stage.name] = timing.get(stage.name, 0.0) + time.perf_counter() - t0
+            runs.write_json(timing_path, timing)
+            if failed:
+                names = ", ".join(f"{r.job.out} (log {r.log})" for r in failed)
+                raise RuntimeError(f"stage {stage.name!r} failed: {names}")
     compare_dir = out / "compare"
     rl_dirs = sorted(str(d) for d in out.glob("rl-*") if (d / "summary.json").is_file())
     if rl_dirs:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -56,15 +58,49 @@ class JobResult:
 
 
 class Runner(Protocol):
-    def run(self, jobs: Sequence[Job]) -> list[JobResult]: ...
+    def run(
+        self, jobs: Sequence[Job], bar: tqdm | None = None, desc: str = "sweep"
+    ) -> list[JobResult]: ...
+
+
+_PERCENT = re.compile(r"(\d{1,3})%\|")
+
+
+def job_progress(log: Path, tail_bytes: int = 4096) -> str:
+    """Where a running job stands, from the last progress bar in its log: ``"pretrain 45%"``.
+
+    Jobs write their tqdm bars to their log, one update after another separated by carriage
+    returns, so the last bar line in the file's tail is the bar now moving. Empty when the
+    log holds no bar (yet).
+    """
+    try:
+        with log.open("rb") as fh:
+            fh.seek(max(0, log.stat().st_size - tail_bytes))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    for line in reversed(re.split(r"[\r\n]", text)):
+        m = _PERCENT.search(line)
+        if m:
+            return f"{line[: m.start()].strip().rstrip(':').strip()} {m.group(1)}%".strip()
+    return ""
 
 
 class LocalRunner:
-    """Runs jobs as local ``irl-lens`` subprocesses, ``workers`` at a time, one thread each."""
+    """Runs jobs as local ``irl-lens`` subprocesses, ``workers`` at a time, one thread each.
 
-    def __init__(self, workers: int | None = None, progress: bool = True) -> None:
+    The progress bar counts finished jobs and shows, for each running one, the progress bar
+    of its own log (``job_progress``), refreshed every ``poll_s`` seconds.
+    """
+
+    def __init__(
+        self, workers: int | None = None, progress: bool = True, poll_s: float = 2.0
+    ) -> None:
         self.workers = max(1, workers or (os.cpu_count() or 1))
         self.progress = progress
+        self.poll_s = poll_s
+        self._running: dict[str, Path] = {}  # job folder name -> its log, while it runs
+        self._lock = threading.Lock()
 
     def _one(self, job: Job) -> JobResult:
         if job.done:
@@ -76,20 +112,47 @@ class LocalRunner:
         cmd = [sys.executable, "-m", "irl_lens.cli", "--threads", threads, "-q", *job.args]
         t0 = time.perf_counter()
         with log.open("w") as fh:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+            with self._lock:
+                self._running[job.out.name] = log
+            try:
+                rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+            finally:
+                with self._lock:
+                    self._running.pop(job.out.name, None)
         return JobResult(job, rc, time.perf_counter() - t0, log=log)
 
-    def run(self, jobs: Sequence[Job]) -> list[JobResult]:
+    def running_progress(self) -> str:
+        """``"base: pretrain 45% | mc-full: discover 3%"`` for the jobs running now."""
+        with self._lock:
+            running = dict(self._running)
+        return " | ".join(f"{name}: {job_progress(log) or 'starting'}"
+                          for name, log in running.items())  # fmt: skip
+
+    def run(
+        self, jobs: Sequence[Job], bar: tqdm | None = None, desc: str = "sweep"
+    ) -> list[JobResult]:
+        """Run ``jobs``; ``bar`` is an outer progress bar to advance (else one of its own)."""
         results: list[JobResult] = []
-        with ThreadPoolExecutor(self.workers) as pool:
-            futures = [pool.submit(self._one, job) for job in jobs]
-            for fut in tqdm(as_completed(futures), total=len(futures), desc="sweep",
-                            unit="run", disable=not self.progress):  # fmt: skip
-                res = fut.result()
-                if res.returncode != 0:
-                    logger.warning("job %s failed (exit %d); see %s", res.job.out,
-                                   res.returncode, res.log)  # fmt: skip
-                results.append(res)
+        own_bar = bar is None
+        if own_bar:
+            bar = tqdm(total=len(jobs), desc=desc, unit="run", disable=not self.progress)
+        try:
+            with ThreadPoolExecutor(self.workers) as pool:
+                pending = {pool.submit(self._one, job) for job in jobs}
+                while pending:
+                    done, pending = wait(pending, timeout=self.poll_s,
+                                         return_when=FIRST_COMPLETED)  # fmt: skip
+                    for fut in done:
+                        res = fut.result()
+                        if res.returncode != 0:
+                            logger.warning("job %s failed (exit %d); see %s", res.job.out,
+                                           res.returncode, res.log)  # fmt: skip
+                        results.append(res)
+                        bar.update(1)
+                    bar.set_postfix_str(self.running_progress(), refresh=True)
+        finally:
+            if own_bar:
+                bar.close()
         order = {id(j): i for i, j in enumerate(jobs)}
         return sorted(results, key=lambda r: order[id(r.job)])
 

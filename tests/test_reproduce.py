@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+from tqdm import tqdm
 
 from irl_lens.cli import main
 
@@ -56,3 +58,33 @@ def test_quick_discovery_runs_at_layer_1_with_the_gumbel_switch_on_deterministic
         assert args[args.index("--data") + 1] == str(tmp_path / "data-discovery"), args
     tiny = {s.name: s for s in stages(tmp_path, ReproduceSettings(preset="tiny"))}
     assert all("--switch" not in j.args for j in tiny["discover"].jobs)  # other presets: L/2
+
+
+def test_job_progress_reads_the_bar_now_moving_in_a_jobs_log(tmp_path):
+    from irl_lens.sweep import job_progress
+
+    log = tmp_path / "job.log"
+    assert job_progress(log) == ""  # not started
+    log.write_text("INFO start\n")
+    assert job_progress(log) == ""  # no bar yet
+    log.write_text("train layer 0: 100%|##########| 10/10 [00:01<00:00]\n"
+                   "evaluate:   7%|7         | 7/100 [00:01<00:10]\r"
+                   "evaluate:  45%|####5     | 45/100 [00:02<00:03, nll=0.3]\r")  # fmt: skip
+    assert job_progress(log) == "evaluate 45%"
+
+
+def test_the_runner_shows_each_running_jobs_progress(tmp_path):
+    from irl_lens.sweep import Job, LocalRunner
+
+    runner = LocalRunner(2)
+    assert runner.running_progress() == ""
+    (tmp_path / "mc-full.log").write_text("discover:  12%|#  | 240/2000\r")
+    runner._running = {"mc-full": tmp_path / "mc-full.log", "base": tmp_path / "base.log"}
+    assert runner.running_progress() == "mc-full: discover 12% | base: starting"
+    # a finished job is skipped without a process; an outer bar is advanced, not closed
+    runner._running = {}
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "summary.json").write_text("{}")
+    bar = tqdm(total=1, file=io.StringIO())
+    (res,) = runner.run([Job(["probe", "x"], tmp_path / "done")], bar=bar)
+    assert res.skipped and bar.n == 1 and runner.running_progress() == ""
