@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -191,38 +192,101 @@ def _fmt(v, digits: int = 3) -> str:
     return "n/a" if v is None or v != v else f"{v:.{digits}f}"
 
 
-def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
-    """``report.md``: each claim of the paper, our number next to it, figures, settings."""
+def _known(*values) -> bool:
+    return all(v is not None and v == v for v in values)
+
+
+def _verdict(*checks: bool | None) -> str:
+    """``yes`` when every check holds, ``no`` when one fails, ``n/a`` when one is unknown."""
+    if any(c is None for c in checks):
+        return "n/a"
+    return "yes" if all(checks) else "no"
+
+
+@dataclass
+class Claim:
+    """One row of the report: a claim of the paper, the bar we set for it, and our number."""
+
+    claim: str
+    paper: str
+    target: str
+    ours: str
+    met: str
+    figure: str
+
+
+def claims(summary: dict, n_layers: int | None) -> list[Claim]:
+    """Each claim of the paper against the targets of the project's issues."""
     g = summary.get
-    best_probe = g("probe:probe/best_accuracy")
-    layer0 = g("probe:probe/accuracy_layer_0")
-    rows = [
-        ("Probe accuracy rises with depth (Fig 3)", "~0.3 -> ~0.5-0.6 mid-depth",
-         f"layer 0 {_fmt(layer0)} -> best {_fmt(best_probe)} (layer "
-         f"{_fmt(g('probe:probe/best_layer'), 0)})", "base/probe/probe_accuracy.html"),
-        ("Supervised controllers solve the post task best at mid-depth (Fig 4)",
-         "0.2-0.7 at mid-depth; base ~0",
-         f"best {_fmt(g('controllers:controllers/best_success'))} sampled / "
-         f"{_fmt(g('controllers:controllers/best_success_greedy'))} greedy at layer "
-         f"{_fmt(g('controllers:controllers/best_layer'), 0)}; base "
-         f"{_fmt(g('controllers:controllers/base_success'))}",
-         "base/controllers/controllers_success.html"),
-        ("beta switches at subgoal boundaries (Fig 6)", "essentially perfect, quasi-binary",
-         f"F1@1 {_fmt(g('mc:switching/f1_tol1'))}, binary fraction "
-         f"{_fmt(g('mc:switching/binary_fraction'))}, switches/episode "
-         f"{_fmt(g('mc:switching/switches_per_episode'), 2)} (true "
-         f"{_fmt(g('mc:switching/true_switches_per_episode'), 2)})",
-         "mc-full/switching_beta.html"),
-        ("Latent codes mean 'go to subgoal k' (Fig 5)", "clusters by subgoal; steering works",
-         f"NMI {_fmt(g('mc:clustering/nmi'))}; steering {_fmt(g('mc:steering/mean_steered'))} "
-         f"vs uncontrolled {_fmt(g('mc:steering/mean_uncontrolled'))}",
-         "mc-full/clusters.html"),
-        ("Internal RL solves the post task; baselines ~0 (Fig 8)",
-         "internal RL high; raw-action, beta1, co-trained ~0 within 1M episodes",
-         "; ".join(f"{k.split('/')[1]} {_fmt(v)}" for k, v in summary.items()
-                   if k.startswith("compare:") and k.endswith("final_success")) or "n/a",
-         "compare/success_linear.html"),
-    ]  # fmt: skip
+    out = []
+    layer0, best = g("probe:probe/accuracy_layer_0"), g("probe:probe/best_accuracy")
+    out.append(Claim(
+        "Probe accuracy rises with depth (Fig 3)", "~0.3 -> ~0.5-0.6 mid-depth",
+        "best >= 0.5 and >= layer 0 + 0.15",
+        f"layer 0 {_fmt(layer0)} -> best {_fmt(best)} (layer "
+        f"{_fmt(g('probe:probe/best_layer'), 0)})",
+        _verdict(best >= 0.5 and best >= layer0 + 0.15 if _known(best, layer0) else None),
+        "base/probe/probe_accuracy.html"))  # fmt: skip
+
+    ctrl = g("controllers:controllers/best_success")
+    ctrl_layer = g("controllers:controllers/best_layer")
+    base_success = g("controllers:controllers/base_success")
+    middle = (None if n_layers is None or not _known(ctrl_layer)
+              else n_layers / 3 <= ctrl_layer <= 2 * n_layers / 3)  # fmt: skip
+    out.append(Claim(
+        "Supervised controllers solve the post task best at mid-depth (Fig 4)",
+        "0.2-0.7 at mid-depth; base ~0",
+        "best sampled >= 0.5, best layer in the middle third, base <= 0.05",
+        f"best {_fmt(ctrl)} sampled / "
+        f"{_fmt(g('controllers:controllers/best_success_greedy'))} greedy at layer "
+        f"{_fmt(ctrl_layer, 0)} of 0..{n_layers if n_layers is not None else '?'}; base "
+        f"{_fmt(base_success)}",
+        _verdict(ctrl >= 0.5 if _known(ctrl) else None, middle,
+                 base_success <= 0.05 if _known(base_success) else None),
+        "base/controllers/controllers_success.html"))  # fmt: skip
+
+    f1, binary = g("mc:switching/f1_tol1"), g("mc:switching/binary_fraction")
+    out.append(Claim(
+        "beta switches at subgoal boundaries (Fig 6)", "essentially perfect, quasi-binary",
+        "F1 at tolerance 1 >= 0.9, >= 90% of beta within 0.05 of 0 or 1",
+        f"F1@1 {_fmt(f1)}, binary fraction {_fmt(binary)}, switches/episode "
+        f"{_fmt(g('mc:switching/switches_per_episode'), 2)} (true "
+        f"{_fmt(g('mc:switching/true_switches_per_episode'), 2)})",
+        _verdict(f1 >= 0.9 if _known(f1) else None, binary >= 0.9 if _known(binary) else None),
+        "mc-full/switching_beta.html"))  # fmt: skip
+
+    nmi = g("mc:clustering/nmi")
+    steered, free = g("mc:steering/mean_steered"), g("mc:steering/mean_uncontrolled")
+    out.append(Claim(
+        "Latent codes mean 'go to subgoal k' (Fig 5)", "clusters by subgoal; steering works",
+        "NMI >= 0.8; steering >= uncontrolled + 0.1",
+        f"NMI {_fmt(nmi)}; steering {_fmt(steered)} vs uncontrolled {_fmt(free)}; a code "
+        f"predicts the subgoal {_fmt(g('mc:clustering/subgoal_accuracy'))} (chance "
+        f"{_fmt(g('mc:clustering/subgoal_chance'))}) and its target cell R2 "
+        f"{_fmt(g('mc:clustering/target_cell_r2'))}",
+        _verdict(nmi >= 0.8 if _known(nmi) else None,
+                 steered >= free + 0.1 if _known(steered, free) else None),
+        "mc-full/clusters.html"))  # fmt: skip
+
+    rl = {k.split("/")[1]: v for k, v in summary.items()
+          if k.startswith("compare:") and k.endswith("/final_success")}  # fmt: skip
+    bars = {"internal_rl": lambda v: v >= 0.5, "raw_rl": lambda v: v <= 0.01,
+            "internal_rl_beta1": lambda v: v <= 0.05}  # fmt: skip
+    out.append(Claim(
+        "Internal RL solves the post task; baselines ~0 (Fig 8)",
+        "internal RL high; raw-action, beta1, co-trained ~0 within 1M episodes",
+        "internal RL (median of seeds) >= 0.5; raw-action RL <= 0.01; beta1 <= 0.05",
+        "; ".join(f"{m} {_fmt(v)}" for m, v in rl.items()) or "n/a",
+        _verdict(*[bar(rl[m]) if _known(rl.get(m)) else None for m, bar in bars.items()]),
+        "compare/success_linear.html"))  # fmt: skip
+    return out
+
+
+def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
+    """``report.md``: each claim of the paper, our number and verdict, figures, settings."""
+    config = out / "base" / "config.json"
+    n_layers = json.loads(config.read_text())["model"]["n_layers"] if config.is_file() else None
+    rows = claims(summary, n_layers)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()  # fmt: skip
@@ -232,18 +296,32 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
         "# irl_lens reproduction report",
         "",
         f"- date: {time.strftime('%Y-%m-%d')}; commit {commit}; machine {platform.machine()}, "
-        f"{platform.processor() or 'cpu'}",
+        f"{platform.processor() or 'cpu'}, {os.cpu_count()} cores",
         f"- preset `{s.preset}`, seed {s.seed}, RL seeds {s.rl_seeds}, workers {s.workers}",
         "",
-        "| claim (paper) | paper | ours | figure |",
-        "| --- | --- | --- | --- |",
-        *[f"| {c} | {p} | {o} | [{f}]({f}) |" for c, p, o, f in rows],
+        f"{sum(r.met == 'yes' for r in rows)} of {len(rows)} claims meet the project's target.",
+        "",
+        "| claim (paper) | paper | target | ours | met | figure |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {r.claim} | {r.paper} | {r.target} | {r.ours} | {r.met} | [{r.figure}]"
+            f"({r.figure}) |"
+            for r in rows
+        ],  # fmt: skip
         "",
         "## Wall-clock per stage (seconds)",
         "",
         "| stage | seconds |",
         "| --- | --- |",
         *[f"| {k} | {v:.0f} |" for k, v in timing.items()],
+        "",
+        "## Commands (every job, in stage order; `irl-lens` arguments)",
+        "",
+        *[
+            f"- {stage.name}: `irl-lens {' '.join(a for a in job.args if a != '--resume')}`"
+            for stage in stages(out, s)
+            for job in stage.jobs
+        ],  # fmt: skip
         "",
         "All numbers: `summary.json` here (flat keys, prefixed by stage).",
     ]

@@ -31,7 +31,8 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
     assert json.loads((repro / "data-discovery" / "meta.json").read_text())["tie_break"] == "first"
     assert mc_data.endswith("data-discovery")  # discovery trains on the deterministic expert
     report = (repro / "report.md").read_text()
-    assert "| claim (paper) | paper | ours | figure |" in report
+    assert "| claim (paper) | paper | target | ours | met | figure |" in report
+    assert "- base: `irl-lens pretrain" in report and "--resume" not in report
     assert "Internal RL solves the post task" in report and "internal_rl" in report
     stages = json.loads((repro / "stages.json").read_text())
     assert set(stages) == {"data", "base", "read", "discover", "rl"}
@@ -45,6 +46,21 @@ def test_a_rerun_skips_finished_stages_and_gives_the_same_numbers(repro):
     assert (repro / "base" / "model.safetensors").stat().st_mtime == mtime  # not redone
     after = json.loads((repro / "summary.json").read_text())
     assert after == before
+
+
+def _numbers(summary: dict) -> dict:
+    """The results, without wall-clock and throughput (which vary run to run)."""
+    timing = ("seconds", "per_s", "tok_s", "tokens_per_s")
+    return {k: v for k, v in summary.items() if not any(t in k for t in timing)}
+
+
+def test_a_second_reproduction_with_the_same_seed_gives_the_same_numbers(repro, tmp_path):
+    again = tmp_path / "again"
+    main(["reproduce", "gridworld", "--out", str(again), *ARGS])
+    first, second = (_numbers(json.loads((d / "summary.json").read_text()))
+                     for d in (repro, again))  # fmt: skip
+    assert second == first
+    assert first["mc:switching/f1_tol1"] == first["mc:switching/f1_tol1"]  # not nan: compared
 
 
 def test_quick_discovery_runs_at_layer_1_with_the_gumbel_switch_on_deterministic_data(tmp_path):
@@ -88,3 +104,25 @@ def test_the_runner_shows_each_running_jobs_progress(tmp_path):
     bar = tqdm(total=1, file=io.StringIO())
     (res,) = runner.run([Job(["probe", "x"], tmp_path / "done")], bar=bar)
     assert res.skipped and bar.n == 1 and runner.running_progress() == ""
+
+
+def test_each_claim_is_judged_against_the_issue_targets():
+    from irl_lens.reproduce import claims
+
+    good = {"probe:probe/accuracy_layer_0": 0.3, "probe:probe/best_accuracy": 0.6,
+            "controllers:controllers/best_success": 0.5, "controllers:controllers/best_layer": 2,
+            "controllers:controllers/base_success": 0.0, "mc:switching/f1_tol1": 0.95,
+            "mc:switching/binary_fraction": 0.9, "mc:clustering/nmi": 0.85,
+            "mc:steering/mean_steered": 0.6, "mc:steering/mean_uncontrolled": 0.2,
+            "compare:compare/internal_rl/final_success": 0.7,
+            "compare:compare/raw_rl/final_success": 0.0,
+            "compare:compare/internal_rl_beta1/final_success": 0.05}  # fmt: skip
+    assert [c.met for c in claims(good, n_layers=4)] == ["yes"] * 5
+    bad = good | {"probe:probe/best_accuracy": 0.44,  # under layer 0 + 0.15
+                  "controllers:controllers/best_layer": 1,  # below the middle third of 0..4
+                  "mc:switching/binary_fraction": 0.2,
+                  "mc:steering/mean_steered": 0.25,  # not clearly above 0.2
+                  "compare:compare/raw_rl/final_success": 0.02}  # fmt: skip
+    assert [c.met for c in claims(bad, n_layers=4)] == ["no"] * 5
+    missing = claims({}, n_layers=None)
+    assert [c.met for c in missing] == ["n/a"] * 5 and "n/a" in missing[0].ours
