@@ -33,6 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # reflow docstring paragraphs to the terminal width
 )
 
 _STATE = {"debug": False}
