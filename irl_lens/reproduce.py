@@ -1,13 +1,14 @@
 """``irl-lens reproduce``: the paper's gridworld pipeline in one command, with a report.
 
-Stages run in order; the jobs inside a stage are independent ``irl-lens`` processes run
-side by side (:class:`irl_lens.sweep.LocalRunner`). A job is skipped when its output
-already holds its finish marker, so an interrupted reproduction resumes where it stopped
-(pretraining, discovery and RL also resume from their own checkpoints). Every stage's
-wall-clock lands in ``DIR/stages.json``; the report is ``DIR/report.md`` and
-``DIR/summary.json``.
+Every job is its own ``irl-lens`` process (:class:`irl_lens.sweep.LocalRunner`), ``workers``
+at a time; a job starts as soon as the jobs it needs are done (the raw-action baseline runs
+beside the metacontrollers, RL on ``full`` beside the ``cotrain`` training), so no core
+idles at a stage boundary. A job is skipped when its output already holds its finish
+marker, so an interrupted reproduction resumes where it stopped (pretraining, discovery and
+RL also resume from their own checkpoints). Every job's wall-clock lands in
+``DIR/timing.json``; the report is ``DIR/report.md`` and ``DIR/summary.json``.
 
-Stages (quick preset; ``paper`` uses the paper's sizes, meant for a GPU):
+Stages, in dependency order (quick preset; ``paper`` uses the paper's sizes, for a GPU):
 
 1. data: 200k pretraining episodes, 20k clean episodes (probes, supervised controllers)
    and the same 20k clean layouts with the deterministic expert (``--tie-break first``,
@@ -76,6 +77,7 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     # the Gumbel switch lands exactly on the subgoal boundaries
     switching = ["--layer", "1", "--switch", "gumbel"] if p == "quick" else []
     mc_args += switching
+    mc = {v: out / f"mc-{v}" for v in ("full", "beta1", "cotrain")}
     out_stages = [
         Stage("data", [
             Job(["data", "gridworld", "--split", "pretrain", "--episodes",
@@ -90,66 +92,68 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
         Stage("base", [
             Job(resumable(["pretrain", str(data), "--out", str(base), "--preset", p,
                             "--seed", seed], base),
-                base, threads=max(1, s.workers), marker="model.safetensors"),
+                base, threads=max(1, s.workers), marker="model.safetensors", needs=(data,)),
         ]),
         Stage("read", [
-            Job(["probe", str(base), "--data", str(clean), "--seed", seed], base / "probe"),
+            Job(["probe", str(base), "--data", str(clean), "--seed", seed], base / "probe",
+                needs=(base, clean)),
             Job(["controllers", str(base), "--data", str(clean), "--seed", seed, "--preset",
-                 p], base / "controllers"),
+                 p], base / "controllers", needs=(base, clean)),
         ]),
         Stage("discover", [
-            Job(resumable(["discover", str(base), "--out", str(out / f"mc-{v}"), "--variant",
-                            v, *mc_args], out / f"mc-{v}"), out / f"mc-{v}")
-            for v in ("full", "beta1", "cotrain")
+            Job(resumable(["discover", str(base), "--out", str(folder), "--variant", v,
+                           *mc_args], folder), folder, needs=(base, discovery))
+            for v, folder in mc.items()
         ]),
         Stage("rl", [
-            *[Job(resumable(["internal-rl", str(out / "mc-full"), "--out",
+            *[Job(resumable(["internal-rl", str(mc["full"]), "--out",
                               str(out / f"rl-full-s{k}"), "--seed", str(s.seed + k), *rl],
-                             out / f"rl-full-s{k}"), out / f"rl-full-s{k}")
+                             out / f"rl-full-s{k}"), out / f"rl-full-s{k}", needs=(mc["full"],))
               for k in range(s.rl_seeds)],
             Job(resumable(["raw-rl", str(base), "--out", str(out / "rl-raw-s0"), "--seed",
-                            seed, *rl], out / "rl-raw-s0"), out / "rl-raw-s0"),
-            *[Job(resumable(["internal-rl", str(out / f"mc-{v}"), "--out",
-                              str(out / f"rl-{v}-s0"), "--seed", seed, *rl], out / f"rl-{v}-s0"),
-                  out / f"rl-{v}-s0")
+                            seed, *rl], out / "rl-raw-s0"), out / "rl-raw-s0", needs=(base,)),
+            *[Job(resumable(["internal-rl", str(mc[v]), "--out", str(out / f"rl-{v}-s0"),
+                              "--seed", seed, *rl], out / f"rl-{v}-s0"), out / f"rl-{v}-s0",
+                  needs=(mc[v],))
               for v in ("beta1", "cotrain")],
         ]),
     ]  # fmt: skip
     if s.with_sweep:
+        # it runs its own worker processes: last, once everything else is done
+        before = tuple(j.out for stage in out_stages for j in stage.jobs)
         out_stages.append(Stage("sweep", [
             Job(["sweep", "rate-distortion", str(base), "--out", str(out / "rd"), "--data",
                  str(discovery), "--seeds", str(s.sweep_seeds), "--preset", p, *switching,
-                 "--workers", str(s.workers)], out / "rd"),
+                 "--workers", str(s.workers)], out / "rd", needs=before),
         ]))  # fmt: skip
     return out_stages
 
 
 def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict:
-    """Run every stage (skipping finished jobs), then write the report."""
+    """Run every job not yet finished (each once its needs are done), then write the report."""
     out.mkdir(parents=True, exist_ok=True)
-    timing_path = out / "stages.json"
+    timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-    runner = LocalRunner(s.workers, progress=progress)
-    all_stages = stages(out, s)
-    todo_by_stage = [[j for j in stage.jobs if not j.done] for stage in all_stages]
+    jobs = [job for stage in stages(out, s) for job in stage.jobs]
+    todo = [job for job in jobs if not job.done]
+    logger.info("%d of %d jobs to run (%d finished earlier)", len(todo), len(jobs),
+                len(jobs) - len(todo))  # fmt: skip
     # one bar over the whole pipeline: jobs finished, and each running job's own progress
-    bar = tqdm(total=sum(map(len, todo_by_stage)), desc="reproduce", unit="job",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(total=len(todo), desc="reproduce", unit="job", disable=not progress)
+    t0 = time.perf_counter()
     with bar:
-        for i, (stage, todo) in enumerate(zip(all_stages, todo_by_stage, strict=True), 1):
-            logger.info("stage %d/%d %s: %d job(s) to run, %d done", i, len(all_stages),
-                        stage.name, len(todo), len(stage.jobs) - len(todo))  # fmt: skip
-            if not todo:
-                continue
-            bar.set_description(f"reproduce {i}/{len(all_stages)} {stage.name}")
-            t0 = time.perf_counter()
-            results = runner.run(todo, bar=bar)
-            failed = [r for r in results if r.returncode != 0]
-            timing[stage.name] = timing.get(stage.name, 0.0) + time.perf_counter() - t0
-            runs.write_json(timing_path, timing)
-            if failed:
-                names = ", ".join(f"{r.job.out} (log {r.log})" for r in failed)
-                raise RuntimeError(f"stage {stage.name!r} failed: {names}")
+        results = LocalRunner(s.workers, progress=progress).run(todo, bar=bar)
+    per_job = timing.setdefault("jobs", {})
+    for r in results:
+        name = str(r.job.out.relative_to(out))
+        per_job[name] = per_job.get(name, 0.0) + r.seconds
+    timing["total"] = timing.get("total", 0.0) + time.perf_counter() - t0
+    runs.write_json(timing_path, timing)
+    failed = [r for r in results if r.returncode != 0]
+    if failed:
+        names = ", ".join(f"{r.job.out} (needs {r.blocked_by}, which failed)" if r.blocked_by
+                          else f"{r.job.out} (log {r.log})" for r in failed)  # fmt: skip
+        raise RuntimeError(f"reproduce: {len(failed)} job(s) failed: {names}")
     compare_dir = out / "compare"
     rl_dirs = sorted(str(d) for d in out.glob("rl-*") if (d / "summary.json").is_file())
     if rl_dirs:
@@ -287,6 +291,7 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
     config = out / "base" / "config.json"
     n_layers = json.loads(config.read_text())["model"]["n_layers"] if config.is_file() else None
     rows = claims(summary, n_layers)
+    jobs = timing.get("jobs", {})
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()  # fmt: skip
@@ -309,11 +314,19 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
             for r in rows
         ],  # fmt: skip
         "",
-        "## Wall-clock per stage (seconds)",
+        "## Wall-clock (seconds)",
         "",
-        "| stage | seconds |",
-        "| --- | --- |",
-        *[f"| {k} | {v:.0f} |" for k, v in timing.items()],
+        f"Total {timing.get('total', 0.0):.0f} s, {s.workers} jobs at a time (a job starts when "
+        "the jobs it needs are done, so the per-job times add up to more than the total).",
+        "",
+        "| stage | job | seconds |",
+        "| --- | --- | --- |",
+        *[
+            f"| {stage.name} | {name} | {jobs[name]:.0f} |"
+            for stage in stages(out, s)
+            for job in stage.jobs
+            if (name := str(job.out.relative_to(out))) in jobs
+        ],
         "",
         "## Commands (every job, in stage order; `irl-lens` arguments)",
         "",

@@ -42,6 +42,9 @@ class Job:
     """Torch threads of this job's process."""
     marker: str = "summary.json"
     """File inside ``out`` whose presence means the job has finished."""
+    needs: tuple[Path, ...] = ()
+    """Output folders of jobs in the same ``run`` call that must finish first (a job given
+    to an earlier call, already finished, is not waited for)."""
 
     @property
     def done(self) -> bool:
@@ -54,7 +57,10 @@ class JobResult:
     returncode: int
     seconds: float
     skipped: bool = False
+    """Already finished before this run: nothing was started."""
     log: Path | None = None
+    blocked_by: Path | None = None
+    """A job this one needs that failed, so this one never started (returncode -1)."""
 
 
 class Runner(Protocol):
@@ -131,30 +137,57 @@ class LocalRunner:
     def run(
         self, jobs: Sequence[Job], bar: tqdm | None = None, desc: str = "sweep"
     ) -> list[JobResult]:
-        """Run ``jobs``; ``bar`` is an outer progress bar to advance (else one of its own)."""
-        results: list[JobResult] = []
+        """Run ``jobs``, each as soon as a worker is free and the jobs it ``needs`` are done.
+
+        Ready jobs start in list order. A job whose need failed is not started (its result
+        has ``blocked_by``). ``bar`` is an outer progress bar to advance (else one of its own).
+        Results come back in the order of ``jobs``.
+        """
+        by_out = {j.out: j for j in jobs}
+        waiting = list(jobs)
+        finished: dict[Path, JobResult] = {}
+        running: dict = {}  # future -> job
         own_bar = bar is None
         if own_bar:
             bar = tqdm(total=len(jobs), desc=desc, unit="run", disable=not self.progress)
+
+        def record(res: JobResult) -> None:
+            finished[res.job.out] = res
+            if res.returncode != 0:
+                why = (f"not started: {res.blocked_by} failed" if res.blocked_by
+                       else f"exit {res.returncode}; see {res.log}")  # fmt: skip
+                logger.warning("job %s failed (%s)", res.job.out, why)
+            bar.update(1)
+
         try:
             with ThreadPoolExecutor(self.workers) as pool:
-                pending = {pool.submit(self._one, job) for job in jobs}
-                while pending:
-                    done, pending = wait(pending, timeout=self.poll_s,
-                                         return_when=FIRST_COMPLETED)  # fmt: skip
+                while waiting or running:
+                    for job in list(waiting):
+                        if len(running) >= self.workers:
+                            break
+                        needs = [n for n in job.needs if n in by_out]
+                        failed = [n for n in needs if n in finished
+                                  and finished[n].returncode != 0]  # fmt: skip
+                        if failed:
+                            waiting.remove(job)
+                            record(JobResult(job, -1, 0.0, blocked_by=failed[0]))
+                        elif all(n in finished for n in needs):
+                            waiting.remove(job)
+                            running[pool.submit(self._one, job)] = job
+                    if not running:
+                        if waiting:  # nothing runs and nothing can start: a cycle
+                            names = ", ".join(str(j.out) for j in waiting)
+                            raise ValueError(f"jobs wait on each other in a cycle: {names}")
+                        break
+                    done, _ = wait(running, timeout=self.poll_s, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        res = fut.result()
-                        if res.returncode != 0:
-                            logger.warning("job %s failed (exit %d); see %s", res.job.out,
-                                           res.returncode, res.log)  # fmt: skip
-                        results.append(res)
-                        bar.update(1)
+                        del running[fut]
+                        record(fut.result())
                     bar.set_postfix_str(self.running_progress(), refresh=True)
         finally:
             if own_bar:
                 bar.close()
-        order = {id(j): i for i, j in enumerate(jobs)}
-        return sorted(results, key=lambda r: order[id(r.job)])
+        return [finished[j.out] for j in jobs]
 
 
 def resumable(args: list[str], folder: Path) -> list[str]:

@@ -34,8 +34,11 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
     assert "| claim (paper) | paper | target | ours | met | figure |" in report
     assert "- base: `irl-lens pretrain" in report and "--resume" not in report
     assert "Internal RL solves the post task" in report and "internal_rl" in report
-    stages = json.loads((repro / "stages.json").read_text())
-    assert set(stages) == {"data", "base", "read", "discover", "rl"}
+    timing = json.loads((repro / "timing.json").read_text())
+    assert timing["total"] > 0 and {"base", "base/probe", "mc-cotrain", "rl-raw-s0"} <= set(
+        timing["jobs"]
+    )
+    assert "| rl | rl-raw-s0 |" in report
 
 
 def test_a_rerun_skips_finished_stages_and_gives_the_same_numbers(repro):
@@ -126,3 +129,56 @@ def test_each_claim_is_judged_against_the_issue_targets():
     assert [c.met for c in claims(bad, n_layers=4)] == ["no"] * 5
     missing = claims({}, n_layers=None)
     assert [c.met for c in missing] == ["n/a"] * 5 and "n/a" in missing[0].ours
+
+
+def _fake_runner(workers: int, fail: tuple[str, ...] = ()):
+    """A LocalRunner whose jobs are short sleeps (no processes): the scheduling alone.
+
+    ``runner.events`` lists ("start" | "end", job folder name) in time order.
+    """
+    import threading
+    import time
+
+    from irl_lens.sweep import JobResult, LocalRunner
+
+    runner = LocalRunner(workers, progress=False, poll_s=0.01)
+    runner.events, lock = [], threading.Lock()
+
+    def one(job):
+        with lock:
+            runner.events.append(("start", job.out.name))
+        time.sleep(0.05)
+        with lock:
+            runner.events.append(("end", job.out.name))
+        return JobResult(job, 1 if job.out.name in fail else 0, 0.05)
+
+    runner._one = one
+    return runner
+
+
+def test_a_job_starts_once_its_needs_are_done_and_independent_jobs_fill_free_workers(tmp_path):
+    from irl_lens.sweep import Job
+
+    base, mc = tmp_path / "base", tmp_path / "mc"
+    jobs = [Job([], base), Job([], mc, needs=(base,)), Job([], tmp_path / "rl", needs=(mc,)),
+            Job([], tmp_path / "raw", needs=(base,)), Job([], tmp_path / "data")]  # fmt: skip
+    runner = _fake_runner(2)
+    results = runner.run(jobs)
+    assert [r.job for r in results] == jobs and all(r.returncode == 0 for r in results)
+    ev = runner.events
+    for later, earlier in (("mc", "base"), ("raw", "base"), ("rl", "mc")):
+        assert ev.index(("start", later)) > ev.index(("end", earlier)), (later, ev)
+    # "data" needs nothing: it starts beside "base" instead of waiting behind the chain
+    assert ev.index(("start", "data")) < ev.index(("end", "base"))
+
+
+def test_a_failed_job_blocks_what_needs_it_and_a_cycle_is_an_error(tmp_path):
+    from irl_lens.sweep import Job
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    runner = _fake_runner(2, fail=("a",))
+    ra, rb, rc = runner.run([Job([], a), Job([], b, needs=(a,)), Job([], c)])
+    assert ra.returncode == 1 and rb.returncode == -1 and rb.blocked_by == a
+    assert rc.returncode == 0 and ("start", "b") not in runner.events
+    with pytest.raises(ValueError, match="cycle"):
+        _fake_runner(2).run([Job([], a, needs=(b,)), Job([], b, needs=(a,))])
