@@ -94,6 +94,23 @@ def metacontroller(path: str):
     return load_metacontroller(path)
 
 
+@st.cache_data(show_spinner=False)
+def reports(root: str) -> list[tuple[str, str]]:
+    """``(folder, text)`` of every ``irl-lens reproduce`` report under ``root``.
+
+    The report's figure links are relative to its folder, which a browser on this page
+    cannot follow: they become the file's path as code.
+    """
+    import re
+
+    base = Path(root)
+    found = [base / "report.md"] if (base / "report.md").is_file() else []
+    if base.is_dir():
+        found += sorted(base.glob("*/report.md"))
+    return [(str(p.parent), re.sub(r"\[([^\]]+)\]\([^)]+\)", r"`\1`", p.read_text()))
+            for p in found]  # fmt: skip
+
+
 def runs_of(found: list[dict], kind: str, having: str | None = None) -> list[dict]:
     """Runs of ``kind`` (that contain the file ``having``, when given)."""
     return [r for r in found if r["kind"] == kind
@@ -120,6 +137,9 @@ def page_runs(found: list[dict], root: str) -> None:
                    f"`irl-lens data gridworld --episodes 200000 --out {root}/q/data`  \n"
                    f"`{HOW_TO['base_model']}`")  # fmt: skip
         return
+    for folder, text in reports(root):
+        with st.expander(f"Reproduction report: {folder}/report.md", expanded=True):
+            st.markdown(text)
     import pandas as pd
 
     rows = [{"folder": r["path"], "kind": r["kind"],
@@ -307,6 +327,7 @@ def main() -> None:
     page = st.sidebar.radio("Page", PAGES, key="page")
     if st.sidebar.button("Rescan runs folder"):
         scan.clear()
+        reports.clear()
     found = scan(root)
     {
         "Runs": lambda: page_runs(found, root),

@@ -70,6 +70,20 @@ def test_runs_page_lists_runs_and_explains_an_empty_folder(runs_root, tmp_path):
     assert any("holds no runs" in w.value for w in empty.warning)
 
 
+def test_runs_page_shows_a_reproduction_report_with_its_links_as_paths(runs_root, tmp_path):
+    import shutil
+
+    shutil.copytree(runs_root / "q" / "base", tmp_path / "demo" / "base")
+    (tmp_path / "demo" / "report.md").write_text(
+        "# irl_lens reproduction report\n\n| claim | met | figure |\n| --- | --- | --- |\n"
+        "| probes rise | no | [base/probe/probe_accuracy.html](base/probe/probe_accuracy.html) |\n"
+    )
+    at = _app(tmp_path, "Runs")
+    assert at.expander[0].label.endswith("demo/report.md")
+    text = " ".join(m.value for m in at.markdown)
+    assert "| probes rise | no | `base/probe/probe_accuracy.html` |" in text
+
+
 @pytest.mark.parametrize(
     "page, n_charts",
     [("Probes", 3), ("Controllability", 1), ("Switching", 1), ("Controllers", 3),
