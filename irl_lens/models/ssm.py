@@ -7,10 +7,15 @@ The RG-LRU reads ``x_t`` and keeps a per-channel state ``h_t``:
     a_t = sigmoid(Lambda) ** (c * r_t)         per-channel decay in (0, 1), c = 8
     h_t = a_t * h_{t-1} + sqrt(1 - a_t**2) * (i_t * x_t)
 
-Given the gates, the recurrence is linear in ``h``, so a whole sequence is computed without a
-Python loop over time: ``h_t = sum_{s <= t} exp(L_t - L_s) b_s`` with ``L_t = sum_{k <= t}
-log a_k``, evaluated as one masked ``[T, T]`` weight matrix per channel (every exponent is
-``<= 0``, so it is stable). :meth:`RGLRU.step` advances one position, for rollouts.
+Given the gates, the recurrence is linear in ``h``. :func:`linear_scan` runs it as a loop over
+positions of elementwise ops on ``[batch, d]`` slices (``unbind``, so the backward pass does
+not allocate a full-size gradient per slice). Measured on this 2-core CPU (forward + backward,
+one thread), it beats the parallel forms: the ``[T, T]`` weight-matrix form (``h_t = sum_{s<=t}
+exp(L_t - L_s) b_s``) took 519 ms against 8 ms at batch 128, T 100, d 32 and needs
+``batch*T*T*d`` floats (10 GB for the internal-RL policy's batch of 1024 x 100 x 256, where the
+loop takes 0.8 s); chunked forms of it took 4-18x the loop's time, and a log-space
+``logcumsumexp`` scan 10-30x. :meth:`RGLRU.step` advances one position, for rollouts, with
+the same arithmetic.
 
 :class:`HawkBlock` wraps it the Hawk way (pre-norm; a GeLU gate branch times the recurrent
 branch; output projection; then a pre-norm MLP), without Hawk's short temporal convolution,
@@ -19,8 +24,6 @@ embedder (forward and backward passes) and the internal-RL policy (causal).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +36,19 @@ _C = 8.0
 def linear_scan(
     log_a: Float[Tensor, "batch pos d"], b: Float[Tensor, "batch pos d"]
 ) -> Float[Tensor, "batch pos d"]:
-    """``h_t = a_t h_{t-1} + b_t`` from ``h_{-1} = 0``, for all ``t`` at once (``log_a <= 0``)."""
-    cum = torch.cumsum(log_a, dim=1)  # [batch, pos, d]
-    diff = cum.unsqueeze(2) - cum.unsqueeze(1)  # [batch, t, s, d] = L_t - L_s
-    t = log_a.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=log_a.device).tril()  # s <= t
-    weights = torch.where(causal[None, :, :, None], diff, -math.inf).exp()  # [b, t, s, d]
-    return torch.einsum("btsd,bsd->btd", weights, b)
+    """``h_t = a_t h_{t-1} + b_t`` from ``h_{-1} = 0``, for every ``t`` (``log_a <= 0``).
+
+    A loop over positions (see the module docstring for why it is not a parallel scan).
+    """
+    if b.shape[1] == 0:
+        return b
+    a_t, b_t = log_a.exp().unbind(1), b.unbind(1)
+    h = b_t[0]
+    out = [h]
+    for a, x in zip(a_t[1:], b_t[1:], strict=True):
+        h = a * h + x
+        out.append(h)
+    return torch.stack(out, 1)
 
 
 class RGLRU(nn.Module):
