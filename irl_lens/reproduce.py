@@ -38,7 +38,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from irl_lens import runs
-from irl_lens.sweep import Job, LocalRunner, resumable
+from irl_lens.sweep import Job, LocalRunner
 
 logger = logging.getLogger(__name__)
 
@@ -82,39 +82,39 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
         Stage("data", [
             Job(["data", "gridworld", "--split", "pretrain", "--episodes",
                  str(s.pretrain_episodes), "--out", str(data), "--seed", seed], data,
-                marker="meta.json"),
+                marker="meta.json", leftover="clear"),
             Job(["data", "gridworld", "--split", "clean", "--episodes", str(s.clean_episodes),
-                 "--out", str(clean), "--seed", seed], clean, marker="meta.json"),
+                 "--out", str(clean), "--seed", seed], clean, marker="meta.json",
+                leftover="clear"),
             Job(["data", "gridworld", "--split", "clean", "--episodes", str(s.clean_episodes),
                  "--tie-break", "first", "--out", str(discovery), "--seed", seed], discovery,
-                marker="meta.json"),
+                marker="meta.json", leftover="clear"),
         ]),
         Stage("base", [
-            Job(resumable(["pretrain", str(data), "--out", str(base), "--preset", p,
-                            "--seed", seed], base),
-                base, threads=max(1, s.workers), marker="model.safetensors", needs=(data,)),
+            Job(["pretrain", str(data), "--out", str(base), "--preset", p, "--seed", seed], base,
+                threads=max(1, s.workers), marker="model.safetensors", leftover="resume",
+                needs=(data,)),
         ]),
         Stage("read", [
             Job(["probe", str(base), "--data", str(clean), "--seed", seed], base / "probe",
-                needs=(base, clean)),
+                leftover="clear", needs=(base, clean)),
             Job(["controllers", str(base), "--data", str(clean), "--seed", seed, "--preset",
-                 p], base / "controllers", needs=(base, clean)),
+                 p], base / "controllers", leftover="clear", needs=(base, clean)),
         ]),
         Stage("discover", [
-            Job(resumable(["discover", str(base), "--out", str(folder), "--variant", v,
-                           *mc_args], folder), folder, needs=(base, discovery))
+            Job(["discover", str(base), "--out", str(folder), "--variant", v, *mc_args], folder,
+                leftover="resume", needs=(base, discovery))
             for v, folder in mc.items()
         ]),
         Stage("rl", [
-            *[Job(resumable(["internal-rl", str(mc["full"]), "--out",
-                              str(out / f"rl-full-s{k}"), "--seed", str(s.seed + k), *rl],
-                             out / f"rl-full-s{k}"), out / f"rl-full-s{k}", needs=(mc["full"],))
+            *[Job(["internal-rl", str(mc["full"]), "--out", str(out / f"rl-full-s{k}"), "--seed",
+                   str(s.seed + k), *rl], out / f"rl-full-s{k}", leftover="resume",
+                  needs=(mc["full"],))
               for k in range(s.rl_seeds)],
-            Job(resumable(["raw-rl", str(base), "--out", str(out / "rl-raw-s0"), "--seed",
-                            seed, *rl], out / "rl-raw-s0"), out / "rl-raw-s0", needs=(base,)),
-            *[Job(resumable(["internal-rl", str(mc[v]), "--out", str(out / f"rl-{v}-s0"),
-                              "--seed", seed, *rl], out / f"rl-{v}-s0"), out / f"rl-{v}-s0",
-                  needs=(mc[v],))
+            Job(["raw-rl", str(base), "--out", str(out / "rl-raw-s0"), "--seed", seed, *rl],
+                out / "rl-raw-s0", leftover="resume", needs=(base,)),
+            *[Job(["internal-rl", str(mc[v]), "--out", str(out / f"rl-{v}-s0"), "--seed", seed,
+                   *rl], out / f"rl-{v}-s0", leftover="resume", needs=(mc[v],))
               for v in ("beta1", "cotrain")],
         ]),
     ]  # fmt: skip
@@ -331,7 +331,7 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
         "## Commands (every job, in stage order; `irl-lens` arguments)",
         "",
         *[
-            f"- {stage.name}: `irl-lens {' '.join(a for a in job.args if a != '--resume')}`"
+            f"- {stage.name}: `irl-lens {' '.join(job.args)}`"
             for stage in stages(out, s)
             for job in stage.jobs
         ],  # fmt: skip

@@ -31,6 +31,9 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 
+LEFTOVER = ("keep", "resume", "clear")
+
+
 @dataclass
 class Job:
     """One training: ``irl-lens`` arguments (after the program name) and its output folder."""
@@ -42,13 +45,33 @@ class Job:
     """Torch threads of this job's process."""
     marker: str = "summary.json"
     """File inside ``out`` whose presence means the job has finished."""
+    leftover: str = "keep"
+    """What to do with ``out`` when it exists but the job is not done (an interrupted run):
+    ``resume`` passes ``--resume`` when ``out/checkpoints`` holds a checkpoint and otherwise
+    clears the folder (the run died before its first one); ``clear`` removes it (the command
+    starts over); ``keep`` leaves it to the command (one that continues by itself)."""
     needs: tuple[Path, ...] = ()
     """Output folders of jobs in the same ``run`` call that must finish first (a job given
     to an earlier call, already finished, is not waited for)."""
 
+    def __post_init__(self) -> None:
+        if self.leftover not in LEFTOVER:
+            raise ValueError(f"Job.leftover={self.leftover!r}: allowed {', '.join(LEFTOVER)}")
+
     @property
     def done(self) -> bool:
         return (self.out / self.marker).is_file()
+
+    def command(self) -> list[str]:
+        """The arguments to run now: ``--resume`` added, or a leftover folder cleared, as
+        ``leftover`` says (called just before the job starts)."""
+        if self.leftover == "keep" or not self.out.exists():
+            return list(self.args)
+        if self.leftover == "resume" and any((self.out / "checkpoints").glob("*")):
+            return [*self.args, "--resume"]
+        logger.info("restarting %s from scratch (an interrupted run left it)", self.out)
+        shutil.rmtree(self.out)
+        return list(self.args)
 
 
 @dataclass
@@ -115,7 +138,7 @@ class LocalRunner:
         log = job.out.parent / f"{job.out.name}.log"
         threads = str(job.threads)
         env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        cmd = [sys.executable, "-m", "irl_lens.cli", "--threads", threads, "-q", *job.args]
+        cmd = [sys.executable, "-m", "irl_lens.cli", "--threads", threads, "-q", *job.command()]
         t0 = time.perf_counter()
         with log.open("w") as fh:
             with self._lock:
@@ -190,11 +213,6 @@ class LocalRunner:
         return [finished[j.out] for j in jobs]
 
 
-def resumable(args: list[str], folder: Path) -> list[str]:
-    """``args`` plus ``--resume`` when ``folder`` holds a checkpoint of an interrupted run."""
-    return [*args, "--resume"] if any((folder / "checkpoints").glob("*")) else args
-
-
 def rate_distortion_jobs(
     run: Path,
     out: Path,
@@ -211,11 +229,6 @@ def rate_distortion_jobs(
                 folder = out / f"{variant}-a{alpha:g}-s{seed}"
                 args = ["discover", str(run), "--out", str(folder), "--variant", variant,
                         "--alpha", f"{alpha:g}", "--seed", str(seed), *extra]  # fmt: skip
-                if not (folder / "summary.json").is_file():
-                    args = resumable(args, folder)  # interrupted: continue from a checkpoint
-                    if "--resume" not in args and folder.exists():  # died before one: restart
-                        logger.info("restarting %s (no checkpoint)", folder)
-                        shutil.rmtree(folder)
                 tags = {"variant": variant, "alpha": alpha, "seed": seed}
-                jobs.append(Job(args, folder, tags))
+                jobs.append(Job(args, folder, tags, leftover="resume"))
     return jobs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import pytest
 from tqdm import tqdm
@@ -32,7 +33,7 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
     assert mc_data.endswith("data-discovery")  # discovery trains on the deterministic expert
     report = (repro / "report.md").read_text()
     assert "| claim (paper) | paper | target | ours | met | figure |" in report
-    assert "- base: `irl-lens pretrain" in report and "--resume" not in report
+    assert "- base: `irl-lens pretrain" in report
     assert "Internal RL solves the post task" in report and "internal_rl" in report
     timing = json.loads((repro / "timing.json").read_text())
     assert timing["total"] > 0 and {"base", "base/probe", "mc-cotrain", "rl-raw-s0"} <= set(
@@ -44,11 +45,36 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
 def test_a_rerun_skips_finished_stages_and_gives_the_same_numbers(repro):
     before = json.loads((repro / "summary.json").read_text())
     mtime = (repro / "base" / "model.safetensors").stat().st_mtime
-    (repro / "rl-beta1-s0" / "summary.json").unlink()  # as if interrupted in the last stage
+    # as if interrupted: one RL run after a checkpoint, one before its first, controllers
+    # part-way (each of these commands refuses to write into a non-empty folder by itself)
+    (repro / "rl-beta1-s0" / "summary.json").unlink()
+    (repro / "rl-cotrain-s0" / "summary.json").unlink()
+    shutil.rmtree(repro / "rl-cotrain-s0" / "checkpoints")
+    (repro / "base" / "controllers" / "summary.json").unlink()
     main(["reproduce", "gridworld", "--out", str(repro), *ARGS])
     assert (repro / "base" / "model.safetensors").stat().st_mtime == mtime  # not redone
     after = json.loads((repro / "summary.json").read_text())
-    assert after == before
+    assert _numbers(after) == _numbers(before)
+
+
+def test_a_job_resumes_from_a_checkpoint_or_clears_what_an_interrupted_run_left(tmp_path):
+    from irl_lens.sweep import Job
+
+    def job(name, leftover, checkpoint=False):
+        out = tmp_path / name
+        (out / "checkpoints").mkdir(parents=True)
+        if checkpoint:
+            (out / "checkpoints" / "step_00000020").mkdir()
+        return Job(["discover", "x", "--out", str(out)], out, leftover=leftover)
+
+    resumed = job("a", "resume", checkpoint=True)
+    assert resumed.command()[-1] == "--resume" and resumed.out.exists()
+    for j in (job("b", "resume"), job("c", "clear", checkpoint=True)):
+        assert "--resume" not in j.command() and not j.out.exists()  # starts over, clean
+    kept = job("d", "keep", checkpoint=True)
+    assert kept.command() == kept.args and kept.out.exists()
+    with pytest.raises(ValueError, match="leftover"):
+        Job([], tmp_path, leftover="delete")
 
 
 def _numbers(summary: dict) -> dict:
