@@ -140,14 +140,18 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
                 len(jobs) - len(todo))  # fmt: skip
     # one bar over the whole pipeline: jobs finished, and each running job's own progress
     bar = tqdm(total=len(todo), desc="reproduce", unit="job", disable=not progress)
-    t0 = time.perf_counter()
-    with bar:
-        results = LocalRunner(s.workers, progress=progress).run(todo, bar=bar)
+    t0, total_before = time.perf_counter(), timing.get("total", 0.0)
     per_job = timing.setdefault("jobs", {})
-    for r in results:
-        name = str(r.job.out.relative_to(out))
-        per_job[name] = per_job.get(name, 0.0) + r.seconds
-    timing["total"] = timing.get("total", 0.0) + time.perf_counter() - t0
+
+    def save(result) -> None:  # after every job, so an interruption keeps what finished
+        name = str(result.job.out.relative_to(out))
+        per_job[name] = per_job.get(name, 0.0) + result.seconds
+        timing["total"] = total_before + time.perf_counter() - t0
+        runs.write_json(timing_path, timing)
+
+    with bar:
+        results = LocalRunner(s.workers, progress=progress).run(todo, bar=bar, on_result=save)
+    timing["total"] = total_before + time.perf_counter() - t0
     runs.write_json(timing_path, timing)
     failed = [r for r in results if r.returncode != 0]
     if failed:

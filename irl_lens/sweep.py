@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +88,11 @@ class JobResult:
 
 class Runner(Protocol):
     def run(
-        self, jobs: Sequence[Job], bar: tqdm | None = None, desc: str = "sweep"
+        self,
+        jobs: Sequence[Job],
+        bar: tqdm | None = None,
+        desc: str = "sweep",
+        on_result: Callable[[JobResult], None] | None = None,
     ) -> list[JobResult]: ...
 
 
@@ -158,13 +162,18 @@ class LocalRunner:
                           for name, log in running.items())  # fmt: skip
 
     def run(
-        self, jobs: Sequence[Job], bar: tqdm | None = None, desc: str = "sweep"
+        self,
+        jobs: Sequence[Job],
+        bar: tqdm | None = None,
+        desc: str = "sweep",
+        on_result: Callable[[JobResult], None] | None = None,
     ) -> list[JobResult]:
         """Run ``jobs``, each as soon as a worker is free and the jobs it ``needs`` are done.
 
         Ready jobs start in list order. A job whose need failed is not started (its result
-        has ``blocked_by``). ``bar`` is an outer progress bar to advance (else one of its own).
-        Results come back in the order of ``jobs``.
+        has ``blocked_by``). ``bar`` is an outer progress bar to advance (else one of its own);
+        ``on_result`` is called with each result as it comes (to save progress that must
+        survive an interruption). Results come back in the order of ``jobs``.
         """
         by_out = {j.out: j for j in jobs}
         waiting = list(jobs)
@@ -181,6 +190,8 @@ class LocalRunner:
                        else f"exit {res.returncode}; see {res.log}")  # fmt: skip
                 logger.warning("job %s failed (%s)", res.job.out, why)
             bar.update(1)
+            if on_result is not None:
+                on_result(res)
 
         try:
             with ThreadPoolExecutor(self.workers) as pool:

@@ -188,9 +188,10 @@ def test_a_job_starts_once_its_needs_are_done_and_independent_jobs_fill_free_wor
     base, mc = tmp_path / "base", tmp_path / "mc"
     jobs = [Job([], base), Job([], mc, needs=(base,)), Job([], tmp_path / "rl", needs=(mc,)),
             Job([], tmp_path / "raw", needs=(base,)), Job([], tmp_path / "data")]  # fmt: skip
-    runner = _fake_runner(2)
-    results = runner.run(jobs)
+    runner, seen = _fake_runner(2), []
+    results = runner.run(jobs, on_result=seen.append)
     assert [r.job for r in results] == jobs and all(r.returncode == 0 for r in results)
+    assert sorted(r.job.out.name for r in seen) == sorted(j.out.name for j in jobs)
     ev = runner.events
     for later, earlier in (("mc", "base"), ("raw", "base"), ("rl", "mc")):
         assert ev.index(("start", later)) > ev.index(("end", earlier)), (later, ev)
