@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and map expected errors to one line + exit code 2."""
     from irl_lens.data.dataset import DatasetError
     from irl_lens.runs import RunError
+    from irl_lens.sweep import JobsFailed
 
     try:
         app(args=argv, standalone_mode=False)
@@ -382,6 +383,11 @@ def main(argv: list[str] | None = None) -> None:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
+    except JobsFailed as e:  # a pipeline's job failed: its log says why
+        if _STATE["debug"]:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

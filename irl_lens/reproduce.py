@@ -38,7 +38,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from irl_lens import runs
-from irl_lens.sweep import Job, LocalRunner
+from irl_lens.sweep import Job, JobsFailed, LocalRunner
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +153,13 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
         results = LocalRunner(s.workers, progress=progress).run(todo, bar=bar, on_result=save)
     timing["total"] = total_before + time.perf_counter() - t0
     runs.write_json(timing_path, timing)
-    failed = [r for r in results if r.returncode != 0]
+    failed = [r for r in results if r.returncode != 0 and r.blocked_by is None]
     if failed:
-        names = ", ".join(f"{r.job.out} (needs {r.blocked_by}, which failed)" if r.blocked_by
-                          else f"{r.job.out} (log {r.log})" for r in failed)  # fmt: skip
-        raise RuntimeError(f"reproduce: {len(failed)} job(s) failed: {names}")
+        blocked = sum(r.blocked_by is not None for r in results)
+        names = ", ".join(f"{r.job.out} (log {r.log})" for r in failed)
+        raise JobsFailed(f"reproduce: {names} failed" + (
+            f"; {blocked} job(s) that need it were not started" if blocked else "") +
+            ". Fix the cause and run the same command again: finished jobs are kept")  # fmt: skip
     compare_dir = out / "compare"
     rl_dirs = sorted(str(d) for d in out.glob("rl-*") if (d / "summary.json").is_file())
     if rl_dirs:

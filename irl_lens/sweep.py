@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 LEFTOVER = ("keep", "resume", "clear")
 
 
+class JobsFailed(RuntimeError):
+    """Jobs of a pipeline failed; the message names each one and its log."""
+
+
 @dataclass
 class Job:
     """One training: ``irl-lens`` arguments (after the program name) and its output folder."""

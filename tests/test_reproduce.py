@@ -209,3 +209,21 @@ def test_a_failed_job_blocks_what_needs_it_and_a_cycle_is_an_error(tmp_path):
     assert rc.returncode == 0 and ("start", "b") not in runner.events
     with pytest.raises(ValueError, match="cycle"):
         _fake_runner(2).run([Job([], a, needs=(b,)), Job([], b, needs=(a,))])
+
+
+def test_a_failed_job_ends_reproduce_with_one_line_naming_its_log(tmp_path, monkeypatch, capsys):
+    from irl_lens import reproduce
+    from irl_lens.sweep import JobResult
+
+    def run(self, jobs, bar=None, desc="", on_result=None):  # the first job fails, the rest wait
+        log = jobs[0].out.parent / f"{jobs[0].out.name}.log"
+        return [JobResult(jobs[0], 3, 0.1, log=log),
+                *[JobResult(j, -1, 0.0, blocked_by=jobs[0].out) for j in jobs[1:]]]  # fmt: skip
+
+    monkeypatch.setattr(reproduce.LocalRunner, "run", run)
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "gridworld", "--out", str(tmp_path / "r"), *ARGS])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after the progress bar)
+    assert e.value.code == 1 and err.startswith("error: reproduce: "), err
+    assert "data.log) failed; 13 job(s) that need it were not started" in err
+    assert "run the same command again" in err
