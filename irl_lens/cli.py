@@ -370,7 +370,8 @@ _register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app and map expected errors to one line + exit code 2."""
+    """Entry point: run the app; bad input ends with one line and exit code 2, a failed
+    pipeline job (``reproduce``) with one line naming its log and exit code 1."""
     from irl_lens.data.dataset import DatasetError
     from irl_lens.runs import RunError
     from irl_lens.sweep import JobsFailed
