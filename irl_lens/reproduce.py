@@ -144,7 +144,7 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
     per_job = timing.setdefault("jobs", {})
 
     def save(result) -> None:  # after every job, so an interruption keeps what finished
-        name = str(result.job.out.relative_to(out))
+        name = _job_name(result.job, out)
         per_job[name] = per_job.get(name, 0.0) + result.seconds
         timing["total"] = total_before + time.perf_counter() - t0
         runs.write_json(timing_path, timing)
@@ -178,6 +178,11 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
     runs.write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report(out, s, summary, timing))
     return summary
+
+
+def _job_name(job: Job, out: Path) -> str:
+    """A job's key in ``timing.json`` and the report: its folder relative to ``out``."""
+    return str(job.out.relative_to(out))
 
 
 def _summary(path: Path) -> dict:
@@ -297,7 +302,8 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
     config = out / "base" / "config.json"
     n_layers = json.loads(config.read_text())["model"]["n_layers"] if config.is_file() else None
     rows = claims(summary, n_layers)
-    jobs = timing.get("jobs", {})
+    seconds = timing.get("jobs", {})
+    ordered = [(stage.name, job) for stage in stages(out, s) for job in stage.jobs]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()  # fmt: skip
@@ -318,7 +324,7 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
             f"| {r.claim} | {r.paper} | {r.target} | {r.ours} | {r.met} | [{r.figure}]"
             f"({r.figure}) |"
             for r in rows
-        ],  # fmt: skip
+        ],
         "",
         "## Wall-clock (seconds)",
         "",
@@ -328,19 +334,14 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
         "| stage | job | seconds |",
         "| --- | --- | --- |",
         *[
-            f"| {stage.name} | {name} | {jobs[name]:.0f} |"
-            for stage in stages(out, s)
-            for job in stage.jobs
-            if (name := str(job.out.relative_to(out))) in jobs
+            f"| {stage} | {name} | {seconds[name]:.0f} |"
+            for stage, job in ordered
+            if (name := _job_name(job, out)) in seconds
         ],
         "",
         "## Commands (every job, in stage order; `irl-lens` arguments)",
         "",
-        *[
-            f"- {stage.name}: `irl-lens {' '.join(job.args)}`"
-            for stage in stages(out, s)
-            for job in stage.jobs
-        ],  # fmt: skip
+        *[f"- {stage}: `irl-lens {' '.join(job.args)}`" for stage, job in ordered],
         "",
         "All numbers: `summary.json` here (flat keys, prefixed by stage).",
     ]
