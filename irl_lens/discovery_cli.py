@@ -67,6 +67,13 @@ def discover(
     switch: Annotated[
         Switch, typer.Option(help="Switching unit: sigmoid, or gumbel (relaxed Bernoulli).")
     ] = Switch.sigmoid,
+    rank: Annotated[
+        str | None,
+        typer.Option(
+            help="Rank of the decoded controller U = B A: a number 1..d_model, or full "
+            "(default: the paper's, 16 on gridworld and full on ant)."
+        ),
+    ] = None,
     cotrain_from_pretrained: Annotated[
         bool,
         typer.Option(help="cotrain only: start the base from RUN's weights, not from scratch."),
@@ -80,7 +87,7 @@ def discover(
     ] = 5000,
     preset: Annotated[
         DiscoverPreset,
-        typer.Option(help="quick (CPU, 1500 steps), paper (Table A10, 64k steps), tiny."),
+        typer.Option(help="quick (CPU, 2000 steps), paper (Table A10, 64k steps), tiny."),
     ] = DiscoverPreset.quick,
     steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
     task: Annotated[
@@ -133,7 +140,11 @@ def discover(
     )  # fmt: skip
     t0 = time.perf_counter()
     if not analyse_only:
-        mc_cfg = MetacontrollerConfig(d_model=base_cfg.d_model, switch=switch.value)
+        mc_cfg = MetacontrollerConfig(
+            d_model=base_cfg.d_model,
+            switch=switch.value,
+            rank=parse_rank(rank, env_name, base_cfg.d_model),
+        )
         result = disc.discover(
             run, ds, out, cfg, layer=layer, mc_cfg=mc_cfg, data_path=data_path, device=dev,
             resume=resume, progress=True,
@@ -148,6 +159,21 @@ def discover(
     summary["discover/seconds"] = time.perf_counter() - t0
     runs.write_json(out / "summary.json", summary)
     _print_summary(out, summary)
+
+
+def parse_rank(rank: str | None, env_name: str, d_model: int) -> int | None:
+    """``--rank``: 1..d_model, ``full`` (``None``), or the paper's default for the env."""
+    if rank is None:
+        return None if env_name == "ant" else 16
+    if rank.strip().lower() == "full":
+        return None
+    try:
+        value = int(rank)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= d_model:
+        raise ValueError(f"--rank {rank!r}: give a number from 1 to d_model ({d_model}) or full")
+    return value
 
 
 def analyse(
@@ -273,6 +299,10 @@ def rate_distortion(
             "base, gumbel at layer 1 switches exactly at the subgoal boundaries."
         ),
     ] = Switch.sigmoid,
+    rank: Annotated[
+        str | None,
+        typer.Option(help="Controller rank of every run: a number or full (default: 16 on grid)."),
+    ] = None,
     workers: Annotated[
         int, typer.Option(help="Parallel worker processes (default: one per CPU core).", min=0)
     ] = 0,
@@ -309,6 +339,8 @@ def rate_distortion(
         extra += ["--data", str(data)]
     if steps is not None:
         extra += ["--steps", str(steps)]
+    if rank is not None:
+        extra += ["--rank", rank]
     jobs = rate_distortion_jobs(run, out, alpha_list, seeds, variant_list, extra)
     results = LocalRunner(workers or None).run(jobs)
     failed = [r for r in results if r.returncode != 0]

@@ -197,6 +197,10 @@ class LocalRunner:
             if on_result is not None:
                 on_result(res)
 
+        for job in jobs:  # finished by an earlier call: counted now, no worker needed
+            if job.done:
+                waiting.remove(job)
+                record(JobResult(job, 0, 0.0, skipped=True))
         try:
             with ThreadPoolExecutor(self.workers) as pool:
                 while waiting or running:

@@ -167,9 +167,15 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
         assert key in s
     for fig in ("switching_beta.html", "clusters.html", "steering.html"):
         assert (out / fig).stat().st_size > 1000
-    with pytest.raises(SystemExit) as e:
-        main(["discover", str(base_run), "--out", str(out), "--layer", "9", "--preset", "tiny"])
-    assert e.value.code == 2
+    assert json.loads((out / "config.json").read_text())["metacontroller"]["rank"] == 16
+    capsys.readouterr()
+    for bad in (["--layer", "9"], ["--rank", "0"], ["--rank", "999"], ["--rank", "low"]):
+        with pytest.raises(SystemExit) as e:
+            main(["discover", str(base_run), "--out", str(tmp_path / "x"), "--preset", "tiny",
+                  "--data", str(data), *bad])  # fmt: skip
+        assert e.value.code == 2, bad
+    err = capsys.readouterr().err
+    assert "--rank '999': give a number from 1 to d_model" in err, err
 
 
 def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_run, tmp_path,
@@ -181,7 +187,7 @@ def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_ru
     args = ["sweep", "rate-distortion", str(base_run), "--out", str(tmp_path / "rd"),
             "--alphas", "0,0.5", "--seeds", "1", "--variants", "full", "--preset", "tiny",
             "--data", str(data), "--episodes", "16", "--workers", "2",
-            "--switch", "gumbel", "--layer", "1"]  # fmt: skip
+            "--switch", "gumbel", "--layer", "1", "--rank", "full"]  # fmt: skip
     main(args)
     text = capsys.readouterr().out
     assert "full" in text and "FAILED" not in text
@@ -189,6 +195,7 @@ def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_ru
     assert s["sweep/finished"] == 2.0 and s["sweep/failed"] == 0.0
     cfg = json.loads((tmp_path / "rd" / "full-a0.5-s0" / "config.json").read_text())
     assert cfg["metacontroller"]["switch"] == "gumbel" and cfg["layer"] == 1
+    assert cfg["metacontroller"]["rank"] is None  # --rank full reached every run
     assert (tmp_path / "rd" / "rate_distortion.html").stat().st_size > 1000
     stamp = (tmp_path / "rd" / "full-a0.5-s0" / "summary.json").stat().st_mtime
     main(args)  # again: both runs are skipped

@@ -199,6 +199,23 @@ def test_a_job_starts_once_its_needs_are_done_and_independent_jobs_fill_free_wor
     assert ev.index(("start", "data")) < ev.index(("end", "base"))
 
 
+def test_jobs_finished_earlier_are_counted_before_any_job_starts(tmp_path):
+    from irl_lens.sweep import Job
+
+    jobs = [Job([], tmp_path / name) for name in ("a", "done1", "b", "done2")]
+    for name in ("done1", "done2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text("{}")
+    runner, seen = _fake_runner(1), []
+    results = runner.run(
+        jobs, on_result=lambda r: seen.append((r.job.out.name, len(runner.events)))
+    )
+    # both finished jobs are recorded before the one worker starts "a", not after "a" ends
+    assert seen[:2] == [("done1", 0), ("done2", 0)], seen
+    assert [r.skipped for r in results] == [False, True, False, True]
+    assert [e for e in runner.events if e[0] == "start"] == [("start", "a"), ("start", "b")]
+
+
 def test_a_failed_job_blocks_what_needs_it_and_a_cycle_is_an_error(tmp_path):
     from irl_lens.sweep import Job
 
