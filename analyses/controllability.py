@@ -116,13 +116,8 @@ def controllability(
     n_subgoals = len(pair_subgoals(colours))
     if n_episodes < 1:
         raise ValueError(f"episodes={n_episodes} must be >= 1")
-    model, banks, _ = load_controllers(path, device=device)
-    wanted = sorted(banks) if layers is None else layers
-    missing = [layer for layer in wanted if layer not in banks]
-    if missing:
-        raise ValueError(
-            f"layers {missing} have no trained controllers in {path} (it has {sorted(banks)})"
-        )
+    model, banks, _ = load_controllers(path, device=device, wanted_layers=layers)
+    wanted = sorted(banks)
 
     def evaluate(layer: int, bank: ControllerBank | None) -> dict[bool, tuple]:
         return {

@@ -202,8 +202,12 @@ def controllers(
     val_nll: dict[int, float] = {}
     base_nll = float("nan")
     if eval_only:
-        _, _, config = train_ctl.load_controllers(out)
-        logger.info("reusing controllers in %s (layers %s)", out, config["layers"])
+        if layers.strip().lower() == "all":
+            _, _, config = train_ctl.load_controllers(out)
+            layer_list = list(config["layers"])
+        else:  # a subset: e.g. the layers an interrupted run finished
+            _, _, config = train_ctl.load_controllers(out, wanted_layers=layer_list)
+        logger.info("reusing controllers in %s (layers %s)", out, layer_list)
         saved = config.get("base_checkpoint")
         if checkpoint is not None and saved != checkpoint.name:
             raise ValueError(
@@ -212,8 +216,6 @@ def controllers(
             )
         if saved is not None:
             base_step = runs.checkpoint_step(saved)
-        if layers.strip().lower() == "all":
-            layer_list = list(config["layers"])
         for rec in runs.read_metrics(out / "metrics.jsonl"):
             if "val/action_nll" in rec:
                 val_nll[int(rec["layer"])] = rec["val/action_nll"]

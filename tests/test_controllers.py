@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -114,6 +115,17 @@ def test_folder_round_trip(trained, base_run):
         load_controllers(base_run)
 
 
+def test_the_finished_layers_of_an_interrupted_run_can_be_loaded(trained, tmp_path):
+    out, _ = trained
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    (cut / "layer_2.safetensors").unlink()  # killed while training layer 2
+    _, banks, _ = load_controllers(cut, wanted_layers=[0])
+    assert sorted(banks) == [0]
+    with pytest.raises(RunError, match=r"layers \[2\] were never saved.*with weights: \[0\]"):
+        load_controllers(cut)
+
+
 def test_controllability_result(trained):
     out, _ = trained
     result = controllability(out, task="0-1-2-3", n_episodes=24, n_envs=12, seed=0)
@@ -126,7 +138,7 @@ def test_controllability_result(trained):
     assert success_figure(result).data
     again = controllability(out, task="0-1-2-3", n_episodes=24, n_envs=12, seed=0)
     assert again.success == result.success  # same seed, same numbers
-    with pytest.raises(ValueError, match="no trained controllers"):
+    with pytest.raises(ValueError, match=r"has no controllers for layers \[1\]"):
         controllability(out, layers=[1], n_episodes=4)
     with pytest.raises(ValueError, match="pairs"):
         controllability(out, task="0-3", n_episodes=4)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,9 +280,12 @@ def train_supervised_controllers(
 
 
 def load_controllers(
-    path: str | Path, device: str = "cpu"
+    path: str | Path, device: str = "cpu", wanted_layers: Sequence[int] | None = None
 ) -> tuple[ActionModel, dict[int, ControllerBank], dict]:
-    """Rebuild ``(base model, {layer: bank}, config)`` from a controllers folder."""
+    """Rebuild ``(base model, {layer: bank}, config)`` from a controllers folder.
+
+    ``wanted_layers`` loads only those layers' banks (default: every layer the folder was asked to
+    train), so the layers an interrupted run finished can still be evaluated."""
     path = Path(path)
     config = runs.read_json(path / "config.json", "controllers config")
     if config.get("kind") != KIND:
@@ -299,8 +302,19 @@ def load_controllers(
     if checkpoint is not None:
         checkpoint = runs.checkpoint_at(Path(base_run), runs.checkpoint_step(checkpoint))
     model = load_base_model(base_run, checkpoint).to(device, print_details=False)
+    wanted = layers if wanted_layers is None else [int(v) for v in wanted_layers]
+    unknown = [layer for layer in wanted if layer not in layers]
+    if unknown:
+        raise runs.RunError(f"{path} has no controllers for layers {unknown} (it has {layers})")
+    saved = [layer for layer in layers if (path / f"layer_{layer}.safetensors").is_file()]
+    unfinished = [layer for layer in wanted if layer not in saved]
+    if unfinished:
+        raise runs.RunError(
+            f"{path}: the controllers of layers {unfinished} were never saved (an interrupted "
+            f"run?); layers with weights: {saved}"
+        )
     banks = {}
-    for layer in layers:
+    for layer in wanted:
         bank = ControllerBank(ccfg)
         runs.load_weights(bank, path / f"layer_{layer}.safetensors")
         banks[layer] = bank.to(device).eval()
