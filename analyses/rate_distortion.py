@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from irl_lens import runs
 
 STAR_F1 = 0.9
@@ -52,26 +54,103 @@ def load_points(folders: list[str | Path]) -> list[RDPoint]:
     return points
 
 
-def rd_figure(points: list[RDPoint]):
-    """Rate (KL) vs distortion (action NLL), coloured by variant, stars where F1 >= 0.9."""
+@dataclass
+class RDRow:
+    """The seeds of one (variant, alpha): medians and spread of rate and distortion."""
+
+    variant: str
+    alpha: float
+    n_seeds: int
+    rate: float
+    rate_min: float
+    rate_max: float
+    distortion: float
+    distortion_min: float
+    distortion_max: float
+    aligned: float
+    """Share of the seeds whose switch F1 (tolerance 1) is >= STAR_F1."""
+    switches_per_episode: float
+
+
+def rd_table(points: list[RDPoint]) -> list[RDRow]:
+    """One row per (variant, alpha), ordered by variant then alpha; medians over seeds."""
+    groups: dict[tuple[str, float], list[RDPoint]] = {}
+    for p in points:
+        groups.setdefault((p.variant, p.alpha), []).append(p)
+    rows = []
+    for (variant, alpha), ps in sorted(groups.items()):
+        rate = np.array([p.rate for p in ps])
+        dist = np.array([p.distortion for p in ps])
+        rows.append(RDRow(
+            variant=variant, alpha=alpha, n_seeds=len(ps),
+            rate=float(np.median(rate)), rate_min=float(rate.min()), rate_max=float(rate.max()),
+            distortion=float(np.median(dist)), distortion_min=float(dist.min()),
+            distortion_max=float(dist.max()),
+            aligned=float(np.mean([p.f1 >= STAR_F1 for p in ps])),
+            switches_per_episode=float(np.median([p.switches_per_episode for p in ps])),
+        ))  # fmt: skip
+    return rows
+
+
+def table_summary(rows: list[RDRow]) -> dict[str, float]:
+    """Flat ``summary.json`` keys: ``rd/VARIANT/aALPHA/rate`` and so on."""
+    out = {}
+    for r in rows:
+        key = f"rd/{r.variant}/a{r.alpha:g}"
+        out |= {f"{key}/n_seeds": float(r.n_seeds), f"{key}/rate": r.rate,
+                f"{key}/distortion": r.distortion, f"{key}/aligned": r.aligned,
+                f"{key}/switches_per_episode": r.switches_per_episode}  # fmt: skip
+    return out
+
+
+def format_table(rows: list[RDRow]) -> str:
+    """The table ``irl-lens sweep rate-distortion`` prints: medians over seeds, [min, max]."""
+    lines = [f"{'variant':<8} {'alpha':>6} {'seeds':>5} {'rate (KL/step)':>24} "
+             f"{'distortion (NLL/step)':>26} {'F1>=0.9':>7} {'switches':>8}"]  # fmt: skip
+    for r in rows:
+        rate = f"{r.rate:.3f} [{r.rate_min:.3f}, {r.rate_max:.3f}]"
+        dist = f"{r.distortion:.4f} [{r.distortion_min:.4f}, {r.distortion_max:.4f}]"
+        lines.append(f"{r.variant:<8} {r.alpha:>6g} {r.n_seeds:>5} {rate:>24} {dist:>26} "
+                     f"{r.aligned:>7.2f} {r.switches_per_episode:>8.2f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def rd_figure(points: list[RDPoint], rate_floor: float = 1e-3):
+    """Rate (KL) vs distortion (action NLL) on a log rate axis, coloured by variant.
+
+    Each seed is a marker (a star where its switch F1 >= STAR_F1); a line joins each
+    variant's per-alpha medians in alpha order. Rates below ``rate_floor`` (a collapsed
+    code, KL ~ 0) are drawn at the floor, which the axis title says.
+    """
     import plotly.graph_objects as go
 
     colours = {"full": "#1f77b4", "cotrain": "#d62728", "beta1": "#2ca02c"}
     fig = go.Figure()
     for variant in sorted({p.variant for p in points}):
-        ps = sorted((p for p in points if p.variant == variant), key=lambda p: p.rate)
+        ps = [p for p in points if p.variant == variant]
+        colour = colours.get(variant, "#777")
+        name = "frozen base" if variant == "full" else variant
+        rows = [r for r in rd_table(ps) if np.isfinite(r.rate) and np.isfinite(r.distortion)]
         fig.add_trace(go.Scatter(
-            x=[p.rate for p in ps], y=[p.distortion for p in ps], mode="markers",
-            marker={"color": colours.get(variant, "#777"), "size": [14 if p.f1 >= STAR_F1 else 8
-                                                                   for p in ps],
-                    "symbol": ["star" if p.f1 >= STAR_F1 else "circle" for p in ps]},
-            text=[f"alpha {p.alpha:g}, seed {p.seed}, F1 {p.f1:.2f}, "
+            x=[max(r.rate, rate_floor) for r in rows], y=[r.distortion for r in rows],
+            mode="lines+text", line={"color": colour, "width": 1.5},
+            text=[f"{r.alpha:g}" for r in rows], textposition="top right",
+            name=f"{name}: median over seeds (labels: alpha)",
+        ))  # fmt: skip
+        fig.add_trace(go.Scatter(
+            x=[max(p.rate, rate_floor) for p in ps], y=[p.distortion for p in ps],
+            mode="markers", name=f"{name}: one seed",
+            marker={"color": colour, "size": [14 if p.f1 >= STAR_F1 else 8 for p in ps],
+                    "symbol": ["star" if p.f1 >= STAR_F1 else "circle" for p in ps],
+                    "opacity": 0.8},
+            text=[f"alpha {p.alpha:g}, seed {p.seed}, rate {p.rate:.4f}, F1 {p.f1:.2f}, "
                   f"{p.switches_per_episode:.1f} switches/ep" for p in ps],
-            name="frozen base" if variant == "full" else variant,
+            hoverinfo="text",
         ))  # fmt: skip
     fig.update_layout(
         title=f"Rate-distortion over alpha (stars: switch F1 >= {STAR_F1} at tolerance 1)",
-        xaxis_title="rate: KL per step (nats)",
+        xaxis={"title": f"rate: KL per step (nats, log; below {rate_floor:g} drawn at it)",
+               "type": "log"},
         yaxis_title="distortion: action NLL per step (nats)",
-    )
+    )  # fmt: skip
     return fig

@@ -9,6 +9,7 @@ once per process (``st.cache_resource``); results are cached (``st.cache_data``)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -287,6 +288,12 @@ def page_rate_distortion(found: list[dict]) -> None:
         st.info("The sweep has no finished runs yet; re-run its command to continue it.")
         return
     st.plotly_chart(rd.rd_figure(points), key="rd_fig")
+    import pandas as pd
+
+    st.caption("Per alpha: medians over seeds; aligned = share of seeds whose switch F1 >= "
+               f"{rd.STAR_F1} at tolerance 1.")  # fmt: skip
+    st.dataframe(pd.DataFrame([dataclasses.asdict(r) for r in rd.rd_table(points)]),
+                 hide_index=True)  # fmt: skip
 
 
 def page_internal_rl(found: list[dict]) -> None:

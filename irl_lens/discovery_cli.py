@@ -314,7 +314,9 @@ def rate_distortion(
 
     Each run is an `irl-lens discover` in its own process with one torch thread; finished
     runs are skipped and interrupted ones resumed, so the command can be re-run safely.
-    Writes OUT/rate_distortion.html and OUT/summary.json.
+    Prints every run, then a table per variant and alpha (medians over seeds, [min, max],
+    the share of seeds whose switches align with the subgoal boundaries). Writes
+    OUT/rate_distortion.html (log rate axis) and OUT/summary.json (`rd/VARIANT/aALPHA/...`).
 
     Example: irl-lens sweep rate-distortion runs/q/base --out runs/q/rd --data runs/q/data-clean
     """
@@ -345,18 +347,21 @@ def rate_distortion(
     results = LocalRunner(workers or None).run(jobs)
     failed = [r for r in results if r.returncode != 0]
     points = rd.load_points([j.out for j in jobs])
+    rows = rd.rd_table(points)
     rd.rd_figure(points).write_html(out / "rate_distortion.html")
     runs.write_json(out / "summary.json", {
         "sweep/runs": float(len(jobs)),
         "sweep/finished": float(len(points)),
         "sweep/failed": float(len(failed)),
         "sweep/starred": float(sum(p.f1 >= rd.STAR_F1 for p in points)),
-    })  # fmt: skip
+    } | rd.table_summary(rows))  # fmt: skip
     print(f"{'variant':<8} {'alpha':>6} {'seed':>4} {'rate':>8} {'distortion':>10} "
           f"{'F1@1':>6} {'switches':>8}")  # fmt: skip
     for p in sorted(points, key=lambda p: (p.variant, p.alpha, p.seed)):
         print(f"{p.variant:<8} {p.alpha:>6g} {p.seed:>4} {p.rate:>8.3f} {p.distortion:>10.4f} "
               f"{p.f1:>6.2f} {p.switches_per_episode:>8.2f}")  # fmt: skip
+    print(f"\nper alpha: median over seeds [min, max]; F1>=0.9: share of seeds whose "
+          f"switches align with the subgoal boundaries\n{rd.format_table(rows)}")  # fmt: skip
     for r in failed:
         print(f"FAILED: {r.job.out} (exit {r.returncode}); log {r.log}")
     print(f"wrote {out / 'rate_distortion.html'}")

@@ -101,6 +101,12 @@ def test_every_page_renders_its_figures_with_data(runs_root, page, n_charts):
         assert has_points or spec["layout"].get("shapes"), f"{page}: an empty chart"
 
 
+def test_the_rate_distortion_page_tables_each_alpha(runs_root):
+    table = _app(runs_root, "Rate-distortion").dataframe[0].value
+    assert {"variant", "alpha", "n_seeds", "rate", "distortion", "aligned"} <= set(table.columns)
+    assert list(table["alpha"]) == [0.1]
+
+
 def test_widgets_change_what_is_shown(runs_root):
     at = _app(runs_root, "Switching")
     before = len(_charts(at)[0]["data"])

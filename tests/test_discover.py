@@ -178,6 +178,31 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
     assert "--rank '999': give a number from 1 to d_model" in err, err
 
 
+def test_rate_distortion_table_takes_medians_over_seeds_and_the_figure_a_log_rate():
+    from analyses.rate_distortion import RDPoint, format_table, rd_figure, rd_table, table_summary
+
+    def pt(variant, alpha, seed, rate, dist, f1):
+        return RDPoint(f"{variant}-{alpha}-{seed}", variant, alpha, seed, rate, dist, f1, 2.0)
+
+    points = [pt("full", 0.1, 0, 0.30, 0.15, 1.0), pt("full", 0.1, 1, 0.20, 0.17, 0.95),
+              pt("full", 0.1, 2, 0.25, 0.30, 0.10), pt("full", 1.0, 0, 0.0, 0.24, 0.0),
+              pt("cotrain", 0.1, 0, 0.4, 0.2, 0.5)]  # fmt: skip
+    rows = rd_table(points)
+    assert [(r.variant, r.alpha, r.n_seeds) for r in rows] == [
+        ("cotrain", 0.1, 1), ("full", 0.1, 3), ("full", 1.0, 1)]  # fmt: skip
+    full = rows[1]
+    assert (full.rate, full.rate_min, full.rate_max) == (0.25, 0.20, 0.30)
+    assert full.distortion == 0.17 and full.aligned == pytest.approx(2 / 3)
+    assert table_summary(rows)["rd/full/a0.1/aligned"] == pytest.approx(2 / 3)
+    assert "0.250 [0.200, 0.300]" in format_table(rows)
+    fig = rd_figure(points, rate_floor=1e-3)
+    assert fig.layout.xaxis.type == "log"
+    seeds = [t for t in fig.data if t.name == "frozen base: one seed"][0]
+    assert min(seeds.x) == 1e-3  # the collapsed run (rate 0) sits at the floor, not off-axis
+    medians = [t for t in fig.data if t.name.startswith("frozen base: median")][0]
+    assert list(medians.y) == [0.17, 0.24] and list(medians.text) == ["0.1", "1"]
+
+
 def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_run, tmp_path,
                                                                           capsys):  # fmt: skip
     from irl_lens.cli import main
@@ -190,9 +215,10 @@ def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_ru
             "--switch", "gumbel", "--layer", "1", "--rank", "full"]  # fmt: skip
     main(args)
     text = capsys.readouterr().out
-    assert "full" in text and "FAILED" not in text
+    assert "full" in text and "FAILED" not in text and "per alpha: median over seeds" in text
     s = json.loads((tmp_path / "rd" / "summary.json").read_text())
     assert s["sweep/finished"] == 2.0 and s["sweep/failed"] == 0.0
+    assert s["rd/full/a0.5/n_seeds"] == 1.0 and "rd/full/a0/rate" in s
     cfg = json.loads((tmp_path / "rd" / "full-a0.5-s0" / "config.json").read_text())
     assert cfg["metacontroller"]["switch"] == "gumbel" and cfg["layer"] == 1
     assert cfg["metacontroller"]["rank"] is None  # --rank full reached every run
