@@ -115,6 +115,22 @@ def format_table(rows: list[RDRow]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(rows: list[RDRow]) -> list[str]:
+    """The per-alpha table as markdown lines (for a reproduction's report)."""
+    lines = [
+        f"| variant | alpha | seeds | rate (KL/step) | distortion (NLL/step) | F1 >= {STAR_F1} "
+        "| switches/episode |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        name = "frozen base" if r.variant == "full" else r.variant
+        rate = f"{r.rate:.3f} [{r.rate_min:.3f}, {r.rate_max:.3f}]"
+        dist = f"{r.distortion:.4f} [{r.distortion_min:.4f}, {r.distortion_max:.4f}]"
+        lines.append(f"| {name} | {r.alpha:g} | {r.n_seeds} | {rate} | {dist} | {r.aligned:.2f} "
+                     f"| {r.switches_per_episode:.2f} |")  # fmt: skip
+    return lines
+
+
 def rd_figure(points: list[RDPoint], rate_floor: float = 1e-3):
     """Rate (KL) vs distortion (action NLL) on a log rate axis, coloured by variant.
 

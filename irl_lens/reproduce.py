@@ -297,6 +297,27 @@ def claims(summary: dict, n_layers: int | None) -> list[Claim]:
     return out
 
 
+def _sweep_section(out: Path) -> list[str]:
+    """The rate-distortion table (``--with-sweep``): empty when no run of it finished."""
+    from analyses import rate_distortion as rd
+
+    points = rd.load_points(sorted(p.parent for p in (out / "rd").glob("*/config.json")))
+    if not points:
+        return [""]
+    return [
+        "",
+        "## Rate-distortion (paper Fig 7)",
+        "",
+        "Per variant and alpha: medians over seeds, [min, max]; F1 column: the share of seeds "
+        "whose switches align with the subgoal boundaries. The paper's frozen base shows a gap "
+        "in the curve where that alignment appears; co-trained runs do not. Figure: "
+        "[rd/rate_distortion.html](rd/rate_distortion.html).",
+        "",
+        *rd.markdown_table(rd.rd_table(points)),
+        "",
+    ]
+
+
 def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
     """``report.md``: each claim of the paper, our number and verdict, figures, settings."""
     config = out / "base" / "config.json"
@@ -325,7 +346,7 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
             f"({r.figure}) |"
             for r in rows
         ],
-        "",
+        *_sweep_section(out),
         "## Wall-clock (seconds)",
         "",
         f"Total {timing.get('total', 0.0):.0f} s, {s.workers} jobs at a time (a job starts when "

@@ -42,6 +42,17 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
     assert "| rl | rl-raw-s0 |" in report
 
 
+def test_the_report_tables_a_rate_distortion_sweep_when_there_is_one(repro, tmp_path):
+    from irl_lens.reproduce import _sweep_section
+
+    assert "## Rate-distortion" not in (repro / "report.md").read_text()  # no --with-sweep
+    for variant in ("full", "cotrain"):  # two finished sweep runs, as the sweep lays them out
+        shutil.copytree(repro / f"mc-{variant}", tmp_path / "rd" / f"{variant}-a0.1-s0")
+    text = "\n".join(_sweep_section(tmp_path))
+    assert "## Rate-distortion (paper Fig 7)" in text and "rd/rate_distortion.html" in text
+    assert "| frozen base | 0.1 | 1 |" in text and "| cotrain | 0.1 | 1 |" in text
+
+
 def test_a_rerun_skips_finished_stages_and_gives_the_same_numbers(repro):
     before = json.loads((repro / "summary.json").read_text())
     mtime = (repro / "base" / "model.safetensors").stat().st_mtime
