@@ -166,6 +166,8 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     mc = json.loads((tmp_path / "mc" / "summary.json").read_text())
     assert np.isfinite(mc["discover/action_nll"]) and "switching/f1_tol1" in mc
     assert not any(k.startswith("steering/") for k in mc)  # no ant rollout engine yet
+    mc_config = json.loads((tmp_path / "mc" / "config.json").read_text())["metacontroller"]
+    assert mc_config["rank"] is None  # the paper's ant decoder writes a full matrix
 
 
 def test_cli_rejects_bad_ant_input(tmp_path, capsys):
