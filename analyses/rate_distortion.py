@@ -106,7 +106,7 @@ def table_summary(rows: list[RDRow]) -> dict[str, float]:
 def format_table(rows: list[RDRow]) -> str:
     """The table ``irl-lens sweep rate-distortion`` prints: medians over seeds, [min, max]."""
     lines = [f"{'variant':<8} {'alpha':>6} {'seeds':>5} {'rate (KL/step)':>24} "
-             f"{'distortion (NLL/step)':>26} {'F1>=0.9':>7} {'switches':>8}"]  # fmt: skip
+             f"{'distortion (NLL/step)':>26} {f'F1>={STAR_F1:g}':>7} {'switches':>8}"]  # fmt: skip
     for r in rows:
         rate = f"{r.rate:.3f} [{r.rate_min:.3f}, {r.rate_max:.3f}]"
         dist = f"{r.distortion:.4f} [{r.distortion_min:.4f}, {r.distortion_max:.4f}]"
