@@ -70,8 +70,9 @@ def discover(
     rank: Annotated[
         str | None,
         typer.Option(
+            metavar="N|full",
             help="Rank of the decoded controller U = B A: a number 1..d_model, or full "
-            "(default: the paper's, 16 on gridworld and full on ant)."
+            "(default: the paper's, 16 on gridworld and full on ant).",
         ),
     ] = None,
     cotrain_from_pretrained: Annotated[
@@ -301,7 +302,10 @@ def rate_distortion(
     ] = Switch.sigmoid,
     rank: Annotated[
         str | None,
-        typer.Option(help="Controller rank of every run: a number or full (default: 16 on grid)."),
+        typer.Option(
+            metavar="N|full",
+            help="Controller rank of every run: a number or full (default: 16 on grid).",
+        ),
     ] = None,
     workers: Annotated[
         int, typer.Option(help="Parallel worker processes (default: one per CPU core).", min=0)
