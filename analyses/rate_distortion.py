@@ -32,6 +32,16 @@ class RDPoint:
     switches_per_episode: float
 
 
+def sweep_points(sweep: str | Path) -> list[RDPoint]:
+    """The finished runs of a sweep folder (one subfolder per run, as the sweep lays them out)."""
+    return load_points(sorted(p.parent for p in Path(sweep).glob("*/config.json")))
+
+
+def label(variant: str) -> str:
+    """A variant's name in tables and legends."""
+    return "frozen base" if variant == "full" else variant
+
+
 def load_points(folders: list[str | Path]) -> list[RDPoint]:
     """One point per finished metacontroller folder (unfinished ones are left out)."""
     points = []
@@ -103,13 +113,18 @@ def table_summary(rows: list[RDRow]) -> dict[str, float]:
     return out
 
 
+def _cells(r: RDRow) -> tuple[str, str]:
+    """Rate and distortion as "median [min, max]"."""
+    return (f"{r.rate:.3f} [{r.rate_min:.3f}, {r.rate_max:.3f}]",
+            f"{r.distortion:.4f} [{r.distortion_min:.4f}, {r.distortion_max:.4f}]")  # fmt: skip
+
+
 def format_table(rows: list[RDRow]) -> str:
     """The table ``irl-lens sweep rate-distortion`` prints: medians over seeds, [min, max]."""
     lines = [f"{'variant':<8} {'alpha':>6} {'seeds':>5} {'rate (KL/step)':>24} "
              f"{'distortion (NLL/step)':>26} {f'F1>={STAR_F1:g}':>7} {'switches':>8}"]  # fmt: skip
     for r in rows:
-        rate = f"{r.rate:.3f} [{r.rate_min:.3f}, {r.rate_max:.3f}]"
-        dist = f"{r.distortion:.4f} [{r.distortion_min:.4f}, {r.distortion_max:.4f}]"
+        rate, dist = _cells(r)
         lines.append(f"{r.variant:<8} {r.alpha:>6g} {r.n_seeds:>5} {rate:>24} {dist:>26} "
                      f"{r.aligned:>7.2f} {r.switches_per_episode:>8.2f}")  # fmt: skip
     return "\n".join(lines)
@@ -123,11 +138,9 @@ def markdown_table(rows: list[RDRow]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        name = "frozen base" if r.variant == "full" else r.variant
-        rate = f"{r.rate:.3f} [{r.rate_min:.3f}, {r.rate_max:.3f}]"
-        dist = f"{r.distortion:.4f} [{r.distortion_min:.4f}, {r.distortion_max:.4f}]"
-        lines.append(f"| {name} | {r.alpha:g} | {r.n_seeds} | {rate} | {dist} | {r.aligned:.2f} "
-                     f"| {r.switches_per_episode:.2f} |")  # fmt: skip
+        rate, dist = _cells(r)
+        lines.append(f"| {label(r.variant)} | {r.alpha:g} | {r.n_seeds} | {rate} | {dist} "
+                     f"| {r.aligned:.2f} | {r.switches_per_episode:.2f} |")  # fmt: skip
     return lines
 
 
@@ -145,7 +158,7 @@ def rd_figure(points: list[RDPoint], rate_floor: float = 1e-3):
     for variant in sorted({p.variant for p in points}):
         ps = [p for p in points if p.variant == variant]
         colour = colours.get(variant, "#777")
-        name = "frozen base" if variant == "full" else variant
+        name = label(variant)
         rows = [r for r in rd_table(ps) if np.isfinite(r.rate) and np.isfinite(r.distortion)]
         fig.add_trace(go.Scatter(
             x=[max(r.rate, rate_floor) for r in rows], y=[r.distortion for r in rows],

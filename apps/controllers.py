@@ -282,8 +282,7 @@ def page_rate_distortion(found: list[dict]) -> None:
     if not sweeps:
         return missing("rate-distortion sweeps", "sweep")
     sweep = pick("Sweep", sweeps, "rd_pick")
-    folders = sorted(p.parent for p in Path(sweep["path"]).glob("*/config.json"))
-    points = rd.load_points(folders)
+    points = rd.sweep_points(sweep["path"])
     if not points:
         st.info("The sweep has no finished runs yet; re-run its command to continue it.")
         return

@@ -202,11 +202,9 @@ def controllers(
     val_nll: dict[int, float] = {}
     base_nll = float("nan")
     if eval_only:
-        if layers.strip().lower() == "all":
-            _, _, config = train_ctl.load_controllers(out)
-            layer_list = list(config["layers"])
-        else:  # a subset: e.g. the layers an interrupted run finished
-            _, _, config = train_ctl.load_controllers(out, wanted_layers=layer_list)
+        config = train_ctl.controllers_config(out)  # the weights load once, to evaluate
+        if layers.strip().lower() == "all":  # else a subset, e.g. what an interrupted run saved
+            layer_list = [int(v) for v in config["layers"]]
         logger.info("reusing controllers in %s (layers %s)", out, layer_list)
         saved = config.get("base_checkpoint")
         if checkpoint is not None and saved != checkpoint.name:

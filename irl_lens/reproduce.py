@@ -301,7 +301,7 @@ def _sweep_section(out: Path) -> list[str]:
     """The rate-distortion table (``--with-sweep``): empty when no run of it finished."""
     from analyses import rate_distortion as rd
 
-    points = rd.load_points(sorted(p.parent for p in (out / "rd").glob("*/config.json")))
+    points = rd.sweep_points(out / "rd")
     if not points:
         return [""]
     return [

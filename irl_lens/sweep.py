@@ -139,9 +139,7 @@ class LocalRunner:
         self._running: dict[str, Path] = {}  # job folder name -> its log, while it runs
         self._lock = threading.Lock()
 
-    def _one(self, job: Job) -> JobResult:
-        if job.done:
-            return JobResult(job, 0, 0.0, skipped=True)
+    def _one(self, job: Job) -> JobResult:  # run() records finished jobs without a worker
         job.out.parent.mkdir(parents=True, exist_ok=True)
         log = job.out.parent / f"{job.out.name}.log"
         threads = str(job.threads)

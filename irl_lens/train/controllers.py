@@ -279,17 +279,23 @@ def train_supervised_controllers(
     return results
 
 
+def controllers_config(path: str | Path) -> dict:
+    """A controllers folder's ``config.json`` (checked to be one), without loading weights."""
+    config = runs.read_json(Path(path) / "config.json", "controllers config")
+    if config.get("kind") != KIND:
+        raise runs.RunError(f"{path} is a {config.get('kind')!r} folder, not {KIND!r}")
+    return config
+
+
 def load_controllers(
     path: str | Path, device: str = "cpu", wanted_layers: Sequence[int] | None = None
 ) -> tuple[ActionModel, dict[int, ControllerBank], dict]:
     """Rebuild ``(base model, {layer: bank}, config)`` from a controllers folder.
 
-    ``wanted_layers`` loads only those layers' banks (default: every layer the folder was asked to
-    train), so the layers an interrupted run finished can still be evaluated."""
+    ``wanted_layers`` loads only those layers' banks (default: every layer the folder was
+    asked to train), so the layers an interrupted run finished can still be evaluated."""
     path = Path(path)
-    config = runs.read_json(path / "config.json", "controllers config")
-    if config.get("kind") != KIND:
-        raise runs.RunError(f"{path} is a {config.get('kind')!r} folder, not {KIND!r}")
+    config = controllers_config(path)
     try:
         ccfg = ControllerConfig.from_dict(config["controller"])
         layers = [int(v) for v in config["layers"]]
