@@ -111,6 +111,7 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
     import shutil
 
     from irl_lens import runs
+    from irl_lens.envs.ant import CELL_SIZE
     from irl_lens.train.ppo import SHIPPED_EXPERT, expert_weights
 
     weights = expert_weights(run)
@@ -126,6 +127,7 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
         "ship_command": f"irl-lens expert-eval {run} --ship",
         "ppo": cfg.to_dict(),
         "seed": seed,
+        "cell_size": CELL_SIZE,
         "summary": summary,
     }
     runs.write_json(SHIPPED_EXPERT.with_suffix(".json"), card)

@@ -48,7 +48,7 @@ from irl_lens.envs.ant import (
 
 ANT_ID = "irl_lens/AntPinpad-v0"
 G = 4
-HALF = G * CELL_SIZE / 2  # 3.0 m: the arena spans [-HALF, HALF]^2
+HALF = G * CELL_SIZE / 2  # 4.0 m: the arena spans [-HALF, HALF]^2
 EMPTY_CODE, WALL_CODE = 0, 5
 EAST, NORTH, WEST, SOUTH = 0, 1, 2, 3
 STEP = {EAST: (1, 0), NORTH: (0, 1), WEST: (-1, 0), SOUTH: (0, -1)}  # (d_col, d_row)
@@ -508,16 +508,16 @@ def test_observations_match_the_state():
 
 def test_observation_slices_by_hand():
     env = ant_env("0-1")
-    env.set_torso(0, 0.3, -1.2)
+    env.set_torso(0, 0.4, -1.6)
     obs = env.observations()[0]
-    np.testing.assert_allclose(obs[27:29], [0.1, -0.4], atol=1e-6)  # xy / 3
-    # colour 0's cell (col 1, row 0) has centre (-0.75, -2.25); divided by the side, 6 m
+    np.testing.assert_allclose(obs[27:29], [0.1, -0.4], atol=1e-6)  # xy / 4
+    # colour 0's cell (col 1, row 0) has centre (-1, -3); divided by the side, 8 m
     np.testing.assert_allclose(obs[29:31], [-0.175, -0.175], atol=1e-6)
-    np.testing.assert_allclose(obs[31:33], [0.075, -0.175], atol=1e-6)  # colour 1 at (0.75, -2.25)
-    np.testing.assert_allclose(obs[33:35], [-0.425, 0.075], atol=1e-6)  # colour 2 at (-2.25, -0.75)
-    np.testing.assert_allclose(obs[35:37], [-0.175, 0.075], atol=1e-6)  # colour 3 at (-0.75, -0.75)
-    np.testing.assert_allclose(obs[37:39], [-0.175, 0.325], atol=1e-6)  # wall at (-0.75, 0.75)
-    # cell 6 (col 2, row 1) has centre (0.75, -0.75): (0.3 - 0.75) / 0.75 = -0.6
+    np.testing.assert_allclose(obs[31:33], [0.075, -0.175], atol=1e-6)  # colour 1 at (1, -3)
+    np.testing.assert_allclose(obs[33:35], [-0.425, 0.075], atol=1e-6)  # colour 2 at (-3, -1)
+    np.testing.assert_allclose(obs[35:37], [-0.175, 0.075], atol=1e-6)  # colour 3 at (-1, -1)
+    np.testing.assert_allclose(obs[37:39], [-0.175, 0.325], atol=1e-6)  # wall at (-1, 1)
+    # cell 6 (col 2, row 1) has centre (1, -1): (0.4 - 1) / 1 = -0.6
     np.testing.assert_allclose(obs[39:41], [-0.6, -0.6], atol=1e-6)
     np.testing.assert_allclose(obs[0], symlog(env.qpos[0, 2]), rtol=1e-6)  # torso height first
     np.testing.assert_allclose(obs[13:27], symlog(env.qvel[0]), rtol=1e-5, atol=1e-7)

@@ -28,7 +28,13 @@ from tqdm.auto import tqdm
 
 from irl_lens.data.dataset import FORMAT_NAME, FORMAT_VERSION, TrajectoryDataset
 from irl_lens.data.generate import SPLITS, pack_chunks
-from irl_lens.envs.ant import ANT_MAX_STEPS, ANT_OBS_DIM, BatchedAntPinpad, parse_ant_task
+from irl_lens.envs.ant import (
+    ANT_MAX_STEPS,
+    ANT_OBS_DIM,
+    CELL_SIZE,
+    BatchedAntPinpad,
+    parse_ant_task,
+)
 from irl_lens.envs.pinpad import format_task
 from irl_lens.train.ppo import GaussianAgent, expert_inputs, load_expert
 
@@ -131,6 +137,7 @@ def _assemble(chunks: list[dict], *, split: str, seed: int, fixed_task) -> Traje
         "seed": int(seed),
         "eps": 0.0,
         "sampling": "mean" if split == "clean" else "gaussian",
+        "cell_size": CELL_SIZE,
         "task": format_task(fixed_task) if fixed_task is not None else "pretrain-mix",
         "success_rate": float(cat["success"].mean()),
         "mean_length": float(lengths.mean()),

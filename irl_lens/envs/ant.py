@@ -76,6 +76,7 @@ __all__ = [
     "ANT_POST_TASK",
     "ANT_PRETRAIN_TASKS",
     "CELL_SIZE",
+    "LOOKAHEAD",
     "END_REASONS",
     "EXPERT_DIM",
     "AntPinpadEnv",
@@ -100,9 +101,15 @@ ANT_MAX_STEPS = 500
 ANT_EMPTY = 0
 ANT_WALL = ANT_N_COLOURS + 1
 """Cell codes: 0 empty, ``1 + c`` colour ``c``, 5 wall (as in the gridworld, 1 + O for walls)."""
-CELL_SIZE = 1.5
-"""Cell side in metres: the ant (legs ~1.1 m from the torso centre) fits, and walking
-the ~8 cells of a three-colour task takes ~10 s at the expert's pace (T = 25 s)."""
+CELL_SIZE = 2.0
+"""Cell side in metres. A three-colour task's path is ~8.7 moves on average (p90 13), about
+17 m, which the expert walks in ~10 s (T = 25 s). With 1.5 m cells the same expert recipe
+reached success 0.368 / 0.224 (pretraining tasks / 0-1-2-3, 500 episodes each); with 2.0 m
+cells 0.444 / 0.300: fewer episodes end in the wall (0.19 -> 0.11) or a wrong colour (0.18
+-> 0.12), while timeouts rise (0.06 -> 0.12)."""
+LOOKAHEAD = 0.75
+"""Pure-pursuit look-ahead of the expert's walking direction, in cells (see
+:meth:`BatchedAntPinpad.waypoints`)."""
 START_SPREAD = 0.25
 """Start offsets from the cell centre are uniform in ``+-START_SPREAD * CELL_SIZE``."""
 FRAME_SKIP = 5
@@ -708,21 +715,38 @@ class BatchedAntPinpad:
         return np.where(d >= 0, goal, tcell)
 
     def waypoints(self, directions: np.ndarray | None = None) -> np.ndarray:
-        """``float64[n, 2]`` unit vectors the expert should walk along: the shortest-path
-        direction ``u`` at the torso's cell, bent back towards the line through the cell's
-        centre (``u - offset_perp / (cell_size / 2)``: 45 degrees at the cell's edge), so the
-        ant follows the corridor of cells and does not cut corners into a neighbour. Where
-        the torso's cell has no direction, the vector to the target cell's centre."""
+        """``float64[n, 2]`` unit vectors the expert should walk along, by pure pursuit of
+        the path of cell centres: the torso is projected onto the line from its cell's
+        centre ``c`` along the shortest-path direction ``u``, at ``s`` metres past ``c``;
+        the walking direction points at the path point :data:`LOOKAHEAD` cells further on,
+        ``c + min(a, cell) u + max(a - cell, 0) u'`` with ``a = s + LOOKAHEAD * cell`` and
+        ``u'`` the direction at the next path cell (``u`` when that cell is the target). So
+        the ant steers back to the centre line (34 degrees at the cell's edge) and starts
+        each turn before the corner instead of at it. Where the torso's cell has no
+        direction, the vector to the target cell's centre.
+
+        With this look-ahead the expert does better than with the earlier rule (``u`` bent
+        back towards the centre line, 45 degrees at the edge, turning only on entering the
+        corner cell): after 5M steps, same seed and 2.0 m cells, success 0.520 / 0.430
+        (pretraining tasks / 0-1-2-3, 500 episodes each) against 0.444 / 0.300."""
         return self._walk(self.directions() if directions is None else directions)[0]
 
     def _walk(self, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(waypoints (see there), float64[n] distance to the next path cell's centre)``."""
         d = directions[self._arange, self.cell]
         u = _DIRS[np.maximum(d, 0)].astype(np.float64)  # (d_col, d_row) = (dx, dy)
-        offset = self.xy - self._centres[self.cell]
-        perp = offset - (offset * u).sum(1, keepdims=True) * u
-        along = u - perp / (self.cell_size / 2)
-        to_next = self._centres[self._waypoint_cells(directions)] - self.xy
+        centre, cell = self._centres[self.cell], self.cell_size
+        nxt = self._waypoint_cells(directions)
+        d_next = np.where(d >= 0, directions[self._arange, nxt], -1)
+        u_next = np.where((d_next >= 0)[:, None], _DIRS[np.maximum(d_next, 0)], u)
+        ahead = ((self.xy - centre) * u).sum(1) + LOOKAHEAD * cell
+        point = (
+            centre
+            + np.minimum(ahead, cell)[:, None] * u
+            + np.maximum(ahead - cell, 0.0)[:, None] * u_next
+        )
+        along = point - self.xy
+        to_next = self._centres[nxt] - self.xy
         vec = np.where((d >= 0)[:, None], along, to_next)
         way = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-6)
         return way, np.linalg.norm(to_next, axis=1)

@@ -38,7 +38,13 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from irl_lens import runs
-from irl_lens.envs.ant import ANT_MAX_STEPS, END_REASONS, EXPERT_DIM, BatchedAntPinpad
+from irl_lens.envs.ant import (
+    ANT_MAX_STEPS,
+    CELL_SIZE,
+    END_REASONS,
+    EXPERT_DIM,
+    BatchedAntPinpad,
+)
 from irl_lens.envs.pinpad import Task, format_task
 from irl_lens.models.common import DictConfig
 from irl_lens.train.internal_rl import clipped_surrogate
@@ -88,7 +94,8 @@ class PPOConfig(DictConfig):
     """Weight of ``max(0, z - soft_max_height)`` subtracted per step. The episode ends when
     the torso rises above 1.0 m, and a bouncy gait was the expert's commonest failure: with
     3 x max(0, z - 0.85) the training success after 2.8M steps was 0.145, with 10 x
-    max(0, z - 0.75) it was 0.292 (same seed and everything else)."""
+    max(0, z - 0.75) it was 0.292 (same seed and everything else). 30 x max(0, z - 0.7)
+    slowed learning to walk (training success 0.018 against 0.104 after 1.4M steps)."""
     soft_max_height: float = 0.75
     """Torso height (m) above which ``height_cost`` applies."""
     yaw_cost: float = 0.0
@@ -424,7 +431,10 @@ def train_ant_expert(
     envs from fresh episodes (seeded by the update count).
     """
     out = Path(out)
-    config = {"kind": "ant_expert", "version": runs.RUN_VERSION, "ppo": cfg.to_dict(), "seed": seed}
+    config = {
+        "kind": "ant_expert", "version": runs.RUN_VERSION, "ppo": cfg.to_dict(), "seed": seed,
+        "cell_size": CELL_SIZE,
+    }  # fmt: skip
     agent = build_agent(cfg, seed)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -434,6 +444,7 @@ def train_ant_expert(
         if not ckpts:
             raise runs.RunError(f"--resume: {out} has no checkpoint to resume from")
         saved = runs.read_json(out / "config.json", "run config")
+        check_cell_size(saved, f"--resume: {out}")
         # runs saved before a field existed compare with its default
         if PPOConfig.from_dict(saved.get("ppo", {})).to_dict() != config["ppo"]:
             raise runs.RunError(f"--resume: {out}/config.json differs from the requested settings")
@@ -528,6 +539,23 @@ def expert_weights(run: str | Path) -> Path:
     return ckpts[-1] / "model.safetensors"
 
 
+LEGACY_CELL_SIZE = 1.5
+"""The arena's cell side before ``cell_size`` was saved with each expert."""
+
+
+def check_cell_size(config: dict, what: str) -> None:
+    """Raise a :class:`~irl_lens.runs.RunError` when an expert's config (or card) was
+    trained in cells of another size than this version's arena
+    (:data:`~irl_lens.envs.ant.CELL_SIZE`): its gait and turns are tuned to its cells."""
+    trained = float(config.get("cell_size", LEGACY_CELL_SIZE))
+    if trained != CELL_SIZE:
+        raise runs.RunError(
+            f"{what}: this expert was trained in {trained} m cells, but this version's "
+            f"ant-pinpad arena has {CELL_SIZE} m cells; train a new one with "
+            "`irl-lens expert ant --out DIR` (or use the shipped expert)"
+        )
+
+
 def load_expert(run: str | Path | None = None) -> GaussianAgent:
     """The ant expert: from an ``irl-lens expert`` run folder, or the shipped one (None)."""
     if run is None:
@@ -537,12 +565,15 @@ def load_expert(run: str | Path | None = None) -> GaussianAgent:
                 f"the package has no shipped ant expert ({weights}); train one with "
                 "`irl-lens expert ant --out DIR` and pass --expert DIR"
             )
-        cfg = PPOConfig.from_dict(runs.read_json(meta_path, "shipped expert card")["ppo"])
+        card = runs.read_json(meta_path, "shipped expert card")
+        check_cell_size(card, f"the shipped expert ({weights})")
+        cfg = PPOConfig.from_dict(card["ppo"])
     else:
         run = Path(run)
         config = runs.read_json(run / "config.json", "expert run config")
         if config.get("kind") != "ant_expert":
             raise runs.RunError(f"{run} is a {config.get('kind')!r} run, not an ant_expert run")
+        check_cell_size(config, str(run))
         cfg = PPOConfig.from_dict(config["ppo"])
         weights = expert_weights(run)
     agent = GaussianAgent(EXPERT_DIM, 8, cfg.hidden, cfg.init_log_std)
