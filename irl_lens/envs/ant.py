@@ -737,7 +737,7 @@ class BatchedAntPinpad:
         u = _DIRS[np.maximum(d, 0)].astype(np.float64)  # (d_col, d_row) = (dx, dy)
         centre, cell = self._centres[self.cell], self.cell_size
         nxt = self._waypoint_cells(directions)
-        d_next = np.where(d >= 0, directions[self._arange, nxt], -1)
+        d_next = directions[self._arange, nxt]  # -1 at the target (or where d < 0: unused)
         u_next = np.where((d_next >= 0)[:, None], _DIRS[np.maximum(d_next, 0)], u)
         ahead = ((self.xy - centre) * u).sum(1) + LOOKAHEAD * cell
         point = (
