@@ -43,6 +43,11 @@ def _reward_weight(text: str) -> typer.models.OptionInfo:
     return typer.Option(help=f"{text} Default: PPOConfig's.", min=0, show_default=False)
 
 
+def _check_torque_scale(value: float | None) -> None:
+    if value is not None and not 0 < value <= 1:
+        raise ValueError(f"--torque-scale {value}: must be in (0, 1] (a fraction of the range)")
+
+
 def expert(
     env: Annotated[ExpertEnv, typer.Argument(help="Environment (only ant has a learned expert).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder to create (or continue).")],
@@ -59,6 +64,16 @@ def expert(
     lateral_cost: Annotated[
         float | None,
         _reward_weight("Reward cost per m/s of speed across the waypoint direction."),
+    ] = None,
+    torque_scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Torques = actions clipped to [-1, 1] times this, in (0, 1]; below 1 the ant "
+            "cannot throw itself above the 1.0 m height limit. Default: PPOConfig's (0.8).",
+            min=0,
+            max=1,
+            show_default=False,
+        ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     eval_episodes: Annotated[
@@ -84,10 +99,12 @@ def expert(
     from irl_lens import runs
     from irl_lens.train.ppo import PPOConfig, load_expert, train_ant_expert
 
+    _check_torque_scale(torque_scale)
     overrides = {
         name: value
         for name, value in (
-            ("speed_bonus", speed_bonus), ("yaw_cost", yaw_cost), ("lateral_cost", lateral_cost)
+            ("speed_bonus", speed_bonus), ("yaw_cost", yaw_cost), ("lateral_cost", lateral_cost),
+            ("torque_scale", torque_scale),
         )
         if value is not None
     }  # fmt: skip
@@ -121,7 +138,7 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
         "train_command": (
             f"irl-lens --threads 1 expert ant --out {run} --steps {cfg.total_steps} "
             f"--n-envs {cfg.n_envs} --speed-bonus {cfg.speed_bonus} --yaw-cost {cfg.yaw_cost} "
-            f"--lateral-cost {cfg.lateral_cost} --seed {seed}"
+            f"--lateral-cost {cfg.lateral_cost} --torque-scale {cfg.torque_scale} --seed {seed}"
         ),
         "weights": str(weights),
         "ship_command": f"irl-lens expert-eval {run} --ship",
@@ -150,6 +167,16 @@ def expert_eval(
             "these numbers on its card."
         ),
     ] = False,
+    torque_scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Evaluate at this torque scale instead of the one the expert trained with "
+            "(a what-if; not with --ship).",
+            min=0,
+            max=1,
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, SEED_OPTION] = 0,
 ) -> None:
     """Success rate of an ant expert on the pretraining tasks and on the post task 0-1-2-3.
@@ -157,14 +184,23 @@ def expert_eval(
     Example: irl-lens expert-eval --episodes 500
 
     Example: irl-lens expert-eval runs/ant/expert --ship
+
+    Example: irl-lens expert-eval runs/ant/expert --torque-scale 0.7
     """
     from irl_lens import runs
-    from irl_lens.train.ppo import PPOConfig, load_expert
+    from irl_lens.train.ppo import load_expert, saved_ppo_config
 
     if ship and run is None:
         raise ValueError("--ship needs the expert run folder to ship")
+    if ship and torque_scale is not None:
+        raise ValueError("--ship ships the expert as trained; drop --torque-scale")
+    _check_torque_scale(torque_scale)
     t0 = time.perf_counter()
-    table = _eval_table(load_expert(run), episodes, seed, deterministic=not sample)
+    agent = load_expert(run)
+    if torque_scale is not None:
+        agent.torque_scale = torque_scale
+    table = _eval_table(agent, episodes, seed, deterministic=not sample)
+    table["torque_scale"] = agent.torque_scale
     table["seconds"] = time.perf_counter() - t0
     print_table(table, title=f"ant expert {run or '(shipped)'}")
     if ship:
@@ -173,7 +209,7 @@ def expert_eval(
             k: v for k, v in runs.read_metrics(run / "metrics.jsonl")[-1].items()
             if k in ("update", "env_steps", "seconds", "success")
         }  # fmt: skip
-        _ship(run, PPOConfig.from_dict(config["ppo"]), int(config["seed"]), summary)
+        _ship(run, saved_ppo_config(config["ppo"]), int(config["seed"]), summary)
 
 
 def register(app: typer.Typer) -> None:

@@ -90,6 +90,33 @@ def test_resume_continues_and_checks_config(tmp_path):
             ppo.load_expert(out)
         with pytest.raises(RunError, match=rf"trained in {trained} m cells"):
             ppo.train_ant_expert(out, cfg, seed=0, resume=True, progress=False)
+    # the torque scale travels with the expert; runs saved before it existed trained at 1.0
+    (out / "config.json").write_text(json.dumps(config))
+    assert ppo.load_expert(out).torque_scale == cfg.torque_scale == 0.8
+    legacy = config | {"ppo": {k: v for k, v in config["ppo"].items() if k != "torque_scale"}}
+    (out / "config.json").write_text(json.dumps(legacy))
+    assert ppo.load_expert(out).torque_scale == ppo.LEGACY_TORQUE_SCALE == 1.0
+    with pytest.raises(RunError, match="differs"):  # it trained at 1.0, not the default 0.8
+        ppo.train_ant_expert(out, cfg, seed=0, resume=True, progress=False)
+
+
+def test_torque_scale_scales_the_experts_torques():
+    # Same agent weights at scale 1.0 and 0.5: every episode's first torques (same seed, same
+    # start) are the clipped actions times the scale, in the env and in the dataset.
+    full = ppo.build_agent(ppo.PPOConfig(torque_scale=1.0), seed=0).eval()
+    with torch.no_grad():
+        full.actor[-1].weight.mul_(400.0)  # big means, so the clip to [-1, 1] matters
+    half = ppo.build_agent(ppo.PPOConfig(torque_scale=0.5), seed=0).eval()
+    half.load_state_dict(full.state_dict())
+    assert half.torque_scale == 0.5
+    first = {}
+    for agent in (full, half):
+        ds = generate_ant(4, "clean", seed=5, expert=agent, n_envs=4, progress=False)
+        first[agent.torque_scale] = ds.arrays["action"][ds.arrays["episode_offsets"][:-1]]
+    assert np.abs(first[1.0]).max() == 1.0 and (np.abs(first[1.0]) == 1.0).mean() > 0.3
+    np.testing.assert_allclose(first[0.5], 0.5 * first[1.0], atol=1e-7)
+    with pytest.raises(ValueError, match="torque_scale"):
+        ppo.PPOConfig(torque_scale=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +151,9 @@ def test_shipped_expert_matches_its_card():
     # The weights in the package reproduce the success their card reports, and the data
     # commands use them by default.
     card = json.loads(ppo.SHIPPED_EXPERT.with_suffix(".json").read_text())
-    assert "train_command" in card and card["ppo"] == ppo.PPOConfig.from_dict(card["ppo"]).to_dict()
+    assert "train_command" in card and card["ppo"] == ppo.saved_ppo_config(card["ppo"]).to_dict()
     agent = ppo.load_expert()
+    assert agent.torque_scale == ppo.saved_ppo_config(card["ppo"]).torque_scale
     n = 48
     res = ppo.evaluate_expert(agent, n, None, deterministic=True, seed=21, progress=False)
     p = card["summary"]["eval/pretrain_success"]
@@ -191,16 +219,21 @@ def test_cli_rejects_bad_ant_input(tmp_path, capsys):
     code, _, err = _run(["-q", "expert", "ant", "--out", str(tmp_path / "e"), "--yaw-cost", "-1"],
                         capsys)  # fmt: skip
     assert code == 2 and "--yaw-cost" in err
+    for args in (["--torque-scale", "0"], ["--torque-scale", "0.5", "--ship"]):
+        code, _, err = _run(["-q", "expert-eval", str(tmp_path / "e"), *args], capsys)
+        assert code == 2 and "--torque-scale" in err, err
 
 
 def test_expert_cli_passes_reward_settings(tmp_path, capsys):
     out = tmp_path / "e"
     args = ["-q", "expert", "ant", "--out", str(out), "--steps", "64", "--n-envs", "1",
-            "--eval-episodes", "0", "--yaw-cost", "0.25", "--lateral-cost", "0.5"]  # fmt: skip
+            "--eval-episodes", "0", "--yaw-cost", "0.25", "--lateral-cost", "0.5",
+            "--torque-scale", "0.6"]  # fmt: skip
     code, _, err = _run(args, capsys)
     assert code == 0, err
     saved = json.loads((out / "config.json").read_text())["ppo"]
     assert (saved["yaw_cost"], saved["lateral_cost"], saved["total_steps"]) == (0.25, 0.5, 64)
+    assert saved["torque_scale"] == 0.6
 
 
 def _quat_mul(a, b) -> np.ndarray:

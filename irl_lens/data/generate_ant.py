@@ -95,7 +95,7 @@ def _run_chunk(
         if not live.any():
             break
         view = expert_inputs(env)
-        a = np.clip(view.controls(env, expert.act(view.x, deterministic, generator)), -1.0, 1.0)
+        a = view.controls(env, expert.act(view.x, deterministic, generator), expert.torque_scale)
         obs_buf[live, t] = obs[live]
         act_buf[live, t] = a[live]
         target[live, t] = env.target_colour()[live]
