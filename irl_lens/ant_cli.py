@@ -43,9 +43,9 @@ def _reward_weight(text: str) -> typer.models.OptionInfo:
     return typer.Option(help=f"{text} Default: PPOConfig's.", min=0, show_default=False)
 
 
-def _check_torque_scale(value: float | None) -> None:
+def _check_torque_scale(value: float | None, option: str) -> None:
     if value is not None and not 0 < value <= 1:
-        raise ValueError(f"--torque-scale {value}: must be in (0, 1] (a fraction of the range)")
+        raise ValueError(f"{option} {value}: must be in (0, 1] (a fraction of the range)")
 
 
 def expert(
@@ -68,8 +68,19 @@ def expert(
     torque_scale: Annotated[
         float | None,
         typer.Option(
-            help="Torques = actions clipped to [-1, 1] times this, in (0, 1]; below 1 the ant "
-            "cannot throw itself above the 1.0 m height limit. Default: PPOConfig's (0.8).",
+            help="Training torques = actions clipped to [-1, 1] times this, in (0, 1]. "
+            "Default: PPOConfig's (0.7).",
+            min=0,
+            max=1,
+            show_default=False,
+        ),
+    ] = None,
+    deploy_torque_scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Torque scale the trained expert acts with (evaluation, datasets), in "
+            "(0, 1]; a little below --torque-scale, its gait bounces less. "
+            "Default: PPOConfig's (0.6).",
             min=0,
             max=1,
             show_default=False,
@@ -92,19 +103,21 @@ def expert(
 
     Writes OUT/config.json, OUT/metrics.jsonl (success per update), OUT/checkpoints/,
     OUT/per_task_success.json, OUT/model.safetensors and OUT/summary.json with the
-    success of the mean action on the pretraining mix and on the post task 0-1-2-3.
+    success of the mean action (at the deployed torque scale) on the pretraining mix and on
+    the post task 0-1-2-3.
 
     Example: irl-lens --threads 1 expert ant --out runs/ant/expert --steps 5000000 --ship
     """
     from irl_lens import runs
     from irl_lens.train.ppo import PPOConfig, load_expert, train_ant_expert
 
-    _check_torque_scale(torque_scale)
+    _check_torque_scale(torque_scale, "--torque-scale")
+    _check_torque_scale(deploy_torque_scale, "--deploy-torque-scale")
     overrides = {
         name: value
         for name, value in (
             ("speed_bonus", speed_bonus), ("yaw_cost", yaw_cost), ("lateral_cost", lateral_cost),
-            ("torque_scale", torque_scale),
+            ("torque_scale", torque_scale), ("deploy_torque_scale", deploy_torque_scale),
         )
         if value is not None
     }  # fmt: skip
@@ -129,7 +142,7 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
 
     from irl_lens import runs
     from irl_lens.envs.ant import CELL_SIZE
-    from irl_lens.train.ppo import SHIPPED_EXPERT, expert_weights
+    from irl_lens.train.ppo import SHIPPED_EXPERT, deployed_torque_scale, expert_weights
 
     weights = expert_weights(run)
     SHIPPED_EXPERT.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +151,8 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
         "train_command": (
             f"irl-lens --threads 1 expert ant --out {run} --steps {cfg.total_steps} "
             f"--n-envs {cfg.n_envs} --speed-bonus {cfg.speed_bonus} --yaw-cost {cfg.yaw_cost} "
-            f"--lateral-cost {cfg.lateral_cost} --torque-scale {cfg.torque_scale} --seed {seed}"
+            f"--lateral-cost {cfg.lateral_cost} --torque-scale {cfg.torque_scale} "
+            f"--deploy-torque-scale {deployed_torque_scale(cfg)} --seed {seed}"
         ),
         "weights": str(weights),
         "ship_command": f"irl-lens expert-eval {run} --ship",
@@ -170,7 +184,7 @@ def expert_eval(
     torque_scale: Annotated[
         float | None,
         typer.Option(
-            help="Evaluate at this torque scale instead of the one the expert trained with "
+            help="Act at this torque scale instead of the expert's own deployed one "
             "(a what-if; not with --ship).",
             min=0,
             max=1,
@@ -194,7 +208,7 @@ def expert_eval(
         raise ValueError("--ship needs the expert run folder to ship")
     if ship and torque_scale is not None:
         raise ValueError("--ship ships the expert as trained; drop --torque-scale")
-    _check_torque_scale(torque_scale)
+    _check_torque_scale(torque_scale, "--torque-scale")
     t0 = time.perf_counter()
     agent = load_expert(run)
     if torque_scale is not None:

@@ -90,14 +90,20 @@ def test_resume_continues_and_checks_config(tmp_path):
             ppo.load_expert(out)
         with pytest.raises(RunError, match=rf"trained in {trained} m cells"):
             ppo.train_ant_expert(out, cfg, seed=0, resume=True, progress=False)
-    # the torque scale travels with the expert; runs saved before it existed trained at 1.0
+    # the torque scales travel with the expert; a loaded expert acts at the deployed one;
+    # runs saved before they existed trained and act at 1.0
     (out / "config.json").write_text(json.dumps(config))
-    assert ppo.load_expert(out).torque_scale == cfg.torque_scale == 0.8
-    legacy = config | {"ppo": {k: v for k, v in config["ppo"].items() if k != "torque_scale"}}
-    (out / "config.json").write_text(json.dumps(legacy))
-    assert ppo.load_expert(out).torque_scale == ppo.LEGACY_TORQUE_SCALE == 1.0
-    with pytest.raises(RunError, match="differs"):  # it trained at 1.0, not the default 0.8
-        ppo.train_ant_expert(out, cfg, seed=0, resume=True, progress=False)
+    assert (cfg.torque_scale, cfg.deploy_torque_scale) == (0.7, 0.6)
+    assert ppo.load_expert(out).torque_scale == 0.6
+    for dropped, acts in (
+        (("deploy_torque_scale",), 0.7),
+        (("torque_scale", "deploy_torque_scale"), 1.0),
+    ):
+        legacy = config | {"ppo": {k: v for k, v in config["ppo"].items() if k not in dropped}}
+        (out / "config.json").write_text(json.dumps(legacy))
+        assert ppo.load_expert(out).torque_scale == acts
+        with pytest.raises(RunError, match="differs"):  # not what the defaults ask for now
+            ppo.train_ant_expert(out, cfg, seed=0, resume=True, progress=False)
 
 
 def test_torque_scale_scales_the_experts_torques():
@@ -219,6 +225,9 @@ def test_cli_rejects_bad_ant_input(tmp_path, capsys):
     code, _, err = _run(["-q", "expert", "ant", "--out", str(tmp_path / "e"), "--yaw-cost", "-1"],
                         capsys)  # fmt: skip
     assert code == 2 and "--yaw-cost" in err
+    code, _, err = _run(["-q", "expert", "ant", "--out", str(tmp_path / "e"),
+                         "--deploy-torque-scale", "0"], capsys)  # fmt: skip
+    assert code == 2 and "--deploy-torque-scale" in err, err
     for args in (["--torque-scale", "0"], ["--torque-scale", "0.5", "--ship"]):
         code, _, err = _run(["-q", "expert-eval", str(tmp_path / "e"), *args], capsys)
         assert code == 2 and "--torque-scale" in err, err
@@ -228,12 +237,12 @@ def test_expert_cli_passes_reward_settings(tmp_path, capsys):
     out = tmp_path / "e"
     args = ["-q", "expert", "ant", "--out", str(out), "--steps", "64", "--n-envs", "1",
             "--eval-episodes", "0", "--yaw-cost", "0.25", "--lateral-cost", "0.5",
-            "--torque-scale", "0.6"]  # fmt: skip
+            "--torque-scale", "0.6", "--deploy-torque-scale", "0.5"]  # fmt: skip
     code, _, err = _run(args, capsys)
     assert code == 0, err
     saved = json.loads((out / "config.json").read_text())["ppo"]
     assert (saved["yaw_cost"], saved["lateral_cost"], saved["total_steps"]) == (0.25, 0.5, 64)
-    assert saved["torque_scale"] == 0.6
+    assert (saved["torque_scale"], saved["deploy_torque_scale"]) == (0.6, 0.5)
 
 
 def _quat_mul(a, b) -> np.ndarray:
