@@ -80,7 +80,7 @@ def expert(
         typer.Option(
             help="Torque scale the trained expert acts with (evaluation, datasets), in "
             "(0, 1]; a little below --torque-scale, its gait bounces less. "
-            "Default: PPOConfig's (0.6).",
+            "Default: PPOConfig's (0.5).",
             min=0,
             max=1,
             show_default=False,
