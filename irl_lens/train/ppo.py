@@ -132,7 +132,7 @@ class PPOConfig(DictConfig):
     None: :attr:`torque_scale`. Acting weaker than it trained softens the bounces it learned.
     Success (pretraining tasks / 0-1-2-3, 300 episodes each, eval seed 11) when acting at 0.5,
     0.55, 0.6: trained at 0.7, seed 0: 0.800 / 0.700, 0.777 / 0.693, 0.78 / 0.695 (200
-    episodes); seed 1: 0.737 / 0.640, 0.730 / 0.610, 0.683 / 0.603; trained at 0.6 and
+    episodes, eval seed 5); seed 1: 0.737 / 0.640, 0.730 / 0.610, 0.683 / 0.603; trained at 0.6 and
     acting at 0.45, 0.5, 0.55: 0.700 / 0.610, 0.733 / 0.640, 0.693 / 0.607. The expert
     trained at 1.0 (before these fields) succeeds on the pretraining tasks 0.512 at 1.0, 0.609
     at 0.9, 0.699 at 0.8, 0.637 at 0.7 and 0.469 at 0.6 (256 episodes; above 1.0 m: 0.168,
