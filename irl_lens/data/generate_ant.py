@@ -99,7 +99,7 @@ def _run_chunk(
         obs_buf[live, t] = obs[live]
         act_buf[live, t] = a[live]
         target[live, t] = env.target_colour()[live]
-        obs, *_ = env.step(a.astype(np.float64))
+        obs, *_ = env.step(a)  # float64 actuator commands already
     return {
         "obs": obs_buf,
         "action": act_buf,
