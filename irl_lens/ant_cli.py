@@ -86,6 +86,24 @@ def expert(
             show_default=False,
         ),
     ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Adam learning rate, annealed linearly to 0. Default: PPOConfig's (3e-4); "
+            "fine-tuning (--init) wants less, e.g. 1e-4.",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune: start from this expert's weights (a run folder, or 'shipped' for "
+            "the package's) instead of a fresh network. Its provenance goes into "
+            "OUT/config.json and the shipped card.",
+            show_default=False,
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     eval_episodes: Annotated[
         int, typer.Option(help="Episodes per evaluation (pretrain mix, post task); 0 skips.", min=0)
@@ -107,6 +125,10 @@ def expert(
     the post task 0-1-2-3.
 
     Example: irl-lens --threads 1 expert ant --out runs/ant/expert --steps 5000000 --ship
+
+    Fine-tune the shipped expert at its deployed torque:
+    irl-lens --threads 1 expert ant --out runs/ant/ft --init shipped --lr 1e-4 --steps 2000000
+    --torque-scale 0.5
     """
     from irl_lens import runs
     from irl_lens.train.ppo import PPOConfig, load_expert, train_ant_expert
@@ -118,12 +140,13 @@ def expert(
         for name, value in (
             ("speed_bonus", speed_bonus), ("yaw_cost", yaw_cost), ("lateral_cost", lateral_cost),
             ("torque_scale", torque_scale), ("deploy_torque_scale", deploy_torque_scale),
+            ("lr", lr),
         )
         if value is not None
     }  # fmt: skip
     cfg = PPOConfig(total_steps=steps, n_envs=n_envs, **overrides)
     t0 = time.perf_counter()
-    summary = train_ant_expert(out, cfg, seed=seed, resume=resume)
+    summary = train_ant_expert(out, cfg, seed=seed, resume=resume, init=init)
     summary["wall_seconds"] = time.perf_counter() - t0
     if summary["finished"] and eval_episodes:
         summary |= _eval_table(load_expert(out), eval_episodes, seed + 7, deterministic=True)
@@ -145,6 +168,8 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
     from irl_lens.train.ppo import SHIPPED_EXPERT, deployed_torque_scale, expert_weights
 
     weights = expert_weights(run)
+    init = runs.read_json(run / "config.json", "expert run config").get("init")
+    # read the card's provenance before the copy (an --init shipped run overwrites its source)
     SHIPPED_EXPERT.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, SHIPPED_EXPERT)
     card = {
@@ -152,7 +177,8 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
             f"irl-lens --threads 1 expert ant --out {run} --steps {cfg.total_steps} "
             f"--n-envs {cfg.n_envs} --speed-bonus {cfg.speed_bonus} --yaw-cost {cfg.yaw_cost} "
             f"--lateral-cost {cfg.lateral_cost} --torque-scale {cfg.torque_scale} "
-            f"--deploy-torque-scale {deployed_torque_scale(cfg)} --seed {seed}"
+            f"--deploy-torque-scale {deployed_torque_scale(cfg)} --lr {cfg.lr} --seed {seed}"
+            + (f" --init {init['from']}" if init else "")
         ),
         "weights": str(weights),
         "ship_command": f"irl-lens expert-eval {run} --ship",
@@ -161,6 +187,8 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
         "cell_size": CELL_SIZE,
         "summary": summary,
     }
+    if init:
+        card["init"] = init  # the weights it started from, with how they were made
     runs.write_json(SHIPPED_EXPERT.with_suffix(".json"), card)
     print(f"shipped {weights} as {SHIPPED_EXPERT} (+ .json card)")
 

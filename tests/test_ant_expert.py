@@ -245,6 +245,40 @@ def test_expert_cli_passes_reward_settings(tmp_path, capsys):
     assert (saved["torque_scale"], saved["deploy_torque_scale"]) == (0.6, 0.5)
 
 
+def test_init_fine_tunes_from_an_experts_weights(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    small = {"n_envs": 4, "n_steps": 16, "n_minibatches": 2}
+    cfg = ppo.PPOConfig(total_steps=4 * 16 * 2, **small)
+    src = tmp_path / "src"
+    ppo.train_ant_expert(src, cfg, seed=0, progress=False)
+    # a near-zero learning rate: after one update the weights are still the source's,
+    # while a fresh network of another seed is far from them
+    tiny = ppo.PPOConfig(total_steps=4 * 16, lr=1e-12, **small)
+    ft = tmp_path / "ft"
+    ppo.train_ant_expert(ft, tiny, seed=5, init=src, progress=False)
+    fresh = ppo.build_agent(tiny, seed=5).state_dict()
+    start, end = load_file(str(src / "model.safetensors")), load_file(str(ft / "model.safetensors"))
+    for name, value in start.items():
+        if name.startswith("norm."):  # the input statistics absorb the new rollout
+            continue
+        torch.testing.assert_close(end[name], value, rtol=0, atol=1e-8)
+        assert not torch.allclose(fresh[name], value), name
+    init = json.loads((ft / "config.json").read_text())["init"]
+    assert init["from"] == str(src) and init["made_with"]["seed"] == 0
+    assert init["sha256"] == __import__("hashlib").sha256(
+        (src / "model.safetensors").read_bytes()).hexdigest()  # fmt: skip
+    # resuming from other weights than it started from, a non-expert or another width: refused
+    with pytest.raises(RunError, match="started from other weights"):
+        ppo.train_ant_expert(ft, tiny, seed=5, resume=True, progress=False)
+    wide = ppo.PPOConfig(total_steps=4 * 16, hidden=32, **small)
+    with pytest.raises(RunError, match="hidden width is 256, this run's 32"):
+        ppo.train_ant_expert(tmp_path / "w", wide, seed=0, init=src, progress=False)
+    code, _, err = _run(["-q", "expert", "ant", "--out", str(tmp_path / "x"), "--steps", "64",
+                         "--init", str(tmp_path)], capsys)  # fmt: skip
+    assert code == 2 and "--init expert run config" in err, err
+
+
 def _quat_mul(a, b) -> np.ndarray:
     import mujoco
 

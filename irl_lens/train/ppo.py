@@ -27,6 +27,7 @@ Pieces, top to bottom: :class:`PPOConfig`, :class:`RunningNorm`, :class:`Gaussia
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -462,12 +463,16 @@ def train_ant_expert(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    init: str | Path | None = None,
 ) -> dict:
     """Train the expert into run folder ``out``; returns the summary (also ``summary.json``).
 
     ``stop_after`` ends after that many updates (as if interrupted; tests ``resume``).
     Resuming restores weights, optimiser, normaliser and RNG states, and restarts the
-    envs from fresh episodes (seeded by the update count).
+    envs from fresh episodes (seeded by the update count). ``init`` fine-tunes: the agent
+    starts from that expert's weights (a run folder, or ``"shipped"``) instead of a fresh
+    initialisation; where they came from is kept in ``config.json`` (see
+    :func:`init_source`).
     """
     out = Path(out)
     config = {
@@ -475,6 +480,10 @@ def train_ant_expert(
         "cell_size": CELL_SIZE,
     }  # fmt: skip
     agent = build_agent(cfg, seed)
+    if init is not None:
+        weights, config["init"] = init_source(init, cfg)
+        if not resume:
+            runs.load_weights(agent, weights)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
     generator = torch.Generator().manual_seed(seed + 1)
     update, env_steps, train_seconds = 0, 0, 0.0
@@ -486,6 +495,11 @@ def train_ant_expert(
         check_cell_size(saved, f"--resume: {out}")
         if saved_ppo_config(saved.get("ppo", {})).to_dict() != config["ppo"]:
             raise runs.RunError(f"--resume: {out}/config.json differs from the requested settings")
+        if saved.get("init", {}).get("sha256") != config.get("init", {}).get("sha256"):
+            raise runs.RunError(
+                f"--resume: {out} started from other weights ({saved.get('init', {}).get('from')})"
+                f" than --init {init}"
+            )
         runs.load_weights(agent, ckpts[-1] / "model.safetensors")
         state = runs.load_trainer_state(ckpts[-1])
         opt.load_state_dict(state["optimizer"])
@@ -575,6 +589,29 @@ def expert_weights(run: str | Path) -> Path:
             "`irl-lens expert ant --out RUN --resume`"
         )
     return ckpts[-1] / "model.safetensors"
+
+
+def init_source(init: str | Path, cfg: PPOConfig) -> tuple[Path, dict]:
+    """The weights a fine-tuning run starts from (``init``: an expert run folder, or
+    ``"shipped"``), and the record of them kept in its ``config.json``: the source, the
+    weights' SHA-256, and how those were made (the run's config, or the shipped card, which
+    a later ``--ship`` overwrites). Raises :class:`~irl_lens.runs.RunError` when the source
+    is not an expert of this arena or its network is not ``cfg``'s size."""
+    if str(init) == "shipped":
+        weights = SHIPPED_EXPERT
+        made = runs.read_json(SHIPPED_EXPERT.with_suffix(".json"), "shipped expert card")
+    else:
+        made = runs.read_json(Path(init) / "config.json", "--init expert run config")
+        if made.get("kind") != "ant_expert":
+            raise runs.RunError(f"--init {init}: a {made.get('kind')!r} run, not an ant_expert")
+        weights = expert_weights(init)
+    check_cell_size(made, f"--init {init}")
+    hidden = saved_ppo_config(made.get("ppo", {})).hidden
+    if hidden != cfg.hidden:
+        raise runs.RunError(f"--init {init}: its hidden width is {hidden}, this run's {cfg.hidden}")
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+    return Path(weights), {"from": str(init), "weights": str(weights), "sha256": digest,
+                           "made_with": made}  # fmt: skip
 
 
 LEGACY_CELL_SIZE = 1.5
@@ -699,6 +736,7 @@ __all__ = [
     "deployed_torque_scale",
     "evaluate_expert",
     "gae",
+    "init_source",
     "load_expert",
     "ppo_update",
     "saved_ppo_config",
