@@ -65,6 +65,10 @@ def expert(
         float | None,
         _reward_weight("Reward cost per m/s of speed across the waypoint direction."),
     ] = None,
+    fail_penalty: Annotated[
+        float | None,
+        _reward_weight("Reward lost when an episode fails (wrong colour, wall, torso height)."),
+    ] = None,
     torque_scale: Annotated[
         float | None,
         typer.Option(
@@ -139,8 +143,8 @@ def expert(
         name: value
         for name, value in (
             ("speed_bonus", speed_bonus), ("yaw_cost", yaw_cost), ("lateral_cost", lateral_cost),
-            ("torque_scale", torque_scale), ("deploy_torque_scale", deploy_torque_scale),
-            ("lr", lr),
+            ("fail_penalty", fail_penalty), ("torque_scale", torque_scale),
+            ("deploy_torque_scale", deploy_torque_scale), ("lr", lr),
         )
         if value is not None
     }  # fmt: skip
@@ -176,7 +180,8 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
         "train_command": (
             f"irl-lens --threads 1 expert ant --out {run} --steps {cfg.total_steps} "
             f"--n-envs {cfg.n_envs} --speed-bonus {cfg.speed_bonus} --yaw-cost {cfg.yaw_cost} "
-            f"--lateral-cost {cfg.lateral_cost} --torque-scale {cfg.torque_scale} "
+            f"--lateral-cost {cfg.lateral_cost} --fail-penalty {cfg.fail_penalty} "
+            f"--torque-scale {cfg.torque_scale} "
             f"--deploy-torque-scale {deployed_torque_scale(cfg)} --lr {cfg.lr} --seed {seed}"
             + (f" --init {init['from']}" if init else "")
         ),

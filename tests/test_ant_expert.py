@@ -237,11 +237,13 @@ def test_expert_cli_passes_reward_settings(tmp_path, capsys):
     out = tmp_path / "e"
     args = ["-q", "expert", "ant", "--out", str(out), "--steps", "64", "--n-envs", "1",
             "--eval-episodes", "0", "--yaw-cost", "0.25", "--lateral-cost", "0.5",
+            "--fail-penalty", "20",
             "--torque-scale", "0.6", "--deploy-torque-scale", "0.5"]  # fmt: skip
     code, _, err = _run(args, capsys)
     assert code == 0, err
     saved = json.loads((out / "config.json").read_text())["ppo"]
     assert (saved["yaw_cost"], saved["lateral_cost"], saved["total_steps"]) == (0.25, 0.5, 64)
+    assert saved["fail_penalty"] == 20
     assert (saved["torque_scale"], saved["deploy_torque_scale"]) == (0.6, 0.5)
 
 
