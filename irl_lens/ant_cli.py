@@ -69,6 +69,16 @@ def expert(
         float | None,
         _reward_weight("Reward lost when an episode fails (wrong colour, wall, torso height)."),
     ] = None,
+    edge_cost: Annotated[
+        float | None,
+        _reward_weight(
+            "Reward cost per metre the torso is closer than --edge-margin to a cell it must "
+            "not enter (off the grid, the wall, another colour)."
+        ),
+    ] = None,
+    edge_margin: Annotated[
+        float | None, _reward_weight("Clearance (m) below which --edge-cost applies.")
+    ] = None,
     torque_scale: Annotated[
         float | None,
         typer.Option(
@@ -143,7 +153,8 @@ def expert(
         name: value
         for name, value in (
             ("speed_bonus", speed_bonus), ("yaw_cost", yaw_cost), ("lateral_cost", lateral_cost),
-            ("fail_penalty", fail_penalty), ("torque_scale", torque_scale),
+            ("fail_penalty", fail_penalty), ("edge_cost", edge_cost),
+            ("edge_margin", edge_margin), ("torque_scale", torque_scale),
             ("deploy_torque_scale", deploy_torque_scale), ("lr", lr),
         )
         if value is not None
@@ -181,6 +192,7 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
             f"irl-lens --threads 1 expert ant --out {run} --steps {cfg.total_steps} "
             f"--n-envs {cfg.n_envs} --speed-bonus {cfg.speed_bonus} --yaw-cost {cfg.yaw_cost} "
             f"--lateral-cost {cfg.lateral_cost} --fail-penalty {cfg.fail_penalty} "
+            f"--edge-cost {cfg.edge_cost} --edge-margin {cfg.edge_margin} "
             f"--torque-scale {cfg.torque_scale} "
             f"--deploy-torque-scale {deployed_torque_scale(cfg)} --lr {cfg.lr} --seed {seed}"
             + (f" --init {init['from']}" if init else "")

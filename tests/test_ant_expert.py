@@ -462,7 +462,8 @@ def test_shaped_reward_terms_match_hand_values():
     failed = np.array([False, True, False, False])
     off = {name: 0.0 for name in ("velocity_weight", "speed_bonus", "subgoal_bonus",
                                   "success_bonus", "ctrl_cost", "height_cost", "fail_penalty",
-                                  "alive_bonus", "yaw_cost", "lateral_cost")}  # fmt: skip
+                                  "alive_bonus", "yaw_cost", "lateral_cost",
+                                  "edge_cost")}  # fmt: skip
     lateral = np.array([0.8, 1.2, 1.6, 0.0])  # sqrt(speed^2 - progress^2)
     z = env.qpos[:, 2]
     terms = {
@@ -473,12 +474,44 @@ def test_shaped_reward_terms_match_hand_values():
         "fail_penalty": -failed.astype(float),
         "yaw_cost": -np.abs(env.qvel[:, 5]),
         "lateral_cost": -lateral,
+        "edge_cost": -np.maximum(3.0 - env.clearance(), 0.0),  # edge_margin 3 m: all near
     }
     for name, per_unit in terms.items():
         assert np.abs(per_unit[active]).min() > 0 or name == "fail_penalty", name
-        cfg = ppo.PPOConfig(**{**off, name: 2.0, "soft_max_height": 0.3})
+        cfg = ppo.PPOConfig(**{**off, name: 2.0, "soft_max_height": 0.3, "edge_margin": 3.0})
         r = ppo.shaped_reward(cfg, np.zeros(4), n_done, env, actions, speed, progress, active,
                               failed)  # fmt: skip
         np.testing.assert_allclose(
             r, np.where(active, 2.0 * per_unit, 0.0), atol=1e-5, err_msg=name
         )
+
+
+def test_clearance_is_the_distance_to_the_nearest_forbidden_cell():
+    from irl_lens.envs.ant import ANT_WALL, BatchedAntPinpad, cell_centres
+
+    env = BatchedAntPinpad(1, n_threads=1)
+    env.reset(seed=0)
+    layout = np.zeros(16, np.uint8)
+    # cell = row * 4 + col; x along col. Around cell 6 (row 1, col 2, centre (1, -1)): the
+    # wall at cell 5 (west), colour 2 at cell 10 (north), colour 0 (the target) at cell 7
+    # (east), colour 3 at cell 3 (south-east: y grows with the row)
+    layout[5], layout[10], layout[7], layout[3] = ANT_WALL, 3, 1, 4
+    layout[12] = 2  # colour 1, far away
+    env.set_episode(0, (0, 1, 2), layout, 6)
+    centre = cell_centres()[6]
+    cases = [
+        ((0.0, 0.0), 1.0),  # wall and colour 2 both 1 m away
+        ((-0.9, 0.0), 0.1),  # 0.1 m from the wall
+        ((0.9, 0.0), 1.0),  # next to the target colour: it does not count
+        ((0.0, 0.7), 0.3),  # 0.3 m from colour 2
+        ((0.9, -0.9), np.hypot(0.1, 0.1)),  # the corner of colour 3 (cell 3, diagonal)
+    ]
+    for (dx, dy), expected in cases:
+        env.set_torso(0, centre[0] + dx, centre[1] + dy)  # still in its start cell
+        assert env.cell[0] == 6 and env.target_colour()[0] == 0
+        np.testing.assert_allclose(env.clearance(), [expected], atol=1e-9, err_msg=(dx, dy))
+    # off the grid counts: cell 4 (row 1, col 0) is on the western edge
+    env.set_episode(0, (0, 1, 2), layout, 4)
+    west = cell_centres()[4] + [-0.6, 0.0]
+    env.set_torso(0, *west)
+    np.testing.assert_allclose(env.clearance(), [0.4], atol=1e-9)

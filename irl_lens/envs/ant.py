@@ -693,6 +693,42 @@ class BatchedAntPinpad:
             "velocity": self.velocity.copy(),
         }
 
+    def clearance(self) -> np.ndarray:
+        """``float64[n]`` distance (m) from the torso centre to the nearest cell it must not
+        enter: off the grid, the wall cell, or a colour other than the current target
+        (entering any of them ends the episode). Only the 8 cells around the torso's own are
+        checked, so the value is capped at one cell side; ``inf`` where none of them is
+        forbidden. The expert's ``edge_cost`` reads it."""
+        n, cell = self.n_envs, self.cell_size
+        col, row = self.cell % ANT_GRID_SIZE, self.cell // ANT_GRID_SIZE
+        local = self.xy - (self._centres[self.cell] - cell / 2)  # in [0, cell)^2
+        target_code = np.where(self.target_colour() >= 0, self.target_colour() + 1, -1)
+        best = np.full(n, np.inf)
+        for dc in (-1, 0, 1):
+            for dr in (-1, 0, 1):
+                if dc == dr == 0:
+                    continue
+                c, r = col + dc, row + dr
+                inside = (c >= 0) & (c < ANT_GRID_SIZE) & (r >= 0) & (r < ANT_GRID_SIZE)
+                near = np.clip(r, 0, ANT_GRID_SIZE - 1) * ANT_GRID_SIZE + np.clip(
+                    c, 0, ANT_GRID_SIZE - 1
+                )
+                code = self.layout[self._arange, near]
+                forbidden = (
+                    ~inside
+                    | (code == ANT_WALL)
+                    | ((code >= 1) & (code <= ANT_N_COLOURS) & (code != target_code))
+                )
+                # gap to that neighbour's square along each axis (0 along an axis it shares)
+                gap = [
+                    np.maximum(cell - local[:, k], 0.0) if d == 1
+                    else np.maximum(local[:, k], 0.0) if d == -1
+                    else np.zeros(n)
+                    for k, d in ((0, dc), (1, dr))
+                ]  # fmt: skip
+                best = np.where(forbidden, np.minimum(best, np.hypot(*gap)), best)
+        return best
+
     def directions(self) -> np.ndarray:
         """``int64[n, 16]`` shortest-path direction per cell towards each env's target
         (-1 where none; all -1 after success). Cached per (env, target)."""
