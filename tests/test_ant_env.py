@@ -48,7 +48,7 @@ from irl_lens.envs.ant import (
 
 ANT_ID = "irl_lens/AntPinpad-v0"
 G = 4
-HALF = G * CELL_SIZE / 2  # 4.0 m: the arena spans [-HALF, HALF]^2
+HALF = G * CELL_SIZE / 2  # the arena spans [-HALF, HALF]^2 (5.0 m with 2.5 m cells)
 EMPTY_CODE, WALL_CODE = 0, 5
 EAST, NORTH, WEST, SOUTH = 0, 1, 2, 3
 STEP = {EAST: (1, 0), NORTH: (0, 1), WEST: (-1, 0), SOUTH: (0, -1)}  # (d_col, d_row)
@@ -508,7 +508,10 @@ def test_observations_match_the_state():
 
 def test_observation_slices_by_hand():
     env = ant_env("0-1")
-    env.set_torso(0, 0.4, -1.6)
+    # positions below in metres of a 2.0 m cell; every observation slice is scale-free, so
+    # the arena's real cell size (CELL_SIZE) changes none of the expected values
+    k = CELL_SIZE / 2.0
+    env.set_torso(0, 0.4 * k, -1.6 * k)
     obs = env.observations()[0]
     np.testing.assert_allclose(obs[27:29], [0.1, -0.4], atol=1e-6)  # xy / 4
     # colour 0's cell (col 1, row 0) has centre (-1, -3); divided by the side, 8 m

@@ -610,8 +610,9 @@ def init_source(init: str | Path, cfg: PPOConfig) -> tuple[Path, dict]:
     """The weights a fine-tuning run starts from (``init``: an expert run folder, or
     ``"shipped"``), and the record of them kept in its ``config.json``: the source, the
     weights' SHA-256, and how those were made (the run's config, or the shipped card, which
-    a later ``--ship`` overwrites). Raises :class:`~irl_lens.runs.RunError` when the source
-    is not an expert of this arena or its network is not ``cfg``'s size."""
+    a later ``--ship`` overwrites). The source may have been trained in other cells (the
+    fine-tune adapts it). Raises :class:`~irl_lens.runs.RunError` when the source is not an
+    expert or its network is not ``cfg``'s size."""
     if str(init) == "shipped":
         weights = SHIPPED_EXPERT
         made = runs.read_json(SHIPPED_EXPERT.with_suffix(".json"), "shipped expert card")
@@ -620,7 +621,7 @@ def init_source(init: str | Path, cfg: PPOConfig) -> tuple[Path, dict]:
         if made.get("kind") != "ant_expert":
             raise runs.RunError(f"--init {init}: a {made.get('kind')!r} run, not an ant_expert")
         weights = expert_weights(init)
-    check_cell_size(made, f"--init {init}")
+    # no cell-size check: fine-tuning is how an expert moves to an arena of other cells
     hidden = saved_ppo_config(made.get("ppo", {})).hidden
     if hidden != cfg.hidden:
         raise runs.RunError(f"--init {init}: its hidden width is {hidden}, this run's {cfg.hidden}")
