@@ -1,4 +1,4 @@
-"""``irl-lens reproduce``: the whole gridworld pipeline, resumable, with a report."""
+"""``irl-lens reproduce``: the whole pipeline (gridworld or ant), resumable, with a report."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from irl_lens.common_cli import SEED_OPTION
 
 class ReproEnv(StrEnum):
     gridworld = "gridworld"
+    ant = "ant"
 
 
 class ReproPreset(StrEnum):
@@ -22,7 +23,10 @@ class ReproPreset(StrEnum):
 
 
 def reproduce(
-    env: Annotated[ReproEnv, typer.Argument(help="Environment (ant: once its issue lands).")],
+    env: Annotated[
+        ReproEnv,
+        typer.Argument(help="gridworld (every stage) or ant (no rollout stages yet)."),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder for every stage and the report.")],
     preset: Annotated[
         ReproPreset, typer.Option(help="quick (this CPU), paper (a GPU), tiny (a smoke test).")
@@ -31,28 +35,42 @@ def reproduce(
     rl_episodes: Annotated[
         int | None, typer.Option(help="Episode budget per RL run (default: the preset's).", min=1)
     ] = None,
-    pretrain_episodes: Annotated[int, typer.Option(help="Pretraining episodes.", min=10)] = 200_000,
-    clean_episodes: Annotated[int, typer.Option(help="Clean episodes.", min=10)] = 20_000,
+    pretrain_episodes: Annotated[
+        int | None,
+        typer.Option(help="Pretraining episodes (default: gridworld 200000, ant 2000).", min=10),
+    ] = None,
+    clean_episodes: Annotated[
+        int | None,
+        typer.Option(help="Clean episodes (default: gridworld 20000, ant 500).", min=10),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Jobs run side by side (one per core).", min=1)] = 2,
     with_sweep: Annotated[bool, typer.Option(help="Also run the rate-distortion sweep.")] = False,
     seed: Annotated[int, SEED_OPTION] = 0,
 ) -> None:
     """Reproduce the paper on the gridworld: data -> base -> probes, controllers ->
-    metacontrollers (full, beta1, cotrain) -> internal RL and baselines -> report.
+    metacontrollers (full, beta1, cotrain) -> internal RL and baselines -> report. On ant:
+    the shipped expert's data -> base -> probes, controllers (held-out NLL) -> the full
+    metacontroller (switching, clustering) -> report; the stages that need step-wise ant
+    rollouts (controller success, steering, internal RL) are not built yet.
 
     Every job is its own process, --workers at a time, started as soon as the jobs it needs
     are done; its output goes to OUT/JOB.log. Finished jobs are skipped and interrupted ones
     resume from their checkpoints, so after an interruption run the same command again.
     Writes OUT/report.md (each claim of the paper next to our number, the target it must
     meet and whether it does; the wall-clock and command of every job), OUT/summary.json
-    and OUT/timing.json. The quick preset takes about 45 minutes on a 2-core CPU.
+    and OUT/timing.json. The quick gridworld preset takes about 45 minutes on a 2-core CPU.
 
     Example: irl-lens reproduce gridworld --out runs/demo --preset quick
-    """
-    from irl_lens.reproduce import ReproduceSettings, run_pipeline
 
+    Example: irl-lens reproduce ant --out runs/ant-demo --preset quick
+    """
+    from irl_lens.reproduce import DEFAULT_EPISODES, ReproduceSettings, run_pipeline
+
+    default_pretrain, default_clean = DEFAULT_EPISODES[env.value]
+    pretrain_episodes = pretrain_episodes or default_pretrain
+    clean_episodes = clean_episodes or default_clean
     settings = ReproduceSettings(
-        preset=preset.value, seed=seed, rl_seeds=rl_seeds, rl_episodes=rl_episodes,
+        env=env.value, preset=preset.value, seed=seed, rl_seeds=rl_seeds, rl_episodes=rl_episodes,
         pretrain_episodes=pretrain_episodes, clean_episodes=clean_episodes, workers=workers,
         with_sweep=with_sweep,
     )  # fmt: skip

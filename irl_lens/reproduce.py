@@ -1,4 +1,4 @@
-"""``irl-lens reproduce``: the paper's gridworld pipeline in one command, with a report.
+"""``irl-lens reproduce``: the paper's pipeline in one command, with a report.
 
 Every job is its own ``irl-lens`` process (:class:`irl_lens.sweep.LocalRunner`), ``workers``
 at a time; a job starts as soon as the jobs it needs are done (the raw-action baseline runs
@@ -21,6 +21,13 @@ Stages, in dependency order (quick preset; ``paper`` uses the paper's sizes, for
 5. rl: internal RL (3 seeds) on ``full``; raw-action RL and internal RL on ``beta1`` and
    ``cotrain`` on the same budget
 6. (``--with-sweep``) the rate-distortion sweep
+
+On ant-pinpad (:func:`ant_stages`) the pipeline is shorter, as the step-wise ant rollout
+engine (controller success, steering, prior sampling, internal RL) is not built yet: the
+shipped expert's data (pretraining: sampled actions; clean: its mean action, the paper's
+discovery data) -> base -> probes and supervised controllers (held-out NLL by layer) ->
+the ``full`` metacontroller (switch alignment, code clustering). The report adds the
+expert's success from its card, and marks the claims that need rollouts n/a.
 """
 
 from __future__ import annotations
@@ -43,8 +50,15 @@ from irl_lens.sweep import Job, JobsFailed, LocalRunner
 logger = logging.getLogger(__name__)
 
 
+ENVS = ("gridworld", "ant")
+DEFAULT_EPISODES = {"gridworld": (200_000, 20_000), "ant": (2_000, 500)}
+"""Pretraining and clean episodes per environment."""
+
+
 @dataclass
 class ReproduceSettings:
+    env: str = "gridworld"
+    """One of :data:`ENVS`."""
     preset: str = "quick"
     seed: int = 0
     rl_seeds: int = 3
@@ -57,6 +71,10 @@ class ReproduceSettings:
     sweep_seeds: int = 3
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.env not in ENVS:
+            raise ValueError(f"ReproduceSettings.env={self.env!r}; allowed: {', '.join(ENVS)}")
+
 
 @dataclass
 class Stage:
@@ -66,6 +84,8 @@ class Stage:
 
 def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     """The pipeline as stages of independent jobs (see the module docstring)."""
+    if s.env == "ant":
+        return ant_stages(out, s)
     p, seed = s.preset, str(s.seed)
     data, clean, base = out / "data", out / "data-clean", out / "base"
     discovery = out / "data-discovery"
@@ -129,6 +149,36 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     return out_stages
 
 
+def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
+    """The ant-pinpad pipeline (see the module docstring): no RL stage yet."""
+    p, seed = s.preset, str(s.seed)
+    data, clean, base, mc = out / "data", out / "data-clean", out / "base", out / "mc-full"
+    return [
+        Stage("data", [
+            Job(["data", "ant", "--split", split, "--episodes", str(n), "--out", str(folder),
+                 "--seed", seed], folder, marker="meta.json", leftover="clear")
+            for split, n, folder in (("pretrain", s.pretrain_episodes, data),
+                                     ("clean", s.clean_episodes, clean))
+        ]),
+        Stage("base", [
+            Job(["pretrain", str(data), "--out", str(base), "--preset", p, "--seed", seed], base,
+                threads=max(1, s.workers), marker="model.safetensors", leftover="resume",
+                needs=(data,)),
+        ]),
+        Stage("read", [
+            Job(["probe", str(base), "--data", str(clean), "--seed", seed], base / "probe",
+                leftover="clear", needs=(base, clean)),
+            Job(["controllers", str(base), "--data", str(clean), "--seed", seed, "--preset",
+                 p], base / "controllers", leftover="clear", needs=(base, clean)),
+        ]),
+        Stage("discover", [
+            Job(["discover", str(base), "--out", str(mc), "--variant", "full", "--data",
+                 str(clean), "--preset", p, "--seed", seed], mc, leftover="resume",
+                needs=(base, clean)),
+        ]),
+    ]  # fmt: skip
+
+
 def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict:
     """Run every job not yet finished (each once its needs are done), then write the report."""
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +224,7 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
             str(compare_dir),
         ]  # the running interpreter: no reliance on PATH
         subprocess.run(cmd, check=True, capture_output=True)
-    summary = collect_summary(out)
+    summary = collect_summary(out, s.env)
     runs.write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report(out, s, summary, timing))
     return summary
@@ -189,10 +239,19 @@ def _summary(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def collect_summary(out: Path) -> dict:
-    """The headline numbers of every stage, flat."""
+SHIPPED_EXPERT_CARD = Path(__file__).resolve().parent / "assets" / "ant_expert.json"
+"""The shipped ant expert's card (read as JSON: importing the trainer would import MuJoCo)."""
+
+
+def collect_summary(out: Path, env: str = "gridworld") -> dict:
+    """The headline numbers of every stage, flat (on ant, also the shipped expert's card:
+    the data commands use that expert)."""
     base = out / "base"
     flat: dict[str, float] = {}
+    if env == "ant":
+        for k, v in _summary(SHIPPED_EXPERT_CARD).get("summary", {}).items():
+            if isinstance(v, int | float):
+                flat[f"expert:{k}"] = float(v)
     for name, path in (("base", base / "summary.json"), ("probe", base / "probe/summary.json"),
                        ("controllers", base / "controllers/summary.json"),
                        ("mc", out / "mc-full/summary.json"),
@@ -230,36 +289,13 @@ class Claim:
     figure: str
 
 
-def claims(summary: dict, n_layers: int | None) -> list[Claim]:
-    """Each claim of the paper against the targets of the project's issues."""
+NO_ANT_ROLLOUTS = "not run: needs the step-wise ant rollout engine (not built yet)"
+
+
+def _switch_and_code_claims(summary: dict) -> list[Claim]:
+    """The metacontroller's claims: switch alignment (Fig 6) and code clustering (Fig 5)."""
     g = summary.get
     out = []
-    layer0, best = g("probe:probe/accuracy_layer_0"), g("probe:probe/best_accuracy")
-    out.append(Claim(
-        "Probe accuracy rises with depth (Fig 3)", "~0.3 -> ~0.5-0.6 mid-depth",
-        "best >= 0.5 and >= layer 0 + 0.15",
-        f"layer 0 {_fmt(layer0)} -> best {_fmt(best)} (layer "
-        f"{_fmt(g('probe:probe/best_layer'), 0)})",
-        _verdict(best >= 0.5 and best >= layer0 + 0.15 if _known(best, layer0) else None),
-        "base/probe/probe_accuracy.html"))  # fmt: skip
-
-    ctrl = g("controllers:controllers/best_success")
-    ctrl_layer = g("controllers:controllers/best_layer")
-    base_success = g("controllers:controllers/base_success")
-    middle = (None if n_layers is None or not _known(ctrl_layer)
-              else n_layers / 3 <= ctrl_layer <= 2 * n_layers / 3)  # fmt: skip
-    out.append(Claim(
-        "Supervised controllers solve the post task best at mid-depth (Fig 4)",
-        "0.2-0.7 at mid-depth; base ~0",
-        "best sampled >= 0.5, best layer in the middle third, base <= 0.05",
-        f"best {_fmt(ctrl)} sampled / "
-        f"{_fmt(g('controllers:controllers/best_success_greedy'))} greedy at layer "
-        f"{_fmt(ctrl_layer, 0)} of 0..{n_layers if n_layers is not None else '?'}; base "
-        f"{_fmt(base_success)}",
-        _verdict(ctrl >= 0.5 if _known(ctrl) else None, middle,
-                 base_success <= 0.05 if _known(base_success) else None),
-        "base/controllers/controllers_success.html"))  # fmt: skip
-
     f1, binary = g("mc:switching/f1_tol1"), g("mc:switching/binary_fraction")
     out.append(Claim(
         "beta switches at subgoal boundaries (Fig 6)", "essentially perfect, quasi-binary",
@@ -282,6 +318,63 @@ def claims(summary: dict, n_layers: int | None) -> list[Claim]:
         _verdict(nmi >= 0.8 if _known(nmi) else None,
                  steered >= free + 0.1 if _known(steered, free) else None),
         "mc-full/clusters.html"))  # fmt: skip
+    return out
+
+
+def claims(summary: dict, n_layers: int | None, env: str = "gridworld") -> list[Claim]:
+    """Each claim of the paper against the targets of the project's issues."""
+    g = summary.get
+    out = []
+    if env == "ant":
+        pre, post = g("expert:eval/pretrain_success"), g("expert:eval/post_success")
+        out.append(Claim(
+            "The PPO expert solves ant-pinpad (App C.1.1)", "0.8 pretraining tasks, 0.7 on 0-1-2-3",
+            ">= 0.8 / >= 0.7 (mean action)",
+            f"{_fmt(pre)} / {_fmt(post)} over {_fmt(g('expert:eval/episodes'), 0)} episodes each "
+            "(the shipped expert's card)",
+            _verdict(pre >= 0.8 if _known(pre) else None, post >= 0.7 if _known(post) else None),
+            "-"))  # fmt: skip
+    layer0, best = g("probe:probe/accuracy_layer_0"), g("probe:probe/best_accuracy")
+    out.append(Claim(
+        "Probe accuracy rises with depth (Fig 3)", "~0.3 -> ~0.5-0.6 mid-depth",
+        "best >= 0.5 and >= layer 0 + 0.15",
+        f"layer 0 {_fmt(layer0)} -> best {_fmt(best)} (layer "
+        f"{_fmt(g('probe:probe/best_layer'), 0)})",
+        _verdict(best >= 0.5 and best >= layer0 + 0.15 if _known(best, layer0) else None),
+        "base/probe/probe_accuracy.html"))  # fmt: skip
+
+    if env == "ant":
+        nll = {int(k.rsplit("_", 1)[1]): v for k, v in summary.items()
+               if k.startswith("controllers:controllers/val_nll_layer_")}  # fmt: skip
+        return [*out, Claim(
+            "Supervised controllers solve the post task best at mid-depth (Fig 4)",
+            "0.2-0.7 at mid-depth; base ~0", "best sampled >= 0.5, best layer in the middle third",
+            "held-out action NLL by layer: "
+            + (", ".join(f"{layer}: {_fmt(v)}" for layer, v in sorted(nll.items())) or "n/a")
+            + f"; success {NO_ANT_ROLLOUTS}", "n/a", "base/controllers/summary.json",
+        ), *_switch_and_code_claims(summary), Claim(
+            "Internal RL solves the post task; baselines ~0 (Fig 8)",
+            "internal RL high; raw-action, beta1, co-trained ~0", "as on the gridworld",
+            NO_ANT_ROLLOUTS, "n/a", "-",
+        )]  # fmt: skip
+    ctrl = g("controllers:controllers/best_success")
+    ctrl_layer = g("controllers:controllers/best_layer")
+    base_success = g("controllers:controllers/base_success")
+    middle = (None if n_layers is None or not _known(ctrl_layer)
+              else n_layers / 3 <= ctrl_layer <= 2 * n_layers / 3)  # fmt: skip
+    out.append(Claim(
+        "Supervised controllers solve the post task best at mid-depth (Fig 4)",
+        "0.2-0.7 at mid-depth; base ~0",
+        "best sampled >= 0.5, best layer in the middle third, base <= 0.05",
+        f"best {_fmt(ctrl)} sampled / "
+        f"{_fmt(g('controllers:controllers/best_success_greedy'))} greedy at layer "
+        f"{_fmt(ctrl_layer, 0)} of 0..{n_layers if n_layers is not None else '?'}; base "
+        f"{_fmt(base_success)}",
+        _verdict(ctrl >= 0.5 if _known(ctrl) else None, middle,
+                 base_success <= 0.05 if _known(base_success) else None),
+        "base/controllers/controllers_success.html"))  # fmt: skip
+
+    out += _switch_and_code_claims(summary)
 
     rl = {k.split("/")[1]: v for k, v in summary.items()
           if k.startswith("compare:") and k.endswith("/final_success")}  # fmt: skip
@@ -322,7 +415,7 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
     """``report.md``: each claim of the paper, our number and verdict, figures, settings."""
     config = out / "base" / "config.json"
     n_layers = json.loads(config.read_text())["model"]["n_layers"] if config.is_file() else None
-    rows = claims(summary, n_layers)
+    rows = claims(summary, n_layers, s.env)
     seconds = timing.get("jobs", {})
     ordered = [(stage.name, job) for stage in stages(out, s) for job in stage.jobs]
     try:
@@ -331,19 +424,21 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     lines = [
-        "# irl_lens reproduction report",
+        f"# irl_lens reproduction report: {s.env}",
         "",
         f"- date: {time.strftime('%Y-%m-%d')}; commit {commit}; machine {platform.machine()}, "
         f"{platform.processor() or 'cpu'}, {os.cpu_count()} cores",
-        f"- preset `{s.preset}`, seed {s.seed}, RL seeds {s.rl_seeds}, workers {s.workers}",
+        f"- preset `{s.preset}`, seed {s.seed}, "
+        + (f"RL seeds {s.rl_seeds}, " if s.env == "gridworld" else "")
+        + f"workers {s.workers}",
         "",
         f"{sum(r.met == 'yes' for r in rows)} of {len(rows)} claims meet the project's target.",
         "",
         "| claim (paper) | paper | target | ours | met | figure |",
         "| --- | --- | --- | --- | --- | --- |",
         *[
-            f"| {r.claim} | {r.paper} | {r.target} | {r.ours} | {r.met} | [{r.figure}]"
-            f"({r.figure}) |"
+            f"| {r.claim} | {r.paper} | {r.target} | {r.ours} | {r.met} | "
+            + (f"[{r.figure}]({r.figure}) |" if r.figure != "-" else "- |")
             for r in rows
         ],
         *_sweep_section(out),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from tqdm import tqdm
@@ -255,3 +256,31 @@ def test_a_failed_job_ends_reproduce_with_one_line_naming_its_log(tmp_path, monk
     assert e.value.code == 1 and err.startswith("error: reproduce: "), err
     assert "data.log) failed; 13 job(s) that need it were not started" in err
     assert "run the same command again" in err
+
+
+def test_reproduce_ant_runs_its_stages_and_marks_rollout_claims_not_run(tmp_path, capsys):
+    out = tmp_path / "ant"
+    args = ["reproduce", "ant", "--out", str(out), "--preset", "tiny", "--pretrain-episodes",
+            "12", "--clean-episodes", "10", "--workers", "2"]  # fmt: skip
+    main(args)
+    for path in ("data/meta.json", "data-clean/meta.json", "base/model.safetensors",
+                 "base/probe/summary.json", "base/controllers/summary.json",
+                 "mc-full/summary.json"):  # fmt: skip
+        assert (out / path).is_file(), path
+    assert not list(out.glob("rl-*"))  # no ant rollout engine: no RL stage
+    meta = json.loads((out / "data" / "meta.json").read_text())
+    assert meta["env"] == "ant" and meta["n_episodes"] == 12
+    assert json.loads((out / "mc-full" / "config.json").read_text())["data"].endswith("data-clean")
+    report = (out / "report.md").read_text()
+    assert report.startswith("# irl_lens reproduction report: ant")
+    card = json.loads((Path(__file__).parents[1] / "irl_lens/assets/ant_expert.json").read_text())
+    success = card["summary"]
+    expert = f"{success['eval/pretrain_success']:.3f} / {success['eval/post_success']:.3f}"
+    assert "| The PPO expert solves ant-pinpad (App C.1.1) |" in report and expert in report
+    assert report.count("not run: needs the step-wise ant rollout engine") == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["expert:eval/pretrain_success"] == card["summary"]["eval/pretrain_success"]
+    assert "mc:switching/f1_tol1" in summary and "probe:probe/best_accuracy" in summary
+    mtime = (out / "base" / "model.safetensors").stat().st_mtime
+    main(args)  # a rerun skips every finished job
+    assert (out / "base" / "model.safetensors").stat().st_mtime == mtime
