@@ -10,9 +10,10 @@ coloured by the true subgoal, is the figure.
 **Steering.** Each cluster is mapped to the subgoal most of its members carry, and its
 centroid code becomes a fixed controller ``e + U(z_k) e`` at the metacontroller's layer.
 On new layouts the codes are then *forced*: (a) from step 0 on a one-subgoal task
-``2k-2k+1``, against the uncontrolled base model on the same layouts; (b) in sequence on a
-whole task (default the post-training task), switching to the next subgoal's code when the
-env reports the subgoal done, exactly like the supervised controllers.
+(gridworld ``2k-2k+1``, ant ``k``), against the uncontrolled base model on the same
+layouts; (b) in sequence on a whole task (default the post-training task), switching to the
+next subgoal's code when the env reports the subgoal done, exactly like the supervised
+controllers. Both run in the model's own environment (:func:`irl_lens.engine.env_kit`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import numpy as np
 import torch
 
 from irl_lens.data.dataset import TrajectoryDataset
-from irl_lens.engine import GroundTruthSwitcher, RolloutEngine, seeded_env
-from irl_lens.envs.pinpad import format_task, parse_task
+from irl_lens.engine import env_kit, run_batches
+from irl_lens.envs.pinpad import format_task
 from irl_lens.train.discover import load_metacontroller
 
 from .switching import SUBGOAL_COLOURS, episode_betas, held_out
@@ -71,15 +72,19 @@ def segment_codes(
 def segment_target_cells(
     ds: TrajectoryDataset, episodes: np.ndarray, subgoals: list[np.ndarray]
 ) -> np.ndarray:
-    """Gridworld: ``(row, col)`` of each segment's first colour ``2k``, float[n, 2].
+    """``(row, col)`` of the cell each segment's subgoal sends the agent to first, float[n, 2].
 
-    That is where the segment's subgoal ``k`` (colours ``2k``, ``2k+1``) sends the agent
-    first. Rows follow :func:`segment_codes` (same episodes, same segments)."""
+    Gridworld: the cell of colour ``2k`` (subgoal ``k`` is the pair ``2k``, ``2k+1``; 7x7);
+    ant: the cell of colour ``k`` (4x4). Rows follow :func:`segment_codes` (same
+    episodes, same segments)."""
     layout = ds.arrays["layout"]
+    per_subgoal = 2 if ds.meta.get("env", "gridworld") == "gridworld" else 1
+    side = int(round(layout.shape[1] ** 0.5))
     cells = []
     for i, g in zip(episodes, subgoals, strict=True):
         for t in _segment_ends(g):
-            cells.append(divmod(int(np.flatnonzero(layout[i] == 1 + 2 * g[t])[0]), 7))
+            code = 1 + per_subgoal * int(g[t])  # layout codes: 0 empty, 1 + colour
+            cells.append(divmod(int(np.flatnonzero(layout[i] == code)[0]), side))
     return np.asarray(cells, dtype=np.float64)
 
 
@@ -211,6 +216,8 @@ class SteeringResult:
     """Success on ``task`` with the codes forced in sequence (switching when a subgoal is done)."""
     task_base_success: float
     n_episodes: int
+    colours_per_subgoal: int = 2
+    """2 on the gridworld (colour pairs), 1 on ant (one colour per subgoal)."""
 
 
 def steering(
@@ -228,8 +235,7 @@ def steering(
     ``loaded``: the ``(base, mc, config)`` of ``path`` when the caller already has them.
     """
     base, mc, config = loaded or load_metacontroller(path, device=device)
-    layer = int(config["layer"])
-    engine = RolloutEngine(base, layer)
+    kit = env_kit(base, int(config["layer"]))
     codes: dict[int, torch.Tensor] = {}
     for c, g in enumerate(clusters.cluster_subgoal):  # first cluster per subgoal wins ties
         if g >= 0 and g not in codes:
@@ -250,20 +256,27 @@ def steering(
         return controller
 
     def run(task_colours, controlled: bool, stream: int) -> float:
-        env = seeded_env(n_episodes, task=task_colours, seed=seed, stream=stream)
-        fn = GroundTruthSwitcher(fixed) if controlled else None
-        ro = engine.run(env, controller_fn=fn, generator=torch.Generator().manual_seed(seed))
-        return float(ro.success.mean())
+        make_fn = (lambda: kit.switcher(fixed, kit.max_steps)) if controlled else None
+        batches = run_batches(
+            kit,
+            n_episodes,
+            task=task_colours,
+            seed=seed,
+            stream=stream,
+            make_fn=make_fn,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return float(np.concatenate([ro.success for ro, _ in batches]).mean())
 
     subgoals = sorted(codes)
     steered, uncontrolled = [], []
     with torch.no_grad():
         for g in subgoals:
-            one = [2 * g, 2 * g + 1]
+            one = kit.subgoal_task(g)
             steered.append(run(one, True, 3000 + g))
             uncontrolled.append(run(one, False, 3000 + g))
-        colours = parse_task(task)
-        needed = {c // 2 for c in colours}
+        colours = kit.parse_task(task)
+        needed = {c // kit.colours_per_subgoal for c in colours}
         missing = sorted(needed - set(codes))
         if missing:
             task_ok = task_base = float("nan")
@@ -274,10 +287,11 @@ def steering(
         subgoals=subgoals,
         steered=steered,
         uncontrolled=uncontrolled,
-        task=format_task(parse_task(task)),
+        task=format_task(colours),
         task_success=task_ok,
         task_base_success=task_base,
         n_episodes=n_episodes,
+        colours_per_subgoal=kit.colours_per_subgoal,
     )
 
 
@@ -298,7 +312,8 @@ def steering_figure(result: SteeringResult):
     """Success with each cluster code forced vs the uncontrolled base model."""
     import plotly.graph_objects as go
 
-    names = [f"{2 * g}-{2 * g + 1}" for g in result.subgoals]
+    k = result.colours_per_subgoal
+    names = ["-".join(str(c) for c in range(k * g, k * (g + 1))) for g in result.subgoals]
     fig = go.Figure([
         go.Bar(x=names, y=result.steered, name="cluster code forced from step 0"),
         go.Bar(x=names, y=result.uncontrolled, name="uncontrolled base model"),
@@ -306,7 +321,7 @@ def steering_figure(result: SteeringResult):
     fig.update_layout(
         barmode="group",
         yaxis={"range": [0, 1], "title": "success on the one-subgoal task"},
-        xaxis_title="subgoal (colour pair) of the cluster",
+        xaxis_title="subgoal of the cluster (" + ("colour pair" if k == 2 else "colour") + ")",
         title=f"Steering with discovered codes; on task {result.task}: "
         f"{result.task_success:.3f} (base {result.task_base_success:.3f})",
     )

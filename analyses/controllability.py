@@ -1,5 +1,11 @@
 """Controllability by layer: supervised controllers on the post-training task (paper Fig 4).
 
+Works on both environments: on the gridworld a subgoal is a colour pair and the post task
+is ``0-1-2-3-4-5-6-7-0-1-2-3``; on ant-pinpad (a base model reading vector observations)
+every colour is a subgoal, the post task is ``0-1-2-3`` (0 -> 1 never occurs in a
+pretraining task) and episodes run in :class:`~irl_lens.engine_ant.AntRolloutEngine`
+with :class:`~irl_lens.engine_ant.ColourSwitcher`.
+
 The controllers of each layer (trained by :mod:`irl_lens.train.controllers`) steer the
 frozen base model through a task it never saw whole, by default the post-training task
 ``0-1-2-3-4-5-6-7-0-1-2-3``: its subgoal transitions 0->1, 1->2, 2->3, 3->0 (as colour pairs:
@@ -18,6 +24,7 @@ over the colours); :func:`summary` flattens it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +33,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irl_lens.engine import (
-    EngineRollout,
-    GroundTruthSwitcher,
-    RolloutEngine,
-    pair_subgoals,
-    seeded_env,
-)
-from irl_lens.envs.pinpad import format_task, parse_task
+from irl_lens.engine import env_kit, pair_subgoals, run_batches
+from irl_lens.envs.pinpad import format_task
 from irl_lens.models.base import ActionModel
 from irl_lens.models.controller import ControllerBank
 from irl_lens.train.controllers import load_controllers
@@ -62,6 +63,7 @@ class ControllabilityResult:
     base_completed_subgoals_greedy: float
     n_subgoals: int
     n_episodes: int
+    colours_per_subgoal: int = 2  # gridworld: colour pairs; ant: 1
     val_nll: list[float] = field(default_factory=list)  # per layer, clean held-out data
     # reach[i][k]: fraction of episodes that completed at least k + 1 task colours, per
     # layer i (then the base model last), greedy actions
@@ -85,19 +87,19 @@ def _episodes(
 ) -> tuple[float, float, list[float]]:
     """``(success rate, mean subgoals completed, reach)`` over ``n_episodes`` fixed
     episodes, where ``reach[k]`` is the fraction that completed at least ``k + 1`` colours."""
-    engine = RolloutEngine(model, layer)
-    generator = torch.Generator().manual_seed(seed)
-    success, done = [], []
-    for chunk, start in enumerate(range(0, n_episodes, n_envs)):
-        n = min(n_envs, n_episodes - start)
-        env = seeded_env(n, task=task, seed=seed, stream=1000 + chunk)
-        fn = GroundTruthSwitcher(bank.select) if bank is not None else None
-        ro: EngineRollout = engine.run(env, controller_fn=fn, greedy=greedy, generator=generator)
-        success.append(ro.success)
-        done.append(ro.final_n_done)
-    n_colours = np.concatenate(done)
+    kit = env_kit(model, layer)
+    kit = dataclasses.replace(kit, batch=min(n_envs, kit.batch))
+    make_fn = (lambda: kit.switcher(bank.select)) if bank is not None else None
+    batches = run_batches(kit, n_episodes, task=task, seed=seed, stream=1000, make_fn=make_fn,
+                          greedy=greedy, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    success = np.concatenate([ro.success for ro, _ in batches])
+    n_colours = np.concatenate([ro.final_n_done for ro, _ in batches])
     reach = [float((n_colours >= k).mean()) for k in range(1, len(task) + 1)]
-    return float(np.concatenate(success).mean()), float((n_colours // 2).mean()), reach
+    return (
+        float(success.mean()),
+        float((n_colours // kit.colours_per_subgoal).mean()),
+        reach,
+    )
 
 
 def controllability(
@@ -111,12 +113,18 @@ def controllability(
     device: str = "cpu",
     progress: bool = False,
 ) -> ControllabilityResult:
-    """Evaluate a controllers folder on ``task``: success by layer and the base model's."""
-    colours = parse_task(task)
-    n_subgoals = len(pair_subgoals(colours))
+    """Evaluate a controllers folder on ``task``: success by layer and the base model's.
+
+    ``task="post"`` is the environment's post-training task (see the module docstring)."""
     if n_episodes < 1:
         raise ValueError(f"episodes={n_episodes} must be >= 1")
     model, banks, _ = load_controllers(path, device=device, wanted_layers=layers)
+    kit = env_kit(model)
+    colours = kit.parse_task(task)
+    per_subgoal = kit.colours_per_subgoal
+    if per_subgoal == 2:
+        pair_subgoals(colours)  # the gridworld's controllers are per colour pair
+    n_subgoals = len(colours) // per_subgoal
     wanted = sorted(banks)
 
     def evaluate(layer: int, bank: ControllerBank | None) -> dict[bool, tuple]:
@@ -148,6 +156,7 @@ def controllability(
         base_completed_subgoals_greedy=base[True][1],
         n_subgoals=n_subgoals,
         n_episodes=n_episodes,
+        colours_per_subgoal=per_subgoal,
         reach_greedy=[r[True][2] for r in per_layer] + [base[True][2]],
     )
 
@@ -229,7 +238,8 @@ def lost_at_each_colour(reach: list[float]) -> list[float]:
 def reach_figure(result: ControllabilityResult):
     """Greedy episodes that completed at least k task colours, by k, one line per layer and
     the base model. Where a line drops shows where the controllers lose the agent: at the
-    task's subgoal transitions (after every second colour) or evenly along the way."""
+    task's subgoal transitions (gridworld: after every second colour) or evenly along the
+    way."""
     import plotly.graph_objects as go
 
     if not result.reach_greedy:
@@ -242,7 +252,8 @@ def reach_figure(result: ControllabilityResult):
         dash = "dash" if name == "base model" else None
         fig.add_trace(go.Scatter(x=x, y=reach, mode="lines+markers", name=name,
                                  line={"dash": dash}))  # fmt: skip
-    for k in range(2, len(task), 2):  # a subgoal (colour pair) ends after every 2nd colour
+    step = result.colours_per_subgoal  # a subgoal ends after every pair (grid) or colour (ant)
+    for k in range(step, len(task), step):
         fig.add_vline(x=k + 0.5, line={"color": "#bbb", "width": 1, "dash": "dot"})
     fig.update_xaxes(title_text="task colours completed (at least)", tickvals=x,
                      ticktext=[f"{k}: {c}" for k, c in zip(x, task, strict=True)])  # fmt: skip

@@ -130,7 +130,8 @@ def controllers(
     task: Annotated[
         str,
         typer.Option(
-            help="Evaluation task: post (0-1-2-3-4-5-6-7-0-1-2-3) or colour pairs like 0-1-6-7."
+            help="Evaluation task: post (gridworld 0-1-2-3-4-5-6-7-0-1-2-3, ant 0-1-2-3), "
+            "or colours like 0-1-6-7 (gridworld: colour pairs)."
         ),
     ] = "post",
     data: Annotated[
@@ -188,10 +189,12 @@ def controllers(
 
     dev = resolve_device(device)
     env_name = run_env(run)
-    if env_name == "ant" and eval_only:
-        raise ValueError("--eval-only: ant controllers have no rollout evaluation yet")
-    if env_name != "ant":
-        pair_subgoals(task)  # validate before any work
+    if env_name == "ant":  # validate before any work
+        from irl_lens.envs.ant import parse_ant_task
+
+        parse_ant_task(task)
+    else:
+        pair_subgoals(task)
     if base_step is not None and out is None:
         raise ValueError("--base-step needs --out (RUN/controllers is for the final model)")
     checkpoint = None if base_step is None else runs.checkpoint_at(Path(run), base_step)
@@ -230,9 +233,6 @@ def controllers(
         val_nll = {r.layer: r.val_nll for r in trained}
         base_nll = trained[0].base_val_nll
     train_s = time.perf_counter() - t0
-    if env_name == "ant":
-        _ant_controllers_report(run, out, val_nll, base_nll, train_s)
-        return
     result = ctl.controllability(
         out,
         task=task,
@@ -279,27 +279,6 @@ def controllers(
         lost = ctl.lost_at_each_colour(reach)
         print(f"  {name:<5}  " + " ".join(f"{v:5.3f}" for v in lost))
     print(f"  best layer {result.best_layer}; wrote {out}")
-
-
-def _ant_controllers_report(
-    run: Path, out: Path, val_nll: dict[int, float], base_nll: float, train_s: float
-) -> None:
-    """Ant runs: held-out action NLL with each layer's controllers vs the base model.
-
-    The post-task success needs a step-wise ant rollout engine, which this version does
-    not have (the gridworld engine is :mod:`irl_lens.engine`); the controllers are saved
-    and the teacher-forced gain is reported instead."""
-    from irl_lens import runs
-
-    summary = {"controllers/base_val_nll": base_nll, "controllers/train_seconds": train_s}
-    for layer, nll in sorted(val_nll.items()):
-        summary[f"controllers/val_nll_layer_{layer}"] = nll
-    runs.write_json(out / "summary.json", summary)
-    print(f"supervised controllers of {run} (ant): held-out action NLL, controlled vs base")
-    print(f"  base   {base_nll:8.3f}")
-    for layer, nll in sorted(val_nll.items()):
-        print(f"  {layer:<5}  {nll:8.3f}")
-    print(f"  (no post-task rollouts for ant in this version); wrote {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -156,7 +156,7 @@ def discover(
         train_summary = {k: v for k, v in train_summary.items() if k.startswith("discover/")}
     n_val = min(cfg.val_episodes, ds.n_episodes // 5)
     summary = train_summary | analyse(out, ds, n_val, task=task, episodes=episodes, seed=seed,
-                                      device=dev, rollouts=env_name != "ant")  # fmt: skip
+                                      device=dev)  # fmt: skip
     summary["discover/seconds"] = time.perf_counter() - t0
     runs.write_json(out / "summary.json", summary)
     _print_summary(out, summary)
@@ -183,8 +183,8 @@ def analyse(
 ) -> dict[str, float]:  # fmt: skip
     """Switching, clustering, steering and prior sampling on a trained metacontroller folder.
 
-    ``rollouts=False`` (ant, which has no step-wise rollout engine in this version) skips
-    steering and prior sampling, the two analyses that run the model in the env."""
+    ``rollouts=False`` skips steering and prior sampling, the two analyses that run the
+    model in its env (gridworld or ant, :func:`irl_lens.engine.env_kit`)."""
     from analyses import clustering, switching
     from irl_lens import runs
     from irl_lens.train.discover import load_metacontroller, prior_rollouts
@@ -198,8 +198,7 @@ def analyse(
     z, truth = clustering.segment_codes(codes, subgoals)
     cl = clustering.cluster_codes(z, truth, seed=seed)
     clustering.cluster_figure(cl).write_html(out / "clusters.html")
-    gridworld = ds.meta.get("env") == "gridworld"
-    cells = clustering.segment_target_cells(ds, held, subgoals) if gridworld else None
+    cells = clustering.segment_target_cells(ds, held, subgoals) if "layout" in ds.arrays else None
     semantics = clustering.code_semantics(z, truth, cells, seed=seed)
     analysis = {"switching": dataclasses.asdict(sw), "clustering": dataclasses.asdict(cl)}
     summary = (

@@ -54,12 +54,15 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ControllerFn",
     "EngineRollout",
+    "EnvKit",
     "GroundTruthSwitcher",
     "RolloutEngine",
     "StepState",
     "engine_benchmark",
+    "env_kit",
     "obs_tokens",
     "pair_subgoals",
+    "run_batches",
     "seeded_env",
 ]
 
@@ -293,8 +296,29 @@ ControllerFn = Callable[[StepState], Controller | None]
 """Called once per step; returns the controller for this step's rows, or ``None``."""
 
 
+class EpisodeBatch:
+    """Shape helpers of a batch of recorded episodes (``reward [n_envs, n_steps]``, ``length``),
+    shared by :class:`EngineRollout` and the ant engine's record."""
+
+    reward: np.ndarray
+    length: np.ndarray
+
+    @property
+    def n_envs(self) -> int:
+        return self.reward.shape[0]
+
+    @property
+    def n_steps(self) -> int:
+        return self.reward.shape[1]
+
+    @property
+    def valid(self) -> np.ndarray:
+        """``bool[n_envs, n_steps]``: step t happened in episode i."""
+        return np.arange(self.n_steps)[None, :] < self.length[:, None]
+
+
 @dataclass
-class EngineRollout:
+class EngineRollout(EpisodeBatch):
     """What happened in a batch of episodes. Per-step arrays are ``[n_envs, n_steps]``.
 
     Steps after an episode ended hold ``-1`` (ints) or 0 (floats); ``valid`` marks real steps.
@@ -316,19 +340,6 @@ class EngineRollout:
     resid: Tensor | None = None  # [n_envs, n_steps, d_model] float32 e_t (before control)
     logits: Tensor | None = None  # [n_envs, n_steps, n_action_outputs] float32
     seconds: float = 0.0
-
-    @property
-    def n_envs(self) -> int:
-        return self.action.shape[0]
-
-    @property
-    def n_steps(self) -> int:
-        return self.action.shape[1]
-
-    @property
-    def valid(self) -> np.ndarray:
-        """``bool[n_envs, n_steps]``: step t happened in episode i."""
-        return np.arange(self.n_steps)[None, :] < self.length[:, None]
 
     def obs_tokens(self) -> Int[Tensor, "n_envs n_steps 50"]:
         """The observation tokens the model read, for a full-sequence forward pass.
@@ -599,6 +610,86 @@ class GroundTruthSwitcher:
         index = self.sequence[rows, pos]  # [rows]
         self.chosen[rows, state.t] = index
         return self.make_controller(torch.from_numpy(index).to(state.resid.device))
+
+
+# ------------------------------------------------------------- one interface, both envs
+
+
+@dataclass(frozen=True)
+class EnvKit:
+    """Everything an analysis needs to run a base model in its own environment.
+
+    Built by :func:`env_kit` from the model: the gridworld (colour-pair subgoals, the
+    gridworld engine) or ant-pinpad (one colour per subgoal, :mod:`irl_lens.engine_ant`),
+    so controllers, steering and prior sampling run unchanged on either.
+    """
+
+    name: str
+    """``gridworld`` or ``ant``."""
+    engine: RolloutEngine
+    """The engine at the requested layer (an ``AntRolloutEngine`` on ant)."""
+    make_env: Callable
+    """``make_env(n_envs, task=None, seed=0, stream=0)``: reset batched envs (seeded)."""
+    switcher: Callable
+    """Ground-truth switching: ``switcher(make_controller)`` -> a ``controller_fn``."""
+    colours_per_subgoal: int
+    """2 (gridworld colour pairs) or 1 (every ant colour is a subgoal)."""
+    parse_task: Callable
+    """The env's task parser (``post`` = its post-training task)."""
+    batch: int
+    """Episodes stepped side by side (MuJoCo envs are far heavier than gridworld rows)."""
+    max_steps: int
+    """The env's time limit T (gridworld 100, ant 500)."""
+
+    def subgoal_task(self, g: int) -> list[int]:
+        """The one-subgoal task of subgoal ``g`` (gridworld ``[2g, 2g + 1]``, ant ``[g]``)."""
+        k = self.colours_per_subgoal
+        return list(range(k * g, k * (g + 1)))
+
+    def subgoal_name(self, g: int) -> str:
+        return "-".join(map(str, self.subgoal_task(g)))
+
+
+def env_kit(model: ActionModel, layer: int | None = None) -> EnvKit:
+    """The :class:`EnvKit` of ``model``'s environment (ant: vector observations; imports
+    MuJoCo only then)."""
+    if model.model_cfg.obs_kind == "vector":
+        from irl_lens.engine_ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
+        from irl_lens.envs.ant import ANT_MAX_STEPS, parse_ant_task
+
+        return EnvKit("ant", AntRolloutEngine(model, layer), seeded_ant_env, ColourSwitcher,
+                      1, parse_ant_task, batch=250, max_steps=ANT_MAX_STEPS)  # fmt: skip
+    return EnvKit("gridworld", RolloutEngine(model, layer), seeded_env, GroundTruthSwitcher,
+                  2, parse_task, batch=1000, max_steps=MAX_STEPS)  # fmt: skip
+
+
+def run_batches(
+    kit: EnvKit,
+    n_episodes: int,
+    *,
+    task=None,
+    seed: int = 0,
+    stream: int = 0,
+    make_fn: Callable[[], ControllerFn | None] | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> list[tuple]:
+    """``n_episodes`` seeded episodes in batches of at most ``kit.batch``.
+
+    Batch ``b`` uses the envs of ``(seed, stream + b)`` and a fresh ``make_fn()``
+    controller function (``None``: the base model). Returns ``[(rollout, controller_fn)]``
+    per batch, so stateful controllers (a switcher's ``chosen``, a driver's ``beta``)
+    can be read afterwards.
+    """
+    if n_episodes < 1:
+        raise ValueError(f"episodes={n_episodes} must be >= 1")
+    out = []
+    for b, start in enumerate(range(0, n_episodes, kit.batch)):
+        env = kit.make_env(min(kit.batch, n_episodes - start), task=task, seed=seed,
+                           stream=stream + b)  # fmt: skip
+        fn = make_fn() if make_fn is not None else None
+        out.append((kit.engine.run(env, controller_fn=fn, greedy=greedy, generator=generator), fn))
+    return out
 
 
 # -------------------------------------------------------------------------- benchmark

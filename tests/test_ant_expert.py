@@ -194,24 +194,30 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     assert code == 0, err
     probe = json.loads((run / "probe" / "summary.json").read_text())
     assert any(k.startswith("probe/") for k in probe)
-    # supervised controllers and the metacontroller accept the ant run unchanged
+    # supervised controllers and the metacontroller accept the ant run unchanged; the
+    # controllers are run on the ant post task 0-1-2-3 in the ant rollout engine
     code, out, err = _run(
         ["-q", "controllers", str(run), "--data", str(data), "--preset", "tiny",
-         "--layers", "0,1", "--steps", "3"],
+         "--layers", "0,1", "--steps", "3", "--episodes", "3"],
         capsys,
     )  # fmt: skip
     assert code == 0, err
     ctl = json.loads((run / "controllers" / "summary.json").read_text())
-    assert np.isfinite(ctl["controllers/val_nll_layer_1"]) and "(ant)" in out
+    assert np.isfinite(ctl["controllers/val_nll_layer_1"]) and "on task 0-1-2-3" in out
+    assert 0 <= ctl["controllers/success_layer_1"] <= 1 and ctl["controllers/n_subgoals"] == 4
+    assert ctl["controllers/n_episodes"] == 3 and "controllers/base_success" in ctl
+    assert (run / "controllers" / "controllers_reach.html").is_file()
     code, out, err = _run(
         ["-q", "discover", str(run), "--out", str(tmp_path / "mc"), "--data", str(data),
-         "--preset", "tiny", "--steps", "3"],
+         "--preset", "tiny", "--steps", "3", "--episodes", "3"],
         capsys,
     )  # fmt: skip
     assert code == 0, err
     mc = json.loads((tmp_path / "mc" / "summary.json").read_text())
     assert np.isfinite(mc["discover/action_nll"]) and "switching/f1_tol1" in mc
-    assert not any(k.startswith("steering/") for k in mc)  # no ant rollout engine yet
+    # steering (one-colour tasks, then 0-1-2-3) and prior sampling ran in the ant engine
+    assert 0 <= mc["prior/success"] <= 1 and mc["prior/n_episodes"] == 3
+    assert any(k.startswith("steering/steered_subgoal_") for k in mc)
     mc_config = json.loads((tmp_path / "mc" / "config.json").read_text())["metacontroller"]
     assert mc_config["rank"] is None  # the paper's ant decoder writes a full matrix
 

@@ -453,24 +453,35 @@ def prior_rollouts(
     ``task=None`` samples the pretraining tasks. Returns success, switches per episode
     (``t >= 1``) and mean length. ``loaded``: ``(base, mc, config)`` of ``path`` if at hand.
     """
-    from irl_lens.engine import MetacontrollerDriver, RolloutEngine, seeded_env
+    from irl_lens.engine import MetacontrollerDriver, env_kit, run_batches
 
     base, mc, config = loaded or load_metacontroller(path, device=device)
-    engine = RolloutEngine(base, int(config["layer"]))
-    env = seeded_env(n_episodes, task=task, seed=seed, stream=5000)
-    driver = MetacontrollerDriver(
-        mc,
-        threshold=threshold,
-        generator=torch.Generator().manual_seed(seed),
-        always_switch=config["train"]["variant"] == "beta1",
-    )
+    kit = env_kit(base, int(config["layer"]))
+    generator = torch.Generator().manual_seed(seed)
+
+    def driver() -> MetacontrollerDriver:  # one per batch of episodes, sharing the generator
+        return MetacontrollerDriver(
+            mc, threshold=threshold, generator=generator, max_steps=kit.max_steps,
+            always_switch=config["train"]["variant"] == "beta1",
+        )  # fmt: skip
+
     with torch.no_grad():
-        ro = engine.run(env, controller_fn=driver, generator=torch.Generator().manual_seed(seed))
-    switches = driver.switched[:, 1:].sum(1)
+        batches = run_batches(
+            kit,
+            n_episodes,
+            task=task,
+            seed=seed,
+            stream=5000,
+            make_fn=driver,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    success = np.concatenate([ro.success for ro, _ in batches])
+    switches = np.concatenate([fn.switched[:, 1:].sum(1) for _, fn in batches])
+    length = np.concatenate([ro.length for ro, _ in batches])
     return {
-        "success": float(ro.success.mean()),
+        "success": float(success.mean()),
         "switches_per_episode": float(switches.mean()),
-        "mean_length": float(ro.length.mean()),
+        "mean_length": float(length.mean()),
         "n_episodes": float(n_episodes),
     }
 

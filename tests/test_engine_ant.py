@@ -1,0 +1,124 @@
+"""The ant rollout engine: stepped halves in MuJoCo equal the full forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from irl_lens.engine_ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
+from irl_lens.envs.ant import ANT_OBS_DIM, END_REASONS
+from irl_lens.hooks import hook_count, intervene
+from irl_lens.models.base import build_model
+from irl_lens.models.controller import ControllerConfig, build_controller_bank
+from tests.conftest import tiny_model_config
+
+
+@pytest.fixture()
+def ant_model():
+    cfg = tiny_model_config(
+        obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous", n_actions=8, n_ctx=500
+    )
+    return build_model(cfg, seed=0).eval()
+
+
+def _bank(model, seed=0, scale=0.5):
+    bank = build_controller_bank(ControllerConfig(model.cfg.d_model, 4, rank=4), seed=seed)
+    with torch.no_grad():
+        bank.B.normal_(0, scale, generator=torch.Generator().manual_seed(seed))
+    return bank
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_ant_engine_equals_full_forward(ant_model, fast):
+    bank = _bank(ant_model)
+    switcher = ColourSwitcher(bank.select)
+    env = seeded_ant_env(6, task="post", seed=1)
+    ro = AntRolloutEngine(ant_model, 1, fast=fast).run(
+        env, controller_fn=switcher, generator=torch.Generator().manual_seed(0),
+        record_resid=True, record_logits=True, max_steps=40,
+    )  # fmt: skip
+    T = int(ro.length.max())
+    assert T > 1 and (ro.length > 0).all()
+    seen = {}
+    control = bank.select(torch.from_numpy(switcher.chosen[:, :T]))
+
+    def capture(e):
+        seen["e"] = e.clone()
+        return control(e)
+
+    with torch.no_grad(), intervene(ant_model, 1, capture):
+        params = ant_model.split(ant_model(ro.obs_inputs()[:, :T])).action_params
+    valid = torch.from_numpy(ro.valid[:, :T])
+    torch.testing.assert_close(ro.action_params[:, :T][valid], params[valid], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ro.resid[:, :T][valid], seen["e"][valid], rtol=1e-4, atol=1e-5)
+    # the recorded log-probabilities are those of the recorded torques under the head
+    logp = ant_model.action_distribution(params).log_prob(torch.from_numpy(ro.action[:, :T]))
+    torch.testing.assert_close(
+        torch.from_numpy(ro.action_logp[:, :T])[valid], logp[valid], rtol=1e-4, atol=1e-4
+    )
+    assert hook_count(ant_model) == 0
+
+
+def test_ant_engine_greedy_takes_the_mean_and_the_controller_changes_it(ant_model):
+    free = AntRolloutEngine(ant_model, 1).run(
+        seeded_ant_env(4, seed=2), greedy=True, record_logits=True, max_steps=10
+    )
+    mean = free.action_params[..., :8].numpy()
+    np.testing.assert_allclose(free.action[free.valid], mean[free.valid], rtol=1e-6, atol=1e-6)
+    steered = AntRolloutEngine(ant_model, 1).run(
+        seeded_ant_env(4, seed=2), controller_fn=ColourSwitcher(_bank(ant_model).select),
+        greedy=True, max_steps=10,
+    )  # fmt: skip
+    np.testing.assert_array_equal(steered.obs[:, 0], free.obs[:, 0])  # same episodes
+    assert not np.allclose(steered.action[:, 0], free.action[:, 0])
+
+
+def test_colour_switcher_picks_the_target_colour_at_every_step(ant_model):
+    env = seeded_ant_env(3, task="0-1-2-3", seed=0)
+    switcher = ColourSwitcher(lambda index: lambda e: e)
+    engine = AntRolloutEngine(ant_model, 2)
+    ro = engine.run(env, controller_fn=switcher, max_steps=12)
+    valid = ro.valid
+    np.testing.assert_array_equal(switcher.chosen[:, :12][valid], ro.subgoal[valid])
+    assert (ro.subgoal[valid] == 0).all()  # first target of 0-1-2-3 until it is entered
+    # placing the torso in colour 0's cell advances the target, and the controller with it
+    env = seeded_ant_env(1, task="0-1-2-3", seed=0)
+    cell = int(np.flatnonzero(env.layout[0] == 1)[0])  # code 1 = colour 0
+    centre = env._centres[cell]
+    env.set_torso(0, float(centre[0]), float(centre[1]))
+    ro = engine.run(env, controller_fn=switcher, max_steps=3)
+    assert ro.subgoal[0, 0] == 0 and switcher.chosen[0, 1] == 1
+
+
+def test_ant_engine_same_seed_same_episodes_and_end_reasons(ant_model):
+    runs = []
+    for _ in range(2):
+        env = seeded_ant_env(4, seed=5)
+        runs.append(
+            AntRolloutEngine(ant_model).run(
+                env, generator=torch.Generator().manual_seed(9), max_steps=30
+            )
+        )
+    np.testing.assert_array_equal(runs[0].action, runs[1].action)
+    np.testing.assert_array_equal(runs[0].length, runs[1].length)
+    fractions = runs[0].end_reasons()
+    assert set(fractions) == set(END_REASONS) and abs(sum(fractions.values()) - 1) < 1e-9
+
+
+def test_ant_engine_refuses_a_gridworld_model(tiny_model):
+    with pytest.raises(ValueError, match="vector observations"):
+        AntRolloutEngine(tiny_model)
+
+
+def test_segment_target_cells_reads_the_ant_grid():
+    from types import SimpleNamespace
+
+    from analyses.clustering import segment_target_cells
+
+    layout = np.zeros((1, 16), dtype=np.uint8)
+    layout[0, [5, 14, 3, 8]] = [1, 2, 3, 4]  # colours 0..3 (codes 1..4) in cells 5, 14, 3, 8
+    ds = SimpleNamespace(arrays={"layout": layout}, meta={"env": "ant"})
+    subgoals = [np.array([2, 2, 0, 0, 3])]  # segments targeting colours 2, 0, 3
+    cells = segment_target_cells(ds, np.array([0]), subgoals)
+    np.testing.assert_array_equal(cells, [[0, 3], [1, 1], [2, 0]])  # divmod(cell, 4)
