@@ -1,4 +1,8 @@
-"""One gridworld episode as figures: the agent's path on the grid, and its timeline.
+"""One episode as figures: the agent's path (gridworld grid, or ant top-down), and its timeline.
+
+:func:`path_figure` picks the view from the record: an ant record (``env = "ant"``, from
+:meth:`irl_lens.engine_ant.AntEngineRollout.episode`) holds the torso's ``xy`` per step
+and a 16-cell layout, and is drawn with :func:`irl_lens.envs.ant.trajectory_figure`.
 
 An episode record is a dict with ``layout`` (49 cell codes), ``agent_pos`` (cell per step),
 ``final_agent_pos``, ``subgoal`` (true label per step) and, when a metacontroller acted,
@@ -17,6 +21,19 @@ from irl_lens.envs.pinpad import GRID_SIZE
 COLOUR_HEX = ("#e6194b", "#f58231", "#ffe119", "#3cb44b", "#42d4f4", "#4363d8", "#911eb4",
               "#f032e6")  # fmt: skip
 WALL_HEX = "#555555"
+
+
+def path_figure(episode: dict, title: str | None = None):
+    """The episode's path: :func:`grid_figure` for the gridworld, the ant's top-down view."""
+    if episode.get("env") == "ant":
+        from irl_lens.envs.ant import trajectory_figure  # imports MuJoCo: only for ant
+
+        ok = "success" if episode.get("success") else episode.get("end_reason", "failed")
+        return trajectory_figure(
+            np.asarray(episode["layout"]), np.asarray(episode["xy"]),
+            title=title or f"ant-pinpad episode ({ok}, {len(episode['xy'])} steps)",
+        )  # fmt: skip
+    return grid_figure(episode, title)
 
 
 def grid_figure(episode: dict, title: str | None = None):

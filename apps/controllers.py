@@ -322,7 +322,7 @@ def page_internal_rl(found: list[dict]) -> None:
     eps = json_file(Path(run["path"]) / "episodes.json")["episodes"]
     i = st.slider("Episode", 0, len(eps) - 1, 0, key="rl_ep")
     c1, c2 = st.columns([1, 1])
-    c1.plotly_chart(episodes.grid_figure(eps[i]), key="rl_grid")
+    c1.plotly_chart(episodes.path_figure(eps[i]), key="rl_grid")
     c2.plotly_chart(episodes.timeline_figure(eps[i]), key="rl_timeline")
 
 

@@ -141,7 +141,7 @@ def pretrain_throughput(seconds: float, seed: int = 0) -> dict[str, float]:
 
 def internal_rl_throughput(model, mc, seconds: float, seed: int, n_envs: int = 1024) -> dict:
     """Internal-RL episodes/s on the post-training task: rollouts alone, and with the update."""
-    from irl_lens.engine import RolloutEngine
+    from irl_lens.engine import env_kit
     from irl_lens.envs.pinpad import parse_task
     from irl_lens.models.policy import PolicyConfig, build_policy
     from irl_lens.rl_cli import _presets
@@ -150,16 +150,16 @@ def internal_rl_throughput(model, mc, seconds: float, seed: int, n_envs: int = 1
     cfg = _presets()["quick"]
     policy = build_policy(PolicyConfig(model.cfg.d_model, mc.cfg.n_z, cfg.d_policy), seed=seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
-    engine = RolloutEngine(model, mc_layer(model, mc))
+    kit = env_kit(model, mc_layer(model, mc))
     task = parse_task("post")
     kw = dict(seed=seed, threshold=cfg.threshold, always_switch=False)
-    collect(engine, mc, policy, task, 64, stream=999, **kw)  # warm-up
+    collect(kit, mc, policy, task, 64, stream=999, **kw)  # warm-up
     t_roll = t_all = 0.0
     episodes = abstract = 0
     b = 0
     while t_all < seconds or b == 0:
         t0 = time.perf_counter()
-        batch = collect(engine, mc, policy, task, n_envs, stream=b, **kw)
+        batch = collect(kit, mc, policy, task, n_envs, stream=b, **kw)
         t1 = time.perf_counter()
         ppo_update(policy, opt, batch, cfg)
         t_roll += t1 - t0

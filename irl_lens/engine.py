@@ -352,6 +352,10 @@ class EngineRollout(EpisodeBatch):
         )
         return torch.from_numpy(np.concatenate([lay, pos[..., None]], axis=-1))
 
+    def model_inputs(self) -> Tensor:
+        """What the base model reads for a full-sequence forward pass (:meth:`obs_tokens`)."""
+        return self.obs_tokens()
+
     def episode(self, i: int) -> dict:
         """Episode ``i`` as a JSON-ready record (layout, path, true subgoals, success)."""
         n = int(self.length[i])

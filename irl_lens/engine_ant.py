@@ -80,6 +80,23 @@ class AntEngineRollout(EpisodeBatch):
         """The observations the model read, for a full-sequence forward pass (padding: 0)."""
         return torch.from_numpy(self.obs)
 
+    def model_inputs(self) -> Tensor:
+        """What the base model reads for a full-sequence forward pass (:meth:`obs_inputs`)."""
+        return self.obs_inputs()
+
+    def episode(self, i: int) -> dict:
+        """Episode ``i`` as a JSON-ready record (layout, torso path, true subgoals, success);
+        ``xy`` holds the torso position at every step, ``env`` is ``"ant"``."""
+        n = int(self.length[i])
+        return {
+            "env": "ant",
+            "layout": self.layout[i].tolist(),
+            "xy": self.xy[i, :n].round(3).tolist(),
+            "subgoal": self.subgoal[i, :n].tolist(),
+            "success": bool(self.success[i]),
+            "end_reason": END_REASONS[int(self.end_reason[i])],
+        }
+
     def end_reasons(self) -> dict[str, float]:
         """Fraction of the started episodes that ended each way (``END_REASONS``;
         ``running``: cut off by ``max_steps`` before the env ended them)."""

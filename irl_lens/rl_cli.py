@@ -38,7 +38,10 @@ def _presets():
     }  # fmt: skip
 
 
-_TASK = typer.Option(help="Task the env enforces: post (0-1-2-3-4-5-6-7-0-1-2-3) or e.g. 0-1-2-3.")
+_TASK = typer.Option(
+    help="Task the env enforces: post (gridworld 0-1-2-3-4-5-6-7-0-1-2-3, ant 0-1-2-3) or "
+    "colours like 0-1-2-3."
+)
 _EPISODES = typer.Option(help="Episode budget (default: the preset's).", min=1)
 _BATCH = typer.Option("--batch-size", help="Episodes per PPO batch (default: the preset's).", min=1)
 _LR = typer.Option(help="AdamW learning rate (default: the preset's).")

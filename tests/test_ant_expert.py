@@ -218,6 +218,20 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     # steering (one-colour tasks, then 0-1-2-3) and prior sampling ran in the ant engine
     assert 0 <= mc["prior/success"] <= 1 and mc["prior/n_episodes"] == 3
     assert any(k.startswith("steering/steered_subgoal_") for k in mc)
+    # internal RL over the ant metacontroller's codes, and raw-action RL on the ant base
+    for cmd in (["internal-rl", str(tmp_path / "mc")], ["raw-rl", str(run)]):
+        rl = tmp_path / cmd[0]
+        code, out, err = _run(
+            ["-q", *cmd, "--out", str(rl), "--preset", "tiny", "--episodes", "32",
+             "--batch-size", "16", "--task", "post"],
+            capsys,
+        )  # fmt: skip
+        assert code == 0, err
+        assert json.loads((rl / "config.json").read_text())["task"] == "0-1-2-3"
+        summary = json.loads((rl / "summary.json").read_text())
+        assert 0 <= summary["rl/final_success"] <= 1 and summary["rl/episodes"] == 32
+        episode = json.loads((rl / "episodes.json").read_text())["episodes"][0]
+        assert episode["env"] == "ant" and len(episode["xy"]) == len(episode["subgoal"])
     mc_config = json.loads((tmp_path / "mc" / "config.json").read_text())["metacontroller"]
     assert mc_config["rank"] is None  # the paper's ant decoder writes a full matrix
 

@@ -122,3 +122,17 @@ def test_segment_target_cells_reads_the_ant_grid():
     subgoals = [np.array([2, 2, 0, 0, 3])]  # segments targeting colours 2, 0, 3
     cells = segment_target_cells(ds, np.array([0]), subgoals)
     np.testing.assert_array_equal(cells, [[0, 3], [1, 1], [2, 0]])  # divmod(cell, 4)
+
+
+def test_ant_episode_record_round_trips_to_a_figure(ant_model):
+    import json
+
+    from analyses.episodes import path_figure, timeline_figure
+
+    ro = AntRolloutEngine(ant_model).run(seeded_ant_env(2, task="post", seed=4), max_steps=15)
+    episode = json.loads(json.dumps(ro.episode(1)))  # as stored in episodes.json
+    assert episode["env"] == "ant" and len(episode["layout"]) == 16
+    assert len(episode["xy"]) == len(episode["subgoal"]) == ro.length[1]
+    fig = path_figure(episode)
+    assert "torso" in [trace.name for trace in fig.data]
+    timeline_figure(episode)

@@ -11,7 +11,7 @@ import torch
 
 from analyses import rl_curves
 from irl_lens.data.generate import generate_gridworld
-from irl_lens.engine import MetacontrollerDriver, RolloutEngine, seeded_env
+from irl_lens.engine import MetacontrollerDriver, RolloutEngine, env_kit, seeded_env
 from irl_lens.models.policy import PolicyConfig, build_policy
 from irl_lens.train import discover as disc
 from irl_lens.train import internal_rl as irl
@@ -58,8 +58,8 @@ def test_advantages_and_clipped_loss_by_hand():
 def test_policy_step_equals_forward_and_gradients_reach_every_parameter(runs_dir):
     base, mc, config = disc.load_metacontroller(runs_dir / "mc")
     policy = build_policy(PolicyConfig(d_model=base.cfg.d_model, n_z=mc.cfg.n_z, d_policy=16))
-    engine = RolloutEngine(base, int(config["layer"]))
-    batch = irl.collect(engine, mc, policy, [0, 1, 2, 3], 16, seed=0, stream=0, threshold=0.5,
+    kit = env_kit(base, int(config["layer"]))
+    batch = irl.collect(kit, mc, policy, [0, 1, 2, 3], 16, seed=0, stream=0, threshold=0.5,
                         always_switch=False)  # fmt: skip
     assert batch.mask.sum() == batch.n_abstract.sum() > 0
     with torch.no_grad():

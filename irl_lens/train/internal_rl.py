@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from irl_lens import runs
-from irl_lens.engine import MetacontrollerDriver, RolloutEngine, StepState, seeded_env
+from irl_lens.engine import EnvKit, MetacontrollerDriver, RolloutEngine, StepState, env_kit
 from irl_lens.envs.pinpad import format_task, parse_task
 from irl_lens.models.metacontroller import StepCarry
 from irl_lens.models.policy import InternalPolicy, PolicyConfig, build_policy
@@ -48,7 +48,7 @@ class RLConfig:
     """Shared by internal RL and raw-action RL (same optimiser, same budget)."""
 
     task: str = "post"
-    """Task the env enforces (``post`` = 0-1-2-3-4-5-6-7-0-1-2-3)."""
+    """Task the env enforces (``post``: gridworld 0-1-2-3-4-5-6-7-0-1-2-3, ant 0-1-2-3)."""
     episodes: int = 1_000_000
     """Total episode budget."""
     batch_size: int = 1024
@@ -170,7 +170,7 @@ class Batch:
 
 
 def collect(
-    engine: RolloutEngine,
+    kit: EnvKit,
     mc,
     policy: InternalPolicy,
     task,
@@ -182,14 +182,17 @@ def collect(
     always_switch: bool,
     n_sample: int = 0,
 ) -> Batch:
-    """Run ``n_episodes`` of internal RL with the current policy (no gradients)."""
+    """Run ``n_episodes`` of internal RL with the current policy (no gradients), all in one
+    batch of ``kit``'s environment (gridworld or ant)."""
+    engine = kit.engine
     device = engine.device
-    env = seeded_env(n_episodes, task=task, seed=seed, stream=stream)
+    env = kit.make_env(n_episodes, task=task, seed=seed, stream=stream)
     gen = stream_generator(seed, stream)
     recorder = AbstractRecorder(policy, n_episodes, engine.model.cfg.n_ctx, gen, device)
     driver = MetacontrollerDriver(
-        mc, threshold=threshold, propose=recorder, generator=gen, always_switch=always_switch
-    )
+        mc, threshold=threshold, propose=recorder, generator=gen, always_switch=always_switch,
+        max_steps=kit.max_steps,
+    )  # fmt: skip
     with torch.no_grad():
         ro = engine.run(env, controller_fn=driver, generator=gen)
     k_max = max(1, int(recorder.k.max()))
@@ -254,7 +257,8 @@ def internal_rl(
     pcfg = PolicyConfig(d_model=base.cfg.d_model, n_z=mc.cfg.n_z, d_policy=cfg.d_policy)
     policy = build_policy(pcfg, seed=cfg.seed).to(device)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    task = parse_task(cfg.task)
+    kit = env_kit(base, layer)
+    task = kit.parse_task(cfg.task)
     config = {
         "kind": KIND,
         "version": runs.RUN_VERSION,
@@ -270,7 +274,7 @@ def internal_rl(
     return _loop(
         out, cfg, start, opt, policy,
         collect_fn=lambda b, n_sample: collect(
-            RolloutEngine(base, layer), mc, policy, task, cfg.batch_size, seed=cfg.seed,
+            kit, mc, policy, task, cfg.batch_size, seed=cfg.seed,
             stream=b, threshold=cfg.threshold, always_switch=always_switch, n_sample=n_sample,
         ),
         update_fn=lambda batch: ppo_update(policy, opt, batch, cfg),
@@ -379,6 +383,11 @@ class InternalPinpadEnv:
         from irl_lens.envs.gridworld import BatchedGridPinpad
 
         self.base, self.mc, config = load_metacontroller(mc_path, device=device)
+        if self.base.model_cfg.obs_kind != "grid":
+            raise ValueError(
+                f"InternalPinpadEnv steps one gridworld episode; {mc_path} is on another env "
+                "(internal RL on ant runs batched: irl-lens internal-rl)"
+            )
         self.layer = int(config["layer"])
         self.threshold = threshold
         self.task = parse_task(task)

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from irl_lens import runs
-from irl_lens.engine import RolloutEngine, seeded_env
-from irl_lens.envs.pinpad import format_task, parse_task
+from irl_lens.engine import env_kit
+from irl_lens.envs.pinpad import format_task
 from irl_lens.models.base import ActionModel, load_base_model
 from irl_lens.train.internal_rl import (
     KIND,
@@ -37,8 +38,8 @@ from irl_lens.train.internal_rl import (
 
 @dataclass
 class RawBatch:
-    obs: torch.Tensor  # [n, T, 50] observation tokens
-    action: torch.Tensor  # [n, T]
+    obs: torch.Tensor  # [n, T, 50] gridworld observation tokens, or [n, T, 41] ant vectors
+    action: torch.Tensor  # [n, T] gridworld moves, or [n, T, 8] ant torques
     logp: torch.Tensor  # [n, T]
     mask: torch.Tensor  # [n, T]
     returns: np.ndarray
@@ -51,17 +52,18 @@ class RawBatch:
 
 def collect_raw(model: ActionModel, task, n_episodes: int, *, seed: int, stream: int,
                 n_sample: int = 0) -> RawBatch:  # fmt: skip
-    """Sampled rollouts of the base model on ``task`` (no gradients)."""
-    env = seeded_env(n_episodes, task=task, seed=seed, stream=stream)
+    """Sampled rollouts of the base model on ``task`` (no gradients), in its own env."""
+    kit = env_kit(model)
+    env = kit.make_env(n_episodes, task=task, seed=seed, stream=stream)
     gen = stream_generator(seed, stream)
     model.eval()
     with torch.no_grad():
-        ro = RolloutEngine(model).run(env, generator=gen)
+        ro = kit.engine.run(env, generator=gen)
     valid = ro.valid
     sample = [ro.episode(i) for i in range(min(n_sample, n_episodes))]
     return RawBatch(
-        obs=ro.obs_tokens(),
-        action=torch.from_numpy(np.maximum(ro.action, 0)),
+        obs=ro.model_inputs(),
+        action=torch.from_numpy(np.maximum(ro.action, 0) if ro.action.ndim == 2 else ro.action),
         logp=torch.from_numpy(ro.action_logp),
         mask=torch.from_numpy(valid).float(),
         returns=ro.reward.sum(1),
@@ -71,6 +73,15 @@ def collect_raw(model: ActionModel, task, n_episodes: int, *, seed: int, stream:
         seconds=ro.seconds,
         sample=sample,
     )
+
+
+def action_log_prob(model: ActionModel, params: torch.Tensor, actions: torch.Tensor) -> Tensor:
+    """``log p(a_t | o_1:t)`` ``[n, T]`` under the action head: categorical logits
+    (gridworld) or the Gaussian over torques (ant)."""
+    if model.model_cfg.action_kind == "continuous":
+        return model.action_distribution(params).log_prob(actions)
+    logp = -F.cross_entropy(params.flatten(0, 1), actions.flatten(), reduction="none")
+    return logp.view(actions.shape)
 
 
 def raw_ppo_update(model: ActionModel, opt, batch: RawBatch, cfg: RLConfig,
@@ -94,9 +105,7 @@ def raw_ppo_update(model: ActionModel, opt, batch: RawBatch, cfg: RLConfig,
             obs = batch.obs[sl, :t_max].to(device)
             act = batch.action[sl, :t_max].to(device)
             mask, old = batch.mask[sl, :t_max].to(device), batch.logp[sl, :t_max].to(device)
-            logits = model.split(model(obs)).action_params
-            new = -F.cross_entropy(logits.flatten(0, 1), act.flatten(), reduction="none")
-            new = new.view_as(mask)
+            new = action_log_prob(model, model.split(model(obs)).action_params, act)
             loss, clip_frac, approx_kl = clipped_surrogate(new, old, adv[sl].to(device), mask,
                                                            cfg.clip)  # fmt: skip
             w = mask.sum() / n_tok  # chunks weighted by their share of the batch's steps
@@ -124,7 +133,7 @@ def raw_rl(
     out = Path(out)
     model = load_base_model(run).to(device, print_details=False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    task = parse_task(cfg.task)
+    task = env_kit(model).parse_task(cfg.task)
     config = {
         "kind": KIND,
         "version": runs.RUN_VERSION,
