@@ -25,7 +25,7 @@ class ReproPreset(StrEnum):
 def reproduce(
     env: Annotated[
         ReproEnv,
-        typer.Argument(help="gridworld (every stage) or ant (no rollout stages yet)."),
+        typer.Argument(help="gridworld or ant (the same stages; ant: a smaller RL budget)."),
     ],
     out: Annotated[Path, typer.Option("--out", help="Folder for every stage and the report.")],
     preset: Annotated[
@@ -33,7 +33,10 @@ def reproduce(
     ] = ReproPreset.quick,
     rl_seeds: Annotated[int, typer.Option(help="Internal-RL seeds on the full MC.", min=1)] = 3,
     rl_episodes: Annotated[
-        int | None, typer.Option(help="Episode budget per RL run (default: the preset's).", min=1)
+        int | None,
+        typer.Option(
+            help="Episode budget per RL run (default: the preset's; ant quick: 5120).", min=1
+        ),
     ] = None,
     pretrain_episodes: Annotated[
         int | None,
@@ -44,14 +47,16 @@ def reproduce(
         typer.Option(help="Clean episodes (default: gridworld 20000, ant 500).", min=10),
     ] = None,
     workers: Annotated[int, typer.Option(help="Jobs run side by side (one per core).", min=1)] = 2,
-    with_sweep: Annotated[bool, typer.Option(help="Also run the rate-distortion sweep.")] = False,
+    with_sweep: Annotated[
+        bool, typer.Option(help="Also run the rate-distortion sweep (gridworld only).")
+    ] = False,
     seed: Annotated[int, SEED_OPTION] = 0,
 ) -> None:
-    """Reproduce the paper on the gridworld: data -> base -> probes, controllers ->
-    metacontrollers (full, beta1, cotrain) -> internal RL and baselines -> report. On ant:
-    the shipped expert's data -> base -> probes, controllers (held-out NLL) -> the full
-    metacontroller (switching, clustering) -> report; the stages that need step-wise ant
-    rollouts (controller success, steering, internal RL) are not built yet.
+    """Reproduce the paper: data -> base -> probes, controllers -> metacontrollers (full,
+    beta1, cotrain) -> internal RL and baselines -> report. On ant the data come from the
+    shipped PPO expert, everything runs in the ant rollout engine (MuJoCo), co-training
+    starts from the pretrained base (the paper's ant ablation) and each RL run has a
+    smaller budget (an ant episode is up to 500 simulated steps).
 
     Every job is its own process, --workers at a time, started as soon as the jobs it needs
     are done; its output goes to OUT/JOB.log. Finished jobs are skipped and interrupted ones

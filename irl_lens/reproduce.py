@@ -22,12 +22,13 @@ Stages, in dependency order (quick preset; ``paper`` uses the paper's sizes, for
    ``cotrain`` on the same budget
 6. (``--with-sweep``) the rate-distortion sweep
 
-On ant-pinpad (:func:`ant_stages`) the pipeline is shorter, as the step-wise ant rollout
-engine (controller success, steering, prior sampling, internal RL) is not built yet: the
-shipped expert's data (pretraining: sampled actions; clean: its mean action, the paper's
-discovery data) -> base -> probes and supervised controllers (held-out NLL by layer) ->
-the ``full`` metacontroller (switch alignment, code clustering). The report adds the
-expert's success from its card, and marks the claims that need rollouts n/a.
+On ant-pinpad (:func:`ant_stages`) the same stages run in the ant rollout engine
+(:mod:`irl_lens.engine_ant`): the shipped expert's data (pretraining: sampled actions;
+clean: its mean action, the paper's discovery data, which the metacontrollers train on)
+-> base -> probes and supervised controllers (post task 0-1-2-3) -> metacontrollers
+(``cotrain`` from the pretrained base, as in the paper's ant ablation) -> internal RL and
+the baselines on a smaller budget (:data:`ANT_RL_EPISODES`: an ant episode is up to 500
+MuJoCo steps). The report adds the expert's success from its card.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class ReproduceSettings:
     def __post_init__(self) -> None:
         if self.env not in ENVS:
             raise ValueError(f"ReproduceSettings.env={self.env!r}; allowed: {', '.join(ENVS)}")
+        if self.with_sweep and self.env != "gridworld":
+            raise ValueError(
+                "--with-sweep: the rate-distortion sweep runs on the gridworld only, "
+                f"not {self.env}"
+            )
 
 
 @dataclass
@@ -121,22 +127,8 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
             Job(["controllers", str(base), "--data", str(clean), "--seed", seed, "--preset",
                  p], base / "controllers", leftover="clear", needs=(base, clean)),
         ]),
-        Stage("discover", [
-            Job(["discover", str(base), "--out", str(folder), "--variant", v, *mc_args], folder,
-                leftover="resume", needs=(base, discovery))
-            for v, folder in mc.items()
-        ]),
-        Stage("rl", [
-            *[Job(["internal-rl", str(mc["full"]), "--out", str(out / f"rl-full-s{k}"), "--seed",
-                   str(s.seed + k), *rl], out / f"rl-full-s{k}", leftover="resume",
-                  needs=(mc["full"],))
-              for k in range(s.rl_seeds)],
-            Job(["raw-rl", str(base), "--out", str(out / "rl-raw-s0"), "--seed", seed, *rl],
-                out / "rl-raw-s0", leftover="resume", needs=(base,)),
-            *[Job(["internal-rl", str(mc[v]), "--out", str(out / f"rl-{v}-s0"), "--seed", seed,
-                   *rl], out / f"rl-{v}-s0", leftover="resume", needs=(mc[v],))
-              for v in ("beta1", "cotrain")],
-        ]),
+        _discover_stage(base, discovery, mc, mc_args),
+        _rl_stage(out, s, base, mc, rl),
     ]  # fmt: skip
     if s.with_sweep:
         # it runs its own worker processes: last, once everything else is done
@@ -149,10 +141,54 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     return out_stages
 
 
+def _discover_stage(base: Path, data: Path, mc: dict[str, Path], mc_args: list[str],
+                    cotrain_args: tuple[str, ...] = ()) -> Stage:  # fmt: skip
+    """The metacontrollers ``full``, ``beta1`` and ``cotrain``, trained on ``data``."""
+    return Stage("discover", [
+        Job(["discover", str(base), "--out", str(folder), "--variant", v, *mc_args,
+             *(cotrain_args if v == "cotrain" else ())], folder, leftover="resume",
+            needs=(base, data))
+        for v, folder in mc.items()
+    ])  # fmt: skip
+
+
+def _rl_stage(out: Path, s: ReproduceSettings, base: Path, mc: dict[str, Path],
+              rl: list[str]) -> Stage:  # fmt: skip
+    """Internal RL (``rl_seeds`` seeds) on ``full``; raw-action RL and internal RL on
+    ``beta1`` and ``cotrain``, one seed each, all on the same budget (``rl`` arguments)."""
+    seed = str(s.seed)
+    return Stage("rl", [
+        *[Job(["internal-rl", str(mc["full"]), "--out", str(out / f"rl-full-s{k}"), "--seed",
+               str(s.seed + k), *rl], out / f"rl-full-s{k}", leftover="resume",
+              needs=(mc["full"],))
+          for k in range(s.rl_seeds)],
+        Job(["raw-rl", str(base), "--out", str(out / "rl-raw-s0"), "--seed", seed, *rl],
+            out / "rl-raw-s0", leftover="resume", needs=(base,)),
+        *[Job(["internal-rl", str(mc[v]), "--out", str(out / f"rl-{v}-s0"), "--seed", seed,
+               *rl], out / f"rl-{v}-s0", leftover="resume", needs=(mc[v],))
+          for v in ("beta1", "cotrain")],
+    ])  # fmt: skip
+
+
+ANT_RL_EPISODES = {"quick": 5_120, "paper": 1_000_000, "tiny": 32}
+"""Ant RL budget per run and preset: an ant episode is up to 500 MuJoCo steps (25x a
+gridworld one), so the quick CPU budget is 20 batches of 256 (the paper's ant batch)."""
+ANT_EVAL_EPISODES = {"quick": 500, "paper": 1000, "tiny": 4}
+"""Ant rollout episodes per controller layer, steering task and prior sampling."""
+
+
 def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
-    """The ant-pinpad pipeline (see the module docstring): no RL stage yet."""
+    """The ant-pinpad pipeline (see the module docstring)."""
     p, seed = s.preset, str(s.seed)
-    data, clean, base, mc = out / "data", out / "data-clean", out / "base", out / "mc-full"
+    data, clean, base = out / "data", out / "data-clean", out / "base"
+    episodes = ["--episodes", str(ANT_EVAL_EPISODES[p])]
+    rl_episodes = s.rl_episodes if s.rl_episodes is not None else ANT_RL_EPISODES[p]
+    batch = min(256, rl_episodes)
+    rl = ["--preset", p, "--task", "post", "--episodes", str(rl_episodes), "--batch-size",
+          str(batch)]  # fmt: skip
+    # the paper's ant ablation co-trains from the pretrained base (grid: from scratch)
+    mc_args = ["--data", str(clean), "--preset", p, "--seed", seed, *episodes]
+    mc = {v: out / f"mc-{v}" for v in ("full", "beta1", "cotrain")}
     return [
         Stage("data", [
             Job(["data", "ant", "--split", split, "--episodes", str(n), "--out", str(folder),
@@ -169,13 +205,10 @@ def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
             Job(["probe", str(base), "--data", str(clean), "--seed", seed], base / "probe",
                 leftover="clear", needs=(base, clean)),
             Job(["controllers", str(base), "--data", str(clean), "--seed", seed, "--preset",
-                 p], base / "controllers", leftover="clear", needs=(base, clean)),
+                 p, *episodes], base / "controllers", leftover="clear", needs=(base, clean)),
         ]),
-        Stage("discover", [
-            Job(["discover", str(base), "--out", str(mc), "--variant", "full", "--data",
-                 str(clean), "--preset", p, "--seed", seed], mc, leftover="resume",
-                needs=(base, clean)),
-        ]),
+        _discover_stage(base, clean, mc, mc_args, ("--cotrain-from-pretrained",)),
+        _rl_stage(out, s, base, mc, rl),
     ]  # fmt: skip
 
 
@@ -289,9 +322,6 @@ class Claim:
     figure: str
 
 
-NO_ANT_RL = "not run: internal RL and its baselines are gridworld-only in this version"
-
-
 def _switch_and_code_claims(summary: dict) -> list[Claim]:
     """The metacontroller's claims: switch alignment (Fig 6) and code clustering (Fig 5)."""
     g = summary.get
@@ -361,12 +391,6 @@ def claims(summary: dict, n_layers: int | None, env: str = "gridworld") -> list[
         "base/controllers/controllers_success.html"))  # fmt: skip
 
     out += _switch_and_code_claims(summary)
-    if env == "ant":
-        return [*out, Claim(
-            "Internal RL solves the post task; baselines ~0 (Fig 8)",
-            "internal RL high; raw-action, beta1, co-trained ~0", "as on the gridworld",
-            NO_ANT_RL, "n/a", "-",
-        )]  # fmt: skip
 
     rl = {k.split("/")[1]: v for k, v in summary.items()
           if k.startswith("compare:") and k.endswith("/final_success")}  # fmt: skip

@@ -258,29 +258,43 @@ def test_a_failed_job_ends_reproduce_with_one_line_naming_its_log(tmp_path, monk
     assert "run the same command again" in err
 
 
-def test_reproduce_ant_runs_its_stages_and_marks_rollout_claims_not_run(tmp_path, capsys):
+def test_reproduce_ant_runs_every_stage_in_the_ant_engine(tmp_path, capsys):
     out = tmp_path / "ant"
     args = ["reproduce", "ant", "--out", str(out), "--preset", "tiny", "--pretrain-episodes",
-            "12", "--clean-episodes", "10", "--workers", "2"]  # fmt: skip
+            "12", "--clean-episodes", "10", "--workers", "2", "--rl-seeds", "1"]  # fmt: skip
     main(args)
     for path in ("data/meta.json", "data-clean/meta.json", "base/model.safetensors",
                  "base/probe/summary.json", "base/controllers/summary.json",
-                 "mc-full/summary.json"):  # fmt: skip
+                 "mc-full/summary.json", "mc-beta1/summary.json", "mc-cotrain/summary.json",
+                 "rl-full-s0/summary.json", "rl-raw-s0/summary.json", "rl-beta1-s0/summary.json",
+                 "rl-cotrain-s0/summary.json", "compare/summary.json"):  # fmt: skip
         assert (out / path).is_file(), path
-    assert not list(out.glob("rl-*"))  # no ant rollout engine: no RL stage
     meta = json.loads((out / "data" / "meta.json").read_text())
     assert meta["env"] == "ant" and meta["n_episodes"] == 12
     assert json.loads((out / "mc-full" / "config.json").read_text())["data"].endswith("data-clean")
+    cotrain = json.loads((out / "mc-cotrain" / "config.json").read_text())["train"]
+    assert cotrain["cotrain_from_pretrained"] is True  # the paper's ant ablation
+    rl = json.loads((out / "rl-full-s0" / "config.json").read_text())
+    assert rl["task"] == "0-1-2-3" and rl["train"]["episodes"] == 32
     report = (out / "report.md").read_text()
     assert report.startswith("# irl_lens reproduction report: ant")
     card = json.loads((Path(__file__).parents[1] / "irl_lens/assets/ant_expert.json").read_text())
     success = card["summary"]
     expert = f"{success['eval/pretrain_success']:.3f} / {success['eval/post_success']:.3f}"
     assert "| The PPO expert solves ant-pinpad (App C.1.1) |" in report and expert in report
-    assert report.count("not run: needs the step-wise ant rollout engine") == 2
+    assert "not run" not in report
     summary = json.loads((out / "summary.json").read_text())
     assert summary["expert:eval/pretrain_success"] == card["summary"]["eval/pretrain_success"]
-    assert "mc:switching/f1_tol1" in summary and "probe:probe/best_accuracy" in summary
+    for key in ("mc:switching/f1_tol1", "probe:probe/best_accuracy", "mc:steering/mean_steered",
+                "controllers:controllers/best_success", "compare:compare/internal_rl/final_success",
+                "compare:compare/raw_rl/final_success"):  # fmt: skip
+        assert key in summary, key
     mtime = (out / "base" / "model.safetensors").stat().st_mtime
     main(args)  # a rerun skips every finished job
     assert (out / "base" / "model.safetensors").stat().st_mtime == mtime
+
+
+def test_reproduce_ant_refuses_the_sweep(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "ant", "--out", str(tmp_path / "a"), "--with-sweep"])
+    assert e.value.code == 2 and "--with-sweep" in capsys.readouterr().err
