@@ -136,3 +136,10 @@ def test_ant_episode_record_round_trips_to_a_figure(ant_model):
     fig = path_figure(episode)
     assert "torso" in [trace.name for trace in fig.data]
     timeline_figure(episode)
+
+
+def test_bench_times_the_ant_engine():
+    from irl_lens.bench import ant_engine_throughput
+
+    out = ant_engine_throughput(seconds=0.01, seed=0, n_envs=4, max_steps=5)
+    assert out["ant_engine_steps_per_s"] > 0 and out["ant_engine_n_envs"] == 4
