@@ -122,12 +122,14 @@ def timeline_figure(episode: dict):
 def steered_episode(base, mc, layer: int, code, at_step: int, *, seed: int = 0, task=None):
     """One rollout in a new layout: base model alone until ``at_step``, then ``code`` forced.
 
-    Returns an episode record with the first colour pair completed after the switch
-    (``reached``: subgoal index or -1).
+    Returns an episode record with the first subgoal completed after the switch
+    (``reached``: subgoal index or -1; gridworld: a colour pair, ant: a colour) and the
+    colours ``entered`` (ant: the task colours completed). Runs in the model's own env.
     """
-    from irl_lens.engine import RolloutEngine, seeded_env
+    from irl_lens.engine import env_kit
 
-    env = seeded_env(1, task=task, seed=seed, stream=7000)
+    kit = env_kit(base, layer)
+    env = kit.make_env(1, task=task, seed=seed, stream=7000)
     z = torch.as_tensor(np.asarray(code, dtype=np.float32))[None, None]
 
     def fn(state):
@@ -137,8 +139,14 @@ def steered_episode(base, mc, layer: int, code, at_step: int, *, seed: int = 0, 
 
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed)
-        ro = RolloutEngine(base, layer).run(env, controller_fn=fn, generator=gen)
+        ro = kit.engine.run(env, controller_fn=fn, generator=gen)
     n = int(ro.length[0])
+    if kit.name == "ant":  # every colour is a subgoal; the env ends an episode on a wrong one
+        done = np.append(ro.n_done[0, :n], ro.final_n_done[0])
+        steps = [t for t in range(n) if done[t + 1] > done[t]]
+        entered = [int(ro.subgoal[0, t]) for t in steps]
+        reached = next((c for c, t in zip(entered, steps, strict=True) if t >= at_step), -1)
+        return ro.episode(0) | {"entered": entered, "reached": reached}
     entered = ro.entered()[0]
     after = [c for c, step in zip(entered, _entry_steps(ro, n), strict=True) if step >= at_step]
     reached = next(

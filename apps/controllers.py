@@ -254,23 +254,28 @@ def page_controllers(found: list[dict]) -> None:
     if "clustering/target_cell_r2" in summary:
         c4.metric("code -> target cell R2", f"{summary['clustering/target_cell_r2']:.2f}",
                   help="high: the code means 'go to that cell', not 'go to colour k'")  # fmt: skip
-    st.plotly_chart(clustering.steering_figure(clustering.SteeringResult(**analysis["steering"])),
-                    key="steer_fig")  # fmt: skip
+    if "steering" not in analysis:  # analysed before the env had a rollout engine
+        st.info("No steering in this analysis; re-run `irl-lens discover ... --analyse-only`.")
+        return
+    steering = clustering.SteeringResult(**analysis["steering"])
+    st.plotly_chart(clustering.steering_figure(steering), key="steer_fig")
     st.subheader("Steer a rollout")
-    options = [f"cluster {c} (mostly subgoal {g}: colours {2 * g}-{2 * g + 1})"
+    k = steering.colours_per_subgoal  # 2: gridworld colour pairs, 1: ant colours
+    options = [f"cluster {c} (mostly subgoal {g}: colours "
+               f"{'-'.join(str(v) for v in range(k * g, k * g + k))})"
                for c, g in enumerate(cl.cluster_subgoal)]  # fmt: skip
     c = options.index(st.selectbox("Code", options, key="steer_code"))
-    at = st.slider("Force the switch at step", 0, 30, 0, key="steer_t")
+    at = st.slider("Force the switch at step", 0, 30 if k == 2 else 200, 0, key="steer_t")
     seed = st.number_input("Layout seed", 0, 10_000, 0, key="steer_seed")
     base, mc, config = metacontroller(run["path"])
     t0 = time.perf_counter()
     ep = episodes.steered_episode(base, mc, int(config["layer"]), cl.centroids[c], at,
                                   seed=int(seed))  # fmt: skip
     reached = ep["reached"]
-    st.plotly_chart(episodes.grid_figure(ep, title=f"colours entered {ep['entered']}"),
+    st.plotly_chart(episodes.path_figure(ep, title=f"colours entered {ep['entered']}"),
                     key="steer_grid")  # fmt: skip
     st.caption(f"after step {at} the agent completed "
-               f"{'subgoal ' + str(reached) if reached >= 0 else 'no colour pair'} "
+               f"{'subgoal ' + str(reached) if reached >= 0 else 'no subgoal'} "
                f"(rollout {time.perf_counter() - t0:.2f} s)")  # fmt: skip
 
 

@@ -143,3 +143,23 @@ def test_bench_times_the_ant_engine():
 
     out = ant_engine_throughput(seconds=0.01, seed=0, n_envs=4, max_steps=5)
     assert out["ant_engine_steps_per_s"] > 0 and out["ant_engine_n_envs"] == 4
+
+
+def test_steered_ant_episode_forces_the_code_from_the_chosen_step(ant_model):
+    from analyses.episodes import steered_episode
+    from irl_lens.models.metacontroller import MetacontrollerConfig, build_metacontroller
+
+    mc = build_metacontroller(MetacontrollerConfig(d_model=32, rank=None), seed=0).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a fresh decoder writes U = 0; give it something to write
+        for p in mc.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    code = np.full(mc.cfg.n_z, 2.0, dtype=np.float32)
+    free = steered_episode(ant_model, mc, 1, code, at_step=10_000, seed=3, task="post")
+    late = steered_episode(ant_model, mc, 1, code, at_step=5, seed=3, task="post")
+    assert free["env"] == "ant" and free["reached"] == -1  # never steered, nothing reached
+    n = min(len(free["xy"]), len(late["xy"]))
+    assert n > 7
+    np.testing.assert_array_equal(free["xy"][:6], late["xy"][:6])  # identical until step 5
+    assert free["xy"][:n] != late["xy"][:n]  # the forced code changes the torques after it
+    assert isinstance(late["entered"], list) and late["reached"] in (-1, 0, 1, 2, 3)
