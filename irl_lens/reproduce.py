@@ -175,6 +175,10 @@ ANT_RL_EPISODES = {"quick": 5_120, "paper": 1_000_000, "tiny": 32}
 gridworld one), so the quick CPU budget is 20 batches of 256 (the paper's ant batch)."""
 ANT_EVAL_EPISODES = {"quick": 500, "paper": 1000, "tiny": 4}
 """Ant rollout episodes per controller layer, steering task and prior sampling."""
+ANT_TRAIN_STEPS = {"quick": {"controllers": 300, "discover": 400}, "paper": {}, "tiny": {}}
+"""Ant training steps where the preset's own would not fit the CPU (quick: an ant batch of
+4,096 tokens holds ~10 episodes, and a discovery step with the full-matrix decoder takes
+~1 s here, so the gridworld's 2,000 steps would take over half an hour per metacontroller)."""
 
 
 def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
@@ -186,8 +190,9 @@ def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     batch = min(256, rl_episodes)
     rl = ["--preset", p, "--task", "post", "--episodes", str(rl_episodes), "--batch-size",
           str(batch)]  # fmt: skip
-    # the paper's ant ablation co-trains from the pretrained base (grid: from scratch)
-    mc_args = ["--data", str(clean), "--preset", p, "--seed", seed, *episodes]
+    steps = {k: ["--steps", str(v)] for k, v in ANT_TRAIN_STEPS[p].items()}
+    mc_args = ["--data", str(clean), "--preset", p, "--seed", seed, *episodes,
+               *steps.get("discover", [])]  # fmt: skip
     mc = {v: out / f"mc-{v}" for v in ("full", "beta1", "cotrain")}
     return [
         Stage("data", [
@@ -205,8 +210,10 @@ def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
             Job(["probe", str(base), "--data", str(clean), "--seed", seed], base / "probe",
                 leftover="clear", needs=(base, clean)),
             Job(["controllers", str(base), "--data", str(clean), "--seed", seed, "--preset",
-                 p, *episodes], base / "controllers", leftover="clear", needs=(base, clean)),
+                 p, *episodes, *steps.get("controllers", [])], base / "controllers",
+                leftover="clear", needs=(base, clean)),
         ]),
+        # the paper's ant ablation co-trains from the pretrained base (grid: from scratch)
         _discover_stage(base, clean, mc, mc_args, ("--cotrain-from-pretrained",)),
         _rl_stage(out, s, base, mc, rl),
     ]  # fmt: skip
