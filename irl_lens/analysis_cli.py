@@ -24,7 +24,7 @@ import typer
 
 from irl_lens.common_cli import DEVICE_OPTION as _DEVICE
 from irl_lens.common_cli import SEED_OPTION as _SEED
-from irl_lens.common_cli import Device, clean_dataset, resolve_device, run_env
+from irl_lens.common_cli import Device, clean_dataset, parse_rank, resolve_device, run_env
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,12 @@ def controllers(
     ] = ControllerPreset.quick,
     steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
     rank: Annotated[
-        int | None, typer.Option(help="Override the controllers' rank (default 16).", min=1)
+        str | None,
+        typer.Option(
+            help="Rank of each controller's U: N or full (default: the paper's, 16 on "
+            "gridworld and full on ant).",
+            metavar="N|full",
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default RUN/controllers).")
@@ -172,9 +177,10 @@ def controllers(
 ) -> None:
     """Supervised controllers by layer on the post-training task (paper C.3, Fig 4).
 
-    Trains one low-rank controller per subgoal at each layer on clean data with the base
-    model frozen, then runs them on TASK (switching when a subgoal is done) next to the
-    uncontrolled base model. Writes weights, summary.json, result.json,
+    Trains one linear controller per subgoal at each layer (gridworld: rank 16, ant: a full
+    matrix, as in the paper) on clean data with the base model frozen, then runs them on
+    TASK (switching when a subgoal is done) next to the uncontrolled base model, in the
+    run's own env (gridworld or ant). Writes weights, summary.json, result.json,
     controllers_success.html (success by layer) and controllers_reach.html (at which task
     colour episodes stop).
 
@@ -198,7 +204,9 @@ def controllers(
     if base_step is not None and out is None:
         raise ValueError("--base-step needs --out (RUN/controllers is for the final model)")
     checkpoint = None if base_step is None else runs.checkpoint_at(Path(run), base_step)
-    n_layers = load_base_model(run).cfg.n_layers
+    base_cfg = load_base_model(run).cfg
+    n_layers = base_cfg.n_layers
+    rank_value = parse_rank(rank, env_name, base_cfg.d_model)
     layer_list = parse_layers(layers, n_layers)
     out = Path(out) if out is not None else Path(run) / "controllers"
     t0 = time.perf_counter()
@@ -223,8 +231,8 @@ def controllers(
                 base_nll = rec["val/base_action_nll"]
     else:
         cfg = train_ctl.PRESETS[preset.value]
-        over = {k: v for k, v in (("steps", steps), ("rank", rank)) if v is not None}
-        cfg = dataclasses.replace(cfg, **over, seed=seed)
+        over = {"steps": steps} if steps is not None else {}
+        cfg = dataclasses.replace(cfg, **over, seed=seed, rank=rank_value)
         ds, data_path = clean_dataset(data, data_episodes, seed, env=env_name)
         trained = train_ctl.train_supervised_controllers(
             run, ds, out, layer_list, cfg, data_path=data_path, checkpoint=checkpoint,

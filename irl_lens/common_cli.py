@@ -72,3 +72,18 @@ def clean_dataset(data: Path | None, episodes: int, seed: int, env: str = "gridw
     from irl_lens.data.generate import generate_gridworld
 
     return generate_gridworld(episodes, split="clean", seed=seed), None
+
+
+def parse_rank(rank: str | None, env_name: str, d_model: int) -> int | None:
+    """``--rank``: 1..d_model, ``full`` (``None``), or the paper's default for the env."""
+    if rank is None:
+        return None if env_name == "ant" else 16
+    if rank.strip().lower() == "full":
+        return None
+    try:
+        value = int(rank)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= d_model:
+        raise ValueError(f"--rank {rank!r}: give a number from 1 to d_model ({d_model}) or full")
+    return value

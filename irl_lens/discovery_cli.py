@@ -24,6 +24,7 @@ from irl_lens.common_cli import (
     SEED_OPTION,
     Device,
     clean_dataset,
+    parse_rank,
     resolve_device,
     run_env,
 )
@@ -160,21 +161,6 @@ def discover(
     summary["discover/seconds"] = time.perf_counter() - t0
     runs.write_json(out / "summary.json", summary)
     _print_summary(out, summary)
-
-
-def parse_rank(rank: str | None, env_name: str, d_model: int) -> int | None:
-    """``--rank``: 1..d_model, ``full`` (``None``), or the paper's default for the env."""
-    if rank is None:
-        return None if env_name == "ant" else 16
-    if rank.strip().lower() == "full":
-        return None
-    try:
-        value = int(rank)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= d_model:
-        raise ValueError(f"--rank {rank!r}: give a number from 1 to d_model ({d_model}) or full")
-    return value
 
 
 def analyse(

@@ -650,9 +650,6 @@ class EnvKit:
         k = self.colours_per_subgoal
         return list(range(k * g, k * (g + 1)))
 
-    def subgoal_name(self, g: int) -> str:
-        return "-".join(map(str, self.subgoal_task(g)))
-
 
 def env_kit(model: ActionModel, layer: int | None = None) -> EnvKit:
     """The :class:`EnvKit` of ``model``'s environment (ant: vector observations; imports

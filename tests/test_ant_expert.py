@@ -207,6 +207,8 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     assert 0 <= ctl["controllers/success_layer_1"] <= 1 and ctl["controllers/n_subgoals"] == 4
     assert ctl["controllers/n_episodes"] == 3 and "controllers/base_success" in ctl
     assert (run / "controllers" / "controllers_reach.html").is_file()
+    ctl_config = json.loads((run / "controllers" / "config.json").read_text())
+    assert ctl_config["controller"]["rank"] is None  # the paper's ant controllers: full matrices
     code, out, err = _run(
         ["-q", "discover", str(run), "--out", str(tmp_path / "mc"), "--data", str(data),
          "--preset", "tiny", "--steps", "3", "--episodes", "3"],

@@ -172,6 +172,7 @@ def test_controllers_cli(base_run, clean_ds, tmp_path, capsys):
     assert "controllers/success_layer_1" in flat and "controllers/val_nll_layer_1" in flat
     assert (out / "controllers_success.html").is_file()
     assert (out / "controllers_reach.html").is_file()
+    assert json.loads((out / "config.json").read_text())["controller"]["rank"] == 16  # grid
     result = json.loads((out / "result.json").read_text())
     for reach, success in zip(result["reach_greedy"], result["success_greedy"] + [
         result["base_success_greedy"]], strict=True):  # fmt: skip
@@ -180,7 +181,7 @@ def test_controllers_cli(base_run, clean_ds, tmp_path, capsys):
     assert "lost at each task colour" in printed
     main(args[:-2] + ["--out", str(out), "--eval-only", "--task", "0-1"])
     assert json.loads((out / "result.json").read_text())["task"] == "0-1"
-    for bad in (["--task", "0-3"], ["--layers", "9"]):
+    for bad in (["--task", "0-3"], ["--layers", "9"], ["--rank", "0"], ["--rank", "low"]):
         with pytest.raises(SystemExit) as exc:
             main(["controllers", str(base_run), *bad])
         assert exc.value.code == 2
