@@ -230,7 +230,7 @@ def _print_summary(out: Path, s: dict[str, float]) -> None:
         f"{g('clustering/target_cell_r2')}"
     )
     print(
-        f"  steering (one-pair tasks)    {g('steering/mean_steered')} "
+        f"  steering (one-subgoal tasks) {g('steering/mean_steered')} "
         f"vs uncontrolled {g('steering/mean_uncontrolled')}"
     )
     if math.isnan(s.get("steering/task_success", 0.0)):
