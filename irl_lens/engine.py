@@ -23,6 +23,11 @@ A stateful controller (ground-truth switching, a metacontroller's GRU state and 
 ``state.env_index``; rows are dropped from the batch as their episodes end, so row ``i``
 is not env ``i``. See :class:`GroundTruthSwitcher` for an example.
 
+**Both environments.** :mod:`irl_lens.engine_ant` is this engine's ant-pinpad twin (same
+steppers, MuJoCo envs, Gaussian torques). :func:`env_kit` returns the engine, seeded env,
+ground-truth switcher and task parser of a model's environment, and :func:`run_batches`
+runs any number of seeded episodes through it, so analyses are written once for both.
+
 **Speed.** The key/value cache is preallocated (no ``torch.cat`` per step), finished
 episodes are dropped from the batch (rows compacted, cache rows gathered) once a quarter
 of the rows are done, observation tokens are updated in place, and residuals and logits
