@@ -176,3 +176,15 @@ def test_raw_update_recomputes_the_rollout_log_probs(runs_dir):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     stats = raw_ppo_update(model, opt, batch, _cfg(epochs=1), chunk=5)
     assert abs(stats["approx_kl"]) < 1e-5 and stats["clip_fraction"] == 0.0
+
+
+def test_length_chunks_cover_every_episode_within_the_token_budget():
+    from irl_lens.train.raw_rl import length_chunks
+
+    lengths = np.array([500, 3, 120, 7, 500, 60, 1, 250, 9, 499])
+    chunks = length_chunks(lengths, max_episodes=4, max_tokens=600)
+    np.testing.assert_array_equal(np.sort(np.concatenate(chunks)), np.arange(len(lengths)))
+    np.testing.assert_array_equal(np.concatenate(chunks), np.argsort(lengths, kind="stable"))
+    for c in chunks:
+        assert len(c) <= 4 and (len(c) == 1 or len(c) * lengths[c].max() <= 600)
+    assert [len(c) for c in chunks] == [4, 2, 1, 1, 1, 1]  # short ones share, long ones don't

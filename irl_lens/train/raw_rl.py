@@ -84,12 +84,29 @@ def action_log_prob(model: ActionModel, params: torch.Tensor, actions: torch.Ten
     return logp.view(actions.shape)
 
 
+def length_chunks(lengths: np.ndarray, max_episodes: int = 256,
+                  max_tokens: int = 16_384) -> list[np.ndarray]:  # fmt: skip
+    """Episode indices sorted by length, cut into chunks of at most ``max_episodes`` whose
+    padded size (episodes x the chunk's longest) stays within ``max_tokens`` (one episode
+    at least). Short episodes share a chunk; a 500-step ant episode does not pad 255
+    short ones to its length."""
+    order = np.argsort(lengths, kind="stable")
+    chunks, start = [], 0
+    for i in range(1, len(order) + 1):
+        if i < len(order):  # would episode order[i] (the longest so far) still fit?
+            size, longest = i + 1 - start, max(1, int(lengths[order[i]]))
+            if size <= max_episodes and size * longest <= max_tokens:
+                continue
+        chunks.append(order[start:i])
+        start = i
+    return chunks
+
+
 def raw_ppo_update(model: ActionModel, opt, batch: RawBatch, cfg: RLConfig,
                    chunk: int = 256) -> dict[str, float]:  # fmt: skip
     """PPO epochs over the base model's action log-probabilities (gradient accumulation)."""
     adv = torch.from_numpy(trajectory_advantages(batch.returns)).float()[:, None]
     device = next(model.parameters()).device
-    n = batch.obs.shape[0]
     n_tok = batch.mask.sum().clamp(min=1.0)
     model.train()
     stats = {}
@@ -98,9 +115,8 @@ def raw_ppo_update(model: ActionModel, opt, batch: RawBatch, cfg: RLConfig,
         tot_loss = tot_clip = tot_kl = 0.0
         # episodes sorted by length, each chunk cut to its longest episode: the model is
         # causal, so dropping padding after the last real step changes no output
-        order = torch.from_numpy(np.argsort(batch.length, kind="stable"))
-        for s in range(0, n, chunk):
-            sl = order[s : s + chunk]
+        for idx in length_chunks(batch.length, max_episodes=chunk):
+            sl = torch.from_numpy(idx)
             t_max = max(1, int(batch.length[sl.numpy()].max()))
             obs = batch.obs[sl, :t_max].to(device)
             act = batch.action[sl, :t_max].to(device)
