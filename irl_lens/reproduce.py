@@ -116,17 +116,7 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
                  "--tie-break", "first", "--out", str(discovery), "--seed", seed], discovery,
                 marker="meta.json", leftover="clear"),
         ]),
-        Stage("base", [
-            Job(["pretrain", str(data), "--out", str(base), "--preset", p, "--seed", seed], base,
-                threads=max(1, s.workers), marker="model.safetensors", leftover="resume",
-                needs=(data,)),
-        ]),
-        Stage("read", [
-            Job(["probe", str(base), "--data", str(clean), "--seed", seed], base / "probe",
-                leftover="clear", needs=(base, clean)),
-            Job(["controllers", str(base), "--data", str(clean), "--seed", seed, "--preset",
-                 p], base / "controllers", leftover="clear", needs=(base, clean)),
-        ]),
+        *_base_and_read_stages(s, data, clean, base),
         _discover_stage(base, discovery, mc, mc_args),
         _rl_stage(out, s, base, mc, rl),
     ]  # fmt: skip
@@ -139,6 +129,26 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
                  "--workers", str(s.workers)], out / "rd", needs=before),
         ]))  # fmt: skip
     return out_stages
+
+
+def _base_and_read_stages(s: ReproduceSettings, data: Path, clean: Path, base: Path,
+                          controller_args: tuple[str, ...] = ()) -> list[Stage]:  # fmt: skip
+    """The base model on ``data``, then probes and supervised controllers on ``clean``."""
+    p, seed = s.preset, str(s.seed)
+    return [
+        Stage("base", [
+            Job(["pretrain", str(data), "--out", str(base), "--preset", p, "--seed", seed], base,
+                threads=max(1, s.workers), marker="model.safetensors", leftover="resume",
+                needs=(data,)),
+        ]),
+        Stage("read", [
+            Job(["probe", str(base), "--data", str(clean), "--seed", seed], base / "probe",
+                leftover="clear", needs=(base, clean)),
+            Job(["controllers", str(base), "--data", str(clean), "--seed", seed, "--preset",
+                 p, *controller_args], base / "controllers", leftover="clear",
+                needs=(base, clean)),
+        ]),
+    ]  # fmt: skip
 
 
 def _discover_stage(base: Path, data: Path, mc: dict[str, Path], mc_args: list[str],
@@ -201,18 +211,8 @@ def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
             for split, n, folder in (("pretrain", s.pretrain_episodes, data),
                                      ("clean", s.clean_episodes, clean))
         ]),
-        Stage("base", [
-            Job(["pretrain", str(data), "--out", str(base), "--preset", p, "--seed", seed], base,
-                threads=max(1, s.workers), marker="model.safetensors", leftover="resume",
-                needs=(data,)),
-        ]),
-        Stage("read", [
-            Job(["probe", str(base), "--data", str(clean), "--seed", seed], base / "probe",
-                leftover="clear", needs=(base, clean)),
-            Job(["controllers", str(base), "--data", str(clean), "--seed", seed, "--preset",
-                 p, *episodes, *steps.get("controllers", [])], base / "controllers",
-                leftover="clear", needs=(base, clean)),
-        ]),
+        *_base_and_read_stages(s, data, clean, base,
+                               (*episodes, *steps.get("controllers", []))),
         # the paper's ant ablation co-trains from the pretrained base (grid: from scratch)
         _discover_stage(base, clean, mc, mc_args, ("--cotrain-from-pretrained",)),
         _rl_stage(out, s, base, mc, rl),
