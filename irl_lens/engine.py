@@ -438,6 +438,21 @@ class RolloutEngine:
         logger.debug("rollout engine: stepping through the hooked forward (%s)", problem)
         return _HookedStepper(self.model, self.layer, n, max_len)
 
+    def _start(self, env, max_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, started)``: the env index of each batch row (the live episodes), and
+        which envs take part; checks ``max_steps`` and that every live episode is at t = 0."""
+        if not 1 <= max_steps <= self.model.cfg.n_ctx:
+            raise ValueError(f"max_steps={max_steps} must lie in 1..n_ctx={self.model.cfg.n_ctx}")
+        rows = np.flatnonzero(~env.done)
+        if (env.t[rows] != 0).any():
+            raise ValueError(
+                "the engine starts episodes at position 0: reset the env's live "
+                "episodes first (env.reset, reset_done or reset_envs)"
+            )
+        started = np.zeros(env.n_envs, dtype=bool)
+        started[rows] = True
+        return rows, started
+
     @torch.no_grad()
     def run(
         self,
@@ -466,8 +481,7 @@ class RolloutEngine:
             compact: drop finished episodes from the batch (faster; same results).
         """
         model, layer, device = self.model, self.layer, self.device
-        if not 1 <= max_steps <= model.cfg.n_ctx:
-            raise ValueError(f"max_steps={max_steps} must lie in 1..n_ctx={model.cfg.n_ctx}")
+        rows, started = self._start(env, max_steps)
         t0 = time.perf_counter()
         n = env.n_envs
         rec = {
@@ -480,14 +494,6 @@ class RolloutEngine:
         n_out = model.model_cfg.n_action_outputs
         logit_rec = torch.zeros(n, max_steps, n_out) if record_logits else None
 
-        rows = np.flatnonzero(~env.done)  # env index of each batch row
-        if (env.t[rows] != 0).any():
-            raise ValueError(
-                "the engine starts episodes at position 0: reset the env's live "
-                "episodes first (env.reset / reset_done)"
-            )
-        started = np.zeros(n, dtype=bool)
-        started[rows] = True
         stepper = self._stepper(len(rows), max_steps)
         tok = obs_tokens(env, rows).to(device)  # [rows, 1, 50]; only the agent cell changes
         actions = np.zeros(n, dtype=np.int64)

@@ -162,8 +162,7 @@ class AntRolloutEngine(RolloutEngine):
         Gaussian's mean, ``record_logits`` keeps the action head's ``[mean, log_std]``.
         """
         model, layer, device = self.model, self.layer, self.device
-        if not 1 <= max_steps <= model.cfg.n_ctx:
-            raise ValueError(f"max_steps={max_steps} must lie in 1..n_ctx={model.cfg.n_ctx}")
+        rows, started = self._start(env, max_steps)
         t0 = time.perf_counter()
         n, n_act = env.n_envs, model.model_cfg.n_actions
         obs_rec = np.zeros((n, max_steps, ANT_OBS_DIM), dtype=np.float32)
@@ -177,14 +176,6 @@ class AntRolloutEngine(RolloutEngine):
         n_out = model.model_cfg.n_action_outputs
         param_rec = torch.zeros(n, max_steps, n_out) if record_logits else None
 
-        rows = np.flatnonzero(~env.done)  # env index of each batch row
-        if (env.t[rows] != 0).any():
-            raise ValueError(
-                "the engine starts episodes at position 0: reset the env's live "
-                "episodes first (env.reset / reset_envs)"
-            )
-        started = np.zeros(n, dtype=bool)
-        started[rows] = True
         stepper = self._stepper(len(rows), max_steps)
         obs = env.observations()  # [n_envs, 41]
         actions = np.zeros((n, n_act), dtype=np.float64)
