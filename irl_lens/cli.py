@@ -205,6 +205,14 @@ def pretrain(
     obs_loss_weight: Annotated[
         float | None, typer.Option(help="Override lambda (next-observation loss weight).")
     ] = None,
+    path_features: Annotated[
+        bool | None,
+        typer.Option(
+            "--path-features/--no-path-features",
+            help="Gridworld: give each colour's encoder slot the shortest-path moves toward "
+            "it (default: the preset's; quick on, paper off).",
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue from the run's last checkpoint, exactly.")
     ] = False,
@@ -238,6 +246,7 @@ def pretrain(
             ("n_layers", n_layers),
             ("d_model", d_model),
             ("obs_loss_weight", obs_loss_weight),
+            ("path_features", path_features),
         )
         if v is not None
     }
@@ -248,7 +257,9 @@ def pretrain(
     }
     if ds.meta.get("env") == "ant":
         # ant episodes run to T = 500 steps; Table A5: next-observation weight lambda = 10
-        model_over = {"n_ctx": 500, "obs_loss_weight": 10.0} | model_over
+        if path_features:
+            raise ValueError("--path-features: only gridworld data has a board to find paths on")
+        model_over = {"n_ctx": 500, "obs_loss_weight": 10.0, "path_features": False} | model_over
     model_cfg = dataclasses.replace(
         model_cfg,
         **model_over,

@@ -130,3 +130,72 @@ def test_continuous_actions_gaussian_head():
     mask = torch.ones(2, 5)
     nll_a, nll_o = model.losses(out, torch.randn(2, 5, 3), torch.randn(2, 5, 6), mask)
     assert nll_a.ndim == 0 and torch.isfinite(nll_a) and torch.isfinite(nll_o)
+
+
+def test_path_features_are_the_experts_shortest_path_moves(tiny_dataset):
+    """path_features == the expert's own DP: for every dataset state and every colour,
+    the set of shortest-path moves (as bits) and the path length."""
+    from irl_lens.envs.expert import UNREACHABLE, _move_masks, distance_maps
+    from irl_lens.models.base import MAX_PATH_BUCKET, path_features
+
+    obs = make_batch(tiny_dataset, np.arange(40)).obs  # [40, pos, 50]
+    codes, agent = obs[..., :49], obs[..., 49]
+    moves, steps = path_features(codes, agent)
+    assert moves.shape == steps.shape == (*agent.shape, 8)
+    layouts = codes.reshape(-1, 49).numpy().astype(np.uint8)
+    pos = agent.reshape(-1).numpy()
+    dist = distance_maps(layouts)
+    for colour in range(8):
+        good, _ = _move_masks(dist[:, colour], layouts, pos, np.full(len(pos), colour))
+        reach = dist[:, colour][np.arange(len(pos))[:, None], _neighbours(pos)].min(1)
+        ok = reach < UNREACHABLE
+        want_moves = np.where(ok, (good * np.array([1, 2, 4, 8])).sum(1), 0)
+        want_steps = np.where(ok, np.minimum(reach + 1, MAX_PATH_BUCKET), MAX_PATH_BUCKET + 1)
+        np.testing.assert_array_equal(moves[..., colour].reshape(-1).numpy(), want_moves)
+        np.testing.assert_array_equal(steps[..., colour].reshape(-1).numpy(), want_steps)
+    assert (moves > 0).float().mean() > 0.9  # nearly every colour is reachable
+
+
+def _neighbours(pos):
+    from irl_lens.envs.gridworld import NEXT_CELL
+
+    return NEXT_CELL[pos]
+
+
+def test_path_features_change_the_embedding_and_keep_the_step_equality(tiny_dataset):
+    """With path features on, the embedding depends on them (two boards differing only in
+    a wall that cuts the path), and stepping with a KV cache still equals the full pass."""
+    model = build_model(tiny_model_config(path_features=True), seed=0).eval()
+    layout = torch.zeros(49, dtype=torch.long)
+    for colour, cell in enumerate([0, 6, 42, 48, 3, 21, 27, 45]):
+        layout[cell] = colour + 1
+    walled = layout.clone()
+    walled[[23, 25, 31, 17]] = 9  # 4 walls around the agent's cell 24, but 2 sides
+    a = torch.cat([layout, torch.tensor([24])])
+    b = torch.cat([walled, torch.tensor([24])])
+    e = model.embed_obs(torch.stack([a, b])[None])
+    assert not torch.allclose(e[0, 0], e[0, 1])
+    obs = make_batch(tiny_dataset, np.arange(3)).obs
+    full = model(obs)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, obs.shape[0])
+    steps = [model(obs[:, t : t + 1], past_kv_cache=cache) for t in range(obs.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_path_memo_gives_the_same_features(tiny_dataset):
+    from irl_lens.models.base import PathMemo, path_features
+
+    obs = make_batch(tiny_dataset, np.arange(5)).obs
+    memo = PathMemo()
+    for t in (0, 1, 1, 2):  # a repeat (memo hit), then new agent cells on the same boards
+        want = path_features(obs[:, t, :49], obs[:, t, 49])
+        got = path_features(obs[:, t, :49], obs[:, t, 49], memo)
+        for a, b in zip(want, got, strict=True):
+            assert torch.equal(a, b)
+    other = make_batch(tiny_dataset, np.arange(5, 10)).obs[:, 0]
+    for a, b in zip(
+        path_features(other[:, :49], other[:, 49]),
+        path_features(other[:, :49], other[:, 49], memo),
+        strict=True,
+    ):
+        assert torch.equal(a, b)  # new boards: the memo recomputes

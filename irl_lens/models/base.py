@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.hook_points import HookPoint
 
-from irl_lens.envs.gridworld import GRID_SIZE, N_CELL_CODES
+from irl_lens.envs.expert import UNREACHABLE, distance_maps
+from irl_lens.envs.gridworld import GRID_SIZE, N_CELL_CODES, NEXT_CELL
 from irl_lens.envs.pinpad import N_COLOURS, N_WALLS
 from irl_lens.models.common import DictConfig, build_seeded
 
@@ -80,6 +81,10 @@ class BaseModelConfig(DictConfig):
     """lambda in the loss ``-ln p(a_t|o_1:t) - lambda ln p(o_t+1|o_1:t)``."""
     init_scale: float = 0.1
     """Weights start with variance ``init_scale / d_model`` (the paper's variance scale 0.1)."""
+    path_features: bool = False
+    """Gridworld encoder only: add to each colour's slot the shortest-path moves toward it
+    and its path distance (a fixed function of the observation, see
+    :func:`path_features`). The quick preset turns it on; the paper's encoder is off."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -107,6 +112,8 @@ class BaseModelConfig(DictConfig):
             )
         if self.obs_kind == "grid" and self.obs_dim != GRID_OBS_WIDTH:
             raise ValueError(f"BaseModelConfig.obs_dim must be {GRID_OBS_WIDTH} for grid obs")
+        if self.path_features and self.obs_kind != "grid":
+            raise ValueError("BaseModelConfig.path_features=True needs obs_kind='grid'")
 
     @property
     def n_action_outputs(self) -> int:
@@ -126,6 +133,77 @@ def _relative_index_table(grid: int) -> Int[Tensor, "agent cell"]:
     return dr * (2 * grid - 1) + dc
 
 
+_NEXT_CELL_T = torch.from_numpy(NEXT_CELL.copy())
+
+#: Path distances at or above this share one bucket (a 7x7 board's paths are rarely longer).
+MAX_PATH_BUCKET = 15
+
+
+def _layout_distances(layouts: Int[Tensor, "n cells"]) -> Int[Tensor, "n colours cells"]:
+    """:func:`~irl_lens.envs.expert.distance_maps` of each layout (unreachable for a row
+    that lacks a colour)."""
+    present = (layouts[:, None, :] == torch.arange(1, N_COLOURS + 1)[None, :, None]).any(-1)
+    valid = present.all(-1)
+    dist = torch.full((len(layouts), N_COLOURS, N_CELLS), UNREACHABLE, dtype=torch.int64)
+    if valid.any():
+        maps = distance_maps(layouts[valid].numpy().astype("uint8"))
+        dist[valid] = torch.from_numpy(maps).to(torch.int64)
+    return dist
+
+
+class PathMemo:
+    """The last batch of layouts and their distance maps: a step-by-step rollout asks for
+    the same boards at every step, so one equality check replaces the BFS."""
+
+    def __init__(self) -> None:
+        self.layouts: Tensor | None = None
+        self.dist: Tensor | None = None
+
+    def distances(self, layouts: Int[Tensor, "n cells"]) -> Int[Tensor, "n colours cells"]:
+        if self.layouts is None or not torch.equal(self.layouts, layouts):
+            self.layouts, self.dist = layouts.clone(), _layout_distances(layouts)
+        assert self.dist is not None
+        return self.dist
+
+
+def path_features(
+    codes: Int[Tensor, "... cells"], agent: Int[Tensor, "..."], memo: PathMemo | None = None
+) -> tuple[Int[Tensor, "... colours"], Int[Tensor, "... colours"]]:
+    """Shortest-path moves and distances from the agent toward every colour.
+
+    A fixed (not learned) function of one observation, exactly the expert's
+    dynamic-programming quantities (:func:`irl_lens.envs.expert.distance_maps`: walls and
+    the other colours are obstacles):
+
+    * ``moves[..., c]`` in 0..15: bit ``a`` is set when move ``a`` is a shortest-path
+      move toward colour ``c`` (0 when ``c`` cannot be reached);
+    * ``dist[..., c]``: the path length toward ``c``, capped at :data:`MAX_PATH_BUCKET`,
+      or ``MAX_PATH_BUCKET + 1`` when unreachable.
+
+    Rows whose layout lacks a colour (never in real data) get "unreachable" everywhere.
+    Runs of equal layouts are deduplicated first, so a batch of whole episodes costs one
+    BFS per episode; ``memo`` skips even that when the boards are those of the last call.
+    """
+    lead = codes.shape[:-1]
+    flat = codes.reshape(-1, codes.shape[-1]).cpu()
+    agent_flat = agent.reshape(-1).cpu()
+    # an episode's tokens share one layout and sit next to each other: O(n), no sort
+    layouts, inverse = torch.unique_consecutive(flat, dim=0, return_inverse=True)
+    dist = memo.distances(layouts) if memo is not None else _layout_distances(layouts)
+    neighbours = _NEXT_CELL_T[agent_flat]  # [n, 4]
+    colours = torch.arange(N_COLOURS)[None, :, None]
+    reach = dist[inverse[:, None, None], colours, neighbours[:, None, :]]  # [n, colours, 4]
+    best = reach.min(-1).values  # [n, colours]; the path is 1 + best
+    reachable = best < UNREACHABLE
+    good = (reach == best[..., None]) & reachable[..., None]  # [n, colours, 4]
+    moves = (good.long() * torch.tensor([1, 2, 4, 8])).sum(-1)
+    steps = torch.where(
+        reachable, (best + 1).clamp(max=MAX_PATH_BUCKET), torch.tensor(MAX_PATH_BUCKET + 1)
+    )
+    device = codes.device
+    return moves.view(*lead, N_COLOURS).to(device), steps.view(*lead, N_COLOURS).to(device)
+
+
 class GridObservationEncoder(nn.Module):
     """Embeds a compact gridworld observation into the residual stream.
 
@@ -143,15 +221,29 @@ class GridObservationEncoder(nn.Module):
       written to its own ``d_cell``-wide slot (colours are unique on a board, so the slot
       is the object's identity, not added information);
     * one slot for the walls: the same network summed over the wall cells;
-    * what the agent stands on, ``E_under[code at the agent's cell]``, and where it is.
+    * what the agent stands on, ``E_under[code at the agent's cell]``, and where it is;
+    * with ``with_paths`` (``BaseModelConfig.path_features``, the quick preset), inside
+      colour c's slot network also ``E_moves[shortest-path moves toward c] +
+      E_path[path length to c]`` (:func:`path_features`). Walking around walls and the
+      other colours is then read off the observation instead of learned, so a CPU budget
+      goes to what the paper studies: *which* colour comes next, from the history.
 
         e_0 = sum_cells E_grid[i, code_i] + E_under[under] + E_agent[agent]
               + W_out . concat(slot_0, ..., slot_7, slot_walls) + b
     """
 
-    def __init__(self, d_cell: int, d_model: int, grid: int = GRID_SIZE) -> None:
+    def __init__(
+        self, d_cell: int, d_model: int, grid: int = GRID_SIZE, with_paths: bool = False
+    ) -> None:
         super().__init__()
         self.grid = grid
+        self.with_paths = with_paths
+        if with_paths:
+            if grid != GRID_SIZE:
+                raise ValueError(f"path features need the {GRID_SIZE}x{GRID_SIZE} board")
+            self.move_embed = nn.Embedding(16, d_cell)
+            self.path_embed = nn.Embedding(MAX_PATH_BUCKET + 2, d_cell)
+            self.path_memo = PathMemo()
         self.n_cells = grid * grid
         self.max_occupied = N_COLOURS + N_WALLS
         self.grid_embed = nn.Embedding(self.n_cells * N_CELL_CODES, d_model)
@@ -166,19 +258,33 @@ class GridObservationEncoder(nn.Module):
         self.register_buffer(
             "cell_base", torch.arange(self.n_cells) * N_CELL_CODES, persistent=False
         )
-        for emb in (self.code_embed, self.rel_embed, self.row_embed, self.col_embed):
+        slot_tables = [self.code_embed, self.rel_embed, self.row_embed, self.col_embed]
+        if with_paths:
+            slot_tables += [self.move_embed, self.path_embed]
+        for emb in slot_tables:
             nn.init.normal_(emb.weight, std=0.5)
         for emb in (self.grid_embed, self.under_embed, self.agent_embed):
             nn.init.normal_(emb.weight, std=0.02)
 
     def _object_features(self, codes: Tensor, rel: Tensor) -> Tensor:
+        """The pre-activation of each object's slot network (the ReLU comes after paths)."""
         span = 2 * self.grid - 1
-        return torch.relu(
+        return (
             self.code_embed(codes)
             + self.rel_embed(rel)
             + self.row_embed(rel // span)
             + self.col_embed(rel % span)
         )
+
+    def _path_features(self, codes: Tensor, agent: Tensor, obj_codes: Tensor) -> Tensor:
+        """Each colour object's shortest-path moves and distance (walls get zeros)."""
+        moves, steps = path_features(codes, agent, self.path_memo)  # [batch, pos, colours]
+        colour = (obj_codes - 1).clamp(0, N_COLOURS - 1)  # [batch, pos, k]
+        is_colour = ((obj_codes >= 1) & (obj_codes <= N_COLOURS)).unsqueeze(-1)
+        extra = self.move_embed(torch.gather(moves, -1, colour)) + self.path_embed(
+            torch.gather(steps, -1, colour)
+        )
+        return extra * is_colour
 
     def forward(self, obs: Int[Tensor, "batch pos obs"]) -> Float[Tensor, "batch pos d_model"]:
         codes = obs[..., : self.n_cells]  # [batch, pos, cells]
@@ -191,7 +297,10 @@ class GridObservationEncoder(nn.Module):
         keep = torch.gather(occupied, -1, cells).unsqueeze(-1)  # [batch, pos, k, 1]
         obj_codes = torch.gather(codes, -1, cells)  # [batch, pos, k]
         rel = torch.gather(self.rel_index[agent], -1, cells)  # [batch, pos, k]
-        feats = self._object_features(obj_codes, rel) * keep  # [batch, pos, k, d_cell]
+        feats = self._object_features(obj_codes, rel)  # [batch, pos, k, d_cell]
+        if self.with_paths:
+            feats = feats + self._path_features(codes, agent, obj_codes)
+        feats = torch.relu(feats) * keep
         # slot of an object: colour c -> c, every wall -> the shared last slot
         slot = (obj_codes - 1).clamp(0, N_COLOURS)  # [batch, pos, k]
         slots = feats.new_zeros(*feats.shape[:-2], N_COLOURS + 1, feats.shape[-1])
@@ -261,7 +370,9 @@ class ActionModel(HookedTransformer):
             super().__init__(tl_cfg)
         self.model_cfg = cfg
         if cfg.obs_kind == "grid":
-            self.obs_encoder: nn.Module = GridObservationEncoder(cfg.d_cell, cfg.d_model)
+            self.obs_encoder: nn.Module = GridObservationEncoder(
+                cfg.d_cell, cfg.d_model, with_paths=cfg.path_features
+            )
         else:
             self.obs_encoder = VectorObservationEncoder(cfg.obs_dim, cfg.d_model)
         self.hook_obs_embed = HookPoint()  # [batch, pos, d_model]
