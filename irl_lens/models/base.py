@@ -139,31 +139,39 @@ _NEXT_CELL_T = torch.from_numpy(NEXT_CELL.copy())
 MAX_PATH_BUCKET = 15
 
 
-def _layout_distances(layouts: Int[Tensor, "n cells"]) -> Int[Tensor, "n colours cells"]:
-    """:func:`~irl_lens.envs.expert.distance_maps` of each layout (unreachable for a row
-    that lacks a colour)."""
+def _layout_paths(layouts: Int[Tensor, "n cells"]) -> Int[Tensor, "2 n colours cells"]:
+    """Per layout, colour and agent cell: the shortest-path move bits and the path length
+    (see :func:`path_features`), from :func:`~irl_lens.envs.expert.distance_maps`."""
     present = (layouts[:, None, :] == torch.arange(1, N_COLOURS + 1)[None, :, None]).any(-1)
     valid = present.all(-1)
     dist = torch.full((len(layouts), N_COLOURS, N_CELLS), UNREACHABLE, dtype=torch.int64)
     if valid.any():
         maps = distance_maps(layouts[valid].numpy().astype("uint8"))
         dist[valid] = torch.from_numpy(maps).to(torch.int64)
-    return dist
+    reach = dist[:, :, _NEXT_CELL_T]  # [n, colours, agent cell, 4]: after each move
+    best = reach.min(-1).values  # the path from the agent's cell is 1 + best
+    reachable = best < UNREACHABLE
+    good = (reach == best[..., None]) & reachable[..., None]
+    moves = (good.long() * torch.tensor([1, 2, 4, 8])).sum(-1)
+    steps = torch.where(
+        reachable, (best + 1).clamp(max=MAX_PATH_BUCKET), torch.tensor(MAX_PATH_BUCKET + 1)
+    )
+    return torch.stack([moves, steps])
 
 
 class PathMemo:
-    """The last batch of layouts and their distance maps: a step-by-step rollout asks for
+    """The last batch of layouts and their path tables: a step-by-step rollout asks for
     the same boards at every step, so one equality check replaces the BFS."""
 
     def __init__(self) -> None:
         self.layouts: Tensor | None = None
-        self.dist: Tensor | None = None
+        self.paths: Tensor | None = None
 
-    def distances(self, layouts: Int[Tensor, "n cells"]) -> Int[Tensor, "n colours cells"]:
+    def paths_of(self, layouts: Int[Tensor, "n cells"]) -> Int[Tensor, "2 n colours cells"]:
         if self.layouts is None or not torch.equal(self.layouts, layouts):
-            self.layouts, self.dist = layouts.clone(), _layout_distances(layouts)
-        assert self.dist is not None
-        return self.dist
+            self.layouts, self.paths = layouts.clone(), _layout_paths(layouts)
+        assert self.paths is not None
+        return self.paths
 
 
 def path_features(
@@ -186,22 +194,13 @@ def path_features(
     """
     lead = codes.shape[:-1]
     flat = codes.reshape(-1, codes.shape[-1]).cpu()
-    agent_flat = agent.reshape(-1).cpu()
     # an episode's tokens share one layout and sit next to each other: O(n), no sort
     layouts, inverse = torch.unique_consecutive(flat, dim=0, return_inverse=True)
-    dist = memo.distances(layouts) if memo is not None else _layout_distances(layouts)
-    neighbours = _NEXT_CELL_T[agent_flat]  # [n, 4]
-    colours = torch.arange(N_COLOURS)[None, :, None]
-    reach = dist[inverse[:, None, None], colours, neighbours[:, None, :]]  # [n, colours, 4]
-    best = reach.min(-1).values  # [n, colours]; the path is 1 + best
-    reachable = best < UNREACHABLE
-    good = (reach == best[..., None]) & reachable[..., None]  # [n, colours, 4]
-    moves = (good.long() * torch.tensor([1, 2, 4, 8])).sum(-1)
-    steps = torch.where(
-        reachable, (best + 1).clamp(max=MAX_PATH_BUCKET), torch.tensor(MAX_PATH_BUCKET + 1)
-    )
-    device = codes.device
-    return moves.view(*lead, N_COLOURS).to(device), steps.view(*lead, N_COLOURS).to(device)
+    paths = memo.paths_of(layouts) if memo is not None else _layout_paths(layouts)
+    by_cell = paths.permute(1, 3, 0, 2)  # [layouts, agent cell, 2, colours]
+    per_token = by_cell[inverse, agent.reshape(-1).cpu()]  # [n, 2, colours]
+    per_token = per_token.reshape(*lead, 2, N_COLOURS).to(codes.device)
+    return per_token[..., 0, :], per_token[..., 1, :]
 
 
 class GridObservationEncoder(nn.Module):
