@@ -17,8 +17,11 @@ from irl_lens.engine import (
 )
 from irl_lens.envs.gridworld import WALL, BatchedGridPinpad
 from irl_lens.hooks import hook_count, intervene, layer_hook_name
+from irl_lens.models.base import build_model
 from irl_lens.models.controller import ControllerConfig, build_controller_bank
 from irl_lens.rollout import grid_obs_tokens, rollout_grid
+
+from .conftest import tiny_model_config
 
 
 def _bank(model, seed=0, scale=0.5):
@@ -44,9 +47,12 @@ def _full_forward(model, ro, layer, controller_index, bank):
     return model.split(out).action_params, seen["e"], T
 
 
+@pytest.mark.parametrize("paths", [False, True])
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("layer", [0, 1, 2])
-def test_engine_equals_full_forward(tiny_model, layer, fast):
+def test_engine_equals_full_forward(tiny_model, layer, fast, paths):
+    if paths:  # the encoder's path features (and their memo, hit at every step)
+        tiny_model = build_model(tiny_model_config(path_features=True), seed=0).eval()
     bank = _bank(tiny_model)
     switcher = GroundTruthSwitcher(bank.select)
     env = seeded_env(24, task="post", seed=1)

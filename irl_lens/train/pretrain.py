@@ -89,9 +89,13 @@ class PretrainConfig:
 
 #: Named presets: (model architecture, trainer settings).
 PRESETS: dict[str, tuple[BaseModelConfig, PretrainConfig]] = {
-    # Fits the 2-core CPU machine: about 12 minutes of training.
+    # Fits the 2-core CPU machine: about 12 minutes of training. The encoder's path
+    # features hand the board's shortest paths to the model, so this budget is spent on
+    # which colour comes next (see GridObservationEncoder).
     "quick": (
-        BaseModelConfig(d_model=128, n_layers=4, n_heads=4, d_mlp=256, d_cell=16),
+        BaseModelConfig(
+            d_model=128, n_layers=4, n_heads=4, d_mlp=256, d_cell=16, path_features=True
+        ),
         PretrainConfig(
             steps=1200,
             tokens_per_batch=8192,
