@@ -34,6 +34,21 @@ def test_data_then_pretrain_tiny(tmp_path, capsys):
         assert key in summary
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["steps"] == 20 and cfg["model"]["d_model"] == 32
+    assert cfg["model"]["path_features"] is False  # the tiny preset's plain encoder
+    paths = tmp_path / "run-paths"
+    code, _, err = _run(
+        ["-q", "pretrain", str(data), "--out", str(paths), "--preset", "tiny", "--steps", "5",
+         "--path-features"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((paths / "config.json").read_text())["model"]["path_features"] is True
+
+
+def test_quick_preset_has_path_features_and_paper_does_not():
+    from irl_lens.train.pretrain import PRESETS
+
+    assert PRESETS["quick"][0].path_features and not PRESETS["paper"][0].path_features
 
 
 @pytest.mark.parametrize(
