@@ -183,7 +183,7 @@ def pretrain(
     preset: Annotated[
         Preset,
         typer.Option(
-            help="quick: this CPU, ~10 min; paper: Table A4 sizes "
+            help="quick: this CPU, ~15 min; paper: Table A4 sizes "
             "for a GPU; tiny: seconds, for tests."
         ),
     ] = Preset.quick,

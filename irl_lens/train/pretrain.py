@@ -89,7 +89,7 @@ class PretrainConfig:
 
 #: Named presets: (model architecture, trainer settings).
 PRESETS: dict[str, tuple[BaseModelConfig, PretrainConfig]] = {
-    # Fits the 2-core CPU machine: about 12 minutes of training. The encoder's path
+    # Fits the 2-core CPU machine: about 15 minutes of training (907 s measured, 2 threads). The encoder's path
     # features hand the board's shortest paths to the model, so this budget is spent on
     # which colour comes next (see GridObservationEncoder).
     "quick": (
