@@ -89,9 +89,9 @@ class PretrainConfig:
 
 #: Named presets: (model architecture, trainer settings).
 PRESETS: dict[str, tuple[BaseModelConfig, PretrainConfig]] = {
-    # Fits the 2-core CPU machine: about 15 minutes of training (907 s measured, 2 threads). The encoder's path
-    # features hand the board's shortest paths to the model, so this budget is spent on
-    # which colour comes next (see GridObservationEncoder).
+    # Fits the 2-core CPU machine: about 15 minutes of training (907 s measured, 2
+    # threads). The encoder's path features hand the board's shortest paths to the
+    # model, so this budget is spent on which colour comes next (GridObservationEncoder).
     "quick": (
         BaseModelConfig(
             d_model=128, n_layers=4, n_heads=4, d_mlp=256, d_cell=16, path_features=True
