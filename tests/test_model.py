@@ -136,6 +136,7 @@ def test_path_features_are_the_experts_shortest_path_moves(tiny_dataset):
     """path_features == the expert's own DP: for every dataset state and every colour,
     the set of shortest-path moves (as bits) and the path length."""
     from irl_lens.envs.expert import UNREACHABLE, _move_masks, distance_maps
+    from irl_lens.envs.gridworld import NEXT_CELL
     from irl_lens.models.base import MAX_PATH_BUCKET, path_features
 
     obs = make_batch(tiny_dataset, np.arange(40)).obs  # [40, pos, 50]
@@ -147,19 +148,13 @@ def test_path_features_are_the_experts_shortest_path_moves(tiny_dataset):
     dist = distance_maps(layouts)
     for colour in range(8):
         good, _ = _move_masks(dist[:, colour], layouts, pos, np.full(len(pos), colour))
-        reach = dist[:, colour][np.arange(len(pos))[:, None], _neighbours(pos)].min(1)
+        reach = dist[:, colour][np.arange(len(pos))[:, None], NEXT_CELL[pos]].min(1)
         ok = reach < UNREACHABLE
         want_moves = np.where(ok, (good * np.array([1, 2, 4, 8])).sum(1), 0)
         want_steps = np.where(ok, np.minimum(reach + 1, MAX_PATH_BUCKET), MAX_PATH_BUCKET + 1)
         np.testing.assert_array_equal(moves[..., colour].reshape(-1).numpy(), want_moves)
         np.testing.assert_array_equal(steps[..., colour].reshape(-1).numpy(), want_steps)
     assert (moves > 0).float().mean() > 0.9  # nearly every colour is reachable
-
-
-def _neighbours(pos):
-    from irl_lens.envs.gridworld import NEXT_CELL
-
-    return NEXT_CELL[pos]
 
 
 def test_path_features_change_the_embedding_and_keep_the_step_equality(tiny_dataset):

@@ -59,6 +59,7 @@ __all__ = [
     "distance_maps",
     "expert_action",
     "expert_action_probs",
+    "shortest_moves",
 ]
 
 UNREACHABLE = 10_000
@@ -170,6 +171,19 @@ def _check_eps(eps: float) -> float:
     return eps
 
 
+def shortest_moves(
+    dest_dist: Int16[np.ndarray, "... 4"],
+) -> tuple[Bool[np.ndarray, "... 4"], Int16[np.ndarray, "..."]]:
+    """``(moves, best)``: the moves whose destination is closest to the target, and that
+    distance (the shortest path is ``1 + best``; ``best >= UNREACHABLE``: none exists).
+
+    ``dest_dist[..., a]`` is the target distance of the cell move ``a`` leads to. No-op
+    moves (off-grid, into a wall) are never minimal, so these are the shortest-path moves.
+    """
+    best = dest_dist.min(axis=-1)
+    return dest_dist == best[..., None], best
+
+
 def _move_masks(
     dist_to_target: Int16[np.ndarray, "n 49"],
     layouts: UInt8[np.ndarray, "n 49"],
@@ -181,8 +195,8 @@ def _move_masks(
     rows = np.arange(n)[:, None]
     dest = NEXT_CELL[agent_pos]  # [n, 4] cell each move leads to (ignoring walls)
     dest_dist = dist_to_target[rows, dest]  # [n, 4]; walls/other colours are UNREACHABLE
-    best = dest_dist.min(axis=1, keepdims=True)  # [n, 1]; shortest path = 1 + best
-    reachable = best < UNREACHABLE  # [n, 1]; False only in hand-built dead ends
+    shortest, best = shortest_moves(dest_dist)
+    reachable = best[:, None] < UNREACHABLE  # [n, 1]; False only in hand-built dead ends
     dest_code = layouts[rows, dest]  # [n, 4]
     stays = (dest == agent_pos[:, None]) | (dest_code == WALL)  # no-op moves
     # "never enter a wrong colour": no-ops, empty cells, or the target itself
@@ -193,7 +207,7 @@ def _move_masks(
     # target (behind the colour the agent stands on) can be a pocket whose every exit is
     # a wrong colour, which would force a failure a few steps later
     explore_ok = np.where(reachable, stays | (dest_dist < UNREACHABLE), no_wrong_entry)
-    good = np.where(reachable, dest_dist == best, no_wrong_entry)
+    good = np.where(reachable, shortest, no_wrong_entry)
     return good, explore_ok
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.hook_points import HookPoint
 
-from irl_lens.envs.expert import UNREACHABLE, distance_maps
+from irl_lens.envs.expert import UNREACHABLE, distance_maps, shortest_moves
 from irl_lens.envs.gridworld import GRID_SIZE, N_CELL_CODES, NEXT_CELL
 from irl_lens.envs.pinpad import N_COLOURS, N_WALLS
 from irl_lens.models.common import DictConfig, build_seeded
@@ -133,30 +134,24 @@ def _relative_index_table(grid: int) -> Int[Tensor, "agent cell"]:
     return dr * (2 * grid - 1) + dc
 
 
-_NEXT_CELL_T = torch.from_numpy(NEXT_CELL.copy())
-
 #: Path distances at or above this share one bucket (a 7x7 board's paths are rarely longer).
 MAX_PATH_BUCKET = 15
 
 
 def _layout_paths(layouts: Int[Tensor, "n cells"]) -> Int[Tensor, "2 n colours cells"]:
     """Per layout, colour and agent cell: the shortest-path move bits and the path length
-    (see :func:`path_features`), from :func:`~irl_lens.envs.expert.distance_maps`."""
-    present = (layouts[:, None, :] == torch.arange(1, N_COLOURS + 1)[None, :, None]).any(-1)
-    valid = present.all(-1)
-    dist = torch.full((len(layouts), N_COLOURS, N_CELLS), UNREACHABLE, dtype=torch.int64)
+    (see :func:`path_features`), from the expert's :func:`~irl_lens.envs.expert.distance_maps`
+    and :func:`~irl_lens.envs.expert.shortest_moves`."""
+    boards = layouts.numpy().astype(np.uint8)
+    valid = (boards[:, None, :] == np.arange(1, N_COLOURS + 1)[:, None]).any(-1).all(-1)
+    dist = np.full((len(boards), N_COLOURS, N_CELLS), UNREACHABLE, dtype=np.int16)
     if valid.any():
-        maps = distance_maps(layouts[valid].numpy().astype("uint8"))
-        dist[valid] = torch.from_numpy(maps).to(torch.int64)
-    reach = dist[:, :, _NEXT_CELL_T]  # [n, colours, agent cell, 4]: after each move
-    best = reach.min(-1).values  # the path from the agent's cell is 1 + best
+        dist[valid] = distance_maps(boards[valid])
+    good, best = shortest_moves(dist[:, :, NEXT_CELL])  # [n, colours, agent cell, (4)]
     reachable = best < UNREACHABLE
-    good = (reach == best[..., None]) & reachable[..., None]
-    moves = (good.long() * torch.tensor([1, 2, 4, 8])).sum(-1)
-    steps = torch.where(
-        reachable, (best + 1).clamp(max=MAX_PATH_BUCKET), torch.tensor(MAX_PATH_BUCKET + 1)
-    )
-    return torch.stack([moves, steps])
+    moves = np.where(reachable, (good * np.array([1, 2, 4, 8])).sum(-1), 0)
+    steps = np.where(reachable, np.minimum(best + 1, MAX_PATH_BUCKET), MAX_PATH_BUCKET + 1)
+    return torch.from_numpy(np.stack([moves, steps]).astype(np.int64))
 
 
 class PathMemo:
