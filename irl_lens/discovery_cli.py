@@ -92,6 +92,12 @@ def discover(
         typer.Option(help="quick (CPU, 2000 steps), paper (Table A10, 64k steps), tiny."),
     ] = DiscoverPreset.quick,
     steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(
+            help="AdamW weight decay (default: the preset's, 0.03 as in Table A10).", min=0
+        ),
+    ] = None,
     task: Annotated[
         str, typer.Option(help="Task the cluster codes are steered through (post or pairs).")
     ] = "post",
@@ -129,7 +135,7 @@ def discover(
     cfg = disc.PRESETS[preset.value]
     over = {
         k: v
-        for k, v in (("steps", steps), ("alpha", alpha))
+        for k, v in (("steps", steps), ("alpha", alpha), ("weight_decay", weight_decay))
         if v is not None
     }  # fmt: skip
     if steps is not None:  # keep the KL schedule's shape: free and ramp steps scale along

@@ -158,7 +158,7 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
     main(["data", "gridworld", "--split", "clean", "--episodes", "100", "--out", str(data)])
     out = tmp_path / "mc"
     main(["discover", str(base_run), "--out", str(out), "--data", str(data), "--preset", "tiny",
-          "--episodes", "40", "--task", "0-1-2-3"])  # fmt: skip
+          "--episodes", "40", "--task", "0-1-2-3", "--weight-decay", "0.01"])  # fmt: skip
     text = capsys.readouterr().out
     assert "switch alignment" in text and "NMI" in text and "target cell R2" in text
     s = json.loads((out / "summary.json").read_text())
@@ -167,7 +167,8 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
         assert key in s
     for fig in ("switching_beta.html", "clusters.html", "steering.html"):
         assert (out / fig).stat().st_size > 1000
-    assert json.loads((out / "config.json").read_text())["metacontroller"]["rank"] == 16
+    config = json.loads((out / "config.json").read_text())
+    assert config["metacontroller"]["rank"] == 16 and config["train"]["weight_decay"] == 0.01
     capsys.readouterr()
     for bad in (["--layer", "9"], ["--rank", "0"], ["--rank", "999"], ["--rank", "low"]):
         with pytest.raises(SystemExit) as e:
