@@ -69,6 +69,19 @@ def segment_codes(
     return np.asarray(out_z, dtype=np.float64), np.asarray(out_g, dtype=np.int64)
 
 
+def segment_previous(subgoals: list[np.ndarray]) -> np.ndarray:
+    """The subgoal of the segment before each one (-1 for an episode's first), int[n].
+
+    Rows follow :func:`segment_codes` (same episodes, same segments)."""
+    out = []
+    for g in subgoals:
+        prev = -1
+        for t in _segment_ends(g):
+            out.append(prev)
+            prev = int(g[t])
+    return np.asarray(out, dtype=np.int64)
+
+
 def segment_target_cells(
     ds: TrajectoryDataset, episodes: np.ndarray, subgoals: list[np.ndarray]
 ) -> np.ndarray:
@@ -89,7 +102,11 @@ def segment_target_cells(
 
 
 def code_semantics(
-    z: np.ndarray, truth: np.ndarray, target_cells: np.ndarray | None = None, seed: int = 0
+    z: np.ndarray,
+    truth: np.ndarray,
+    target_cells: np.ndarray | None = None,
+    seed: int = 0,
+    previous: np.ndarray | None = None,
 ) -> dict[str, float]:
     """What a segment's code is linearly predictive of, by 5-fold cross-validation.
 
@@ -99,6 +116,14 @@ def code_semantics(
     :func:`segment_target_cells`). A code that means "go to colour k" scores high on the
     first; one that means "go to that cell", whatever its colour, on the second and near
     chance on the first.
+
+    ``previous_accuracy`` (with ``previous``, :func:`segment_previous`): among the codes of
+    one subgoal, a probe to the subgoal that came before it (or "none": the episode's
+    first), averaged over subgoals by their segment counts, next to ``previous_chance``.
+    An *absolute* "go to subgoal k" code is the same whatever came before (near chance); a
+    code read *relative to the history* ("the other of the two subgoals the history
+    allows") differs by predecessor (near 1), and cannot name a subgoal after a
+    predecessor it never followed in training.
     """
     from sklearn.linear_model import LinearRegression, LogisticRegression
     from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
@@ -115,7 +140,36 @@ def code_semantics(
         out["target_cell_r2"] = float(
             cross_val_score(LinearRegression(), z, target_cells, cv=cv, scoring="r2").mean()
         )
+    if previous is not None:
+        out |= _previous_readout(z, truth, previous, seed)
     return out
+
+
+def _previous_readout(
+    z: np.ndarray, truth: np.ndarray, previous: np.ndarray, seed: int
+) -> dict[str, float]:
+    """``previous_accuracy`` / ``previous_chance`` of :func:`code_semantics`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    if len(previous) != len(truth):
+        raise ValueError(f"previous has {len(previous)} rows, truth {len(truth)}")
+    acc = chance = weight = 0.0
+    for g in np.unique(truth):
+        sel = truth == g
+        vals, counts = np.unique(previous[sel], return_counts=True)
+        folds = min(5, int(counts.min()))
+        if len(vals) < 2 or folds < 2:
+            continue  # one predecessor only (or too few): nothing to tell apart
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        probe = LogisticRegression(max_iter=2000)
+        n = float(sel.sum())
+        acc += n * float(cross_val_score(probe, z[sel], previous[sel], cv=cv).mean())
+        chance += n * float(counts.max() / counts.sum())
+        weight += n
+    if weight == 0:
+        return {"previous_accuracy": float("nan"), "previous_chance": float("nan")}
+    return {"previous_accuracy": acc / weight, "previous_chance": chance / weight}
 
 
 def cluster_codes(z: np.ndarray, truth: np.ndarray, seed: int = 0) -> ClusterResult:

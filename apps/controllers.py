@@ -244,7 +244,7 @@ def page_controllers(found: list[dict]) -> None:
     run, analysis = got
     cl = clustering.ClusterResult(**analysis["clustering"])
     st.plotly_chart(clustering.cluster_figure(cl), key="cl_fig")
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns(5)
     c1.metric("NMI", f"{cl.nmi:.2f}")
     c2.metric("ARI", f"{cl.ari:.2f}")
     summary = run.get("summary") or {}
@@ -254,6 +254,11 @@ def page_controllers(found: list[dict]) -> None:
     if "clustering/target_cell_r2" in summary:
         c4.metric("code -> target cell R2", f"{summary['clustering/target_cell_r2']:.2f}",
                   help="high: the code means 'go to that cell', not 'go to colour k'")  # fmt: skip
+    if "clustering/previous_accuracy" in summary:
+        c5.metric("code -> previous subgoal", f"{summary['clustering/previous_accuracy']:.2f}",
+                  help=f"chance {summary['clustering/previous_chance']:.2f}; high: the code is "
+                  "read relative to the history and cannot name a subgoal after a predecessor "
+                  "it never followed")  # fmt: skip
     if "steering" not in analysis:  # analysed before the env had a rollout engine
         st.info("No steering in this analysis; re-run `irl-lens discover ... --analyse-only`.")
         return

@@ -191,7 +191,9 @@ def analyse(
     cl = clustering.cluster_codes(z, truth, seed=seed)
     clustering.cluster_figure(cl).write_html(out / "clusters.html")
     cells = clustering.segment_target_cells(ds, held, subgoals) if "layout" in ds.arrays else None
-    semantics = clustering.code_semantics(z, truth, cells, seed=seed)
+    semantics = clustering.code_semantics(
+        z, truth, cells, seed=seed, previous=clustering.segment_previous(subgoals)
+    )
     analysis = {"switching": dataclasses.asdict(sw), "clustering": dataclasses.asdict(cl)}
     summary = (
         switching.summary(sw)
@@ -233,7 +235,8 @@ def _print_summary(out: Path, s: dict[str, float]) -> None:
     print(
         f"  what a code predicts         subgoal {g('clustering/subgoal_accuracy')} "
         f"(chance {g('clustering/subgoal_chance')}), target cell R2 "
-        f"{g('clustering/target_cell_r2')}"
+        f"{g('clustering/target_cell_r2')}, the subgoal before it "
+        f"{g('clustering/previous_accuracy')} (chance {g('clustering/previous_chance')})"
     )
     print(
         f"  steering (one-subgoal tasks) {g('steering/mean_steered')} "

@@ -352,7 +352,9 @@ def _switch_and_code_claims(summary: dict) -> list[Claim]:
         f"NMI {_fmt(nmi)}; steering {_fmt(steered)} vs uncontrolled {_fmt(free)}; a code "
         f"predicts the subgoal {_fmt(g('mc:clustering/subgoal_accuracy'))} (chance "
         f"{_fmt(g('mc:clustering/subgoal_chance'))}) and its target cell R2 "
-        f"{_fmt(g('mc:clustering/target_cell_r2'))}",
+        f"{_fmt(g('mc:clustering/target_cell_r2'))}; the subgoal before it "
+        f"{_fmt(g('mc:clustering/previous_accuracy'))} (chance "
+        f"{_fmt(g('mc:clustering/previous_chance'))})",
         _verdict(nmi >= 0.8 if _known(nmi) else None,
                  steered >= free + 0.1 if _known(steered, free) else None),
         "mc-full/clusters.html"))  # fmt: skip

@@ -130,6 +130,8 @@ def test_a_missing_result_gives_the_command_that_makes_it(tmp_path):
 def test_controllers_page_shows_what_the_codes_predict(runs_root):
     at = _app(runs_root, "Controllers")
     metrics = {m.label: m.value for m in at.metric}
-    assert {"NMI", "code -> subgoal (linear)", "code -> target cell R2"} <= set(metrics)
+    assert {"NMI", "code -> subgoal (linear)", "code -> target cell R2",
+            "code -> previous subgoal"} <= set(metrics)  # fmt: skip
     summary = json.loads((runs_root / "q" / "mc" / "summary.json").read_text())
     assert metrics["code -> target cell R2"] == f"{summary['clustering/target_cell_r2']:.2f}"
+    assert metrics["code -> previous subgoal"] == f"{summary['clustering/previous_accuracy']:.2f}"

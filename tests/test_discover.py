@@ -151,6 +151,27 @@ def test_code_semantics_tells_colour_codes_from_cell_codes(clean_ds):
     assert sem["target_cell_r2"] > 0.95 and sem["subgoal_accuracy"] < sem["subgoal_chance"] + 0.15
 
 
+def test_code_semantics_tells_absolute_codes_from_history_relative_ones(clean_ds):
+    subgoals = [clean_ds.arrays["subgoal"][o : o + n]
+                for o, n in zip(clean_ds.offsets[:-1], clean_ds.lengths, strict=True)]  # fmt: skip
+    _, truth = clustering.segment_codes([np.zeros((len(g), 2)) for g in subgoals], subgoals)
+    prev = clustering.segment_previous(subgoals)
+    assert len(prev) == len(truth)
+    # by hand: an episode starts with "none", then each segment's predecessor is the last one
+    first = np.flatnonzero(np.append(True, subgoals[0][1:] != subgoals[0][:-1]))
+    n0 = len(first)
+    assert prev[0] == -1 and list(prev[1:n0]) == [int(subgoals[0][t]) for t in first[:-1]]
+    rng = np.random.default_rng(0)
+    absolute = np.eye(4)[truth] * 3 + rng.normal(size=(len(truth), 4)) * 0.1
+    sem = clustering.code_semantics(absolute, truth, previous=prev)
+    assert sem["previous_accuracy"] < sem["previous_chance"] + 0.1
+    # "which of the options the history leaves": the code also moves with the predecessor
+    relative = np.concatenate([absolute, np.eye(5)[prev + 1] * 3], axis=1)
+    relative += rng.normal(size=relative.shape) * 0.1
+    sem = clustering.code_semantics(relative, truth, previous=prev)
+    assert sem["previous_accuracy"] > 0.95 and sem["subgoal_accuracy"] > 0.95
+
+
 def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
     from irl_lens.cli import main
 
