@@ -157,6 +157,14 @@ def controllers(
             metavar="N|full",
         ),
     ] = None,
+    hypernetwork: Annotated[
+        bool,
+        typer.Option(
+            help="C.3's exact form: each subgoal's controller is the one-hot code onehot(k) "
+            "fed to a hypernetwork decoder shaped like the metacontroller's (n_z 8, hidden 32, "
+            "same rank), trained the same way. Default: one matrix pair per subgoal."
+        ),
+    ] = False,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default RUN/controllers).")
     ] = None,
@@ -232,7 +240,9 @@ def controllers(
     else:
         cfg = train_ctl.PRESETS[preset.value]
         over = {"steps": steps} if steps is not None else {}
-        cfg = dataclasses.replace(cfg, **over, seed=seed, rank=rank_value)
+        cfg = dataclasses.replace(
+            cfg, **over, seed=seed, rank=rank_value, hypernetwork=hypernetwork
+        )
         ds, data_path = clean_dataset(data, data_episodes, seed, env=env_name)
         trained = train_ctl.train_supervised_controllers(
             run, ds, out, layer_list, cfg, data_path=data_path, checkpoint=checkpoint,

@@ -186,6 +186,14 @@ def test_controllers_cli(base_run, clean_ds, tmp_path, capsys):
             main(["controllers", str(base_run), *bad])
         assert exc.value.code == 2
     assert load_base_model(base_run).cfg.n_layers == 2
+    # C.3's exact form: one-hot codes through a hypernetwork decoder; saved, loaded, evaluated
+    hyper = tmp_path / "ctl-hyper"
+    main(args[:-2] + ["--out", str(hyper), "--hypernetwork"])
+    saved = json.loads((hyper / "config.json").read_text())["controller"]
+    assert saved["hypernetwork"] is True and saved["rank"] == 16 and saved["n_z"] == 8
+    _, banks, _ = load_controllers(hyper)
+    assert banks[1].cfg.hypernetwork and hasattr(banks[1], "dec_A")
+    assert "controllers/success_layer_1" in json.loads((hyper / "summary.json").read_text())
 
 
 def test_controllers_of_an_earlier_checkpoint(clean_ds, tmp_path, capsys):

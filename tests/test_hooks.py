@@ -98,6 +98,65 @@ def test_controller_equals_explicit_matmul(rank):
             torch.testing.assert_close(out[b, p], expected, rtol=1e-5, atol=1e-6)
     # a per-row index and a single int pick the same controllers
     torch.testing.assert_close(bank(e, torch.tensor([1, 1])), bank(e, 1))
+
+
+def _random_hyper_bank(d: int, k: int, rank: int | None) -> ControllerBank:
+    cfg = ControllerConfig(d, k, rank=rank, hypernetwork=True, n_z=5, d_dec=3)
+    bank = build_controller_bank(cfg, seed=0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # B (or U) starts at zero: randomise so that U is not trivial
+        for p in bank.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return bank
+
+
+@pytest.mark.parametrize("rank", [2, None])
+def test_hypernetwork_controller_equals_explicit_matmul(rank):
+    # controller k = onehot(k) through [gelu(W z + b), 1], then U linear in that vector
+    d, k = 6, 3
+    bank = _random_hyper_bank(d, k, rank)
+    W, b = bank.dec.weight.detach(), bank.dec.bias.detach()
+    full = torch.zeros(k, d, d)
+    for c in range(k):
+        z = torch.zeros(5)
+        z[c] = 1.0
+        h = W @ z + b
+        g = [float(0.5 * v * (1 + torch.erf(v / 2**0.5))) for v in h] + [1.0]  # exact GELU
+        if rank is None:
+            full[c] = sum(g[j] * bank.dec_U[j].detach() for j in range(len(g)))
+        else:
+            A = sum(g[j] * bank.dec_A[j].detach() for j in range(len(g)))
+            B = sum(g[j] * bank.dec_B[j].detach() for j in range(len(g)))
+            for i in range(d):
+                for jj in range(d):
+                    full[c, i, jj] = sum(B[i, r] * A[r, jj] for r in range(rank))
+    torch.testing.assert_close(bank.matrices().detach(), full, rtol=1e-5, atol=1e-6)
+    e = torch.randn(2, 4, d)
+    index = torch.tensor([[0, 1, 2, -1], [2, 2, 0, 1]])
+    out = bank(e, index).detach()
+    for bi in range(2):
+        for p in range(4):
+            c = int(index[bi, p])
+            expected = e[bi, p] if c < 0 else _explicit(e[bi, p], full[c])
+            torch.testing.assert_close(out[bi, p], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_hypernetwork_controller_is_the_metacontroller_decoder_on_one_hot_codes():
+    from irl_lens.models.metacontroller import MetacontrollerConfig, build_metacontroller
+
+    d, k = 8, 4
+    bank = _random_hyper_bank(d, k, 2)
+    mc = build_metacontroller(MetacontrollerConfig(d_model=d, n_z=5, d_dec=3, rank=2))
+    with torch.no_grad():
+        for name in ("dec.weight", "dec.bias", "dec_A", "dec_B"):
+            mc.get_parameter(name).copy_(bank.get_parameter(name))
+    e = torch.randn(3, 4, d)
+    for c in range(k):
+        z = torch.zeros(3, 4, 5)
+        z[..., c] = 1.0
+        torch.testing.assert_close(bank(e, c), mc.apply_code(e, z), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="n_z"):
+        ControllerConfig(d, 6, rank=2, hypernetwork=True, n_z=5)
     torch.testing.assert_close(bank(e, -1), e)
 
 

@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
@@ -48,6 +49,21 @@ def apply_full(
     return e + torch.einsum("...ij,...j->...i", U, e)
 
 
+def hyper_hidden(dec: nn.Linear, z: Float[Tensor, "*lead n_z"]) -> Float[Tensor, "*lead j"]:
+    """``[gelu(W z + b), 1]``: the vector a hypernetwork decoder's ``U(z)`` is linear in."""
+    g = F.gelu(dec(z))
+    return torch.cat([g, torch.ones_like(g[..., :1])], dim=-1)
+
+
+def hyper_factors(
+    g: Float[Tensor, "*lead j"],
+    A: Float[Tensor, "j rank d_model"],
+    B: Float[Tensor, "j d_model rank"],
+) -> tuple[Float[Tensor, "*lead rank d_model"], Float[Tensor, "*lead d_model rank"]]:
+    """``(A(z), B(z))`` of a low-rank hypernetwork decoder: ``sum_j g_j A_j``, ``sum_j g_j B_j``."""
+    return torch.einsum("...j,jrd->...rd", g, A), torch.einsum("...j,jdr->...dr", g, B)
+
+
 @dataclass
 class ControllerConfig(DictConfig):
     """Shape of a :class:`ControllerBank`."""
@@ -62,6 +78,14 @@ class ControllerConfig(DictConfig):
     """Std of ``A``'s initial entries (default ``1/sqrt(d_model)``). ``B`` (or the full
     ``U``) starts at zero, so a fresh controller is the identity map and the controlled
     model starts out as the base model."""
+    hypernetwork: bool = False
+    """Appendix C.3's exact form: controller ``k`` is the code ``z = onehot(k)`` (``n_z``
+    floats) fed to a hypernetwork decoder shaped like the metacontroller's
+    (:func:`hyper_hidden`, then ``U(z)`` linear in it), instead of its own matrices."""
+    n_z: int = 8
+    """Hypernetwork only: code size (metacontroller default; needs ``n_controllers <= n_z``)."""
+    d_dec: int = 32
+    """Hypernetwork only: decoder hidden width (metacontroller default)."""
 
     def __post_init__(self) -> None:
         if self.d_model < 1:
@@ -75,6 +99,13 @@ class ControllerConfig(DictConfig):
             )
         if self.init_std is not None and self.init_std < 0:
             raise ValueError(f"ControllerConfig.init_std={self.init_std!r} must be >= 0")
+        if self.hypernetwork and not self.n_controllers <= self.n_z:
+            raise ValueError(
+                f"ControllerConfig.n_z={self.n_z!r}: a hypernetwork bank needs n_z >= "
+                f"n_controllers ({self.n_controllers}), one one-hot code each"
+            )
+        if self.hypernetwork and self.d_dec < 1:
+            raise ValueError(f"ControllerConfig.d_dec={self.d_dec!r} must be >= 1")
 
 
 class ControllerBank(HookedRootModule):
@@ -90,7 +121,17 @@ class ControllerBank(HookedRootModule):
         super().__init__()
         self.cfg = cfg
         k, d = cfg.n_controllers, cfg.d_model
-        if cfg.rank is None:
+        if cfg.hypernetwork:  # the metacontroller decoder's shape and initialisation
+            self.dec = nn.Linear(cfg.n_z, cfg.d_dec)
+            j = cfg.d_dec + 1
+            self.register_buffer("codes", torch.eye(k, cfg.n_z), persistent=False)
+            if cfg.rank is None:
+                self.dec_U = nn.Parameter(torch.zeros(j, d, d))
+            else:
+                r = cfg.rank
+                self.dec_A = nn.Parameter(torch.randn(j, r, d) * (d**-0.5) * (j**-0.5))
+                self.dec_B = nn.Parameter(torch.zeros(j, d, r))
+        elif cfg.rank is None:
             self.U = nn.Parameter(torch.zeros(k, d, d))  # [n_controllers, d_model, d_model]
         else:
             std = cfg.init_std if cfg.init_std is not None else d**-0.5
@@ -104,17 +145,32 @@ class ControllerBank(HookedRootModule):
     def n_controllers(self) -> int:
         return self.cfg.n_controllers
 
+    def factors(self) -> tuple[Tensor, ...]:
+        """``(U,)`` (full) or ``(A, B)`` (low rank) of every controller, ``[n_controllers, ...]``;
+        a hypernetwork bank decodes them from its one-hot codes."""
+        if not self.cfg.hypernetwork:
+            return (self.U,) if self.cfg.rank is None else (self.A, self.B)
+        g = hyper_hidden(self.dec, self.codes)  # [n_controllers, j]
+        if self.cfg.rank is None:
+            return (torch.einsum("kj,jab->kab", g, self.dec_U),)
+        return hyper_factors(g, self.dec_A, self.dec_B)
+
     def matrices(self) -> Float[Tensor, "n_controllers d_model d_model"]:
         """The full ``U_k`` of every controller (``B_k A_k`` for low rank)."""
-        return self.U if self.cfg.rank is None else self.B @ self.A
+        f = self.factors()
+        return f[0] if len(f) == 1 else f[1] @ f[0]
 
     def delta(
-        self, e: Float[Tensor, "batch pos d_model"], k: int
+        self,
+        e: Float[Tensor, "batch pos d_model"],
+        k: int,
+        factors: tuple[Tensor, ...] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        """``U_k e`` for one controller ``k``."""
-        if self.cfg.rank is None:
-            return e @ self.U[k].T
-        return (e @ self.A[k].T) @ self.B[k].T
+        """``U_k e`` for one controller ``k`` (``factors``: :meth:`factors`, if already built)."""
+        f = self.factors() if factors is None else factors
+        if len(f) == 1:
+            return e @ f[0][k].T
+        return (e @ f[0][k].T) @ f[1][k].T
 
     def forward(
         self,
@@ -147,9 +203,10 @@ class ControllerBank(HookedRootModule):
             # One small matmul per controller over all positions, then pick per position:
             # K is tiny (4 subgoals), and this avoids gathering a [batch, pos, d, r] tensor.
             delta = torch.zeros_like(e)
+            factors = self.factors()
             for k in range(self.n_controllers):
                 sel = (idx == k).unsqueeze(-1)  # [batch, pos, 1]
-                delta = torch.where(sel, self.delta(e, k), delta)
+                delta = torch.where(sel, self.delta(e, k, factors), delta)
         delta = self.hook_delta(delta)  # [batch, pos, d_model]
         return self.hook_controller_out(e + delta)  # [batch, pos, d_model]
 

@@ -47,6 +47,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from irl_lens.models.common import DictConfig, build_seeded
+from irl_lens.models.controller import hyper_factors, hyper_hidden
 from irl_lens.models.ssm import RGLRU
 
 SWITCHES = ("sigmoid", "gumbel")
@@ -198,8 +199,7 @@ class Metacontroller(HookedRootModule):
 
     def decoder_hidden(self, z: Float[Tensor, "*lead n_z"]) -> Float[Tensor, "*lead j"]:
         """``[g(z), 1]``: the vector ``U`` is linear in."""
-        g = F.gelu(self.dec(z))
-        return torch.cat([g, torch.ones_like(g[..., :1])], dim=-1)
+        return hyper_hidden(self.dec, z)
 
     def delta(
         self, e: Float[Tensor, "*lead d_model"], z: Float[Tensor, "*lead n_z"]
@@ -219,8 +219,7 @@ class Metacontroller(HookedRootModule):
         g = self.decoder_hidden(z)
         if self.cfg.rank is None:
             return torch.einsum("...j,jab->...ab", g, self.dec_U)
-        A = torch.einsum("...j,jrd->...rd", g, self.dec_A)
-        B = torch.einsum("...j,jdr->...dr", g, self.dec_B)
+        A, B = hyper_factors(g, self.dec_A, self.dec_B)
         return B @ A
 
     def apply_code(

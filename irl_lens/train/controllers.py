@@ -52,6 +52,9 @@ class ControllerTrainConfig:
 
     rank: int | None = 16
     """Rank of each ``U_g = B A``; ``None`` for full ``[d_model, d_model]`` matrices."""
+    hypernetwork: bool = False
+    """``U_g`` decoded from ``onehot(g)`` by a metacontroller-shaped hypernetwork
+    (:attr:`~irl_lens.models.controller.ControllerConfig.hypernetwork`)."""
     steps: int = 3200
     """AdamW steps per layer (paper: 3200)."""
     lr: float = 1e-3
@@ -139,6 +142,13 @@ class LayerResult:
     seconds: float
 
 
+def bank_config(model: ActionModel, cfg: ControllerTrainConfig) -> ControllerConfig:
+    """The :class:`ControllerConfig` of one layer's bank: one controller per subgoal."""
+    return ControllerConfig(
+        model.cfg.d_model, N_SUBGOALS, rank=cfg.rank, hypernetwork=cfg.hypernetwork
+    )
+
+
 def train_layer(
     model: ActionModel,
     ds: TrajectoryDataset,
@@ -153,9 +163,7 @@ def train_layer(
     """Train one controller per subgoal at ``layer`` with the base model frozen."""
     layer = check_layer(layer, model.cfg.n_layers)
     device = next(model.parameters()).device
-    bank = build_controller_bank(
-        ControllerConfig(model.cfg.d_model, N_SUBGOALS, rank=cfg.rank), seed=cfg.seed + layer
-    ).to(device)
+    bank = build_controller_bank(bank_config(model, cfg), seed=cfg.seed + layer).to(device)
     opt = torch.optim.AdamW(bank.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_ds = ds.subset(train_episodes)
     stream = iterate_batches(train_ds, cfg.tokens_per_batch, seed=cfg.seed)
@@ -259,7 +267,7 @@ def train_supervised_controllers(
             "data": data_path,
             "layers": layers,
             "train": dataclasses.asdict(cfg),
-            "controller": ControllerConfig(model.cfg.d_model, N_SUBGOALS, rank=cfg.rank).to_dict(),
+            "controller": bank_config(model, cfg).to_dict(),
         },
     )
     results = []
