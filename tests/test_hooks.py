@@ -46,6 +46,16 @@ def _explicit(e: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _assert_positions_explicit(bank, e, index, full, atol: float) -> None:
+    """``bank(e, index)`` position by position against :func:`_explicit` with ``full[k]``."""
+    out = bank(e, index).detach()
+    for b in range(e.shape[0]):
+        for p in range(e.shape[1]):
+            c = int(index[b, p])
+            expected = e[b, p] if c < 0 else _explicit(e[b, p], full[c])
+            torch.testing.assert_close(out[b, p], expected, rtol=1e-5, atol=atol)
+
+
 def test_resid_hook_names():
     assert resid_hook_name(0, 4) == "blocks.0.hook_resid_pre"
     assert resid_hook_name(3, 4) == "blocks.3.hook_resid_pre"
@@ -90,12 +100,7 @@ def test_controller_equals_explicit_matmul(rank):
     torch.testing.assert_close(bank.matrices().detach(), full)
     e = torch.randn(2, 5, d)
     index = torch.tensor([[0, 1, 2, -1, 1], [2, 2, 0, 0, -1]])
-    out = bank(e, index).detach()
-    for b in range(2):
-        for p in range(5):
-            c = int(index[b, p])
-            expected = e[b, p] if c < 0 else _explicit(e[b, p], full[c])
-            torch.testing.assert_close(out[b, p], expected, rtol=1e-5, atol=1e-6)
+    _assert_positions_explicit(bank, e, index, full, atol=1e-6)
     # a per-row index and a single int pick the same controllers
     torch.testing.assert_close(bank(e, torch.tensor([1, 1])), bank(e, 1))
 
@@ -133,12 +138,7 @@ def test_hypernetwork_controller_equals_explicit_matmul(rank):
     torch.testing.assert_close(bank.matrices().detach(), full, rtol=1e-5, atol=1e-6)
     e = torch.randn(2, 4, d)
     index = torch.tensor([[0, 1, 2, -1], [2, 2, 0, 1]])
-    out = bank(e, index).detach()
-    for bi in range(2):
-        for p in range(4):
-            c = int(index[bi, p])
-            expected = e[bi, p] if c < 0 else _explicit(e[bi, p], full[c])
-            torch.testing.assert_close(out[bi, p], expected, rtol=1e-5, atol=1e-5)
+    _assert_positions_explicit(bank, e, index, full, atol=1e-5)
 
 
 def test_hypernetwork_controller_is_the_metacontroller_decoder_on_one_hot_codes():

@@ -55,6 +55,28 @@ def hyper_hidden(dec: nn.Linear, z: Float[Tensor, "*lead n_z"]) -> Float[Tensor,
     return torch.cat([g, torch.ones_like(g[..., :1])], dim=-1)
 
 
+def init_hyper_decoder(
+    module: nn.Module, n_z: int, d_dec: int, d_model: int, rank: int | None
+) -> None:
+    """Give ``module`` a hypernetwork decoder: ``dec`` (``n_z -> d_dec``), then ``dec_U``
+    (full) or ``dec_A``/``dec_B`` (rank ``rank``) over ``j = d_dec + 1`` basis matrices.
+    ``B`` (or ``U``) starts at zero, so a fresh decoder writes nothing."""
+    module.dec = nn.Linear(n_z, d_dec)
+    j, d = d_dec + 1, d_model
+    if rank is None:
+        module.dec_U = nn.Parameter(torch.zeros(j, d, d))
+    else:
+        module.dec_A = nn.Parameter(torch.randn(j, rank, d) * (d**-0.5) * (j**-0.5))
+        module.dec_B = nn.Parameter(torch.zeros(j, d, rank))
+
+
+def hyper_full(
+    g: Float[Tensor, "*lead j"], U: Float[Tensor, "j d_model d_model"]
+) -> Float[Tensor, "*lead d_model d_model"]:
+    """``U(z) = sum_j g_j U_j`` of a full-matrix hypernetwork decoder."""
+    return torch.einsum("...j,jab->...ab", g, U)
+
+
 def hyper_factors(
     g: Float[Tensor, "*lead j"],
     A: Float[Tensor, "j rank d_model"],
@@ -122,15 +144,8 @@ class ControllerBank(HookedRootModule):
         self.cfg = cfg
         k, d = cfg.n_controllers, cfg.d_model
         if cfg.hypernetwork:  # the metacontroller decoder's shape and initialisation
-            self.dec = nn.Linear(cfg.n_z, cfg.d_dec)
-            j = cfg.d_dec + 1
+            init_hyper_decoder(self, cfg.n_z, cfg.d_dec, d, cfg.rank)
             self.register_buffer("codes", torch.eye(k, cfg.n_z), persistent=False)
-            if cfg.rank is None:
-                self.dec_U = nn.Parameter(torch.zeros(j, d, d))
-            else:
-                r = cfg.rank
-                self.dec_A = nn.Parameter(torch.randn(j, r, d) * (d**-0.5) * (j**-0.5))
-                self.dec_B = nn.Parameter(torch.zeros(j, d, r))
         elif cfg.rank is None:
             self.U = nn.Parameter(torch.zeros(k, d, d))  # [n_controllers, d_model, d_model]
         else:
@@ -152,7 +167,7 @@ class ControllerBank(HookedRootModule):
             return (self.U,) if self.cfg.rank is None else (self.A, self.B)
         g = hyper_hidden(self.dec, self.codes)  # [n_controllers, j]
         if self.cfg.rank is None:
-            return (torch.einsum("kj,jab->kab", g, self.dec_U),)
+            return (hyper_full(g, self.dec_U),)
         return hyper_factors(g, self.dec_A, self.dec_B)
 
     def matrices(self) -> Float[Tensor, "n_controllers d_model d_model"]:

@@ -47,7 +47,12 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from irl_lens.models.common import DictConfig, build_seeded
-from irl_lens.models.controller import hyper_factors, hyper_hidden
+from irl_lens.models.controller import (
+    hyper_factors,
+    hyper_full,
+    hyper_hidden,
+    init_hyper_decoder,
+)
 from irl_lens.models.ssm import RGLRU
 
 SWITCHES = ("sigmoid", "gumbel")
@@ -155,14 +160,7 @@ class Metacontroller(HookedRootModule):
         self.switch_out = nn.Linear(cfg.d_enc, 1)
         nn.init.constant_(self.switch_out.bias, cfg.switch_bias_init)
         # hypernetwork decoder: g = gelu(W z + b), then U linear in [g, 1]
-        self.dec = nn.Linear(nz, cfg.d_dec)
-        j = cfg.d_dec + 1
-        if cfg.rank is None:
-            self.dec_U = nn.Parameter(torch.zeros(j, d, d))
-        else:
-            r = cfg.rank
-            self.dec_A = nn.Parameter(torch.randn(j, r, d) * (d**-0.5) * (j**-0.5))
-            self.dec_B = nn.Parameter(torch.zeros(j, d, r))
+        init_hyper_decoder(self, nz, cfg.d_dec, d, cfg.rank)
         for name in (
             "seq_embedding",
             "history",
@@ -218,7 +216,7 @@ class Metacontroller(HookedRootModule):
         """``U(z)`` built explicitly (for analyses and tests; training never builds it)."""
         g = self.decoder_hidden(z)
         if self.cfg.rank is None:
-            return torch.einsum("...j,jab->...ab", g, self.dec_U)
+            return hyper_full(g, self.dec_U)
         A, B = hyper_factors(g, self.dec_A, self.dec_B)
         return B @ A
 
