@@ -92,6 +92,28 @@ def discover(
         typer.Option(help="quick (CPU, 2000 steps), paper (Table A10, 64k steps), tiny."),
     ] = DiscoverPreset.quick,
     steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
+    tokens_per_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Padded steps per training batch (default: the preset's; quick 4096).", min=64
+        ),
+    ] = None,
+    kl_free_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Steps with KL weight 0 at the start (default: the preset's, scaled with "
+            "--steps; quick 200 of 2000).",
+            min=0,
+        ),
+    ] = None,
+    kl_warmup_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Steps of the linear ramp of the KL weight from 0 to --alpha after the free "
+            "steps (default: the preset's, scaled with --steps; quick 600 of 2000).",
+            min=0,
+        ),
+    ] = None,
     weight_decay: Annotated[
         float | None,
         typer.Option(
@@ -135,13 +157,20 @@ def discover(
     cfg = disc.PRESETS[preset.value]
     over = {
         k: v
-        for k, v in (("steps", steps), ("alpha", alpha), ("weight_decay", weight_decay))
+        for k, v in (
+            ("steps", steps), ("alpha", alpha), ("weight_decay", weight_decay),
+            ("tokens_per_batch", tokens_per_batch),
+        )
         if v is not None
     }  # fmt: skip
     if steps is not None:  # keep the KL schedule's shape: free and ramp steps scale along
         frac = steps / cfg.steps
         over["kl_free_steps"] = round(cfg.kl_free_steps * frac)
         over["kl_warmup_steps"] = round(cfg.kl_warmup_steps * frac)
+    if kl_free_steps is not None:
+        over["kl_free_steps"] = kl_free_steps
+    if kl_warmup_steps is not None:
+        over["kl_warmup_steps"] = kl_warmup_steps
     cfg = dataclasses.replace(
         cfg, **over, variant=variant.value, seed=seed,
         cotrain_from_pretrained=cotrain_from_pretrained,
@@ -284,6 +313,18 @@ def rate_distortion(
         DiscoverPreset.quick
     ),
     steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
+    tokens_per_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Padded steps per training batch of every run (default: preset's).", min=64
+        ),
+    ] = None,
+    kl_free_steps: Annotated[
+        int | None, typer.Option(help="KL-free start of every run (see discover).", min=0)
+    ] = None,
+    kl_warmup_steps: Annotated[
+        int | None, typer.Option(help="KL ramp of every run (see discover).", min=0)
+    ] = None,
     layer: Annotated[
         int | None, typer.Option(help="Residual layer of every run (default L/2).", min=0)
     ] = None,
@@ -339,6 +380,12 @@ def rate_distortion(
         extra += ["--data", str(data)]
     if steps is not None:
         extra += ["--steps", str(steps)]
+    if tokens_per_batch is not None:
+        extra += ["--tokens-per-batch", str(tokens_per_batch)]
+    if kl_free_steps is not None:
+        extra += ["--kl-free-steps", str(kl_free_steps)]
+    if kl_warmup_steps is not None:
+        extra += ["--kl-warmup-steps", str(kl_warmup_steps)]
     if rank is not None:
         extra += ["--rank", rank]
     jobs = rate_distortion_jobs(run, out, alpha_list, seeds, variant_list, extra)

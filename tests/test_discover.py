@@ -179,7 +179,9 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
     main(["data", "gridworld", "--split", "clean", "--episodes", "100", "--out", str(data)])
     out = tmp_path / "mc"
     main(["discover", str(base_run), "--out", str(out), "--data", str(data), "--preset", "tiny",
-          "--episodes", "40", "--task", "0-1-2-3", "--weight-decay", "0.01"])  # fmt: skip
+          "--episodes", "40", "--task", "0-1-2-3", "--weight-decay", "0.01",
+          "--tokens-per-batch", "512", "--kl-free-steps", "3",
+          "--kl-warmup-steps", "4"])  # fmt: skip
     text = capsys.readouterr().out
     assert "switch alignment" in text and "NMI" in text and "target cell R2" in text
     s = json.loads((out / "summary.json").read_text())
@@ -190,6 +192,9 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
         assert (out / fig).stat().st_size > 1000
     config = json.loads((out / "config.json").read_text())
     assert config["metacontroller"]["rank"] == 16 and config["train"]["weight_decay"] == 0.01
+    train = config["train"]
+    assert (train["tokens_per_batch"], train["kl_free_steps"], train["kl_warmup_steps"]) == (
+        512, 3, 4)  # fmt: skip
     capsys.readouterr()
     for bad in (["--layer", "9"], ["--rank", "0"], ["--rank", "999"], ["--rank", "low"]):
         with pytest.raises(SystemExit) as e:
@@ -234,7 +239,8 @@ def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_ru
     args = ["sweep", "rate-distortion", str(base_run), "--out", str(tmp_path / "rd"),
             "--alphas", "0,0.5", "--seeds", "1", "--variants", "full", "--preset", "tiny",
             "--data", str(data), "--episodes", "16", "--workers", "2",
-            "--switch", "gumbel", "--layer", "1", "--rank", "full"]  # fmt: skip
+            "--switch", "gumbel", "--layer", "1", "--rank", "full", "--tokens-per-batch", "512",
+            "--kl-free-steps", "2", "--kl-warmup-steps", "5"]  # fmt: skip
     main(args)
     text = capsys.readouterr().out
     assert "full" in text and "FAILED" not in text and "per alpha: median over seeds" in text
@@ -244,6 +250,8 @@ def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_ru
     cfg = json.loads((tmp_path / "rd" / "full-a0.5-s0" / "config.json").read_text())
     assert cfg["metacontroller"]["switch"] == "gumbel" and cfg["layer"] == 1
     assert cfg["metacontroller"]["rank"] is None  # --rank full reached every run
+    assert (cfg["train"]["tokens_per_batch"], cfg["train"]["kl_free_steps"],
+            cfg["train"]["kl_warmup_steps"]) == (512, 2, 5)  # fmt: skip
     assert (tmp_path / "rd" / "rate_distortion.html").stat().st_size > 1000
     stamp = (tmp_path / "rd" / "full-a0.5-s0" / "summary.json").stat().st_mtime
     main(args)  # again: both runs are skipped
