@@ -374,20 +374,10 @@ def rate_distortion(
     if bad:
         raise ValueError(f"--variants: unknown {bad}; allowed: full, beta1, cotrain")
     extra = ["--preset", preset.value, "--episodes", str(episodes), "--switch", switch.value]
-    if layer is not None:
-        extra += ["--layer", str(layer)]
-    if data is not None:
-        extra += ["--data", str(data)]
-    if steps is not None:
-        extra += ["--steps", str(steps)]
-    if tokens_per_batch is not None:
-        extra += ["--tokens-per-batch", str(tokens_per_batch)]
-    if kl_free_steps is not None:
-        extra += ["--kl-free-steps", str(kl_free_steps)]
-    if kl_warmup_steps is not None:
-        extra += ["--kl-warmup-steps", str(kl_warmup_steps)]
-    if rank is not None:
-        extra += ["--rank", rank]
+    passed = {"--layer": layer, "--data": data, "--steps": steps, "--rank": rank,
+              "--tokens-per-batch": tokens_per_batch, "--kl-free-steps": kl_free_steps,
+              "--kl-warmup-steps": kl_warmup_steps}  # fmt: skip
+    extra += [a for flag, v in passed.items() if v is not None for a in (flag, str(v))]
     jobs = rate_distortion_jobs(run, out, alpha_list, seeds, variant_list, extra)
     results = LocalRunner(workers or None).run(jobs)
     failed = [r for r in results if r.returncode != 0]
