@@ -372,11 +372,14 @@ def steering_figure(result: SteeringResult):
         go.Bar(x=names, y=result.steered, name="cluster code forced from step 0"),
         go.Bar(x=names, y=result.uncontrolled, name="uncontrolled base model"),
     ])  # fmt: skip
+    if np.isfinite(result.task_success):
+        on_task = f"{result.task_success:.3f} (base {result.task_base_success:.3f})"
+    else:  # a subgoal the task needs has no cluster code (see steering())
+        on_task = "not computed: no cluster code for a subgoal the task needs"
     fig.update_layout(
         barmode="group",
         yaxis={"range": [0, 1], "title": "success on the one-subgoal task"},
         xaxis_title="subgoal of the cluster (" + ("colour pair" if k == 2 else "colour") + ")",
-        title=f"Steering with discovered codes; on task {result.task}: "
-        f"{result.task_success:.3f} (base {result.task_base_success:.3f})",
+        title=f"Steering with discovered codes; on task {result.task}: {on_task}",
     )
     return fig

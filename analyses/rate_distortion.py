@@ -56,10 +56,10 @@ def load_points(folders: list[str | Path]) -> list[RDPoint]:
             variant=c["train"]["variant"],
             alpha=float(c["train"]["alpha"]),
             seed=int(c["train"]["seed"]),
-            rate=float(s.get("discover/kl", float("nan"))),
-            distortion=float(s.get("discover/action_nll", float("nan"))),
-            f1=float(s.get("switching/f1_tol1", float("nan"))),
-            switches_per_episode=float(s.get("switching/switches_per_episode", float("nan"))),
+            rate=runs.number(s, "discover/kl"),
+            distortion=runs.number(s, "discover/action_nll"),
+            f1=runs.number(s, "switching/f1_tol1"),
+            switches_per_episode=runs.number(s, "switching/switches_per_episode"),
         ))  # fmt: skip
     return points
 

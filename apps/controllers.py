@@ -2,6 +2,13 @@
 
     streamlit run apps/controllers.py            # runs folder: runs/ (or $IRL_LENS_RUNS)
 
+The "Runs folder" box only browses the runs root (``$IRL_LENS_RUNS``, default ``runs``) and
+its subfolders: a path outside it (after following symlinks) is refused, so a visitor
+cannot list or read other files on the machine. ``.streamlit/config.toml`` binds the server
+to localhost; to let other machines reach it, say so explicitly:
+
+    streamlit run apps/controllers.py --server.address 0.0.0.0
+
 Every figure comes from the ``analyses`` package (the same functions the CLI uses); this
 file only finds run folders, loads their results and lays the figures out. Models load
 once per process (``st.cache_resource``); results are cached (``st.cache_data``).
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -32,6 +40,7 @@ PAGES = (
     "Internal RL",
 )
 
+RUNS_ENV = "IRL_LENS_RUNS"  # the runs root; nothing outside it is listed or read
 HOW_TO = {
     "base_model": "irl-lens pretrain DATA --out RUN --preset quick",
     "probe": "irl-lens probe RUN --data CLEAN_DATA",
@@ -40,7 +49,10 @@ HOW_TO = {
     "internal_rl": "irl-lens internal-rl MC --out RL   (or irl-lens raw-rl RUN --out RL)",
     "sweep": "irl-lens sweep rate-distortion RUN --out SWEEP --data CLEAN_DATA",
     "ant_expert": "irl-lens --threads 1 expert ant --out RUN --steps 10000000",
+    "analyse": "irl-lens discover BASE --out MC --data CLEAN_DATA --analyse-only",
 }
+# the main metacontroller of `irl-lens reproduce` (variant full), opened first
+MAIN_MC_NAMES = ("mc-full", "mc")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -48,13 +60,16 @@ HOW_TO = {
 
 @st.cache_data(show_spinner=False)
 def scan(root: str) -> list[dict]:
-    """Every folder under ``root`` with a ``config.json`` (or a sweep ``summary.json``)."""
+    """Every folder under ``root`` with a ``config.json`` (or a sweep ``summary.json``).
+
+    A file that resolves outside ``root`` (a symlink out of it) is skipped.
+    """
     found = []
     base = Path(root)
     if not base.is_dir():
         return found
     for cfg in sorted(base.rglob("config.json")):
-        if "checkpoints" in cfg.parts:
+        if "checkpoints" in cfg.parts or not inside(cfg, base):
             continue
         try:
             config = json.loads(cfg.read_text())
@@ -65,11 +80,23 @@ def scan(root: str) -> list[dict]:
         found.append({"path": str(folder), "kind": config.get("kind", "?"), "config": config,
                       "summary": summary, "complete": bool(summary)})  # fmt: skip
     for s in sorted(base.rglob("summary.json")):
+        if not inside(s, base):
+            continue
         summary = _read(s)
         if any(k.startswith("sweep/") for k in summary):
             found.append({"path": str(s.parent), "kind": "sweep", "config": {},
                           "summary": summary, "complete": True})  # fmt: skip
     return found
+
+
+def inside(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path`` is ``root`` or below it once both are resolved (symlinks followed)."""
+    return Path(path).expanduser().resolve().is_relative_to(Path(root).expanduser().resolve())
+
+
+def runs_folder(typed: str, root: str) -> Path | None:
+    """The folder ``typed`` in the sidebar, resolved, or None when it is outside ``root``."""
+    return Path(typed).expanduser().resolve() if inside(typed, root) else None
 
 
 def _read(path: Path) -> dict:
@@ -108,6 +135,7 @@ def reports(root: str) -> list[tuple[str, str]]:
     found = [base / "report.md"] if (base / "report.md").is_file() else []
     if base.is_dir():
         found += sorted(base.glob("*/report.md"))
+    found = [p for p in found if inside(p, base)]  # a symlinked folder may point out of root
     return [(str(p.parent), re.sub(r"\[([^\]]+)\]\([^)]+\)", r"`\1`", p.read_text()))
             for p in found]  # fmt: skip
 
@@ -122,10 +150,28 @@ def missing(what: str, kind: str) -> None:
     st.info(f"No {what} in this runs folder yet. Create one with:\n\n`{HOW_TO[kind]}`")
 
 
-def pick(label: str, items: list[dict], key: str) -> dict:
+def pick(label: str, items: list[dict], key: str, index: int = 0) -> dict:
     paths = [r["path"] for r in items]
-    chosen = st.selectbox(label, paths, key=key)
+    chosen = st.selectbox(label, paths, index=index, key=key)
     return items[paths.index(chosen)]
+
+
+def main_metacontroller(items: list[dict]) -> int:
+    """Index of the run to open first: variant ``full`` named like the main one, any
+    ``full``, else the first (alphabetical order would open ``mc-beta1``, a baseline)."""
+
+    def rank(run: dict) -> int:
+        full = (run["config"].get("train") or {}).get("variant") == "full"
+        return 0 if full and Path(run["path"]).name in MAIN_MC_NAMES else 1 if full else 2
+
+    ranks = [rank(r) for r in items]
+    return ranks.index(min(ranks)) if ranks else 0
+
+
+def shown(value: float | None, digits: int = 2) -> str | None:
+    """``value`` with ``digits`` decimals, or None when it was not computed (None or nan)."""
+    ok = value is not None and math.isfinite(value)
+    return f"{value:.{digits}f}" if ok else None
 
 
 # ------------------------------------------------------------------------------- pages
@@ -206,7 +252,7 @@ def _analysis(found: list[dict]) -> tuple[dict, dict] | None:
     if not items:
         missing("analysed metacontrollers", "metacontroller")
         return None
-    run = pick("Metacontroller", items, "mc_pick")
+    run = pick("Metacontroller", items, "mc_pick", main_metacontroller(items))
     return run, json_file(Path(run["path"]) / "analysis.json")
 
 
@@ -245,25 +291,34 @@ def page_controllers(found: list[dict]) -> None:
     cl = clustering.ClusterResult(**analysis["clustering"])
     st.plotly_chart(clustering.cluster_figure(cl), key="cl_fig")
     c1, c2, c3, c4, c5 = st.columns(5)
-    c1.metric("NMI", f"{cl.nmi:.2f}")
-    c2.metric("ARI", f"{cl.ari:.2f}")
+    number(c1, "NMI", cl.nmi)
+    number(c2, "ARI", cl.ari)
     summary = run.get("summary") or {}
+    chance = {k: shown(summary.get(f"clustering/{k}_chance")) or "not computed"
+              for k in ("subgoal", "previous")}  # fmt: skip
     if "clustering/subgoal_accuracy" in summary:  # analysed since the code read-outs exist
-        c3.metric("code -> subgoal (linear)", f"{summary['clustering/subgoal_accuracy']:.2f}",
-                  help=f"chance {summary['clustering/subgoal_chance']:.2f}")  # fmt: skip
+        number(c3, "code -> subgoal (linear)", summary["clustering/subgoal_accuracy"],
+               help=f"chance {chance['subgoal']}")  # fmt: skip
     if "clustering/target_cell_r2" in summary:
-        c4.metric("code -> target cell R2", f"{summary['clustering/target_cell_r2']:.2f}",
-                  help="high: the code means 'go to that cell', not 'go to colour k'")  # fmt: skip
+        number(c4, "code -> target cell R2", summary["clustering/target_cell_r2"],
+               help="high: the code means 'go to that cell', not 'go to colour k'")  # fmt: skip
     if "clustering/previous_accuracy" in summary:
-        c5.metric("code -> previous subgoal", f"{summary['clustering/previous_accuracy']:.2f}",
-                  help=f"chance {summary['clustering/previous_chance']:.2f}; high: the code is "
-                  "read relative to the history and cannot name a subgoal after a predecessor "
-                  "it never followed")  # fmt: skip
+        number(
+            c5,
+            "code -> previous subgoal",
+            summary["clustering/previous_accuracy"],
+            help=f"chance {chance['previous']}; high: the code is read relative to the "
+            "history and cannot name a subgoal after a predecessor it never followed",
+        )
     if "steering" not in analysis:  # analysed before the env had a rollout engine
         st.info("No steering in this analysis; re-run `irl-lens discover ... --analyse-only`.")
         return
     steering = clustering.SteeringResult(**analysis["steering"])
-    st.plotly_chart(clustering.steering_figure(steering), key="steer_fig")
+    fig = clustering.steering_figure(steering)
+    why = steering_not_computed(steering)
+    if why:  # the figure's own title would read "nan (base nan)"
+        fig.update_layout(title=f"Steering with discovered codes; on task {steering.task}: {why}")
+    st.plotly_chart(fig, key="steer_fig")
     st.subheader("Steer a rollout")
     k = steering.colours_per_subgoal  # 2: gridworld colour pairs, 1: ant colours
     options = [f"cluster {c} (mostly subgoal {g}: colours "
@@ -282,6 +337,27 @@ def page_controllers(found: list[dict]) -> None:
     st.caption(f"after step {at} the agent completed "
                f"{'subgoal ' + str(reached) if reached >= 0 else 'no subgoal'} "
                f"(rollout {time.perf_counter() - t0:.2f} s)")  # fmt: skip
+
+
+def number(col, label: str, value: float | None, help: str | None = None) -> None:
+    """``col.metric`` of ``value``; where it was not computed, says so and how to compute it."""
+    text = shown(value)
+    if text is None:
+        help = (f"not computed (too few held-out segments of each kind): re-analyse on a "
+                f"larger clean dataset with `{HOW_TO['analyse']}`")  # fmt: skip
+    col.metric(label, text or "not computed", help=help)
+
+
+def steering_not_computed(steering) -> str | None:
+    """Why the task success of ``steering`` is missing and the command to compute it, or None."""
+    if shown(steering.task_success) and shown(steering.task_base_success):
+        return None
+    k = steering.colours_per_subgoal
+    needed = sorted({int(c) // k for c in steering.task.split("-")})
+    lacking = [g for g in needed if g not in steering.subgoals] or needed
+    return (f"not computed: no cluster code stands for subgoal "
+            f"{', '.join(str(g) for g in lacking)}, which the task needs; train longer or "
+            f"re-analyse with `{HOW_TO['analyse']} --task {steering.task}`")  # fmt: skip
 
 
 def page_rate_distortion(found: list[dict]) -> None:
@@ -338,12 +414,20 @@ def page_internal_rl(found: list[dict]) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="irl_lens", layout="wide")
-    default = os.environ.get("IRL_LENS_RUNS", "runs")
-    root = st.sidebar.text_input("Runs folder", default, key="root")
+    allowed = os.environ.get(RUNS_ENV, "runs")
+    typed = st.sidebar.text_input("Runs folder", allowed, key="root")
     page = st.sidebar.radio("Page", PAGES, key="page")
     if st.sidebar.button("Rescan runs folder"):
         scan.clear()
         reports.clear()
+    folder = runs_folder(typed, allowed)
+    if folder is None:  # never list what lies outside the root, whoever typed the path
+        st.error(
+            f"`{typed}` is outside the runs root `{Path(allowed).resolve()}`: only it and its "
+            f"subfolders can be browsed. Set {RUNS_ENV} to serve another folder."
+        )
+        return
+    root = str(folder)
     found = scan(root)
     {
         "Runs": lambda: page_runs(found, root),

@@ -23,8 +23,15 @@ from typing import Annotated
 import typer
 
 from irl_lens.common_cli import DEVICE_OPTION as _DEVICE
+from irl_lens.common_cli import (
+    MAX_COUNT,
+    Device,
+    clean_dataset,
+    parse_rank,
+    resolve_device,
+    run_env,
+)
 from irl_lens.common_cli import SEED_OPTION as _SEED
-from irl_lens.common_cli import Device, clean_dataset, parse_rank, resolve_device, run_env
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +53,10 @@ def probe(
         typer.Option(help="Dataset folder to probe on (default: fresh clean expert episodes)."),
     ] = None,
     episodes: Annotated[
-        int, typer.Option(help="Episodes to use (80% fit the probes, 20% test them).", min=2)
+        int,
+        typer.Option(
+            help="Episodes to use (80% fit the probes, 20% test them).", min=2, max=MAX_COUNT
+        ),
     ] = 2000,
     out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/probe).")] = None,
     checkpoints: Annotated[
@@ -139,16 +149,21 @@ def controllers(
         typer.Option(help="Clean dataset to train on (default: fresh clean expert episodes)."),
     ] = None,
     data_episodes: Annotated[
-        int, typer.Option(help="Episodes to generate when --data is not given.", min=10)
+        int,
+        typer.Option(help="Episodes to generate when --data is not given.", min=10, max=MAX_COUNT),
     ] = 5000,
-    episodes: Annotated[int, typer.Option(help="Evaluation episodes per layer.", min=1)] = 1000,
+    episodes: Annotated[
+        int, typer.Option(help="Evaluation episodes per layer.", min=1, max=MAX_COUNT)
+    ] = 1000,
     preset: Annotated[
         ControllerPreset,
         typer.Option(
             help="Training settings: quick (CPU), paper (C.3: lr 1e-3, 3200 steps), tiny."
         ),
     ] = ControllerPreset.quick,
-    steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Override the training steps.", min=1, max=MAX_COUNT)
+    ] = None,
     rank: Annotated[
         str | None,
         typer.Option(

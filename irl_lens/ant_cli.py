@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.common_cli import SEED_OPTION, print_table
+from irl_lens.common_cli import MAX_COUNT, SEED_OPTION, print_table
 
 
 class ExpertEnv(str, Enum):
@@ -52,7 +52,10 @@ def expert(
     env: Annotated[ExpertEnv, typer.Argument(help="Environment (only ant has a learned expert).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder to create (or continue).")],
     steps: Annotated[
-        int, typer.Option(help="Env steps in all (paper: 256k steps of batch 1024).", min=1)
+        int,
+        typer.Option(
+            help="Env steps in all (paper: 256k steps of batch 1024).", min=1, max=MAX_COUNT
+        ),
     ] = 5_000_000,
     n_envs: Annotated[int, typer.Option(help="Episodes simulated side by side.", min=1)] = 64,
     speed_bonus: Annotated[
@@ -120,7 +123,10 @@ def expert(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     eval_episodes: Annotated[
-        int, typer.Option(help="Episodes per evaluation (pretrain mix, post task); 0 skips.", min=0)
+        int,
+        typer.Option(
+            help="Episodes per evaluation (pretrain mix, post task); 0 skips.", min=0, max=MAX_COUNT
+        ),
     ] = 500,
     ship: Annotated[
         bool,
@@ -215,7 +221,9 @@ def expert_eval(
         Path | None,
         typer.Argument(help="Expert run folder; default: the expert shipped in the package."),
     ] = None,
-    episodes: Annotated[int, typer.Option(help="Episodes per task set.", min=1)] = 500,
+    episodes: Annotated[
+        int, typer.Option(help="Episodes per task set.", min=1, max=MAX_COUNT)
+    ] = 500,
     sample: Annotated[
         bool, typer.Option(help="Sample the Gaussian (pretrain data) instead of its mean (clean).")
     ] = False,

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import time
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from irl_lens.common_cli import Device, print_table, resolve_device
+from irl_lens import interrupts
+from irl_lens.common_cli import MAX_COUNT, Device, print_table, resolve_device
 
 app = typer.Typer(
     name="irl-lens",
@@ -37,6 +40,10 @@ app = typer.Typer(
 )
 
 _STATE = {"debug": False}
+
+MAX_EPISODES = 10_000_000
+"""Upper bound of ``data --episodes`` (50 times the paper's largest dataset, 200k episodes;
+a dataset is held in memory whole)."""
 
 
 class EnvName(str, Enum):
@@ -99,7 +106,9 @@ def data(
             "data for metacontroller / supervised controllers."
         ),
     ] = Split.pretrain,
-    episodes: Annotated[int, typer.Option(help="Number of episodes.", min=1)] = 100_000,
+    episodes: Annotated[
+        int, typer.Option(help="Number of episodes (1 to 10,000,000).", min=1, max=MAX_EPISODES)
+    ] = 100_000,
     eps: Annotated[
         float | None,
         typer.Option(
@@ -128,6 +137,13 @@ def data(
             "deterministic expert (the analogue of the ant expert's mean for clean data)."
         ),
     ] = TieBreak.random,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace --out if it is an irl-lens dataset (only once the new one is "
+            "complete). A folder holding anything else is never touched."
+        ),
+    ] = False,
 ) -> None:
     """Generate expert trajectories (observations, actions, subgoal labels).
 
@@ -138,6 +154,9 @@ def data(
 
     Example: irl-lens data ant --split clean --episodes 2000 --out runs/ant/clean
     """
+    from irl_lens import runs
+
+    runs.check_output(out, runs.DATASET_KIND, overwrite=overwrite, inputs=[expert])
     t0 = time.perf_counter()
     if env is EnvName.ant:
         if eps is not None or tie_break is not TieBreak.random:
@@ -159,7 +178,7 @@ def data(
             n_envs=n_envs or 4096, tie_break=tie_break.value,
         )  # fmt: skip
     gen_s = time.perf_counter() - t0
-    ds.save(out)
+    ds.save(out, overwrite=overwrite)
     print_table(
         {
             "episodes": ds.n_episodes,
@@ -188,7 +207,8 @@ def pretrain(
         ),
     ] = Preset.quick,
     steps: Annotated[
-        int | None, typer.Option(help="Override the preset's optimizer steps.", min=1)
+        int | None,
+        typer.Option(help="Override the preset's optimizer steps.", min=1, max=MAX_COUNT),
     ] = None,
     n_layers: Annotated[
         int | None, typer.Option(help="Override the number of blocks L.", min=1)
@@ -216,6 +236,13 @@ def pretrain(
     resume: Annotated[
         bool, typer.Option(help="Continue from the run's last checkpoint, exactly.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace --out if it is a base-model run (only once the new run is complete; "
+            "until then the old one stays as it was)."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seeds initialisation and data order.")] = 0,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device.cpu,
 ) -> None:
@@ -238,6 +265,9 @@ def pretrain(
 
     if resolve_device(device) != "cpu":
         raise ValueError("--device: pretraining runs on cpu in this version")
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite: choose one")
+    runs.check_output(out, "base_model", inputs=[data_dir], resume=resume, overwrite=overwrite)
     ds = load_dataset(data_dir)
     model_cfg, train_cfg = PRESETS[preset.value]
     model_over = {
@@ -271,25 +301,25 @@ def pretrain(
     train_cfg = dataclasses.replace(train_cfg, **train_over, seed=seed)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    result = run_pretrain(
-        ds,
-        out,
-        model_cfg,
-        train_cfg,
-        data_path=str(data_dir),
-        preset=preset.value,
-        resume=resume,
-        evaluate=make_evaluator(train_cfg.rollout_episodes, seed),
-    )
-    wall = time.perf_counter() - t0
-    summary = {
-        "steps": result.steps,
-        "wall_seconds": wall,
-        "train_seconds": result.train_seconds,
-        "tokens_per_s": result.tokens_per_second,
-        **result.final_eval,
-    }
-    runs.write_json(out / "summary.json", summary)
+    with runs.staged(out, overwrite=True) if overwrite else nullcontext(out) as target:
+        result = run_pretrain(
+            ds,
+            target,
+            model_cfg,
+            train_cfg,
+            data_path=str(data_dir),
+            preset=preset.value,
+            resume=resume,
+            evaluate=make_evaluator(train_cfg.rollout_episodes, seed),
+        )
+        summary = {
+            "steps": result.steps,
+            "wall_seconds": time.perf_counter() - t0,
+            "train_seconds": result.train_seconds,
+            "tokens_per_s": result.tokens_per_second,
+            **result.final_eval,
+        }
+        runs.write_json(target / "summary.json", summary)
     print_table(summary, title=f"pretrained {out}")
 
 
@@ -300,7 +330,9 @@ def evaluate_base(
         Path | None,
         typer.Option("--data", help="Held-out dataset (default: the run's own held-out episodes)."),
     ] = None,
-    episodes: Annotated[int, typer.Option(help="Free-running episodes.", min=1)] = 1000,
+    episodes: Annotated[
+        int, typer.Option(help="Free-running episodes.", min=1, max=MAX_COUNT)
+    ] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the free-running episodes.")] = 0,
 ) -> None:
     """Evaluate a base model: held-out accuracy vs the known-task ceiling (split into
@@ -380,27 +412,67 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _continue_hint(argv: list[str], e: interrupts.Interrupted) -> str:
+    """One line: where the interrupted command stood and the command that continues it."""
+    args = [a for a in argv if a != "--overwrite"]
+    if e.step is None:
+        return f"interrupted; nothing was completed; run again: {shlex.join(['irl-lens', *argv])}"
+    if "--overwrite" in argv:
+        return (
+            f"interrupted at step {e.step}; the old folder is untouched; "
+            f"run again: {shlex.join(['irl-lens', *argv])}"
+        )
+    if "--resume" not in args:
+        args.append("--resume")
+    saved = f" (checkpoint at step {e.checkpoint})" if e.checkpoint else ""
+    return f"interrupted at step {e.step}{saved}; continue with: {shlex.join(['irl-lens', *args])}"
+
+
+def _close_progress_bars() -> None:
+    """Close bars left open by an exception, so the closing message stands on its own line
+    (tqdm keeps its live bars in ``tqdm._instances``)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; bad input ends with one line and exit code 2, a failed
-    pipeline job (``reproduce``) with one line naming its log and exit code 1."""
+    pipeline job (``reproduce``) with one line naming its log and exit code 1, SIGINT with
+    130 and SIGTERM with 143 (one line saying how to continue)."""
     from irl_lens.data.dataset import DatasetError
     from irl_lens.runs import RunError
     from irl_lens.sweep import JobsFailed
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    interrupts.install_handlers()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+    except interrupts.Interrupted as e:
+        if _STATE["debug"]:
+            raise
+        _close_progress_bars()
+        print(_continue_hint(argv, e), file=sys.stderr)
+        sys.exit(e.exit_code)
     except (ValueError, DatasetError, RunError, FileNotFoundError, PermissionError) as e:
         if _STATE["debug"]:
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        _close_progress_bars()
         print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except (NotADirectoryError, FileExistsError, IsADirectoryError) as e:
+        if _STATE["debug"]:
+            raise
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except JobsFailed as e:  # a pipeline's job failed: its log says why
         if _STATE["debug"]:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside the CLI's handlers (another thread's signal)
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except SystemExit:
@@ -411,11 +483,15 @@ def main(argv: list[str] | None = None) -> None:
         print("aborted", file=sys.stderr)
         sys.exit(1)
     except typer.TyperException as e:  # usage errors: unknown option, bad choice ...
-        if hasattr(e, "show"):
-            e.show()
-        else:
-            print(f"error: {e}", file=sys.stderr)
+        msg = e.format_message() if hasattr(e, "format_message") else str(e)
+        where = getattr(getattr(e, "ctx", None), "command_path", "irl-lens")
+        print(f"error: {msg.splitlines()[0]} (see: {where} --help)", file=sys.stderr)
         sys.exit(2)
+    # typer in non-standalone mode returns click's exit code (130 after a Ctrl-C it caught)
+    if isinstance(code, int) and code:
+        if code == 130:
+            print("interrupted", file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ example :mod:`irl_lens.analysis_cli`) can import them without importing the app 
 from __future__ import annotations
 
 import logging
+import math
 from enum import StrEnum
 from pathlib import Path
 
@@ -22,6 +23,10 @@ class Device(StrEnum):
     cpu = "cpu"
     cuda = "cuda"
 
+
+MAX_COUNT = 1_000_000_000
+"""Upper bound of every count option (episodes, steps, updates, seeds): the paper's largest
+stage, ant expert PPO, takes ~2.6e8 env steps; a typo like 1e23 must not run until killed."""
 
 DEVICE_OPTION = typer.Option(help="auto, cpu or cuda.")
 SEED_OPTION = typer.Option(help="Seed; same seed, same numbers on a CPU.")
@@ -39,13 +44,23 @@ def resolve_device(device: Device | str) -> str:
     return name
 
 
-def print_table(rows: dict[str, float | int | str], title: str | None = None) -> None:
-    """Print ``key  value`` lines, floats with 4 decimals (thousands separators when large)."""
+def print_table(
+    rows: dict[str, float | int | str | None],
+    title: str | None = None,
+    why: dict[str, str] | None = None,
+) -> None:
+    """Print ``key  value`` lines, floats with 4 decimals (thousands separators when large).
+
+    A value that could not be computed (``None`` or NaN; ``null`` in summary.json) prints as
+    ``n/a`` with the reason from ``why`` (key -> reason) or a generic one.
+    """
     if title:
         print(title)
     width = max((len(k) for k in rows), default=0)
     for k, v in rows.items():
-        if isinstance(v, float):
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            v = f"n/a ({(why or {}).get(k, 'not computed: too little data')}; null in JSON)"
+        elif isinstance(v, float):
             v = f"{v:.4f}" if abs(v) < 1e4 else f"{v:,.0f}"
         print(f"  {k:<{width}}  {v}")
 

@@ -21,6 +21,7 @@ import typer
 
 from irl_lens.common_cli import (
     DEVICE_OPTION,
+    MAX_COUNT,
     SEED_OPTION,
     Device,
     clean_dataset,
@@ -85,13 +86,16 @@ def discover(
         typer.Option(help="Clean dataset (default: fresh clean expert episodes)."),
     ] = None,
     data_episodes: Annotated[
-        int, typer.Option(help="Episodes to generate when --data is not given.", min=20)
+        int,
+        typer.Option(help="Episodes to generate when --data is not given.", min=20, max=MAX_COUNT),
     ] = 5000,
     preset: Annotated[
         DiscoverPreset,
         typer.Option(help="quick (CPU, 2000 steps), paper (Table A10, 64k steps), tiny."),
     ] = DiscoverPreset.quick,
-    steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Override the training steps.", min=1, max=MAX_COUNT)
+    ] = None,
     tokens_per_batch: Annotated[
         int | None,
         typer.Option(
@@ -124,7 +128,10 @@ def discover(
         str, typer.Option(help="Task the cluster codes are steered through (post or pairs).")
     ] = "post",
     episodes: Annotated[
-        int, typer.Option(help="Rollout episodes for steering and prior sampling.", min=1)
+        int,
+        typer.Option(
+            help="Rollout episodes for steering and prior sampling.", min=1, max=MAX_COUNT
+        ),
     ] = 1000,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run in --out from its checkpoint.")
@@ -302,7 +309,9 @@ def rate_distortion(
     alphas: Annotated[
         str, typer.Option(help="Comma-separated KL weights.")
     ] = "0,0.05,0.1,0.17,0.3,0.5,1",
-    seeds: Annotated[int, typer.Option(help="Seeds per alpha and variant.", min=1)] = 3,
+    seeds: Annotated[
+        int, typer.Option(help="Seeds per alpha and variant.", min=1, max=MAX_COUNT)
+    ] = 3,
     variants: Annotated[
         str, typer.Option(help="Comma-separated: full (frozen base), cotrain, beta1.")
     ] = "full,cotrain",
@@ -312,7 +321,9 @@ def rate_distortion(
     preset: Annotated[DiscoverPreset, typer.Option(help="Training preset of every run.")] = (
         DiscoverPreset.quick
     ),
-    steps: Annotated[int | None, typer.Option(help="Override the training steps.", min=1)] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Override the training steps.", min=1, max=MAX_COUNT)
+    ] = None,
     tokens_per_batch: Annotated[
         int | None,
         typer.Option(
@@ -320,10 +331,11 @@ def rate_distortion(
         ),
     ] = None,
     kl_free_steps: Annotated[
-        int | None, typer.Option(help="KL-free start of every run (see discover).", min=0)
+        int | None,
+        typer.Option(help="KL-free start of every run (see discover).", min=0, max=MAX_COUNT),
     ] = None,
     kl_warmup_steps: Annotated[
-        int | None, typer.Option(help="KL ramp of every run (see discover).", min=0)
+        int | None, typer.Option(help="KL ramp of every run (see discover).", min=0, max=MAX_COUNT)
     ] = None,
     layer: Annotated[
         int | None, typer.Option(help="Residual layer of every run (default L/2).", min=0)
@@ -346,7 +358,7 @@ def rate_distortion(
         int, typer.Option(help="Parallel worker processes (default: one per CPU core).", min=0)
     ] = 0,
     episodes: Annotated[
-        int, typer.Option(help="Rollout episodes of each run's analyses.", min=1)
+        int, typer.Option(help="Rollout episodes of each run's analyses.", min=1, max=MAX_COUNT)
     ] = 200,
 ) -> None:
     """Rate-distortion sweep: discover over alphas x seeds x variants, then the figure (Fig 7).

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.common_cli import SEED_OPTION
+from irl_lens.common_cli import MAX_COUNT, SEED_OPTION
 
 
 class ReproEnv(StrEnum):
@@ -31,7 +31,9 @@ def reproduce(
     preset: Annotated[
         ReproPreset, typer.Option(help="quick (this CPU), paper (a GPU), tiny (a smoke test).")
     ] = ReproPreset.quick,
-    rl_seeds: Annotated[int, typer.Option(help="Internal-RL seeds on the full MC.", min=1)] = 3,
+    rl_seeds: Annotated[
+        int, typer.Option(help="Internal-RL seeds on the full MC.", min=1, max=MAX_COUNT)
+    ] = 3,
     rl_episodes: Annotated[
         int | None,
         typer.Option(
@@ -40,11 +42,17 @@ def reproduce(
     ] = None,
     pretrain_episodes: Annotated[
         int | None,
-        typer.Option(help="Pretraining episodes (default: gridworld 200000, ant 2000).", min=10),
+        typer.Option(
+            help="Pretraining episodes (default: gridworld 200000, ant 2000).",
+            min=10,
+            max=MAX_COUNT,
+        ),
     ] = None,
     clean_episodes: Annotated[
         int | None,
-        typer.Option(help="Clean episodes (default: gridworld 20000, ant 500).", min=10),
+        typer.Option(
+            help="Clean episodes (default: gridworld 20000, ant 500).", min=10, max=MAX_COUNT
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(help="Jobs run side by side (one per core).", min=1)] = 2,
     with_sweep: Annotated[

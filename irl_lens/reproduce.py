@@ -6,7 +6,10 @@ beside the metacontrollers, RL on ``full`` beside the ``cotrain`` training), so 
 idles at a stage boundary. A job is skipped when its output already holds its finish
 marker, so an interrupted reproduction resumes where it stopped (pretraining, discovery and
 RL also resume from their own checkpoints). Every job's wall-clock lands in
-``DIR/timing.json``; the report is ``DIR/report.md`` and ``DIR/summary.json``.
+``DIR/timing.json``; the report is ``DIR/report.md`` (with the installed version and the
+commit it was run from) and ``DIR/summary.json``. The progress bar fills by each job's
+expected wall-clock (:data:`MEASURED`, the quick preset's jobs on the 2-core CPU) and
+estimates the time left from it (:class:`TimeLeft`).
 
 Stages, in dependency order (quick preset; ``paper`` uses the paper's sizes, for a GPU):
 
@@ -33,6 +36,7 @@ MuJoCo steps). The report adds the expert's success from its card.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -40,13 +44,17 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from tqdm.auto import tqdm
 
+import irl_lens
 from irl_lens import runs
-from irl_lens.sweep import Job, JobsFailed, LocalRunner
+from irl_lens.sweep import Job, JobResult, JobsFailed, LocalRunner
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +228,190 @@ def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     ]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One kind of job's wall-clock on the 2-core CPU, two jobs at a time."""
+
+    seconds: float
+    episodes: int | None = None
+    """The episode budget it took ``seconds`` for, where the time grows with the budget (data
+    and RL: ``--episodes``, the RL preset's budget when the job does not pass it); None: the
+    time does not depend on it (training steps and evaluations are the preset's)."""
+
+
+MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
+    # README "Results (quick preset, this machine)": `make demo` at commit 98b2da5, 2026-12-02,
+    # x86_64, 2 cores, two jobs at a time (the base model on both): the pipeline took 3,539 s
+    ("gridworld", "quick"): {
+        "data": Measured(13, 200_000),  # the 20k-episode clean splits: 3 s each
+        "pretrain": Measured(775),
+        "probe": Measured(84),
+        "controllers": Measured(846),
+        "discover": Measured(927),  # full 883, beta1 770, cotrain 1,129
+        "internal-rl": Measured(154, 100_352),  # full 126-128, cotrain 128, beta1 260
+        "raw-rl": Measured(754, 100_352),  # the quick RL preset: 98 batches of 1,024
+    },
+    # README "ant-pinpad (quick preset, this machine)", 2026-12-02, two jobs at a time
+    ("ant", "quick"): {
+        "data": Measured(39, 2_000),  # the 500 clean episodes: 17 s
+        # 3 x the 353 s its last 400 of 1,200 steps took (the whole job, ~1,900 s, was
+        # interrupted once and shared the machine with the test suite)
+        "pretrain": Measured(1_060),
+        "probe": Measured(216),
+        "controllers": Measured(1_654),
+        "discover": Measured(621),  # full 767, beta1 461, cotrain 634
+        "internal-rl": Measured(399, 5_120),  # 364-465 over the five runs
+        "raw-rl": Measured(2_750, 5_120),
+    },
+}
+"""Measured wall-clock per (env, preset) and kind of job (the command): what the progress bar
+expects. The ``paper`` and ``tiny`` presets have no measurements, so their runs show no time
+left."""
+
+SWEEP_RUNS_PER_SEED = 14
+"""Runs per seed of ``irl-lens sweep rate-distortion`` as reproduce calls it: its default 7
+alphas times 2 variants (frozen base, co-trained)."""
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+def expected_seconds(job: Job, s: ReproduceSettings) -> float | None:
+    """How long ``job`` should take on the 2-core CPU (:data:`MEASURED`); None where its kind
+    was not measured for ``s``'s environment and preset."""
+    table = MEASURED.get((s.env, s.preset), {})
+    if job.args[0] == "sweep":
+        # not measured at the preset's steps: its runs are discover jobs like the pipeline's
+        # own (same preset, layer, switch and data), ``workers`` at a time
+        per_run = table.get("discover")
+        n_runs = s.sweep_seeds * SWEEP_RUNS_PER_SEED
+        return None if per_run is None else per_run.seconds * n_runs / s.workers
+    measured = table.get(job.args[0])
+    if measured is None:
+        return None
+    if measured.episodes is None:
+        return float(measured.seconds)
+    episodes = int(_option(job.args, "--episodes") or measured.episodes)
+    return measured.seconds * episodes / measured.episodes
+
+
+def schedule_end(
+    jobs: Sequence[Job],
+    seconds: Mapping[Path, float],
+    workers: int,
+    now: float = 0.0,
+    finished: Collection[Path] = (),
+) -> float:
+    """When the last of ``jobs`` ends if each takes ``seconds[job.out]`` and they run as
+    :meth:`LocalRunner.run` runs them: ``workers`` at a time, each (in list order) as soon as
+    the jobs it needs are done. A job not in ``finished`` cannot end before ``now``."""
+    outs = {job.out for job in jobs}
+    waiting, running, ended, t = list(jobs), {}, set(), 0.0
+    while waiting or running:
+        for job in list(waiting):
+            if len(running) >= workers:
+                break
+            if all(n in ended for n in job.needs if n in outs):
+                waiting.remove(job)
+                end = t + seconds[job.out]
+                running[job.out] = end if job.out in finished else max(end, now)
+        if not running:  # the rest wait on each other: the runner refuses that
+            break
+        t = min(running.values())
+        ended |= {o for o, end in running.items() if end <= t}
+        running = {o: end for o, end in running.items() if end > t}
+    return t
+
+
+PRIOR_S = 600.0
+"""Weight, in expected seconds, of the calibration machine's pace (1) in :attr:`TimeLeft.pace`:
+the first jobs are seconds of data generation, mostly process start-up, and should not set
+the pace of an hour of training on their own."""
+
+
+class TimeLeft:
+    """Wall-clock left in a pipeline run, from each job's expected seconds.
+
+    A finished job took what it took; every other job is expected to take its expected
+    seconds times :attr:`pace` (how fast the jobs that ran went against their expectation),
+    and the jobs are laid out as the runner runs them (:func:`schedule_end`), so jobs side by
+    side count once and a job alone at the end counts in full. Unknown (None) while a job to
+    run has no expected seconds: no estimate rather than a wrong one.
+    """
+
+    def __init__(
+        self, jobs: Sequence[Job], expected: Mapping[Path, float | None], workers: int
+    ) -> None:
+        self.jobs, self.expected, self.workers = list(jobs), dict(expected), workers
+        self.took: dict[Path, float] = {}  # job folder -> seconds, once finished
+        self._actual = self._expected = PRIOR_S  # seconds of the jobs that ran, and expected
+
+    @property
+    def known(self) -> bool:
+        return all(v is not None for v in self.expected.values())
+
+    def weight(self, out: Path) -> float:
+        """A job's share of the progress bar: its expected seconds (one per job while any job
+        has none)."""
+        return self.expected[out] if self.known else 1.0
+
+    @property
+    def total(self) -> float:
+        return sum(self.weight(job.out) for job in self.jobs)
+
+    @property
+    def pace(self) -> float:
+        """Actual over expected seconds of the jobs that ran, shrunk toward 1 (:data:`PRIOR_S`)."""
+        return self._actual / self._expected
+
+    def record(self, result: JobResult) -> float:
+        """Note a finished job (failed, blocked and skipped ones too); its share of the bar."""
+        out, expected = result.job.out, self.expected[result.job.out]
+        self.took[out] = result.seconds
+        if result.returncode == 0 and not result.skipped and expected:
+            self._actual += result.seconds
+            self._expected += expected
+        return self.weight(out)
+
+    def seconds_left(self, now: float) -> float | None:
+        """Seconds from ``now`` (since the run started) until the last job should end."""
+        todo = [job.out for job in self.jobs if job.out not in self.took]
+        if any(self.expected[out] is None for out in todo):
+            return None
+        seconds = self.took | {out: self.expected[out] * self.pace for out in todo}
+        return max(0.0, schedule_end(self.jobs, seconds, self.workers, now, self.took) - now)
+
+
+class PipelineBar(tqdm):
+    """The pipeline's progress bar: filled by the expected seconds of finished jobs, with the
+    time left from :class:`TimeLeft` and the count of finished jobs.
+
+    :meth:`LocalRunner.run` calls ``update(1)`` for each finished job without saying which;
+    this bar moves in :meth:`finished` instead (called from ``on_result``), by that job's
+    expected seconds.
+    """
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {jobs} jobs [{elapsed}<{left}{postfix}]"
+
+    def __init__(self, clock: TimeLeft, **kwargs) -> None:
+        self.clock = clock  # before tqdm's __init__, which draws the bar
+        super().__init__(total=clock.total, bar_format=self.FORMAT, **kwargs)
+
+    def update(self, n: float | None = 1) -> None:  # the runner's job count: see finished()
+        return None
+
+    def finished(self, result: JobResult) -> None:
+        super().update(self.clock.record(result))
+
+    @property
+    def format_dict(self) -> dict:
+        d = super().format_dict
+        left = self.clock.seconds_left(d["elapsed"])
+        jobs = f"{len(self.clock.took)}/{len(self.clock.jobs)}"
+        return {**d, "jobs": jobs, "left": "?" if left is None else self.format_interval(left)}
+
+
 def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict:
     """Run every job not yet finished (each once its needs are done), then write the report."""
     out.mkdir(parents=True, exist_ok=True)
@@ -229,12 +421,17 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
     todo = [job for job in jobs if not job.done]
     logger.info("%d of %d jobs to run (%d finished earlier)", len(todo), len(jobs),
                 len(jobs) - len(todo))  # fmt: skip
-    # one bar over the whole pipeline: jobs finished, and each running job's own progress
-    bar = tqdm(total=len(todo), desc="reproduce", unit="job", disable=not progress)
+    clock = TimeLeft(todo, {job.out: expected_seconds(job, s) for job in todo}, s.workers)
+    if (left := clock.seconds_left(0.0)) is not None:
+        logger.info("expected to take about %.0f min (measured on a 2-core CPU)", left / 60)
+    # one bar over the whole pipeline: expected seconds of finished jobs, the time left, and
+    # each running job's own progress
+    bar = PipelineBar(clock, desc="reproduce", disable=not progress)
     t0, total_before = time.perf_counter(), timing.get("total", 0.0)
     per_job = timing.setdefault("jobs", {})
 
-    def save(result) -> None:  # after every job, so an interruption keeps what finished
+    def save(result: JobResult) -> None:  # after every job: an interruption keeps what finished
+        bar.finished(result)
         name = _job_name(result.job, out)
         per_job[name] = per_job.get(name, 0.0) + result.seconds
         timing["total"] = total_before + time.perf_counter() - t0
@@ -437,6 +634,70 @@ def _sweep_section(out: Path) -> list[str]:
     ]
 
 
+PACKAGE_DIR = Path(irl_lens.__file__).resolve().parent
+"""The folder ``irl_lens`` is imported from (in an editable install: the checkout's)."""
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    """``git -C folder ARGS``'s output; None when git fails or is missing."""
+    try:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _checkout_commit(package_dir: Path) -> str | None:
+    """HEAD of the git checkout that tracks ``package_dir`` as its irl_lens package, marked
+    when the checkout has uncommitted changes; None when it is not one (a plain install in a
+    virtual environment inside a checkout is not)."""
+    if _git(package_dir, "ls-files", "--error-unmatch", "__init__.py") is None:
+        return None
+    commit = _git(package_dir, "rev-parse", "HEAD")
+    if not commit:
+        return None
+    dirty = _git(package_dir, "status", "--porcelain", "--untracked-files=no")
+    return f"{commit} (uncommitted changes)" if dirty else commit
+
+
+def _direct_url() -> dict:
+    """The install's PEP 610 record (``direct_url.json``), or ``{}``. Each distribution named
+    irl-lens is tried: run from the checkout, its ``irl_lens.egg-info`` comes first and has
+    none."""
+    for dist in importlib.metadata.distributions(name="irl-lens"):
+        text = dist.read_text("direct_url.json")
+        if not text:
+            continue
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            logger.warning("%s: unreadable direct_url.json", dist.metadata["Name"])
+    return {}
+
+
+def source_commit(package_dir: Path = PACKAGE_DIR, direct_url: dict | None = None) -> str:
+    """The git commit of the running irl_lens, wherever the working folder is.
+
+    Tried in turn: the checkout the package is imported from (an editable install, or a
+    clone on ``sys.path``); the commit a ``pip install git+URL`` recorded; the folder an
+    editable install records (``direct_url``: the install's PEP 610 record by default).
+    """
+    direct_url = _direct_url() if direct_url is None else direct_url
+    commit = _checkout_commit(package_dir) or direct_url.get("vcs_info", {}).get("commit_id")
+    url = direct_url.get("url", "")
+    if not commit and direct_url.get("dir_info", {}).get("editable") and url.startswith("file:"):
+        commit = _checkout_commit(Path(url2pathname(urlparse(url).path)) / "irl_lens")
+    return commit or "unknown (not a git checkout)"
+
+
+def installed_version() -> str:
+    """The installed irl-lens distribution's version (from its metadata, not the source)."""
+    try:
+        return importlib.metadata.version("irl-lens")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
     """``report.md``: each claim of the paper, our number and verdict, figures, settings."""
     config = out / "base" / "config.json"
@@ -444,16 +705,12 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
     rows = claims(summary, n_layers, s.env)
     seconds = timing.get("jobs", {})
     ordered = [(stage.name, job) for stage in stages(out, s) for job in stage.jobs]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     lines = [
         f"# irl_lens reproduction report: {s.env}",
         "",
-        f"- date: {time.strftime('%Y-%m-%d')}; commit {commit}; machine {platform.machine()}, "
-        f"{platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+        f"- date: {time.strftime('%Y-%m-%d')}; irl-lens {installed_version()}, commit "
+        f"{source_commit()}; machine {platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"{os.cpu_count()} cores",
         f"- preset `{s.preset}`, seed {s.seed}, "
         + (f"RL seeds {s.rl_seeds}, " if s.env == "gridworld" else "")
         + f"workers {s.workers}",

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.common_cli import DEVICE_OPTION, SEED_OPTION, Device, resolve_device
+from irl_lens.common_cli import DEVICE_OPTION, MAX_COUNT, SEED_OPTION, Device, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,10 @@ _TASK = typer.Option(
     help="Task the env enforces: post (gridworld 0-1-2-3-4-5-6-7-0-1-2-3, ant 0-1-2-3) or "
     "colours like 0-1-2-3."
 )
-_EPISODES = typer.Option(help="Episode budget (default: the preset's).", min=1)
-_BATCH = typer.Option("--batch-size", help="Episodes per PPO batch (default: the preset's).", min=1)
+_EPISODES = typer.Option(help="Episode budget (default: the preset's).", min=1, max=MAX_COUNT)
+_BATCH = typer.Option(
+    "--batch-size", help="Episodes per PPO batch (default: the preset's).", min=1, max=MAX_COUNT
+)
 _LR = typer.Option(help="AdamW learning rate (default: the preset's).")
 _PRESET = typer.Option(help="quick (CPU: 100k episodes, lr 1e-3), paper (1M, lr 3e-5), tiny.")
 _RESUME = typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")

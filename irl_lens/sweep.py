@@ -28,6 +28,8 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
+from irl_lens import runs
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,11 +70,17 @@ class Job:
 
     def command(self) -> list[str]:
         """The arguments to run now: ``--resume`` added, or a leftover folder cleared, as
-        ``leftover`` says (called just before the job starts)."""
+        ``leftover`` says (called just before the job starts). Only a folder that holds one
+        of our outputs is ever cleared; anything else is left to the command, which refuses
+        it with one line."""
         if self.leftover == "keep" or not self.out.exists():
             return list(self.args)
-        if self.leftover == "resume" and any((self.out / "checkpoints").glob("*")):
+        ours = runs.output_kind(self.out) is not None
+        if self.leftover == "resume" and ours:
+            # a run without a complete checkpoint restarts at step 0 under --resume too
             return [*self.args, "--resume"]
+        if not ours:
+            return list(self.args)
         logger.info("restarting %s from scratch (an interrupted run left it)", self.out)
         shutil.rmtree(self.out)
         return list(self.args)

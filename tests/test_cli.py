@@ -85,7 +85,7 @@ def test_corrupt_checkpoint_resume(tmp_path, capsys):
     code, _, err = _run(
         ["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny", "--resume"], capsys
     )
-    assert code == 2 and "no checkpoint" in err
+    assert code == 2 and "nothing to continue" in err
 
 
 def test_console_script_help():

@@ -1,16 +1,20 @@
 """The dashboard in a real browser: `streamlit run` headless, Debian Chromium driven by Playwright.
 
-Needs /usr/bin/chromium (Debian package ``chromium``; ``.ci/run`` installs it). Saves a
+Needs /usr/bin/chromium (Debian package ``chromium``; ``.ci/run`` installs it) and the
+``playwright`` package. Without them the test is skipped on a developer's machine, naming
+the install command, and fails under ``CI=true``, where a skip would pass unseen. Saves a
 screenshot to ``tests/artifacts/dashboard.png`` for a human to look at.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,34 @@ from tests.test_dashboard import APP
 from tests.test_dashboard import runs_root as runs_root  # noqa: F401  (module fixture)
 
 CHROMIUM = "/usr/bin/chromium"
+INSTALL = "apt-get install -y chromium"  # Debian's build; never `playwright install`
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+def missing_browser(chromium: str, has_playwright: bool) -> str | None:
+    """What the browser test lacks, with the command that installs it; None when nothing."""
+    if not Path(chromium).exists():
+        return f"{chromium} is missing: install Debian's chromium (`{INSTALL}`), as .ci/run does"
+    if not has_playwright:
+        return "the playwright package is missing: `pip install -e '.[dev]'` (or `make install`)"
+    return None
+
+
+def require_browser(chromium: str, has_playwright: bool, env: Mapping[str, str]) -> None:
+    """Skip the browser test locally when a piece is missing; fail under ``CI=true``."""
+    problem = missing_browser(chromium, has_playwright)
+    if problem is None:
+        return
+    if env.get("CI") == "true":
+        pytest.fail(problem, pytrace=False)
+    pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def browser_ready() -> None:
+    # module scope and first in the test's arguments: checked before runs_root trains models
+    has_playwright = importlib.util.find_spec("playwright") is not None
+    require_browser(CHROMIUM, has_playwright, os.environ)
 
 
 def _free_port() -> int:
@@ -51,12 +82,8 @@ def server(runs_root):  # noqa: F811
         proc.wait(timeout=20)
 
 
-def test_dashboard_in_chromium(server):
-    assert Path(CHROMIUM).exists(), (
-        f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), "
-        "as .ci/run does"
-    )
-    from playwright.sync_api import sync_playwright
+def test_dashboard_in_chromium(browser_ready, server):
+    from playwright.sync_api import sync_playwright  # a dev extra: checked by browser_ready
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -83,3 +110,23 @@ def test_dashboard_in_chromium(server):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         browser.close()
+
+
+def test_a_missing_chromium_skips_locally_and_fails_under_ci(tmp_path):
+    absent = str(tmp_path / "chromium")
+    with pytest.raises(pytest.skip.Exception, match=INSTALL):
+        require_browser(absent, True, {})
+    with pytest.raises(pytest.skip.Exception, match=INSTALL):
+        require_browser(absent, True, {"CI": "false"})
+    with pytest.raises(pytest.fail.Exception, match=INSTALL):
+        require_browser(absent, True, {"CI": "true"})
+
+
+def test_a_missing_playwright_skips_locally_and_fails_under_ci(tmp_path):
+    present = tmp_path / "chromium"
+    present.touch()
+    with pytest.raises(pytest.skip.Exception, match="playwright"):
+        require_browser(str(present), False, {})
+    with pytest.raises(pytest.fail.Exception, match="playwright"):
+        require_browser(str(present), False, {"CI": "true"})
+    require_browser(str(present), True, {"CI": "true"})  # all there: neither skips nor fails

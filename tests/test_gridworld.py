@@ -340,7 +340,8 @@ def test_tasks_table():
 
 def test_parse_task():
     assert parse_task("0-1-4-5") == (0, 1, 4, 5)
-    assert parse_task(" post ") == POST_TASK
+    with pytest.raises(ValueError, match="spaces"):
+        parse_task(" post ")  # a stray space is a typo: refused, not guessed
     assert parse_task([2, 3]) == (2, 3)
     assert parse_task(np.array([6, 7])) == (6, 7)
     assert parse_task(format_task(POST_TASK)) == POST_TASK

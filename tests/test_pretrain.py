@@ -51,9 +51,9 @@ def test_resume_gives_the_same_weights(tmp_path, tiny_dataset):
 def test_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path, tiny_dataset):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("")
-    with pytest.raises(runs.RunError, match="not empty"):
+    with pytest.raises(runs.RunError, match="did not write"):
         pretrain(tiny_dataset, tmp_path / "run", tiny_model_config(), _cfg(), progress=False)
-    with pytest.raises(runs.RunError, match="no checkpoint"):
+    with pytest.raises(runs.RunError, match="nothing to continue"):
         pretrain(
             tiny_dataset, tmp_path / "new", tiny_model_config(), _cfg(), progress=False, resume=True
         )

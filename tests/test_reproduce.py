@@ -69,20 +69,29 @@ def test_a_rerun_skips_finished_stages_and_gives_the_same_numbers(repro):
     assert _numbers(after) == _numbers(before)
 
 
-def test_a_job_resumes_from_a_checkpoint_or_clears_what_an_interrupted_run_left(tmp_path):
+def test_a_job_resumes_or_clears_only_what_an_interrupted_run_of_ours_left(tmp_path):
     from irl_lens.sweep import Job
 
-    def job(name, leftover, checkpoint=False):
+    def job(name, leftover, checkpoint=False, ours=True):
         out = tmp_path / name
         (out / "checkpoints").mkdir(parents=True)
+        if ours:
+            (out / "config.json").write_text(json.dumps({"kind": "metacontroller"}))
         if checkpoint:
             (out / "checkpoints" / "step_00000020").mkdir()
         return Job(["discover", "x", "--out", str(out)], out, leftover=leftover)
 
     resumed = job("a", "resume", checkpoint=True)
     assert resumed.command()[-1] == "--resume" and resumed.out.exists()
-    for j in (job("b", "resume"), job("c", "clear", checkpoint=True)):
-        assert "--resume" not in j.command() and not j.out.exists()  # starts over, clean
+    # no complete checkpoint (a torn .tmp-* at most): --resume starts over at step 0 in place
+    torn = job("b", "resume")
+    (torn.out / "checkpoints" / ".tmp-x").mkdir()
+    assert torn.command()[-1] == "--resume"
+    cleared = job("c", "clear", checkpoint=True)
+    assert "--resume" not in cleared.command() and not cleared.out.exists()
+    for leftover in ("clear", "resume"):  # a folder irl-lens did not write is never removed
+        users = job(f"user-{leftover}", leftover, ours=False)
+        assert users.command() == users.args and users.out.exists()
     kept = job("d", "keep", checkpoint=True)
     assert kept.command() == kept.args and kept.out.exists()
     with pytest.raises(ValueError, match="leftover"):
@@ -95,6 +104,7 @@ def _numbers(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if not any(t in k for t in timing)}
 
 
+@pytest.mark.slow  # a second whole reproduction (~2 min); the rerun test below checks resumes
 def test_a_second_reproduction_with_the_same_seed_gives_the_same_numbers(repro, tmp_path):
     again = tmp_path / "again"
     main(["reproduce", "gridworld", "--out", str(again), *ARGS])
@@ -298,3 +308,131 @@ def test_reproduce_ant_refuses_the_sweep(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["reproduce", "ant", "--out", str(tmp_path / "a"), "--with-sweep"])
     assert e.value.code == 2 and "--with-sweep" in capsys.readouterr().err
+
+
+def test_expected_seconds_come_from_the_measured_quick_runs_and_scale_with_episodes(tmp_path):
+    from irl_lens.reproduce import MEASURED, ReproduceSettings, expected_seconds, stages
+
+    s = ReproduceSettings(rl_episodes=50_176, with_sweep=True)
+    jobs = {j.out.name: j for stage in stages(tmp_path, s) for j in stage.jobs}
+    grid = MEASURED[("gridworld", "quick")]
+    assert expected_seconds(jobs["data"], s) == grid["data"].seconds  # 200k episodes, as measured
+    assert expected_seconds(jobs["base"], s) == grid["pretrain"].seconds
+    assert expected_seconds(jobs["rl-raw-s0"], s) == grid["raw-rl"].seconds / 2  # half the budget
+    sweep = grid["discover"].seconds * 3 * 14 / 2  # 42 discover runs, two at a time
+    assert expected_seconds(jobs["rd"], s) == sweep
+    tiny = ReproduceSettings(preset="tiny")  # never measured: no estimate
+    assert all(expected_seconds(j, tiny) is None for st in stages(tmp_path, tiny) for j in st.jobs)
+
+
+def _chain(tmp_path):
+    """Fake jobs a -> b, and c beside them (no processes)."""
+    from irl_lens.sweep import Job
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    return [Job([], a), Job([], b, needs=(a,)), Job([], c)]
+
+
+def test_the_schedule_lays_jobs_out_as_the_runner_runs_them(tmp_path):
+    from irl_lens.reproduce import schedule_end
+
+    jobs = _chain(tmp_path)
+    seconds = {j.out: d for j, d in zip(jobs, (10.0, 5.0, 20.0), strict=True)}
+    assert schedule_end(jobs, seconds, workers=2) == 20.0  # a, b on one worker, c beside them
+    assert schedule_end(jobs, seconds, workers=1) == 35.0  # one after another
+    # at t = 30 nothing has finished: a ends at 30 at the earliest, then b takes its 5 s
+    assert schedule_end(jobs, seconds, workers=2, now=30.0) == 35.0
+    done = {jobs[0].out}  # a finished (at 10); b, c still run
+    assert schedule_end(jobs, seconds, workers=2, now=12.0, finished=done) == 20.0
+
+
+def test_time_left_is_the_remaining_expected_schedule_at_the_pace_of_finished_jobs(tmp_path):
+    from irl_lens.reproduce import PRIOR_S, TimeLeft
+    from irl_lens.sweep import JobResult
+
+    a, b, c = jobs = _chain(tmp_path)
+    clock = TimeLeft(jobs, {a.out: 1000.0, b.out: 500.0, c.out: 2000.0}, workers=2)
+    assert clock.total == 3500.0 and clock.seconds_left(0.0) == 2000.0
+    assert clock.seconds_left(300.0) == 1700.0  # counts down between jobs
+    assert clock.record(JobResult(a, 0, 2000.0)) == 1000.0  # twice as slow as expected
+    pace = (PRIOR_S + 2000.0) / (PRIOR_S + 1000.0)
+    assert clock.pace == pytest.approx(pace)
+    # b starts when a ends (2000) and c ran from 0: both at the pace of a
+    assert clock.seconds_left(2000.0) == pytest.approx(max(2000 + 500 * pace, 2000 * pace) - 2000)
+    unknown = TimeLeft(jobs, {a.out: 1000.0, b.out: None, c.out: 2000.0}, workers=2)
+    assert unknown.seconds_left(0.0) is None and unknown.weight(a.out) == 1.0  # jobs, not seconds
+    unknown.record(JobResult(b, 0, 10.0))
+    assert unknown.seconds_left(10.0) is not None  # the job without an estimate is done
+
+
+def test_early_data_jobs_do_not_make_an_hour_look_like_a_minute(tmp_path):
+    """Issue 27: "57 s left" at minute 2 of the quick gridworld pipeline."""
+    from irl_lens.reproduce import ReproduceSettings, TimeLeft, expected_seconds, stages
+    from irl_lens.sweep import JobResult
+
+    s = ReproduceSettings()
+    jobs = [j for stage in stages(tmp_path, s) for j in stage.jobs]
+    clock = TimeLeft(jobs, {j.out: expected_seconds(j, s) for j in jobs}, s.workers)
+    assert 3000 < clock.seconds_left(0.0) < 4200  # the measured run took 3,539 s
+    for job in jobs[:3]:  # the data jobs, quicker than measured
+        clock.record(JobResult(job, 0, 2.0))
+    assert clock.seconds_left(120.0) > 2700
+
+
+def test_the_pipeline_bar_fills_by_expected_seconds_through_the_runners_bar_interface(tmp_path):
+    from irl_lens.reproduce import PipelineBar, TimeLeft
+
+    jobs = _chain(tmp_path)
+    clock = TimeLeft(jobs, dict(zip([j.out for j in jobs], (10.0, 5.0, 85.0), strict=True)), 2)
+    out = io.StringIO()
+    bar = PipelineBar(clock, desc="reproduce", file=out)
+    _fake_runner(2).run(jobs, bar=bar, on_result=bar.finished)
+    assert bar.n == bar.total == 100.0 and set(clock.took) == {j.out for j in jobs}
+    bar.close()
+    assert "3/3 jobs [" in out.getvalue() and "100%" in out.getvalue()
+    clock = TimeLeft(jobs, {j.out: None for j in jobs}, 2)
+    with PipelineBar(clock, file=io.StringIO()) as bar:
+        bar.update(1)  # the runner's count alone does not move it
+        assert bar.n == 0 and "0/3 jobs [00:00<?]" in str(bar)
+
+
+def _git_head(folder: Path) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+
+
+def test_the_report_names_the_version_and_commit_from_any_working_folder(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    import irl_lens
+    from irl_lens.reproduce import ReproduceSettings, installed_version, report, source_commit
+
+    head = _git_head(Path(irl_lens.__file__).parent.parent)
+    monkeypatch.chdir(tmp_path)  # outside the checkout
+    version = importlib.metadata.version("irl-lens")
+    assert installed_version() == version and source_commit().startswith(head)
+    text = report(tmp_path / "r", ReproduceSettings(), {}, {})
+    assert f"irl-lens {version}, commit {head}" in text and "unknown" not in text.split("\n")[2]
+
+
+def test_the_commit_falls_back_on_the_install_record(tmp_path):
+    import subprocess
+
+    import irl_lens
+    from irl_lens.reproduce import source_commit
+
+    checkout = Path(irl_lens.__file__).parent.parent
+    assert source_commit(tmp_path, {}) == "unknown (not a git checkout)"
+    assert source_commit(tmp_path, {"vcs_info": {"vcs": "git", "commit_id": "abc123"}}) == "abc123"
+    editable = {"url": checkout.as_uri(), "dir_info": {"editable": True}}
+    assert source_commit(tmp_path, editable).startswith(_git_head(checkout))
+    # a copy of the package inside some other checkout that does not track it (a virtual
+    # environment in a clone): not its commit
+    repo, git = tmp_path / "repo", ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    (repo / "venv" / "irl_lens").mkdir(parents=True)
+    (repo / "venv" / "irl_lens" / "__init__.py").write_text("")
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    assert source_commit(repo / "venv" / "irl_lens", {}) == "unknown (not a git checkout)"

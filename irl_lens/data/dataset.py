@@ -35,17 +35,18 @@ The model's token for step t is the 49 codes followed by the agent cell (50 inte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from irl_lens import runs
+from irl_lens.envs.pinpad import ANT_N_COLOURS, N_COLOURS, N_SUBGOALS
 
 logger = logging.getLogger(__name__)
 
@@ -127,23 +128,27 @@ class TrajectoryDataset:
         meta = dict(self.meta, n_episodes=len(episodes), n_steps=int(offsets[-1]))
         return TrajectoryDataset(meta, out)
 
+    def fingerprint(self) -> str:
+        """SHA-256 of every array (name, dtype, shape, bytes): equal data, equal digest.
+        Runs store it so that ``--resume`` on other data is refused."""
+        h = hashlib.sha256()
+        for key in sorted(self.arrays):
+            arr = np.ascontiguousarray(self.arrays[key])
+            h.update(f"{key}:{arr.dtype}:{arr.shape};".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
     # ---- persistence -------------------------------------------------------------
-    def save(self, out_dir: str | Path) -> Path:
-        """Write the folder atomically: into a temporary sibling, then rename."""
-        out_dir = Path(out_dir)
+    def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
+        """Write the folder atomically (a temporary sibling, then rename), under the output
+        policy of :func:`irl_lens.runs.check_output`: an existing folder is replaced only
+        with ``overwrite`` and only when it is an irl-lens dataset."""
         validate(self.meta, self.arrays)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        try:
+        out_dir = runs.check_output(out_dir, runs.DATASET_KIND, overwrite=overwrite)
+        with runs.staged(out_dir, overwrite=overwrite) as tmp:
             with open(tmp / "arrays.npz", "wb") as f:
                 np.savez(f, **self.arrays)
-            (tmp / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True))
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            runs.write_json(tmp / "meta.json", self.meta)
         return out_dir
 
 
@@ -158,8 +163,23 @@ def _step_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return starts[ep_of_step] + (np.arange(total) - first[ep_of_step])
 
 
+_ENVS = {"gridworld": (N_COLOURS, N_SUBGOALS), "ant": (ANT_N_COLOURS, ANT_N_COLOURS)}
+"""env -> (colours, subgoal labels) its data may hold."""
+
+
+def _check_meta_field(meta: dict, key: str, kind: type, where: str, minimum: int = 0) -> None:
+    value = meta.get(key)
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok and kind is int:
+        ok = value >= minimum
+    if not ok:
+        what = f"an integer >= {minimum}" if kind is int else kind.__name__
+        raise DatasetError(f"{where}: meta.json {key!r} is {value!r}; expected {what}")
+
+
 def validate(meta: dict, arrays: dict[str, np.ndarray], where: str = "dataset") -> None:
-    """Check the schema, dtypes and shapes; raise :class:`DatasetError` naming what is wrong."""
+    """Check the schema, dtypes, shapes and value ranges; raise :class:`DatasetError`
+    naming the first thing that is wrong (field, value, what is allowed)."""
     if meta.get("format") != FORMAT_NAME:
         raise DatasetError(
             f"{where}: meta.json 'format' is {meta.get('format')!r}, expected {FORMAT_NAME!r}"
@@ -177,6 +197,16 @@ def validate(meta: dict, arrays: dict[str, np.ndarray], where: str = "dataset") 
             raise DatasetError(
                 f"{where}: meta.json '{key}' is {meta.get(key)!r}; allowed: {', '.join(allowed)}"
             )
+    if meta.get("env") not in _ENVS:
+        raise DatasetError(
+            f"{where}: meta.json 'env' is {meta.get('env')!r}; allowed: {', '.join(_ENVS)}"
+        )
+    _check_meta_field(meta, "n_actions", int, where, minimum=1)
+    if meta["obs_kind"] == "vector":
+        _check_meta_field(meta, "obs_dim", int, where, minimum=1)
+    for key in ("n_episodes", "n_steps"):
+        if key in meta:
+            _check_meta_field(meta, key, int, where, minimum=1)
     schema = _schema(meta)
     missing = sorted(set(schema) - set(arrays))
     if missing:
@@ -186,9 +216,9 @@ def validate(meta: dict, arrays: dict[str, np.ndarray], where: str = "dataset") 
         raise DatasetError(f"{where}: 'episode_offsets' must start at 0 and strictly increase")
     sizes = {"N": len(offsets) - 1, "N+1": len(offsets), "S": int(offsets[-1]), "49": N_CELLS}
     if meta["action_kind"] == "continuous":
-        sizes["A"] = int(meta.get("n_actions", -1))
+        sizes["A"] = meta["n_actions"]
     if meta["obs_kind"] == "vector":
-        sizes["D"] = int(meta.get("obs_dim", -1))
+        sizes["D"] = meta["obs_dim"]
     for key, (shape, dtype) in schema.items():
         arr = arrays[key]
         if str(arr.dtype) != dtype:
@@ -203,13 +233,48 @@ def validate(meta: dict, arrays: dict[str, np.ndarray], where: str = "dataset") 
                     f"{where}: '{key}' has shape {arr.shape}, expected "
                     f"{' x '.join(shape)} with {sym}={sizes[sym]}"
                 )
-    if meta.get("n_episodes") not in (None, sizes["N"]):
-        raise DatasetError(
-            f"{where}: meta says {meta['n_episodes']} episodes, arrays hold {sizes['N']}"
-        )
+    for key, size in (("n_episodes", "N"), ("n_steps", "S")):
+        if meta.get(key) not in (None, sizes[size]):
+            raise DatasetError(
+                f"{where}: meta.json {key!r} is {meta[key]}, arrays hold {sizes[size]}"
+            )
+    _check_ranges(meta, arrays, where)
+
+
+def _check_range(arrays: dict, key: str, low: int, high: int, where: str, allowed: str) -> None:
+    arr = arrays[key]
+    if arr.size and (arr.min() < low or arr.max() > high):
+        bad = arr.max() if arr.max() > high else arr.min()
+        raise DatasetError(f"{where}: {key!r} holds {bad}; allowed {allowed}")
+
+
+def _check_ranges(meta: dict, arrays: dict[str, np.ndarray], where: str) -> None:
+    """Every array's values against meta.json and the env's colours."""
+    n_colours, n_subgoals = _ENVS[meta["env"]]
+    if meta["action_kind"] == "discrete":
+        n = meta["n_actions"]
+        _check_range(arrays, "action", 0, n - 1, where, f"0..{n - 1} (n_actions {n})")
+    _check_range(arrays, "subgoal", -1, n_subgoals - 1, where, f"-1..{n_subgoals - 1}")
+    _check_range(arrays, "target_colour", -1, n_colours - 1, where, f"-1..{n_colours - 1}")
+    task, task_len = arrays["task"], arrays["task_len"].astype(np.int64)
+    k = task.shape[1]
+    if task_len.size and (task_len.min() < 1 or task_len.max() > k):
+        raise DatasetError(f"{where}: 'task_len' must lie in 1..{k} (the task array's width)")
+    in_task = np.arange(k)[None, :] < task_len[:, None]  # [N, K]
+    colours = task[in_task]
+    if colours.size and (colours.min() < 0 or colours.max() >= n_colours):
+        bad = colours.max() if colours.max() >= n_colours else colours.min()
+        raise DatasetError(f"{where}: 'task' holds colour {bad}; allowed 0..{n_colours - 1}")
+    if np.any(task[~in_task] != -1):
+        raise DatasetError(f"{where}: 'task' must be padded with -1 after 'task_len' colours")
     if meta["obs_kind"] == "grid":
-        if arrays["layout"].max(initial=0) > 9 or arrays["agent_pos"].max(initial=0) >= N_CELLS:
-            raise DatasetError(f"{where}: grid cell codes or agent cells out of range")
+        _check_range(arrays, "layout", 0, 9, where, "0..9 (0 empty, 1+c colour c, 9 wall)")
+        for key in ("agent_pos", "final_agent_pos"):
+            _check_range(arrays, key, 0, N_CELLS - 1, where, f"0..{N_CELLS - 1}")
+    for key in ("obs", "final_obs", "action"):
+        arr = arrays.get(key)
+        if arr is not None and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DatasetError(f"{where}: {key!r} holds NaN or infinite values")
 
 
 def load_dataset(path: str | Path) -> TrajectoryDataset:

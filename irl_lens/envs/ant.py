@@ -66,7 +66,13 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # must precede `import mujoco` on a h
 import mujoco  # noqa: E402
 from mujoco import rollout  # noqa: E402
 
-from irl_lens.envs.pinpad import Task, TaskSpec, format_task, parse_task  # noqa: E402
+from irl_lens.envs.pinpad import (  # noqa: E402
+    ANT_N_COLOURS,
+    Task,
+    TaskSpec,
+    format_task,
+    parse_task,
+)
 
 __all__ = [
     "ANT_GRID_SIZE",
@@ -93,8 +99,6 @@ __all__ = [
 ANT_GRID_SIZE = 4
 """Side length G of the ant arena in cells."""
 ANT_N_CELLS = ANT_GRID_SIZE * ANT_GRID_SIZE
-ANT_N_COLOURS = 4
-"""Colours 0..3; in ant-pinpad every colour is its own subgoal."""
 ANT_N_WALLS = 1
 ANT_MAX_STEPS = 500
 """Time limit T (steps of 0.05 s)."""

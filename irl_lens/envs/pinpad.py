@@ -28,7 +28,9 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "ANT_N_COLOURS",
     "GRID_SIZE",
+    "MAX_TASK_LEN",
     "MAX_STEPS",
     "N_COLOURS",
     "N_SUBGOALS",
@@ -56,6 +58,14 @@ MAX_STEPS = 100
 
 N_SUBGOALS = N_COLOURS // 2
 """Number of abstract subgoals: the colour pairs 0-1, 2-3, 4-5, 6-7."""
+
+ANT_N_COLOURS = 4
+"""Colours 0..3 of ant-pinpad, where every colour is its own subgoal (the MuJoCo env in
+:mod:`irl_lens.envs.ant`; kept here so that reading ant data does not import MuJoCo)."""
+
+MAX_TASK_LEN = 16
+"""Longest task accepted (the post-training task has 12 colours): an episode has at most
+:data:`MAX_STEPS` steps, so far longer tasks cannot be completed and only waste memory."""
 
 Task = tuple[int, ...]
 """A task: the colours to step onto, in order."""
@@ -130,7 +140,9 @@ def parse_task(spec: TaskSpec, n_colours: int = N_COLOURS) -> Task:
             next target differs from the colour the agent is standing on.
     """
     if isinstance(spec, str):
-        text = spec.strip()
+        text = spec
+        if text != text.strip():
+            raise ValueError(f"invalid task {spec!r}: remove the spaces around it; {_HOW}")
         if text.lower() == "post":
             return POST_TASK
         if not text:
@@ -155,6 +167,10 @@ def parse_task(spec: TaskSpec, n_colours: int = N_COLOURS) -> Task:
         shown = format_task(colours)
     if not colours:
         raise ValueError(f"invalid task {shown!r}: the task is empty; {_HOW}")
+    if len(colours) > MAX_TASK_LEN:
+        raise ValueError(
+            f"invalid task: {len(colours)} colours; at most {MAX_TASK_LEN} are allowed ({_HOW})"
+        )
     for c in colours:
         if not 0 <= c < n_colours:
             raise ValueError(

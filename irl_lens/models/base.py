@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.hook_points import HookPoint
 
+from irl_lens import runs
 from irl_lens.envs.expert import UNREACHABLE, distance_maps, shortest_moves
 from irl_lens.envs.gridworld import GRID_SIZE, N_CELL_CODES, NEXT_CELL
 from irl_lens.envs.pinpad import N_COLOURS, N_WALLS
@@ -88,6 +89,7 @@ class BaseModelConfig(DictConfig):
     :func:`path_features`). The quick preset turns it on; the paper's encoder is off."""
 
     def __post_init__(self) -> None:
+        runs.check_finite_fields(self)
         checks = {
             "d_model": self.d_model >= 8,
             "n_layers": self.n_layers >= 1,

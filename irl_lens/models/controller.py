@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from irl_lens import runs
 from irl_lens.models.common import DictConfig, build_seeded
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class ControllerConfig(DictConfig):
     """Hypernetwork only: decoder hidden width (metacontroller default)."""
 
     def __post_init__(self) -> None:
+        runs.check_finite_fields(self)
         if self.d_model < 1:
             raise ValueError(f"ControllerConfig.d_model={self.d_model!r} must be >= 1")
         if self.n_controllers < 1:

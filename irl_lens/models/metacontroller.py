@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from irl_lens import runs
 from irl_lens.models.common import DictConfig, build_seeded
 from irl_lens.models.controller import (
     hyper_factors,
@@ -84,6 +85,7 @@ class MetacontrollerConfig(DictConfig):
     """Initial bias of the switching unit's logit (0: beta starts near 0.5)."""
 
     def __post_init__(self) -> None:
+        runs.check_finite_fields(self)
         for name in ("d_model", "n_z", "n_h", "n_s", "d_enc", "d_dec"):
             if getattr(self, name) < 1:
                 raise ValueError(

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from irl_lens import runs
 from irl_lens.models.common import DictConfig, build_seeded
 from irl_lens.models.ssm import HawkBlock
 
@@ -39,6 +40,7 @@ class PolicyConfig(DictConfig):
     """Initial log standard deviation of the Gaussian (0: the prior's unit scale)."""
 
     def __post_init__(self) -> None:
+        runs.check_finite_fields(self)
         for name in ("d_model", "n_z", "d_policy"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PolicyConfig.{name}={getattr(self, name)!r} must be >= 1")

@@ -71,6 +71,7 @@ class ControllerTrainConfig:
     """Seeds the controllers' initialisation and the data order."""
 
     def __post_init__(self) -> None:
+        runs.check_finite_fields(self)
         for name in ("steps", "tokens_per_batch", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(
@@ -249,8 +250,7 @@ def train_supervised_controllers(
     layers = [check_layer(layer, model.cfg.n_layers) for layer in layers]
     if not layers:
         raise ValueError("layers: give at least one layer")
-    if out.exists() and any(out.iterdir()):
-        raise runs.RunError(f"output folder {str(out)!r} is not empty; choose a new --out")
+    runs.check_output(out, KIND, exists_hint="choose a new --out (nothing was changed)")
     n_val = min(cfg.val_episodes, ds.n_episodes // 5)
     idx = np.arange(ds.n_episodes)
     train_eps, val_eps = idx[: ds.n_episodes - n_val], idx[ds.n_episodes - n_val :]
@@ -263,6 +263,7 @@ def train_supervised_controllers(
             "kind": KIND,
             "version": runs.RUN_VERSION,
             "base_run": str(run),
+            "base_run_ref": runs.run_ref(run, out),
             "base_checkpoint": None if checkpoint is None else Path(checkpoint).name,
             "data": data_path,
             "layers": layers,
@@ -307,7 +308,7 @@ def load_controllers(
     try:
         ccfg = ControllerConfig.from_dict(config["controller"])
         layers = [int(v) for v in config["layers"]]
-        base_run = config["base_run"]
+        base_run = runs.resolve_ref(config, "base_run", path)
     except (KeyError, TypeError, ValueError) as e:
         raise runs.RunError(f"{path}/config.json: bad controllers config ({e})") from None
     if not Path(base_run).is_dir() and (path.parent / "model.safetensors").is_file():

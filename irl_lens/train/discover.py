@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irl_lens import runs
+from irl_lens import interrupts, runs
 from irl_lens.data.dataset import Batch, TrajectoryDataset, bucketed_batches, make_batch
 from irl_lens.hooks import check_layer, intervene
 from irl_lens.models.base import ActionModel, build_model, load_base_model
@@ -98,6 +98,7 @@ class DiscoverConfig:
     """Seeds the initialisation, the data order and the latent noise."""
 
     def __post_init__(self) -> None:
+        runs.check_finite_fields(self)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant={self.variant!r}; allowed: {', '.join(VARIANTS)}")
         for name in ("steps", "tokens_per_batch", "eval_every", "log_every", "checkpoint_every"):
@@ -326,37 +327,33 @@ def discover(
         "kind": KIND,
         "version": runs.RUN_VERSION,
         "base_run": str(run),
+        "base_run_ref": runs.run_ref(run, out),
         "data": data_path,
+        "data_sha256": ds.fingerprint(),
         "layer": layer,
         "metacontroller": mc_cfg.to_dict(),
         "train": dataclasses.asdict(cfg),
     }
     step, epoch, batch_in_epoch = 0, 0, 0
+    # the base is checked by its weights' hash (base_run_ref), not by the path typed
+    same = [k for k in config if k not in ("base_run", "base_run_ref", "data")]
+    ckpt = runs.start_run(out, config, resume=resume, compare=same)
     if resume:
-        ckpts = runs.checkpoint_dirs(out)
-        if not ckpts:
-            raise runs.RunError(f"--resume: {out} has no checkpoint to resume from")
-        saved = runs.read_json(out / "config.json", "metacontroller config")
-        if {k: saved.get(k) for k in config} != json.loads(json.dumps(config)):
-            raise runs.RunError(
-                f"--resume: {out}/config.json differs from the requested settings; "
-                "resume with the same options"
-            )
-        runs.load_weights(mc, ckpts[-1] / "model.safetensors")
-        state = runs.load_trainer_state(ckpts[-1])
+        saved_sha = (runs.read_json(out / "config.json").get("base_run_ref") or {}).get("sha256")
+        if saved_sha not in (None, config["base_run_ref"]["sha256"]):
+            raise runs.RunError(f"--resume: {out} was trained on another base model than {run}")
+    if ckpt is not None:
+        runs.load_weights(mc, ckpt / "model.safetensors")
+        state = runs.load_trainer_state(
+            ckpt, ("optimizer", "step", "epoch", "batch_in_epoch", "generator")
+        )
         if cfg.variant == "cotrain":
-            runs.load_weights(base, ckpts[-1] / "base.safetensors")
+            runs.load_weights(base, ckpt / "base.safetensors")
         opt.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         generator.set_state(state["generator"])
         logger.info("resumed %s at step %d", out, step)
-    else:
-        if out.exists() and any(out.iterdir()):
-            raise runs.RunError(
-                f"output folder {str(out)!r} is not empty; choose a new --out or pass --resume"
-            )
-        out.mkdir(parents=True, exist_ok=True)
-        runs.write_json(out / "config.json", config)
+    runs.truncate_metrics(out / "metrics.jsonl", "step", step)
     base_digest = weights_digest(base)
     metrics_path = out / "metrics.jsonl"
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
@@ -365,56 +362,71 @@ def discover(
     t0 = time.perf_counter()
     freeze = frozen(base) if cfg.variant != "cotrain" else nullcontext()
     mc.train()
-    with freeze:
-        while step < end:
-            order = bucketed_batches(
-                train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
-            )
-            while batch_in_epoch < len(order) and step < end:
-                batch = make_batch(train_ds, order[batch_in_epoch])
-                alpha = cfg.alpha_at(step)
-                parts = _loss(base, mc, layer, batch, cfg, lam, generator, alpha=alpha)
-                opt.zero_grad(set_to_none=True)
-                parts.loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                opt.step()
-                step += 1
-                batch_in_epoch += 1
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == end:
-                    rec = {
-                        "step": step,
-                        "train/loss": parts.loss.item(),
-                        "train/action_nll": parts.action_nll,
-                        "train/obs_nll": parts.obs_nll,
-                        "train/kl": parts.kl,
-                        "train/mean_beta": parts.mean_beta,
-                        "train/switches_per_episode": parts.switches,
-                        "train/true_segments_per_episode": parts.true_segments,
-                    }
-                    runs.append_metrics(metrics_path, rec)
-                    sw = f"{parts.switches:.1f}/{parts.true_segments:.1f}"
-                    bar.set_postfix(nll=f"{parts.action_nll:.3f}", kl=f"{parts.kl:.2f}", sw=sw)
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    mc.eval()
-                    ev = evaluate(base, mc, layer, ds, val_idx, cfg, lam)
-                    mc.train()
-                    runs.append_metrics(metrics_path, {"step": step, **ev})
-                    logger.info("step %d: %s", step, {k: round(v, 4) for k, v in ev.items()})
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    state = {
-                        "optimizer": opt.state_dict(),
-                        "step": step,
-                        "epoch": epoch,
-                        "batch_in_epoch": batch_in_epoch,
-                        "generator": generator.get_state(),
-                    }
-                    ckpt = runs.save_checkpoint(out, step, mc, state)
-                    if cfg.variant == "cotrain":
-                        runs.save_weights(base, ckpt / "base.safetensors")
-            if batch_in_epoch >= len(order):
-                epoch, batch_in_epoch = epoch + 1, 0
+    saved_at = step
+    try:
+        with freeze, interrupts.deferred() as stop:
+            while step < end:
+                order = bucketed_batches(
+                    train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
+                )
+                while batch_in_epoch < len(order) and step < end:
+                    batch = make_batch(train_ds, order[batch_in_epoch])
+                    alpha = cfg.alpha_at(step)
+                    parts = _loss(base, mc, layer, batch, cfg, lam, generator, alpha=alpha)
+                    opt.zero_grad(set_to_none=True)
+                    parts.loss.backward()
+                    if cfg.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                    opt.step()
+                    if not math.isfinite(parts.action_nll + parts.kl):
+                        raise runs.NonFiniteError(
+                            f"discover: the loss is not finite at step {step + 1}; stopped "
+                            f"without saving (last good checkpoint: step {saved_at}); "
+                            "lower --lr or check the data"
+                        )
+                    step += 1
+                    batch_in_epoch += 1
+                    bar.update(1)
+                    if step % cfg.log_every == 0 or step == end:
+                        rec = {
+                            "step": step,
+                            "train/loss": parts.loss.item(),
+                            "train/action_nll": parts.action_nll,
+                            "train/obs_nll": parts.obs_nll,
+                            "train/kl": parts.kl,
+                            "train/mean_beta": parts.mean_beta,
+                            "train/switches_per_episode": parts.switches,
+                            "train/true_segments_per_episode": parts.true_segments,
+                        }
+                        runs.append_metrics(metrics_path, rec)
+                        sw = f"{parts.switches:.1f}/{parts.true_segments:.1f}"
+                        bar.set_postfix(nll=f"{parts.action_nll:.3f}", kl=f"{parts.kl:.2f}", sw=sw)
+                    if step % cfg.eval_every == 0 or step == cfg.steps:
+                        mc.eval()
+                        ev = evaluate(base, mc, layer, ds, val_idx, cfg, lam)
+                        mc.train()
+                        runs.append_metrics(metrics_path, {"step": step, **ev})
+                        logger.info("step %d: %s", step, {k: round(v, 4) for k, v in ev.items()})
+                    if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signum:
+                        state = {
+                            "optimizer": opt.state_dict(),
+                            "step": step,
+                            "epoch": epoch,
+                            "batch_in_epoch": batch_in_epoch,
+                            "generator": generator.get_state(),
+                        }
+                        ckpt = runs.save_checkpoint(out, step, mc, state)
+                        if cfg.variant == "cotrain":
+                            runs.save_weights(base, ckpt / "base.safetensors")
+                        saved_at = step
+                    if stop.signum:
+                        raise interrupts.Interrupted(stop.signum, step, saved_at)
+                if batch_in_epoch >= len(order):
+                    epoch, batch_in_epoch = epoch + 1, 0
+    except interrupts.Interrupted as e:
+        bar.close()
+        e.step, e.checkpoint = step, saved_at
+        raise
     bar.close()
     seconds = time.perf_counter() - t0
     if cfg.variant != "cotrain" and weights_digest(base) != base_digest:
@@ -499,7 +511,7 @@ def load_metacontroller(
         raise runs.RunError(f"{path} is a {config.get('kind')!r} folder, not {KIND!r}")
     try:
         mc_cfg = MetacontrollerConfig.from_dict(config["metacontroller"])
-        base_run = config["base_run"]
+        base_run = runs.resolve_ref(config, "base_run", path)
         variant = config["train"]["variant"]
     except (KeyError, TypeError, ValueError) as e:
         raise runs.RunError(f"{path}/config.json: bad metacontroller config ({e})") from None

@@ -21,8 +21,8 @@ A run folder (``kind = "internal_rl"``) holds ``config.json``, ``policy.safetens
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irl_lens import runs
+from irl_lens import interrupts, runs
 from irl_lens.engine import EnvKit, MetacontrollerDriver, RolloutEngine, StepState, env_kit
 from irl_lens.envs.pinpad import format_task, parse_task
 from irl_lens.models.metacontroller import StepCarry
@@ -71,6 +71,7 @@ class RLConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        runs.check_finite_fields(self)
         parse_task(self.task)
         for name in ("episodes", "batch_size", "epochs", "checkpoint_every", "d_policy"):
             if getattr(self, name) < 1:
@@ -263,6 +264,7 @@ def internal_rl(
         "kind": KIND,
         "version": runs.RUN_VERSION,
         "metacontroller": str(mc_path),
+        "metacontroller_ref": runs.run_ref(mc_path, out, "metacontroller.safetensors"),
         "method": "internal_rl" + ("_beta1" if always_switch else ""),
         "variant": mc_config["train"]["variant"],
         "layer": layer,
@@ -285,24 +287,27 @@ def internal_rl(
 # ------------------------------------------------------------------- shared loop machinery
 
 
+_PATHS = ("metacontroller", "base_run")
+"""Config keys holding a path as typed: a resume checks the weights' hash in their ``_ref``."""
+
+
 def _start(out: Path, config: dict, resume: bool, module, opt) -> int:
     """Create the run folder (or resume it); return the first batch index to run."""
+    same = [k for k in config if k not in _PATHS and not k.endswith("_ref")]
+    ckpt = runs.start_run(out, config, resume=resume, compare=same)
     if resume:
-        ckpts = runs.checkpoint_dirs(out)
-        if not ckpts:
-            raise runs.RunError(f"--resume: {out} has no checkpoint to resume from")
         saved = runs.read_json(out / "config.json", "RL config")
-        if saved != json.loads(json.dumps(config)):
-            raise runs.RunError(f"--resume: {out}/config.json differs from the requested settings")
-        runs.load_weights(module, ckpts[-1] / "model.safetensors")
-        state = runs.load_trainer_state(ckpts[-1])
+        for key in (k for k in config if k.endswith("_ref")):
+            if (saved.get(key) or {}).get("sha256") not in (None, config[key]["sha256"]):
+                raise runs.RunError(f"--resume: {out} was trained from another {key[:-4]}")
+    start = 0
+    if ckpt is not None:
+        runs.load_weights(module, ckpt / "model.safetensors")
+        state = runs.load_trainer_state(ckpt, ("optimizer", "batch"))
         opt.load_state_dict(state["optimizer"])
-        return int(state["batch"])
-    if out.exists() and any(out.iterdir()):
-        raise runs.RunError(f"output folder {str(out)!r} is not empty; choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    runs.write_json(out / "config.json", config)
-    return 0
+        start = int(state["batch"])
+    runs.truncate_metrics(out / "metrics.jsonl", "batch", start)
+    return start
 
 
 def _loop(out, cfg: RLConfig, start, opt, module, *, collect_fn, update_fn, stop_after, progress,
@@ -312,34 +317,49 @@ def _loop(out, cfg: RLConfig, start, opt, module, *, collect_fn, update_fn, stop
     bar = tqdm(total=cfg.n_batches * cfg.batch_size, initial=start * cfg.batch_size, desc=desc,
                unit="ep", disable=not progress, dynamic_ncols=True)  # fmt: skip
     t_start = time.perf_counter()
-    for b in range(start, end):
-        t0 = time.perf_counter()
-        last = b == cfg.n_batches - 1
-        batch = collect_fn(b, cfg.sample_episodes if last else 0)
-        t_collect = time.perf_counter() - t0
-        stats = update_fn(batch)
-        dt = time.perf_counter() - t0
-        rec = {
-            "batch": b + 1,
-            "episodes": (b + 1) * cfg.batch_size,
-            "success": float(batch.success.mean()),
-            "abstract_steps": float(batch.n_abstract.mean()),
-            "raw_steps": float(batch.length.mean()),
-            "clip_fraction": stats["clip_fraction"],
-            "approx_kl": stats["approx_kl"],
-            "loss": stats["loss"],
-            "episodes_per_s": cfg.batch_size / dt,
-            "rollout_episodes_per_s": cfg.batch_size / max(t_collect, 1e-9),
-        }
-        runs.append_metrics(metrics_path, rec)
-        bar.update(cfg.batch_size)
-        bar.set_postfix(success=f"{rec['success']:.3f}", k=f"{rec['abstract_steps']:.1f}")
-        if batch.sample:
-            runs.write_json(out / "episodes.json", {"episodes": batch.sample})
-        if (b + 1) % cfg.checkpoint_every == 0 or b + 1 == cfg.n_batches:
-            runs.save_checkpoint(
-                out, b + 1, module, {"optimizer": opt.state_dict(), "batch": b + 1}
-            )
+    saved_at, b = start, start
+    try:
+        with interrupts.deferred() as stop:
+            for b in range(start, end):
+                t0 = time.perf_counter()
+                last = b == cfg.n_batches - 1
+                batch = collect_fn(b, cfg.sample_episodes if last else 0)
+                t_collect = time.perf_counter() - t0
+                stats = update_fn(batch)
+                if not math.isfinite(stats["loss"]):
+                    raise runs.NonFiniteError(
+                        f"{desc}: the loss is not finite at batch {b + 1}; stopped without saving "
+                        f"(last good checkpoint: batch {saved_at}); lower --lr"
+                    )
+                dt = time.perf_counter() - t0
+                rec = {
+                    "batch": b + 1,
+                    "episodes": (b + 1) * cfg.batch_size,
+                    "success": float(batch.success.mean()),
+                    "abstract_steps": float(batch.n_abstract.mean()),
+                    "raw_steps": float(batch.length.mean()),
+                    "clip_fraction": stats["clip_fraction"],
+                    "approx_kl": stats["approx_kl"],
+                    "loss": stats["loss"],
+                    "episodes_per_s": cfg.batch_size / dt,
+                    "rollout_episodes_per_s": cfg.batch_size / max(t_collect, 1e-9),
+                }
+                runs.append_metrics(metrics_path, rec)
+                bar.update(cfg.batch_size)
+                bar.set_postfix(success=f"{rec['success']:.3f}", k=f"{rec['abstract_steps']:.1f}")
+                if batch.sample:
+                    runs.write_json(out / "episodes.json", {"episodes": batch.sample})
+                if (b + 1) % cfg.checkpoint_every == 0 or b + 1 == cfg.n_batches or stop.signum:
+                    runs.save_checkpoint(
+                        out, b + 1, module, {"optimizer": opt.state_dict(), "batch": b + 1}
+                    )
+                    saved_at = b + 1
+                if stop.signum:
+                    raise interrupts.Interrupted(stop.signum, b + 1, saved_at)
+    except interrupts.Interrupted as e:
+        bar.close()
+        e.step, e.checkpoint = e.step or b, saved_at
+        raise
     bar.close()
     if end < cfg.n_batches:
         return {}

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from irl_lens import runs
+from irl_lens import interrupts, runs
 from irl_lens.envs.ant import (
     ANT_MAX_STEPS,
     CELL_SIZE,
@@ -152,6 +152,7 @@ class PPOConfig(DictConfig):
     on the scale of the actor's."""
 
     def __post_init__(self) -> None:
+        runs.check_finite_fields(self)
         for name in ("total_steps", "n_envs", "n_steps", "update_epochs", "n_minibatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r} must be >= 1")
@@ -502,7 +503,9 @@ def train_ant_expert(
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr, eps=1e-5)
     generator = torch.Generator().manual_seed(seed + 1)
     update, env_steps, train_seconds = 0, 0, 0.0
+    runs.check_output(out, "ant_expert", resume=resume)
     if resume:
+        runs.remove_temp(out / "checkpoints")
         ckpts = runs.checkpoint_dirs(out)
         if not ckpts:
             raise runs.RunError(f"--resume: {out} has no checkpoint to resume from")
@@ -516,15 +519,14 @@ def train_ant_expert(
                 f" than --init {init}"
             )
         runs.load_weights(agent, ckpts[-1] / "model.safetensors")
-        state = runs.load_trainer_state(ckpts[-1])
+        state = runs.load_trainer_state(
+            ckpts[-1], ("optimizer", "generator", "return_norm", "update", "env_steps", "seconds")
+        )
         opt.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         update, env_steps, train_seconds = state["update"], state["env_steps"], state["seconds"]
+        runs.truncate_metrics(out / "metrics.jsonl", "update", update)
     else:
-        if out.exists() and any(out.iterdir()):
-            raise runs.RunError(
-                f"output folder {str(out)!r} is not empty; use a new --out or --resume"
-            )
         out.mkdir(parents=True, exist_ok=True)
         runs.write_json(out / "config.json", config)
     env = BatchedAntPinpad(cfg.n_envs)
@@ -535,42 +537,54 @@ def train_ant_expert(
         total=cfg.n_updates, initial=update, desc="ppo expert", unit="upd", disable=not progress
     )
     last = update
-    while update < cfg.n_updates and (stop_after is None or update - last < stop_after):
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * (1.0 - update / cfg.n_updates)
-        ro = collector.collect(agent)
-        stats = ppo_update(agent, opt, ro, cfg, generator)
-        # The input statistics stay fixed through a rollout and its update, so the update's
-        # log-probs and values are those the rollout saw (ratios start at 1); they absorb
-        # the rollout afterwards.
-        agent.norm.update(ro.x.flatten(0, 1))
-        update += 1
-        env_steps += cfg.batch_size
-        train_seconds += time.perf_counter() - t0
-        rec = {
-            "update": update,
-            "env_steps": env_steps,
-            "seconds": train_seconds,
-            "success": collector.log.success(),
-            "return": float(np.mean(collector.log.returns)) if collector.log.returns else 0.0,
-            "reward_per_step": collector.raw_reward_per_step,
-            "speed": collector.speed,
-            "speed_toward_waypoint": collector.toward,
-            "std": float(agent.log_std.detach().exp().mean()),
-            **stats,
-        }
-        runs.append_metrics(out / "metrics.jsonl", rec)
-        bar.set_postfix(success=f"{rec['success']:.2f}", ret=f"{rec['return']:.1f}")
-        bar.update(1)
-        if update % cfg.checkpoint_every == 0 or update == cfg.n_updates:
-            runs.save_checkpoint(
-                out, update, agent,
-                {"optimizer": opt.state_dict(), "generator": generator.get_state(),
-                 "return_norm": collector.return_norm.state_dict(),
-                 "update": update, "env_steps": env_steps, "seconds": train_seconds},
-            )  # fmt: skip
-            runs.write_json(out / "per_task_success.json", collector.log.per_task())
+    saved_at = update
+    try:
+        with interrupts.deferred() as stop:
+            while update < cfg.n_updates and (stop_after is None or update - last < stop_after):
+                t0 = time.perf_counter()
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * (1.0 - update / cfg.n_updates)
+                ro = collector.collect(agent)
+                stats = ppo_update(agent, opt, ro, cfg, generator)
+                # The input statistics stay fixed through a rollout and its update, so the update's
+                # log-probs and values are those the rollout saw (ratios start at 1); they absorb
+                # the rollout afterwards.
+                agent.norm.update(ro.x.flatten(0, 1))
+                update += 1
+                env_steps += cfg.batch_size
+                train_seconds += time.perf_counter() - t0
+                rec = {
+                    "update": update,
+                    "env_steps": env_steps,
+                    "seconds": train_seconds,
+                    "success": collector.log.success(),
+                    "return": float(np.mean(collector.log.returns))
+                    if collector.log.returns
+                    else 0.0,
+                    "reward_per_step": collector.raw_reward_per_step,
+                    "speed": collector.speed,
+                    "speed_toward_waypoint": collector.toward,
+                    "std": float(agent.log_std.detach().exp().mean()),
+                    **stats,
+                }
+                runs.append_metrics(out / "metrics.jsonl", rec)
+                bar.set_postfix(success=f"{rec['success']:.2f}", ret=f"{rec['return']:.1f}")
+                bar.update(1)
+                if update % cfg.checkpoint_every == 0 or update == cfg.n_updates or stop.signum:
+                    runs.save_checkpoint(
+                        out, update, agent,
+                        {"optimizer": opt.state_dict(), "generator": generator.get_state(),
+                         "return_norm": collector.return_norm.state_dict(),
+                         "update": update, "env_steps": env_steps, "seconds": train_seconds},
+                    )  # fmt: skip
+                    runs.write_json(out / "per_task_success.json", collector.log.per_task())
+                    saved_at = update
+                if stop.signum:
+                    raise interrupts.Interrupted(stop.signum, update, saved_at)
+    except interrupts.Interrupted as e:
+        bar.close()
+        e.step, e.checkpoint = update, saved_at
+        raise
     bar.close()
     finished = update >= cfg.n_updates
     if finished:

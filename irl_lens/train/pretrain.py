@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irl_lens import runs
+from irl_lens import interrupts, runs
 from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batch
 from irl_lens.models.base import ActionModel, BaseModelConfig, build_model
 
@@ -63,6 +63,7 @@ class PretrainConfig:
     """Seeds the initialisation and the data order."""
 
     def __post_init__(self) -> None:
+        runs.check_finite_fields(self)
         positive = ("steps", "tokens_per_batch", "eval_every", "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
@@ -220,6 +221,7 @@ def pretrain(
         "model": model_cfg.to_dict(),
         "train": dataclasses.asdict(cfg),
         "data": data_path,
+        "data_sha256": ds.fingerprint(),
         "data_meta": {k: ds.meta.get(k) for k in ("env", "split", "n_episodes", "seed", "eps")},
         "preset": preset,
     }
@@ -229,31 +231,19 @@ def pretrain(
     train_ds, val_ds = ds.subset(train_idx), ds.subset(val_idx)
 
     step, epoch, batch_in_epoch = 0, 0, 0
-    if resume:
-        ckpts = runs.checkpoint_dirs(out)
-        if not ckpts:
-            raise runs.RunError(f"--resume: {out} has no checkpoint to resume from")
-        saved = runs.read_json(out / "config.json", "run config")
-        if saved.get("model") != config["model"] or saved.get("train") != config["train"]:
-            raise runs.RunError(
-                f"--resume: {out}/config.json differs from the requested "
-                "settings; resume with the same preset and options"
-            )
-        runs.load_weights(model, ckpts[-1] / "model.safetensors")
-        state = runs.load_trainer_state(ckpts[-1])
+    ckpt = runs.start_run(out, config, resume=resume, compare=("model", "train", "data_sha256"))
+    if ckpt is not None:
+        runs.load_weights(model, ckpt / "model.safetensors")
+        state = runs.load_trainer_state(
+            ckpt, ("optimizer", "step", "epoch", "batch_in_epoch", "torch_rng")
+        )
         opt.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         torch.random.set_rng_state(state["torch_rng"])
         logger.info("resumed %s at step %d", out, step)
     else:
-        if out.exists() and any(out.iterdir()):
-            raise runs.RunError(
-                f"output folder {str(out)!r} is not empty; choose a new --out "
-                "or pass --resume to continue it"
-            )
-        out.mkdir(parents=True, exist_ok=True)
-        runs.write_json(out / "config.json", config)
         torch.manual_seed(cfg.seed)
+    runs.truncate_metrics(out / "metrics.jsonl", "step", step)
 
     metrics_path = out / "metrics.jsonl"
 
@@ -277,47 +267,66 @@ def pretrain(
     )
     tokens, t0 = 0, time.perf_counter()
     train_seconds = 0.0
+    saved_at = step
     model.train()
-    while step < end:
-        order = bucketed_batches(
-            train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
-        )
-        while batch_in_epoch < len(order) and step < end:
-            batch = make_batch(train_ds, order[batch_in_epoch])
-            stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step))
-            step += 1
-            batch_in_epoch += 1
-            tokens += stats.tokens
-            bar.update(1)
-            if step % 25 == 0 or step == end:
-                elapsed = time.perf_counter() - t0
-                rec = {
-                    "step": step,
-                    "epoch": epoch,
-                    "train/loss": stats.loss,
-                    "train/action_nll": stats.action_nll,
-                    "train/obs_nll": stats.obs_nll,
-                    "train/grad_norm": stats.grad_norm,
-                    "train/lr": cfg.lr_at(step - 1),
-                    "train/tokens_per_s": tokens / max(elapsed, 1e-9),
-                }
-                runs.append_metrics(metrics_path, rec)
-                bar.set_postfix(
-                    nll=f"{stats.action_nll:.3f}", tok_s=f"{rec['train/tokens_per_s']:.0f}"
+    try:
+        with interrupts.deferred() as stop:
+            while step < end:
+                order = bucketed_batches(
+                    train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
                 )
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                runs.save_checkpoint(out, step, model, trainer_state())
-            if evaluate is not None and (step % cfg.eval_every == 0) and step != cfg.steps:
-                train_seconds += time.perf_counter() - t0
-                model.eval()
-                with torch.no_grad():
-                    ev = evaluate(model, val_ds)
-                model.train()
-                runs.append_metrics(metrics_path, {"step": step, **ev})
-                logger.info("step %d: %s", step, ev)
-                t0, tokens = time.perf_counter(), 0
-        if batch_in_epoch >= len(order):
-            epoch, batch_in_epoch = epoch + 1, 0
+                while batch_in_epoch < len(order) and step < end:
+                    batch = make_batch(train_ds, order[batch_in_epoch])
+                    stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step))
+                    if not math.isfinite(stats.loss):
+                        raise runs.NonFiniteError(
+                            f"pretrain: the loss is {stats.loss} at step {step + 1}; stopped "
+                            f"without saving (last good checkpoint: step {saved_at}); "
+                            "lower --lr or check the data"
+                        )
+                    step += 1
+                    batch_in_epoch += 1
+                    tokens += stats.tokens
+                    bar.update(1)
+                    if step % 25 == 0 or step == end:
+                        elapsed = time.perf_counter() - t0
+                        rec = {
+                            "step": step,
+                            "epoch": epoch,
+                            "train/loss": stats.loss,
+                            "train/action_nll": stats.action_nll,
+                            "train/obs_nll": stats.obs_nll,
+                            "train/grad_norm": stats.grad_norm,
+                            "train/lr": cfg.lr_at(step - 1),
+                            "train/tokens_per_s": tokens / max(elapsed, 1e-9),
+                        }
+                        runs.append_metrics(metrics_path, rec)
+                        bar.set_postfix(
+                            nll=f"{stats.action_nll:.3f}",
+                            tok_s=f"{rec['train/tokens_per_s']:.0f}",
+                        )
+                    # evaluate before checkpointing: a checkpoint then covers every row of
+                    # its step, and the RNG state it stores is the one training goes on with
+                    if evaluate is not None and (step % cfg.eval_every == 0) and step != cfg.steps:
+                        train_seconds += time.perf_counter() - t0
+                        model.eval()
+                        with torch.no_grad():
+                            ev = evaluate(model, val_ds)
+                        model.train()
+                        runs.append_metrics(metrics_path, {"step": step, **ev})
+                        logger.info("step %d: %s", step, ev)
+                        t0, tokens = time.perf_counter(), 0
+                    if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signum:
+                        runs.save_checkpoint(out, step, model, trainer_state())
+                        saved_at = step
+                    if stop.signum:
+                        raise interrupts.Interrupted(stop.signum, step, saved_at)
+                if batch_in_epoch >= len(order):
+                    epoch, batch_in_epoch = epoch + 1, 0
+    except interrupts.Interrupted as e:
+        bar.close()
+        e.step, e.checkpoint = step, saved_at
+        raise
     bar.close()
     train_seconds += time.perf_counter() - t0
     tokens_per_s = _mean_tokens_per_s(metrics_path)

@@ -154,6 +154,7 @@ def raw_rl(
         "kind": KIND,
         "version": runs.RUN_VERSION,
         "base_run": str(run),
+        "base_run_ref": runs.run_ref(run, out),
         "method": "raw_rl",
         "task": format_task(task),
         "train": dataclasses.asdict(cfg),
