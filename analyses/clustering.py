@@ -13,7 +13,7 @@ On new layouts the codes are then *forced*: (a) from step 0 on a one-subgoal tas
 (gridworld ``2k-2k+1``, ant ``k``), against the uncontrolled base model on the same
 layouts; (b) in sequence on a whole task (default the post-training task), switching to the
 next subgoal's code when the env reports the subgoal done, exactly like the supervised
-controllers. Both run in the model's own environment (:func:`irl_lens.engine.env_kit`).
+controllers. Both run in the model's own environment (:func:`irl_lens.rollout.engine.env_kit`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from irl_lens.data.dataset import TrajectoryDataset
-from irl_lens.engine import env_kit, run_batches
 from irl_lens.envs.pinpad import format_task
+from irl_lens.rollout.engine import env_kit, run_batches
 from irl_lens.train.discover import load_metacontroller
 
 from .switching import SUBGOAL_COLOURS, episode_betas, held_out

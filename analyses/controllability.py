@@ -3,8 +3,8 @@
 Works on both environments: on the gridworld a subgoal is a colour pair and the post task
 is ``0-1-2-3-4-5-6-7-0-1-2-3``; on ant-pinpad (a base model reading vector observations)
 every colour is a subgoal, the post task is ``0-1-2-3`` (0 -> 1 never occurs in a
-pretraining task) and episodes run in :class:`~irl_lens.engine_ant.AntRolloutEngine`
-with :class:`~irl_lens.engine_ant.ColourSwitcher`.
+pretraining task) and episodes run in :class:`~irl_lens.rollout.ant.AntRolloutEngine`
+with :class:`~irl_lens.rollout.ant.ColourSwitcher`.
 
 The controllers of each layer (trained by :mod:`irl_lens.train.controllers`) steer the
 frozen base model through a task it never saw whole, by default the post-training task
@@ -12,7 +12,7 @@ frozen base model through a task it never saw whole, by default the post-trainin
 0-1 -> 2-3 -> 4-5 -> 6-7 -> 0-1) never occur in a pretraining task. In the rollout engine
 the controller of the task's current subgoal acts at layer ``l`` and is swapped for the
 next one when the env reports the subgoal done
-(:class:`~irl_lens.engine.GroundTruthSwitcher`). Success rate over ``n_episodes``
+(:class:`~irl_lens.rollout.engine.GroundTruthSwitcher`). Success rate over ``n_episodes``
 per layer is compared with the uncontrolled base model on the very same episodes (same
 layouts, same action-sampling seed).
 
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irl_lens.engine import env_kit, pair_subgoals, run_batches
 from irl_lens.envs.pinpad import format_task
 from irl_lens.models.base import ActionModel
 from irl_lens.models.controller import ControllerBank
+from irl_lens.rollout.engine import env_kit, pair_subgoals, run_batches
 from irl_lens.train.controllers import load_controllers
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """One episode as figures: the agent's path (gridworld grid, or ant top-down), and its timeline.
 
 :func:`path_figure` picks the view from the record: an ant record (``env = "ant"``, from
-:meth:`irl_lens.engine_ant.AntEngineRollout.episode`) holds the torso's ``xy`` per step
+:meth:`irl_lens.rollout.ant.AntEngineRollout.episode`) holds the torso's ``xy`` per step
 and a 16-cell layout, and is drawn with :func:`irl_lens.envs.ant.trajectory_figure`.
 
 An episode record is a dict with ``layout`` (49 cell codes), ``agent_pos`` (cell per step),
@@ -126,7 +126,7 @@ def steered_episode(base, mc, layer: int, code, at_step: int, *, seed: int = 0, 
     (``reached``: subgoal index or -1; gridworld: a colour pair, ant: a colour) and the
     colours ``entered`` (ant: the task colours completed). Runs in the model's own env.
     """
-    from irl_lens.engine import env_kit
+    from irl_lens.rollout.engine import env_kit
 
     kit = env_kit(base, layer)
     env = kit.make_env(1, task=task, seed=seed, stream=7000)

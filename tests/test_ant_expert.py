@@ -417,7 +417,7 @@ def test_canonical_frame_has_hysteresis():
 
 
 def test_bench_reports_ant_throughput():
-    from irl_lens.bench import ant_throughput
+    from irl_lens.cli.bench import ant_throughput
 
     out = ant_throughput(seconds=0.05, seed=0, data_episodes=4)
     assert out["ant_env_steps_per_s"] > out["ant_env_steps_per_s_single"] > 0

@@ -11,9 +11,9 @@ import torch
 
 from analyses import clustering, switching
 from irl_lens.data.generate import generate_gridworld
-from irl_lens.engine import MetacontrollerDriver, RolloutEngine, seeded_env
 from irl_lens.hooks import hook_count, intervene
 from irl_lens.models.base import load_base_model
+from irl_lens.rollout.engine import MetacontrollerDriver, RolloutEngine, seeded_env
 from irl_lens.runs import RunError
 from irl_lens.train import discover as disc
 from irl_lens.train.pretrain import PRESETS as BASE_PRESETS

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from irl_lens.engine import (
+from irl_lens.envs.gridworld import WALL, BatchedGridPinpad
+from irl_lens.hooks import hook_count, intervene, layer_hook_name
+from irl_lens.models.base import build_model
+from irl_lens.models.controller import ControllerConfig, build_controller_bank
+from irl_lens.rollout.engine import (
     GroundTruthSwitcher,
     RolloutEngine,
     StepState,
@@ -15,11 +19,7 @@ from irl_lens.engine import (
     pair_subgoals,
     seeded_env,
 )
-from irl_lens.envs.gridworld import WALL, BatchedGridPinpad
-from irl_lens.hooks import hook_count, intervene, layer_hook_name
-from irl_lens.models.base import build_model
-from irl_lens.models.controller import ControllerConfig, build_controller_bank
-from irl_lens.rollout import grid_obs_tokens, rollout_grid
+from irl_lens.rollout.grid import grid_obs_tokens, rollout_grid
 
 from .conftest import tiny_model_config
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from irl_lens.engine_ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
 from irl_lens.envs.ant import ANT_OBS_DIM, END_REASONS
 from irl_lens.hooks import hook_count, intervene
 from irl_lens.models.base import build_model
 from irl_lens.models.controller import ControllerConfig, build_controller_bank
+from irl_lens.rollout.ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
 from tests.conftest import tiny_model_config
 
 
@@ -139,7 +139,7 @@ def test_ant_episode_record_round_trips_to_a_figure(ant_model):
 
 
 def test_bench_times_the_ant_engine():
-    from irl_lens.bench import ant_engine_throughput
+    from irl_lens.cli.bench import ant_engine_throughput
 
     out = ant_engine_throughput(seconds=0.01, seed=0, n_envs=4, max_steps=5)
     assert out["ant_engine_steps_per_s"] > 0 and out["ant_engine_n_envs"] == 4

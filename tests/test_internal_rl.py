@@ -11,8 +11,8 @@ import torch
 
 from analyses import rl_curves
 from irl_lens.data.generate import generate_gridworld
-from irl_lens.engine import MetacontrollerDriver, RolloutEngine, env_kit, seeded_env
 from irl_lens.models.policy import PolicyConfig, build_policy
+from irl_lens.rollout.engine import MetacontrollerDriver, RolloutEngine, env_kit, seeded_env
 from irl_lens.train import discover as disc
 from irl_lens.train import internal_rl as irl
 from irl_lens.train.pretrain import PRESETS as BASE_PRESETS
@@ -156,7 +156,7 @@ def test_raw_rl_finetunes_the_base_and_compare_groups_methods(runs_dir, tmp_path
 
 
 def test_bench_times_internal_rl(runs_dir):
-    from irl_lens.bench import internal_rl_throughput
+    from irl_lens.cli.bench import internal_rl_throughput
 
     base, mc, config = disc.load_metacontroller(runs_dir / "mc")
     mc.bench_layer = int(config["layer"])

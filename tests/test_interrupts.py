@@ -124,7 +124,7 @@ def test_resume_after_a_torn_first_checkpoint(reference, tmp_path, capsys):
     equal to the uninterrupted run."""
     import shutil
 
-    from irl_lens.sweep import Job
+    from irl_lens.cli.sweep import Job
 
     ref, out = reference / "run", tmp_path / "run"
     out.mkdir()

@@ -44,7 +44,7 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
 
 
 def test_the_report_tables_a_rate_distortion_sweep_when_there_is_one(repro, tmp_path):
-    from irl_lens.reproduce import _sweep_section
+    from irl_lens.cli.reproduce import _sweep_section
 
     assert "## Rate-distortion" not in (repro / "report.md").read_text()  # no --with-sweep
     for variant in ("full", "cotrain"):  # two finished sweep runs, as the sweep lays them out
@@ -70,7 +70,7 @@ def test_a_rerun_skips_finished_stages_and_gives_the_same_numbers(repro):
 
 
 def test_a_job_resumes_or_clears_only_what_an_interrupted_run_of_ours_left(tmp_path):
-    from irl_lens.sweep import Job
+    from irl_lens.cli.sweep import Job
 
     def job(name, leftover, checkpoint=False, ours=True):
         out = tmp_path / name
@@ -115,7 +115,7 @@ def test_a_second_reproduction_with_the_same_seed_gives_the_same_numbers(repro, 
 
 
 def test_quick_discovery_runs_at_layer_1_with_the_gumbel_switch_on_deterministic_data(tmp_path):
-    from irl_lens.reproduce import ReproduceSettings, stages
+    from irl_lens.cli.reproduce import ReproduceSettings, stages
 
     by_name = {s.name: s for s in stages(tmp_path, ReproduceSettings(with_sweep=True))}
     for job in [*by_name["discover"].jobs, *by_name["sweep"].jobs]:
@@ -128,7 +128,7 @@ def test_quick_discovery_runs_at_layer_1_with_the_gumbel_switch_on_deterministic
 
 
 def test_job_progress_reads_the_bar_now_moving_in_a_jobs_log(tmp_path):
-    from irl_lens.sweep import job_progress
+    from irl_lens.cli.sweep import job_progress
 
     log = tmp_path / "job.log"
     assert job_progress(log) == ""  # not started
@@ -141,7 +141,7 @@ def test_job_progress_reads_the_bar_now_moving_in_a_jobs_log(tmp_path):
 
 
 def test_the_runner_shows_each_running_jobs_progress(tmp_path):
-    from irl_lens.sweep import Job, LocalRunner
+    from irl_lens.cli.sweep import Job, LocalRunner
 
     runner = LocalRunner(2)
     assert runner.running_progress() == ""
@@ -158,7 +158,7 @@ def test_the_runner_shows_each_running_jobs_progress(tmp_path):
 
 
 def test_each_claim_is_judged_against_the_issue_targets():
-    from irl_lens.reproduce import claims
+    from irl_lens.cli.reproduce import claims
 
     good = {"probe:probe/accuracy_layer_0": 0.3, "probe:probe/best_accuracy": 0.6,
             "controllers:controllers/best_success": 0.5, "controllers:controllers/best_layer": 2,
@@ -187,7 +187,7 @@ def _fake_runner(workers: int, fail: tuple[str, ...] = ()):
     import threading
     import time
 
-    from irl_lens.sweep import JobResult, LocalRunner
+    from irl_lens.cli.sweep import JobResult, LocalRunner
 
     runner = LocalRunner(workers, progress=False, poll_s=0.01)
     runner.events, lock = [], threading.Lock()
@@ -205,7 +205,7 @@ def _fake_runner(workers: int, fail: tuple[str, ...] = ()):
 
 
 def test_a_job_starts_once_its_needs_are_done_and_independent_jobs_fill_free_workers(tmp_path):
-    from irl_lens.sweep import Job
+    from irl_lens.cli.sweep import Job
 
     base, mc = tmp_path / "base", tmp_path / "mc"
     jobs = [Job([], base), Job([], mc, needs=(base,)), Job([], tmp_path / "rl", needs=(mc,)),
@@ -222,7 +222,7 @@ def test_a_job_starts_once_its_needs_are_done_and_independent_jobs_fill_free_wor
 
 
 def test_jobs_finished_earlier_are_counted_before_any_job_starts(tmp_path):
-    from irl_lens.sweep import Job
+    from irl_lens.cli.sweep import Job
 
     jobs = [Job([], tmp_path / name) for name in ("a", "done1", "b", "done2")]
     for name in ("done1", "done2"):
@@ -239,7 +239,7 @@ def test_jobs_finished_earlier_are_counted_before_any_job_starts(tmp_path):
 
 
 def test_a_failed_job_blocks_what_needs_it_and_a_cycle_is_an_error(tmp_path):
-    from irl_lens.sweep import Job
+    from irl_lens.cli.sweep import Job
 
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     runner = _fake_runner(2, fail=("a",))
@@ -251,8 +251,8 @@ def test_a_failed_job_blocks_what_needs_it_and_a_cycle_is_an_error(tmp_path):
 
 
 def test_a_failed_job_ends_reproduce_with_one_line_naming_its_log(tmp_path, monkeypatch, capsys):
-    from irl_lens import reproduce
-    from irl_lens.sweep import JobResult
+    from irl_lens.cli import reproduce
+    from irl_lens.cli.sweep import JobResult
 
     def run(self, jobs, bar=None, desc="", on_result=None):  # the first job fails, the rest wait
         log = jobs[0].out.parent / f"{jobs[0].out.name}.log"
@@ -311,7 +311,7 @@ def test_reproduce_ant_refuses_the_sweep(capsys, tmp_path):
 
 
 def test_expected_seconds_come_from_the_measured_quick_runs_and_scale_with_episodes(tmp_path):
-    from irl_lens.reproduce import MEASURED, ReproduceSettings, expected_seconds, stages
+    from irl_lens.cli.reproduce import MEASURED, ReproduceSettings, expected_seconds, stages
 
     s = ReproduceSettings(rl_episodes=50_176, with_sweep=True)
     jobs = {j.out.name: j for stage in stages(tmp_path, s) for j in stage.jobs}
@@ -327,14 +327,14 @@ def test_expected_seconds_come_from_the_measured_quick_runs_and_scale_with_episo
 
 def _chain(tmp_path):
     """Fake jobs a -> b, and c beside them (no processes)."""
-    from irl_lens.sweep import Job
+    from irl_lens.cli.sweep import Job
 
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     return [Job([], a), Job([], b, needs=(a,)), Job([], c)]
 
 
 def test_the_schedule_lays_jobs_out_as_the_runner_runs_them(tmp_path):
-    from irl_lens.reproduce import schedule_end
+    from irl_lens.cli.reproduce import schedule_end
 
     jobs = _chain(tmp_path)
     seconds = {j.out: d for j, d in zip(jobs, (10.0, 5.0, 20.0), strict=True)}
@@ -347,8 +347,8 @@ def test_the_schedule_lays_jobs_out_as_the_runner_runs_them(tmp_path):
 
 
 def test_time_left_is_the_remaining_expected_schedule_at_the_pace_of_finished_jobs(tmp_path):
-    from irl_lens.reproduce import PRIOR_S, TimeLeft
-    from irl_lens.sweep import JobResult
+    from irl_lens.cli.reproduce import PRIOR_S, TimeLeft
+    from irl_lens.cli.sweep import JobResult
 
     a, b, c = jobs = _chain(tmp_path)
     clock = TimeLeft(jobs, {a.out: 1000.0, b.out: 500.0, c.out: 2000.0}, workers=2)
@@ -367,8 +367,8 @@ def test_time_left_is_the_remaining_expected_schedule_at_the_pace_of_finished_jo
 
 def test_early_data_jobs_do_not_make_an_hour_look_like_a_minute(tmp_path):
     """Issue 27: "57 s left" at minute 2 of the quick gridworld pipeline."""
-    from irl_lens.reproduce import ReproduceSettings, TimeLeft, expected_seconds, stages
-    from irl_lens.sweep import JobResult
+    from irl_lens.cli.reproduce import ReproduceSettings, TimeLeft, expected_seconds, stages
+    from irl_lens.cli.sweep import JobResult
 
     s = ReproduceSettings()
     jobs = [j for stage in stages(tmp_path, s) for j in stage.jobs]
@@ -380,7 +380,7 @@ def test_early_data_jobs_do_not_make_an_hour_look_like_a_minute(tmp_path):
 
 
 def test_the_pipeline_bar_fills_by_expected_seconds_through_the_runners_bar_interface(tmp_path):
-    from irl_lens.reproduce import PipelineBar, TimeLeft
+    from irl_lens.cli.reproduce import PipelineBar, TimeLeft
 
     jobs = _chain(tmp_path)
     clock = TimeLeft(jobs, dict(zip([j.out for j in jobs], (10.0, 5.0, 85.0), strict=True)), 2)
@@ -407,7 +407,7 @@ def test_the_report_names_the_version_and_commit_from_any_working_folder(tmp_pat
     import importlib.metadata
 
     import irl_lens
-    from irl_lens.reproduce import ReproduceSettings, installed_version, report, source_commit
+    from irl_lens.cli.reproduce import ReproduceSettings, installed_version, report, source_commit
 
     head = _git_head(Path(irl_lens.__file__).parent.parent)
     monkeypatch.chdir(tmp_path)  # outside the checkout
@@ -421,7 +421,7 @@ def test_the_commit_falls_back_on_the_install_record(tmp_path):
     import subprocess
 
     import irl_lens
-    from irl_lens.reproduce import source_commit
+    from irl_lens.cli.reproduce import source_commit
 
     checkout = Path(irl_lens.__file__).parent.parent
     assert source_commit(tmp_path, {}) == "unknown (not a git checkout)"

@@ -1,7 +1,7 @@
 """Expert trajectory generation for ant-pinpad (imports MuJoCo; kept apart from gridworld's).
 
 Episodes run side by side in :class:`~irl_lens.envs.ant.BatchedAntPinpad`, driven by the
-PPO expert (:func:`~irl_lens.train.ppo.load_expert`, by default the weights shipped in
+PPO expert (:func:`~irl_lens.train.ant_expert.load_expert`, by default the weights shipped in
 the package). Splits, as in the paper:
 
 ========  ============================================================================
@@ -36,7 +36,7 @@ from irl_lens.envs.ant import (
     parse_ant_task,
 )
 from irl_lens.envs.pinpad import format_task
-from irl_lens.train.ppo import GaussianAgent, expert_inputs, load_expert
+from irl_lens.train.ant_expert import GaussianAgent, expert_inputs, load_expert
 
 _SPLIT_STREAM = {"pretrain": 10, "clean": 11}
 

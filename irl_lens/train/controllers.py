@@ -11,7 +11,7 @@ the controllers are trained, on the expert's action NLL:
 (the paper's metacontroller loss with ``z_t = onehot(g_t)`` and ``beta`` forced to 1; grid:
 low-rank 16, AdamW lr 1e-3, 3200 steps). Evaluation then runs the controllers in the
 order a task asks for in the rollout engine, switching on the env's report that the
-current subgoal is done (:class:`irl_lens.engine.GroundTruthSwitcher`); see
+current subgoal is done (:class:`irl_lens.rollout.engine.GroundTruthSwitcher`); see
 :mod:`analyses.controllability`.
 
 A controllers folder (``kind = "supervised_controllers"``) holds ``config.json`` (base run,

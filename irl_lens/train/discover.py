@@ -465,7 +465,7 @@ def prior_rollouts(
     ``task=None`` samples the pretraining tasks. Returns success, switches per episode
     (``t >= 1``) and mean length. ``loaded``: ``(base, mc, config)`` of ``path`` if at hand.
     """
-    from irl_lens.engine import MetacontrollerDriver, env_kit, run_batches
+    from irl_lens.rollout.engine import MetacontrollerDriver, env_kit, run_batches
 
     base, mc, config = loaded or load_metacontroller(path, device=device)
     kit = env_kit(base, int(config["layer"]))

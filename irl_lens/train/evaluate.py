@@ -29,7 +29,7 @@ from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batc
 from irl_lens.envs.expert import distance_maps, expert_action_probs
 from irl_lens.envs.gridworld import BatchedGridPinpad
 from irl_lens.models.base import ActionModel
-from irl_lens.rollout import free_run_grid, rollout_grid
+from irl_lens.rollout.grid import free_run_grid, rollout_grid
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,9 @@ def free_running_metrics(
 ) -> dict[str, float]:
     """Free-running behaviour (sampled actions) on fresh layouts.
 
-    ``rollout/pair_completion``: with no task enforced (:func:`irl_lens.rollout.free_run_grid`),
-    the fraction of colours entered right after an even colour 2k that are 2k+1.
+    ``rollout/pair_completion``: with no task enforced
+    (:func:`irl_lens.rollout.grid.free_run_grid`), the fraction of colours entered right
+    after an even colour 2k that are 2k+1.
     ``rollout/success``: success rate in the task-enforcing env on the pretraining tasks
     (or ``task``); low by construction, since a fresh episode does not reveal its task.
     """

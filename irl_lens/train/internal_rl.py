@@ -1,12 +1,13 @@
 """Internal RL: reinforce latent codes on the switching timescale (paper Section 4, Alg. 1-3).
 
 **Environment.** The frozen base model (split at the metacontroller's layer, key/value
-caches kept over the whole episode by :class:`~irl_lens.engine.RolloutEngine`), the frozen
+caches kept over the whole episode by :class:`~irl_lens.rollout.engine.RolloutEngine`), the frozen
 switching unit, GRU and decoder form the environment. An abstract action is a code ``z``;
 it is held (``e_hat = e + U(z) e``) while raw env steps run, until the thresholded
 switching unit fires (``beta_t >= threshold``) or the episode ends. The policy then reads
-the residual ``e_t`` and proposes the next code. :class:`~irl_lens.engine.MetacontrollerDriver`
-runs exactly this inside the batched engine; :class:`AbstractRecorder` keeps, per episode,
+the residual ``e_t`` and proposes the next code.
+:class:`~irl_lens.rollout.engine.MetacontrollerDriver` runs exactly this inside the batched
+engine; :class:`AbstractRecorder` keeps, per episode,
 the residuals the policy read, the codes it chose and their log-probabilities.
 
 **Optimiser** (C.5.2). PPO's clipped surrogate without a critic. The advantage of a whole
@@ -32,10 +33,10 @@ import torch
 from tqdm.auto import tqdm
 
 from irl_lens import interrupts, runs
-from irl_lens.engine import EnvKit, MetacontrollerDriver, RolloutEngine, StepState, env_kit
 from irl_lens.envs.pinpad import format_task, parse_task
 from irl_lens.models.metacontroller import StepCarry
 from irl_lens.models.policy import InternalPolicy, PolicyConfig, build_policy
+from irl_lens.rollout.engine import EnvKit, MetacontrollerDriver, RolloutEngine, StepState, env_kit
 from irl_lens.train.discover import load_metacontroller
 
 logger = logging.getLogger(__name__)
@@ -419,7 +420,7 @@ class InternalPinpadEnv:
         self.generator = torch.Generator()
 
     def _lower(self) -> torch.Tensor:
-        from irl_lens.engine import obs_tokens
+        from irl_lens.rollout.engine import obs_tokens
 
         return self.stepper.lower(obs_tokens(self.env).to(self.engine.device))  # [1, 1, d]
 

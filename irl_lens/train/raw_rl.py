@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from irl_lens import runs
-from irl_lens.engine import env_kit
 from irl_lens.envs.pinpad import format_task
 from irl_lens.models.base import ActionModel, load_base_model
+from irl_lens.rollout.engine import env_kit
 from irl_lens.train.internal_rl import (
     KIND,
     RLConfig,

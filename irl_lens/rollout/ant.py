@@ -1,9 +1,9 @@
 """The ant-pinpad rollout engine: the base model split at layer ``l``, stepped in MuJoCo.
 
-The ant counterpart of :class:`irl_lens.engine.RolloutEngine`, with the same two steppers
+The ant counterpart of :class:`irl_lens.rollout.engine.RolloutEngine`, with the same two steppers
 (a key/value cache over the whole episode; blocks ``< l`` give ``e_t``, an optional
 controller writes ``e_hat_t``, blocks ``>= l`` and the unembed give the action head) and
-the same :class:`~irl_lens.engine.StepState` controller interface, so supervised
+the same :class:`~irl_lens.rollout.engine.StepState` controller interface, so supervised
 controllers and a metacontroller's driver act on ant exactly as on the gridworld. What
 differs is the world:
 
@@ -34,7 +34,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from irl_lens.engine import ControllerFn, EpisodeBatch, RolloutEngine, StepState
 from irl_lens.envs.ant import (
     ANT_MAX_STEPS,
     ANT_N_COLOURS,
@@ -45,6 +44,7 @@ from irl_lens.envs.ant import (
 )
 from irl_lens.hooks import Controller, check_layer
 from irl_lens.models.base import ActionModel
+from irl_lens.rollout.engine import ControllerFn, EpisodeBatch, RolloutEngine, StepState
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class AntRolloutEngine(RolloutEngine):
     ) -> AntEngineRollout:
         """Run every live episode of ``env`` (already reset) to its end or ``max_steps``.
 
-        Arguments as in :meth:`irl_lens.engine.RolloutEngine.run`; ``greedy`` takes the
+        Arguments as in :meth:`irl_lens.rollout.engine.RolloutEngine.run`; ``greedy`` takes the
         Gaussian's mean, ``record_logits`` keeps the action head's ``[mean, log_std]``.
         """
         model, layer, device = self.model, self.layer, self.device

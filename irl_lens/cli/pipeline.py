@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.common_cli import MAX_COUNT, SEED_OPTION
+from irl_lens.cli.common import MAX_COUNT, SEED_OPTION
 
 
 class ReproEnv(StrEnum):
@@ -77,7 +77,7 @@ def reproduce(
 
     Example: irl-lens reproduce ant --out runs/ant-demo --preset quick
     """
-    from irl_lens.reproduce import DEFAULT_EPISODES, ReproduceSettings, run_pipeline
+    from irl_lens.cli.reproduce import DEFAULT_EPISODES, ReproduceSettings, run_pipeline
 
     default_pretrain, default_clean = DEFAULT_EPISODES[env.value]
     pretrain_episodes = pretrain_episodes or default_pretrain

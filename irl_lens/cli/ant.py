@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.common_cli import MAX_COUNT, SEED_OPTION, print_table
+from irl_lens.cli.common import MAX_COUNT, SEED_OPTION, print_table
 
 
 class ExpertEnv(str, Enum):
@@ -22,7 +22,7 @@ class ExpertEnv(str, Enum):
 def _eval_table(agent, episodes: int, seed: int, deterministic: bool) -> dict:
     """Success on the Table A2 mix and on the post-training task, ``episodes`` each."""
     from irl_lens.envs.ant import ANT_POST_TASK
-    from irl_lens.train.ppo import evaluate_expert
+    from irl_lens.train.ant_expert import evaluate_expert
 
     pre = evaluate_expert(agent, episodes, None, deterministic, seed=seed)
     post = evaluate_expert(agent, episodes, ANT_POST_TASK, deterministic, seed=seed + 1)
@@ -151,7 +151,7 @@ def expert(
     --torque-scale 0.5
     """
     from irl_lens import runs
-    from irl_lens.train.ppo import PPOConfig, load_expert, train_ant_expert
+    from irl_lens.train.ant_expert import PPOConfig, load_expert, train_ant_expert
 
     _check_torque_scale(torque_scale, "--torque-scale")
     _check_torque_scale(deploy_torque_scale, "--deploy-torque-scale")
@@ -186,7 +186,7 @@ def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
 
     from irl_lens import runs
     from irl_lens.envs.ant import CELL_SIZE
-    from irl_lens.train.ppo import SHIPPED_EXPERT, deployed_torque_scale, expert_weights
+    from irl_lens.train.ant_expert import SHIPPED_EXPERT, deployed_torque_scale, expert_weights
 
     weights = expert_weights(run)
     init = runs.read_json(run / "config.json", "expert run config").get("init")
@@ -255,7 +255,7 @@ def expert_eval(
     Example: irl-lens expert-eval runs/ant/expert --torque-scale 0.7
     """
     from irl_lens import runs
-    from irl_lens.train.ppo import load_expert, saved_ppo_config
+    from irl_lens.train.ant_expert import load_expert, saved_ppo_config
 
     if ship and run is None:
         raise ValueError("--ship needs the expert run folder to ship")

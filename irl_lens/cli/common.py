@@ -1,7 +1,7 @@
 """Pieces every ``irl-lens`` command module shares: device choice, seed option, tables.
 
-Kept apart from :mod:`irl_lens.cli` so that command modules registered on the app (for
-example :mod:`irl_lens.analysis_cli`) can import them without importing the app itself.
+Kept apart from :mod:`irl_lens.cli.app` so that command modules registered on the app (for
+example :mod:`irl_lens.cli.analysis`) can import them without importing the app itself.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Closed-loop rollouts of a base action model in the batched gridworld (no intervention).
 
-A thin view over :class:`irl_lens.engine.RolloutEngine` for the pretraining evaluation:
+A thin view over :class:`irl_lens.rollout.engine.RolloutEngine` for the pretraining evaluation:
 every env of a :class:`~irl_lens.envs.gridworld.BatchedGridPinpad` is one row of the batch,
 each step runs one new position through the model with a key/value cache, and the
 outputs equal those of the full-sequence forward pass over the same observations
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from irl_lens.engine import RolloutEngine, obs_tokens
 from irl_lens.envs.gridworld import BatchedGridPinpad
 from irl_lens.envs.pinpad import MAX_STEPS
 from irl_lens.models.base import ActionModel
+from irl_lens.rollout.engine import RolloutEngine, obs_tokens
 
 logger = logging.getLogger(__name__)
 

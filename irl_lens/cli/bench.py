@@ -20,7 +20,7 @@ Reported (all measured in the same process, so ratios compare like with like):
   :class:`~irl_lens.envs.ant.AntPinpadEnv` for comparison.
 * ``ant_data_episodes_per_s``: ``irl-lens data ant --split clean`` with the shipped expert
   (256 envs; expert MLP inference included).
-* ``ant_engine_steps_per_s``: the ant rollout engine (:mod:`irl_lens.engine_ant`) with a
+* ``ant_engine_steps_per_s``: the ant rollout engine (:mod:`irl_lens.rollout.ant`) with a
   random quick-size ant base model, 256 envs on the post task, rank-16 controllers picked
   by the target colour at layer 2, the first 100 steps of each episode; env steps/s, and
   ``ant_engine_env_fraction`` = that over ``ant_env_steps_per_s`` (the model's share of
@@ -146,10 +146,10 @@ def pretrain_throughput(seconds: float, seed: int = 0) -> dict[str, float]:
 
 def internal_rl_throughput(model, mc, seconds: float, seed: int, n_envs: int = 1024) -> dict:
     """Internal-RL episodes/s on the post-training task: rollouts alone, and with the update."""
-    from irl_lens.engine import env_kit
+    from irl_lens.cli.rl import _presets
     from irl_lens.envs.pinpad import parse_task
     from irl_lens.models.policy import PolicyConfig, build_policy
-    from irl_lens.rl_cli import _presets
+    from irl_lens.rollout.engine import env_kit
     from irl_lens.train.internal_rl import collect, ppo_update
 
     cfg = _presets()["quick"]
@@ -183,7 +183,7 @@ def ant_throughput(seconds: float, seed: int, data_episodes: int = 256) -> dict[
     """Ant env steps/s (batched and single) and ant data episodes/s (see the module docstring)."""
     from irl_lens.data.generate_ant import generate_ant
     from irl_lens.envs.ant import AntPinpadEnv, BatchedAntPinpad
-    from irl_lens.train.ppo import SHIPPED_EXPERT
+    from irl_lens.train.ant_expert import SHIPPED_EXPERT
 
     rng = np.random.default_rng(seed)
     env = BatchedAntPinpad(64)
@@ -218,10 +218,10 @@ def ant_engine_throughput(
     seconds: float, seed: int, n_envs: int = 256, max_steps: int = 100
 ) -> dict[str, float]:
     """Env steps/s of controlled ant rollouts (see the module docstring)."""
-    from irl_lens.engine_ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
     from irl_lens.envs.ant import ANT_MAX_STEPS, ANT_N_COLOURS, ANT_OBS_DIM
     from irl_lens.models.base import BaseModelConfig, build_model
     from irl_lens.models.controller import ControllerConfig, build_controller_bank
+    from irl_lens.rollout.ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
 
     cfg = BaseModelConfig(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
                           n_actions=8, n_ctx=ANT_MAX_STEPS)  # quick sizes  # fmt: skip
@@ -283,7 +283,7 @@ def run_bench(
         result["ant_engine_steps_per_s"] / result["ant_env_steps_per_s"]
     )
     try:  # the rollout engine, once it exists (probes/controllers issue)
-        from irl_lens.engine import engine_benchmark
+        from irl_lens.rollout.engine import engine_benchmark
     except ImportError:
         engine_benchmark = None
     if engine_benchmark is not None:

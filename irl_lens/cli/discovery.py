@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.common_cli import (
+from irl_lens.cli.common import (
     DEVICE_OPTION,
     MAX_COUNT,
     SEED_OPTION,
@@ -212,7 +212,7 @@ def analyse(
     """Switching, clustering, steering and prior sampling on a trained metacontroller folder.
 
     ``rollouts=False`` skips steering and prior sampling, the two analyses that run the
-    model in its env (gridworld or ant, :func:`irl_lens.engine.env_kit`)."""
+    model in its env (gridworld or ant, :func:`irl_lens.rollout.engine.env_kit`)."""
     from analyses import clustering, switching
     from irl_lens import runs
     from irl_lens.train.discover import load_metacontroller, prior_rollouts
@@ -373,7 +373,7 @@ def rate_distortion(
     """
     from analyses import rate_distortion as rd
     from irl_lens import runs
-    from irl_lens.sweep import LocalRunner, rate_distortion_jobs
+    from irl_lens.cli.sweep import LocalRunner, rate_distortion_jobs
 
     try:
         alpha_list = [float(a) for a in alphas.split(",") if a.strip()]

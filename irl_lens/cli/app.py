@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from irl_lens import interrupts
-from irl_lens.common_cli import MAX_COUNT, Device, print_table, resolve_device
+from irl_lens.cli.common import MAX_COUNT, Device, print_table, resolve_device
 
 app = typer.Typer(
     name="irl-lens",
@@ -162,7 +162,7 @@ def data(
         if eps is not None or tie_break is not TieBreak.random:
             raise ValueError("--eps and --tie-break apply to the gridworld expert only")
         from irl_lens.data.generate_ant import generate_ant
-        from irl_lens.train.ppo import load_expert
+        from irl_lens.train.ant_expert import load_expert
 
         ds = generate_ant(
             episodes, split=split.value, seed=seed, task=task, expert=load_expert(expert),
@@ -387,7 +387,7 @@ def bench(
 
     Example: irl-lens bench --run runs/q/base --mc runs/q/mc --out bench.json
     """
-    from irl_lens.bench import run_bench
+    from irl_lens.cli.bench import run_bench
 
     result = run_bench(seconds=seconds, seed=seed, run=run, mc=mc)
     text = json.dumps(result, indent=2)
@@ -400,13 +400,13 @@ def bench(
 
 def _register_commands() -> None:
     """Commands that live in their own modules (they import the heavy parts lazily)."""
-    from irl_lens import analysis_cli, ant_cli, discovery_cli, pipeline_cli, rl_cli
+    from irl_lens.cli import analysis, ant, discovery, pipeline, rl
 
-    ant_cli.register(app)
-    analysis_cli.register(app)
-    discovery_cli.register(app)
-    rl_cli.register(app)
-    pipeline_cli.register(app)
+    ant.register(app)
+    analysis.register(app)
+    discovery.register(app)
+    rl.register(app)
+    pipeline.register(app)
 
 
 _register_commands()
@@ -441,9 +441,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; bad input ends with one line and exit code 2, a failed
     pipeline job (``reproduce``) with one line naming its log and exit code 1, SIGINT with
     130 and SIGTERM with 143 (one line saying how to continue)."""
+    from irl_lens.cli.sweep import JobsFailed
     from irl_lens.data.dataset import DatasetError
     from irl_lens.runs import RunError
-    from irl_lens.sweep import JobsFailed
 
     argv = list(sys.argv[1:] if argv is None else argv)
     interrupts.install_handlers()

@@ -1,6 +1,6 @@
 """``irl-lens reproduce``: the paper's pipeline in one command, with a report.
 
-Every job is its own ``irl-lens`` process (:class:`irl_lens.sweep.LocalRunner`), ``workers``
+Every job is its own ``irl-lens`` process (:class:`irl_lens.cli.sweep.LocalRunner`), ``workers``
 at a time; a job starts as soon as the jobs it needs are done (the raw-action baseline runs
 beside the metacontrollers, RL on ``full`` beside the ``cotrain`` training), so no core
 idles at a stage boundary. A job is skipped when its output already holds its finish
@@ -26,7 +26,7 @@ Stages, in dependency order (quick preset; ``paper`` uses the paper's sizes, for
 6. (``--with-sweep``) the rate-distortion sweep
 
 On ant-pinpad (:func:`ant_stages`) the same stages run in the ant rollout engine
-(:mod:`irl_lens.engine_ant`): the shipped expert's data (pretraining: sampled actions;
+(:mod:`irl_lens.rollout.ant`): the shipped expert's data (pretraining: sampled actions;
 clean: its mean action, the paper's discovery data, which the metacontrollers train on)
 -> base -> probes and supervised controllers (post task 0-1-2-3) -> metacontrollers
 (``cotrain`` from the pretrained base, as in the paper's ant ablation) -> internal RL and
@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 import irl_lens
 from irl_lens import runs
-from irl_lens.sweep import Job, JobResult, JobsFailed, LocalRunner
+from irl_lens.cli.sweep import Job, JobResult, JobsFailed, LocalRunner
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.common_cli import DEVICE_OPTION, MAX_COUNT, SEED_OPTION, Device, resolve_device
+from irl_lens.cli.common import DEVICE_OPTION, MAX_COUNT, SEED_OPTION, Device, resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ A stateful controller (ground-truth switching, a metacontroller's GRU state and 
 ``state.env_index``; rows are dropped from the batch as their episodes end, so row ``i``
 is not env ``i``. See :class:`GroundTruthSwitcher` for an example.
 
-**Both environments.** :mod:`irl_lens.engine_ant` is this engine's ant-pinpad twin (same
+**Both environments.** :mod:`irl_lens.rollout.ant` is this engine's ant-pinpad twin (same
 steppers, MuJoCo envs, Gaussian torques). :func:`env_kit` returns the engine, seeded env,
 ground-truth switcher and task parser of a model's environment, and :func:`run_batches`
 runs any number of seeded episodes through it, so analyses are written once for both.
@@ -635,7 +635,7 @@ class EnvKit:
     """Everything an analysis needs to run a base model in its own environment.
 
     Built by :func:`env_kit` from the model: the gridworld (colour-pair subgoals, the
-    gridworld engine) or ant-pinpad (one colour per subgoal, :mod:`irl_lens.engine_ant`),
+    gridworld engine) or ant-pinpad (one colour per subgoal, :mod:`irl_lens.rollout.ant`),
     so controllers, steering and prior sampling run unchanged on either.
     """
 
@@ -666,8 +666,8 @@ def env_kit(model: ActionModel, layer: int | None = None) -> EnvKit:
     """The :class:`EnvKit` of ``model``'s environment (ant: vector observations; imports
     MuJoCo only then)."""
     if model.model_cfg.obs_kind == "vector":
-        from irl_lens.engine_ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
         from irl_lens.envs.ant import ANT_MAX_STEPS, parse_ant_task
+        from irl_lens.rollout.ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
 
         return EnvKit("ant", AntRolloutEngine(model, layer), seeded_ant_env, ColourSwitcher,
                       1, parse_ant_task, batch=250, max_steps=ANT_MAX_STEPS)  # fmt: skip

@@ -22,8 +22,8 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.common_cli import DEVICE_OPTION as _DEVICE
-from irl_lens.common_cli import (
+from irl_lens.cli.common import DEVICE_OPTION as _DEVICE
+from irl_lens.cli.common import (
     MAX_COUNT,
     Device,
     clean_dataset,
@@ -31,7 +31,7 @@ from irl_lens.common_cli import (
     resolve_device,
     run_env,
 )
-from irl_lens.common_cli import SEED_OPTION as _SEED
+from irl_lens.cli.common import SEED_OPTION as _SEED
 
 logger = logging.getLogger(__name__)
 
@@ -211,9 +211,9 @@ def controllers(
     """
     from analyses import controllability as ctl
     from irl_lens import runs
-    from irl_lens.engine import pair_subgoals
     from irl_lens.hooks import parse_layers
     from irl_lens.models.base import load_base_model
+    from irl_lens.rollout.engine import pair_subgoals
     from irl_lens.train import controllers as train_ctl
 
     dev = resolve_device(device)
