@@ -30,6 +30,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check irl_lens analyses apps tests
 	$(BIN)/ruff format --check irl_lens analyses apps tests
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format irl_lens analyses apps tests

@@ -13,7 +13,7 @@ On new layouts the codes are then *forced*: (a) from step 0 on a one-subgoal tas
 (gridworld ``2k-2k+1``, ant ``k``), against the uncontrolled base model on the same
 layouts; (b) in sequence on a whole task (default the post-training task), switching to the
 next subgoal's code when the env reports the subgoal done, exactly like the supervised
-controllers. Both run in the model's own environment (:func:`irl_lens.rollout.engine.env_kit`).
+controllers. Both run in the model's own environment (:func:`irl_lens.rollout.kit.env_kit`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import torch
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
 
 from irl_lens.data.dataset import TrajectoryDataset
 from irl_lens.envs.pinpad import format_task
-from irl_lens.rollout.engine import env_kit, run_batches
-from irl_lens.train.discover import load_metacontroller
+from irl_lens.models.metacontroller import load_metacontroller
+from irl_lens.rollout.kit import env_kit, run_batches
 
 from .switching import SUBGOAL_COLOURS, episode_betas, held_out
 
@@ -125,8 +131,6 @@ def code_semantics(
     allows") differs by predecessor (near 1), and cannot name a subgoal after a
     predecessor it never followed in training.
     """
-    from sklearn.linear_model import LinearRegression, LogisticRegression
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
 
     counts = np.bincount(truth)
     out = {"subgoal_chance": float(counts.max() / len(truth)), "subgoal_accuracy": float("nan")}
@@ -149,8 +153,6 @@ def _previous_readout(
     z: np.ndarray, truth: np.ndarray, previous: np.ndarray, seed: int
 ) -> dict[str, float]:
     """``previous_accuracy`` / ``previous_chance`` of :func:`code_semantics`."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     if len(previous) != len(truth):
         raise ValueError(f"previous has {len(previous)} rows, truth {len(truth)}")
@@ -174,9 +176,6 @@ def _previous_readout(
 
 def cluster_codes(z: np.ndarray, truth: np.ndarray, seed: int = 0) -> ClusterResult:
     """k-means on ``z`` with ``k`` = number of distinct true subgoals; NMI, ARI, PCA."""
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     if len(z) < 2:
         raise ValueError(f"need at least 2 segments to cluster, got {len(z)}")
@@ -231,7 +230,6 @@ def clusters_summary(result: ClusterResult) -> dict[str, float]:
 
 def cluster_figure(result: ClusterResult):
     """2-D PCA projection of the segment codes, coloured by the true subgoal."""
-    import plotly.graph_objects as go
 
     xy = np.asarray(result.codes_2d)
     truth = np.asarray(result.truth)
@@ -364,7 +362,6 @@ def steering_summary(result: SteeringResult) -> dict[str, float]:
 
 def steering_figure(result: SteeringResult):
     """Success with each cluster code forced vs the uncontrolled base model."""
-    import plotly.graph_objects as go
 
     k = result.colours_per_subgoal
     names = ["-".join(str(c) for c in range(k * g, k * (g + 1))) for g in result.subgoals]

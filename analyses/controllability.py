@@ -12,7 +12,7 @@ frozen base model through a task it never saw whole, by default the post-trainin
 0-1 -> 2-3 -> 4-5 -> 6-7 -> 0-1) never occur in a pretraining task. In the rollout engine
 the controller of the task's current subgoal acts at layer ``l`` and is swapped for the
 next one when the env reports the subgoal done
-(:class:`~irl_lens.rollout.engine.GroundTruthSwitcher`). Success rate over ``n_episodes``
+(:class:`~irl_lens.rollout.switchers.GroundTruthSwitcher`). Success rate over ``n_episodes``
 per layer is compared with the uncontrolled base model on the very same episodes (same
 layouts, same action-sampling seed).
 
@@ -30,13 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
 from irl_lens.envs.pinpad import format_task
 from irl_lens.models.base import ActionModel
 from irl_lens.models.controller import ControllerBank
-from irl_lens.rollout.engine import env_kit, pair_subgoals, run_batches
+from irl_lens.rollout.kit import env_kit, run_batches
+from irl_lens.rollout.switchers import pair_subgoals
 from irl_lens.train.controllers import load_controllers
 
 logger = logging.getLogger(__name__)
@@ -190,8 +193,6 @@ def summary(result: ControllabilityResult) -> dict[str, float]:
 
 def success_figure(result: ControllabilityResult):
     """Success on the task by controller layer, with the uncontrolled base model (Fig 4)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     fig = make_subplots(
         rows=1,
@@ -240,7 +241,6 @@ def reach_figure(result: ControllabilityResult):
     the base model. Where a line drops shows where the controllers lose the agent: at the
     task's subgoal transitions (gridworld: after every second colour) or evenly along the
     way."""
-    import plotly.graph_objects as go
 
     if not result.reach_greedy:
         raise ValueError("this result has no reach curves (it predates them); re-run evaluation")

@@ -2,7 +2,7 @@
 
 :func:`path_figure` picks the view from the record: an ant record (``env = "ant"``, from
 :meth:`irl_lens.rollout.ant.AntEngineRollout.episode`) holds the torso's ``xy`` per step
-and a 16-cell layout, and is drawn with :func:`irl_lens.envs.ant.trajectory_figure`.
+and a 16-cell layout, and is drawn with :func:`irl_lens.envs.ant_figure.trajectory_figure`.
 
 An episode record is a dict with ``layout`` (49 cell codes), ``agent_pos`` (cell per step),
 ``final_agent_pos``, ``subgoal`` (true label per step) and, when a metacontroller acted,
@@ -13,10 +13,14 @@ stores in ``episodes.json`` and :func:`steered_episode` returns).
 from __future__ import annotations
 
 import numpy as np
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
-from irl_lens.envs.gridworld import EMPTY, WALL
+from irl_lens.envs.ant_figure import trajectory_figure
+from irl_lens.envs.gridworld_layout import EMPTY, WALL
 from irl_lens.envs.pinpad import GRID_SIZE
+from irl_lens.rollout.kit import env_kit
 
 COLOUR_HEX = ("#e6194b", "#f58231", "#ffe119", "#3cb44b", "#42d4f4", "#4363d8", "#911eb4",
               "#f032e6")  # fmt: skip
@@ -26,8 +30,6 @@ WALL_HEX = "#555555"
 def path_figure(episode: dict, title: str | None = None):
     """The episode's path: :func:`grid_figure` for the gridworld, the ant's top-down view."""
     if episode.get("env") == "ant":
-        from irl_lens.envs.ant import trajectory_figure  # imports MuJoCo: only for ant
-
         ok = "success" if episode.get("success") else episode.get("end_reason", "failed")
         return trajectory_figure(
             np.asarray(episode["layout"]), np.asarray(episode["xy"]),
@@ -38,7 +40,6 @@ def path_figure(episode: dict, title: str | None = None):
 
 def grid_figure(episode: dict, title: str | None = None):
     """The layout with the agent's path (start circle, end star); colours labelled 0..7."""
-    import plotly.graph_objects as go
 
     layout = np.asarray(episode["layout"])
     fig = go.Figure()
@@ -90,8 +91,6 @@ def grid_figure(episode: dict, title: str | None = None):
 
 def timeline_figure(episode: dict):
     """beta_t, switches, the code in force (first two dimensions) and the true subgoal."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     sub = np.asarray(episode["subgoal"])
     t = np.arange(len(sub))
@@ -126,7 +125,6 @@ def steered_episode(base, mc, layer: int, code, at_step: int, *, seed: int = 0, 
     (``reached``: subgoal index or -1; gridworld: a colour pair, ant: a colour) and the
     colours ``entered`` (ant: the task colours completed). Runs in the model's own env.
     """
-    from irl_lens.rollout.engine import env_kit
 
     kit = env_kit(base, layer)
     env = kit.make_env(1, task=task, seed=seed, stream=7000)

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import torch
-import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Float
+from plotly.subplots import make_subplots
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -41,81 +42,12 @@ from irl_lens.data.dataset import TrajectoryDataset, make_batch
 from irl_lens.envs.pinpad import N_SUBGOALS
 from irl_lens.hooks import layer_hook_name, n_layers_of
 from irl_lens.models.base import ActionModel, load_base_model
+from irl_lens.models.probe import fit_probe
 
 logger = logging.getLogger(__name__)
 
 MAX_SINCE = 16
 """Belief traces bin steps-since-segment-start as 0..MAX_SINCE-1 (later steps are dropped)."""
-
-
-# --------------------------------------------------------------------------- the probe
-
-
-@dataclass
-class SoftmaxProbe:
-    """A fitted multinomial logistic regression on standardised residuals."""
-
-    weight: Float[Tensor, "n_classes d_model"]
-    bias: Float[Tensor, " n_classes"]
-    mean: Float[Tensor, " d_model"]
-    std: Float[Tensor, " d_model"]
-
-    def logits(self, x: Float[Tensor, "n d_model"]) -> Float[Tensor, "n n_classes"]:
-        return ((x - self.mean) / self.std) @ self.weight.T + self.bias
-
-    def predict_proba(self, x: Float[Tensor, "n d_model"]) -> Float[Tensor, "n n_classes"]:
-        return torch.softmax(self.logits(x), dim=-1)
-
-    @property
-    def directions(self) -> Float[Tensor, "n_classes d_model"]:
-        """The class directions in the raw residual space (``W / std``)."""
-        return self.weight / self.std
-
-
-def fit_softmax_probe(
-    x: Float[Tensor, "n d_model"],
-    y: Int[Tensor, " n"],
-    n_classes: int,
-    *,
-    l2: float = 1e-3,
-    max_iter: int = 200,
-) -> SoftmaxProbe:
-    """Fit ``softmax(W x + b)`` by full-batch L-BFGS on mean cross-entropy + ``l2/2 |W|^2``.
-
-    Features are standardised with the training mean and std first, so ``l2`` means the
-    same at every layer. Deterministic on a CPU.
-    """
-    if x.ndim != 2 or y.shape != (x.shape[0],):
-        raise ValueError(
-            f"probe data must be x [n, d] and y [n], got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
-    if len(y) == 0:
-        raise ValueError("probe: no labelled steps to fit on")
-    x = x.float()
-    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-    z = (x - mean) / std
-    y = y.long()
-    weight = torch.zeros(n_classes, x.shape[1], requires_grad=True)
-    bias = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [weight, bias],
-        lr=1.0,
-        max_iter=max_iter,
-        history_size=20,
-        tolerance_grad=1e-6,
-        tolerance_change=1e-9,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(z @ weight.T + bias, y) + 0.5 * l2 * (weight**2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return SoftmaxProbe(weight.detach(), bias.detach(), mean, std)
 
 
 def _on_device(model: ActionModel, device: str) -> ActionModel:
@@ -243,7 +175,7 @@ def _fit_layers(
     y_train = torch.from_numpy(train.label)
     y_test = torch.from_numpy(test.label)
     for layer in layers:
-        probe = fit_softmax_probe(train.resid[layer], y_train, N_SUBGOALS, l2=l2, max_iter=max_iter)
+        probe = fit_probe(train.resid[layer], y_train, N_SUBGOALS, l2=l2, max_iter=max_iter)
         p = probe.predict_proba(test.resid[layer])  # [n_test, n_subgoals]
         probs[layer] = p
         acc.append(float((p.argmax(-1) == y_test).float().mean()))
@@ -420,7 +352,6 @@ def table_rows(result: ProbeResult) -> list[tuple[int, float, float, float]]:
 
 def accuracy_figure(result: ProbeResult):
     """Held-out probe accuracy by layer, with the majority-class rate (Fig A1 final column)."""
-    import plotly.graph_objects as go
 
     fig = go.Figure()
     fig.add_trace(
@@ -451,8 +382,6 @@ def accuracy_figure(result: ProbeResult):
 def belief_figure(result: ProbeResult):
     """Belief in the true subgoal vs steps since the segment began, per layer (Fig 3),
     and the best layer's beliefs over one test episode."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     fig = make_subplots(
         rows=1,
@@ -497,7 +426,6 @@ def steps_figure(result: ProbeResult):
     """Held-out accuracy by layer x training step (Fig A1); ``None`` without checkpoints."""
     if not result.checkpoint_steps:
         return None
-    import plotly.graph_objects as go
 
     fig = go.Figure(
         go.Heatmap(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 
 from irl_lens import runs
 
@@ -151,7 +152,6 @@ def rd_figure(points: list[RDPoint], rate_floor: float = 1e-3):
     variant's per-alpha medians in alpha order. Rates below ``rate_floor`` (a collapsed
     code, KL ~ 0) are drawn at the floor, which the axis title says.
     """
-    import plotly.graph_objects as go
 
     colours = {"full": "#1f77b4", "cotrain": "#d62728", "beta1": "#2ca02c"}
     fig = go.Figure()

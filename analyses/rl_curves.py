@@ -13,10 +13,12 @@ linear or a log x-axis; :func:`table` gives final success and episodes-to-0.5 pe
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 
 from irl_lens import runs
 
@@ -97,7 +99,6 @@ def _group(label: str, curves: list[RunCurve]) -> GroupCurve:
 
 class _quiet:
     def __enter__(self):
-        import warnings
 
         self._w = warnings.catch_warnings()
         self._w.__enter__()
@@ -135,7 +136,6 @@ def table(comp: Comparison) -> list[dict]:
 
 def curves_figure(comp: Comparison, log_x: bool = False):
     """Median success vs episodes per method with the 25-75% band over seeds."""
-    import plotly.graph_objects as go
 
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
     fig = go.Figure()
@@ -157,6 +157,5 @@ def curves_figure(comp: Comparison, log_x: bool = False):
 
 
 def to_json(comp: Comparison) -> str:
-    from dataclasses import asdict
 
     return json.dumps(asdict(comp))

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
 from irl_lens.data.dataset import TrajectoryDataset, make_batch
-from irl_lens.train.discover import controlled_forward, load_metacontroller
+from irl_lens.hooks import run_with_metacontroller
+from irl_lens.models.metacontroller import load_metacontroller
 
 TOLERANCES = (0, 1, 2)
 SUBGOAL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -132,7 +135,7 @@ def episode_betas(
         for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
             batch = make_batch(ds, chunk)
             mask = batch.mask.to(device)
-            _, mo = controlled_forward(
+            _, mo = run_with_metacontroller(
                 base, mc, layer, batch.obs.to(device), mask, sample=False,
                 beta_override=1.0 if beta1 else None,
             )  # fmt: skip
@@ -206,8 +209,6 @@ def summary(result: SwitchResult) -> dict[str, float]:
 
 def beta_figure(result: SwitchResult, episodes: list[int] | None = None):
     """``beta_t`` over time on coloured bands of the true subgoal, one row per episode."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     chosen = list(range(len(result.examples))) if episodes is None else list(episodes)
     chosen = [i for i in chosen if 0 <= i < len(result.examples)] or [0]

@@ -20,11 +20,18 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
+
+from analyses import clustering, episodes, probes, rl_curves, switching
+from analyses import controllability as ctl
+from analyses import rate_distortion as rd
+from irl_lens.models.metacontroller import load_metacontroller
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
@@ -117,7 +124,6 @@ def json_file(path: Path) -> dict | None:
 
 @st.cache_resource(show_spinner="loading the metacontroller and its base model ...")
 def metacontroller(path: str):
-    from irl_lens.train.discover import load_metacontroller
 
     return load_metacontroller(path)
 
@@ -129,7 +135,6 @@ def reports(root: str) -> list[tuple[str, str]]:
     The report's figure links are relative to its folder, which a browser on this page
     cannot follow: they become the file's path as code.
     """
-    import re
 
     base = Path(root)
     found = [base / "report.md"] if (base / "report.md").is_file() else []
@@ -187,7 +192,6 @@ def page_runs(found: list[dict], root: str) -> None:
     for folder, text in reports(root):
         with st.expander(f"Reproduction report: {folder}/report.md", expanded=True):
             st.markdown(text)
-    import pandas as pd
 
     rows = [{"folder": r["path"], "kind": r["kind"],
              "finished": "yes" if r["complete"] else "no (summary.json missing)"}
@@ -206,7 +210,6 @@ def page_runs(found: list[dict], root: str) -> None:
 
 
 def page_probes(found: list[dict]) -> None:
-    from analyses import probes
 
     st.header("Linear probes of the subgoal, by layer")
     items = [
@@ -226,7 +229,6 @@ def page_probes(found: list[dict]) -> None:
 
 
 def page_controllability(found: list[dict]) -> None:
-    from analyses import controllability as ctl
 
     st.header("Supervised controllers: success on the task by layer")
     items = [
@@ -257,7 +259,6 @@ def _analysis(found: list[dict]) -> tuple[dict, dict] | None:
 
 
 def page_switching(found: list[dict]) -> None:
-    from analyses import switching
 
     st.header("Switching: beta_t against the true subgoals")
     got = _analysis(found)
@@ -265,7 +266,6 @@ def page_switching(found: list[dict]) -> None:
         return
     run, analysis = got
     result = switching.SwitchResult(**analysis["switching"])
-    import pandas as pd
 
     table = {"tolerance": result.tolerances, "precision": result.precision,
              "recall": result.recall, "F1": result.f1}  # fmt: skip
@@ -281,7 +281,6 @@ def page_switching(found: list[dict]) -> None:
 
 
 def page_controllers(found: list[dict]) -> None:
-    from analyses import clustering, episodes
 
     st.header("Discovered controllers: code clusters and steering")
     got = _analysis(found)
@@ -361,7 +360,6 @@ def steering_not_computed(steering) -> str | None:
 
 
 def page_rate_distortion(found: list[dict]) -> None:
-    from analyses import rate_distortion as rd
 
     st.header("Rate-distortion over alpha")
     sweeps = runs_of(found, "sweep")
@@ -373,7 +371,6 @@ def page_rate_distortion(found: list[dict]) -> None:
         st.info("The sweep has no finished runs yet; re-run its command to continue it.")
         return
     st.plotly_chart(rd.rd_figure(points), key="rd_fig")
-    import pandas as pd
 
     st.caption("Per alpha: medians over seeds; aligned = share of seeds whose switch F1 >= "
                f"{rd.STAR_F1} at tolerance 1.")  # fmt: skip
@@ -382,7 +379,6 @@ def page_rate_distortion(found: list[dict]) -> None:
 
 
 def page_internal_rl(found: list[dict]) -> None:
-    from analyses import episodes, rl_curves
 
     st.header("Internal RL vs the baselines")
     items = [
@@ -396,7 +392,6 @@ def page_internal_rl(found: list[dict]) -> None:
         comp = rl_curves.compare_runs(chosen)
         log_x = st.toggle("log x-axis", value=False, key="rl_log")
         st.plotly_chart(rl_curves.curves_figure(comp, log_x=log_x), key="rl_fig")
-        import pandas as pd
 
         st.dataframe(pd.DataFrame(rl_curves.table(comp)), hide_index=True)
     st.subheader("Episode replay")

@@ -36,6 +36,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from jaxtyping import Float
 from torch import Tensor
@@ -75,7 +76,13 @@ def check_layer(layer: int, n_layers: int) -> int:
 
 
 def resid_hook_name(layer: int, n_layers: int) -> str:
-    """Hook name of the residual stream at ``layer`` (see the module docstring's table)."""
+    """Hook name of the residual stream at ``layer`` (see the module docstring's table).
+
+    Example::
+
+        resid_hook_name(1, n_layers=4)  # "blocks.1.hook_resid_pre"
+        resid_hook_name(4, n_layers=4)  # "blocks.3.hook_resid_post"
+    """
     layer = check_layer(layer, n_layers)
     if layer == n_layers:
         return f"blocks.{n_layers - 1}.hook_resid_post"
@@ -146,6 +153,11 @@ def intervene(model: HookedRootModule, layer: int, controller: Controller) -> It
     Every forward pass of ``model`` in the block that goes through layer ``l`` sees
     ``controller(e)`` instead of ``e``; activations below ``l`` are untouched. The hook is
     removed on exit, also on error.
+
+    Example (double the residual stream before block 1)::
+
+        with intervene(model, layer=1, controller=lambda e: 2 * e):
+            logits = model(tokens)
     """
     name = layer_hook_name(model, layer)
 
@@ -164,3 +176,36 @@ def intervene(model: HookedRootModule, layer: int, controller: Controller) -> It
 def hook_count(model: HookedRootModule) -> int:
     """Number of forward and backward hooks attached anywhere in ``model`` (0 when clean)."""
     return sum(len(hp._forward_hooks) + len(hp._backward_hooks) for hp in model.hook_dict.values())
+
+
+def run_with_metacontroller(
+    model: HookedRootModule,
+    mc: Callable[..., Any],
+    layer: int,
+    inputs: Any,
+    mask: Tensor | None = None,
+    **mc_kwargs: Any,
+) -> tuple[Any, Any]:
+    """``model(inputs)`` with a metacontroller writing into layer ``layer``; returns the
+    model's output and everything the metacontroller computed (its output dataclass:
+    ``e_hat``, ``beta``, ``z``, ``kl`` ...).
+
+    ``mc`` is called as ``mc(e, mask, **mc_kwargs)`` on the residuals ``e`` of that layer
+    and must return an object with an ``e_hat`` attribute, as
+    :class:`irl_lens.models.metacontroller.Metacontroller` does; ``mask`` [batch, pos]
+    marks real (non-padding) positions. Works on any TransformerLens model.
+
+    Example::
+
+        out, mo = run_with_metacontroller(model, mc, layer=1, inputs=tokens)
+        mo.beta  # [batch, pos] switching gate
+    """
+    held: dict[str, Any] = {}
+
+    def controller(e: Tensor) -> Tensor:
+        held["out"] = mc(e, mask, **mc_kwargs)
+        return held["out"].e_hat
+
+    with intervene(model, layer, controller):
+        out = model(inputs)
+    return out, held["out"]

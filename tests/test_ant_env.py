@@ -27,23 +27,21 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from irl_lens.envs.ant import (
+from irl_lens.envs.ant import AntPinpadEnv
+from irl_lens.envs.ant_arena import WALL_HEIGHT, build_arena
+from irl_lens.envs.ant_batch import END_REASONS, BatchedAntPinpad
+from irl_lens.envs.ant_figure import trajectory_figure
+from irl_lens.envs.ant_layout import (
     ANT_MAX_STEPS,
     ANT_OBS_DIM,
     ANT_POST_TASK,
     ANT_PRETRAIN_TASKS,
     CELL_SIZE,
-    END_REASONS,
-    WALL_HEIGHT,
-    AntPinpadEnv,
-    BatchedAntPinpad,
-    build_arena,
     cell_centres,
     cell_of,
     direction_map,
     is_ant_solvable,
     sample_ant_layout,
-    trajectory_figure,
 )
 
 ANT_ID = "irl_lens/AntPinpad-v0"
@@ -738,7 +736,7 @@ def test_render_rgb_array():
 
 
 def test_initial_state_is_inside_the_joint_limits_and_settles():
-    from irl_lens.envs.ant import start_pose
+    from irl_lens.envs.ant_arena import start_pose
 
     env = BatchedAntPinpad(64, n_threads=1)
     env.reset(seed=1)

@@ -14,9 +14,11 @@ import torch  # noqa: E402
 
 from irl_lens.data.dataset import load_dataset  # noqa: E402
 from irl_lens.data.generate_ant import generate_ant  # noqa: E402
-from irl_lens.envs.ant import ANT_OBS_DIM, CELL_SIZE  # noqa: E402
+from irl_lens.envs.ant_layout import ANT_OBS_DIM, CELL_SIZE  # noqa: E402
+from irl_lens.models import ant_expert as ant_model  # noqa: E402
 from irl_lens.runs import RunError  # noqa: E402
-from irl_lens.train import ppo  # noqa: E402
+from irl_lens.train import ant_expert as ppo  # noqa: E402
+from irl_lens.train import rl  # noqa: E402
 from tests.cli_helpers import run_cli as _run  # noqa: E402
 
 
@@ -30,7 +32,7 @@ def test_gae_matches_hand_computation():
     d1 = 0.0 - 0.2  # terminal: no bootstrap
     d0 = 1.0 + g * 0.2 - 0.5
     expected = np.array([d0 + g * lam * d1, d1, d2])
-    adv, ret = ppo.gae(rewards, values, dones, last, g, lam)
+    adv, ret = rl.gae(rewards, values, dones, last, g, lam)
     np.testing.assert_allclose(adv[:, 0], expected, rtol=1e-6)
     np.testing.assert_allclose(ret, adv + values, rtol=1e-6)
 
@@ -38,7 +40,7 @@ def test_gae_matches_hand_computation():
 def test_running_norm_matches_numpy():
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, (500, 4))
-    norm = ppo.RunningNorm(4)
+    norm = ant_model.RunningNorm(4)
     for chunk in np.array_split(x, 7):
         norm.update(torch.from_numpy(chunk))
     np.testing.assert_allclose(norm.mean.numpy(), x.mean(0), rtol=1e-4)
@@ -77,31 +79,31 @@ def test_resume_continues_and_checks_config(tmp_path):
         ppo.train_ant_expert(out, other, seed=0, resume=True, progress=False)
     with pytest.raises(RunError, match="already a ant_expert"):
         ppo.train_ant_expert(out, cfg, seed=0, progress=False)
-    agent = ppo.load_expert(out)
-    assert isinstance(agent, ppo.GaussianAgent)
+    agent = ant_model.load_expert(out)
+    assert isinstance(agent, ant_model.GaussianAgent)
     # an expert trained in other cells (older runs saved no size: 1.5 m) is refused by name
     config = json.loads((out / "config.json").read_text())
     assert config["cell_size"] == CELL_SIZE
     for saved in ({"cell_size": CELL_SIZE + 0.5}, {}):
         legacy = {k: v for k, v in config.items() if k != "cell_size"} | saved
         (out / "config.json").write_text(json.dumps(legacy))
-        trained = saved.get("cell_size", ppo.LEGACY_CELL_SIZE)
+        trained = saved.get("cell_size", ant_model.LEGACY_CELL_SIZE)
         with pytest.raises(RunError, match=rf"trained in {trained} m cells.*{CELL_SIZE} m cells"):
-            ppo.load_expert(out)
+            ant_model.load_expert(out)
         with pytest.raises(RunError, match=rf"trained in {trained} m cells"):
             ppo.train_ant_expert(out, cfg, seed=0, resume=True, progress=False)
     # the torque scales travel with the expert; a loaded expert acts at the deployed one;
     # runs saved before they existed trained and act at 1.0
     (out / "config.json").write_text(json.dumps(config))
     assert (cfg.torque_scale, cfg.deploy_torque_scale) == (0.7, 0.5)
-    assert ppo.load_expert(out).torque_scale == 0.5
+    assert ant_model.load_expert(out).torque_scale == 0.5
     for dropped, acts in (
         (("deploy_torque_scale",), 0.7),
         (("torque_scale", "deploy_torque_scale"), 1.0),
     ):
         legacy = config | {"ppo": {k: v for k, v in config["ppo"].items() if k not in dropped}}
         (out / "config.json").write_text(json.dumps(legacy))
-        assert ppo.load_expert(out).torque_scale == acts
+        assert ant_model.load_expert(out).torque_scale == acts
         with pytest.raises(RunError, match="differs"):  # not what the defaults ask for now
             ppo.train_ant_expert(out, cfg, seed=0, resume=True, progress=False)
 
@@ -109,10 +111,10 @@ def test_resume_continues_and_checks_config(tmp_path):
 def test_torque_scale_scales_the_experts_torques():
     # Same agent weights at scale 1.0 and 0.5: every episode's first torques (same seed, same
     # start) are the clipped actions times the scale, in the env and in the dataset.
-    full = ppo.build_agent(ppo.PPOConfig(torque_scale=1.0), seed=0).eval()
+    full = ant_model.build_agent(ppo.PPOConfig(torque_scale=1.0), seed=0).eval()
     with torch.no_grad():
         full.actor[-1].weight.mul_(400.0)  # big means, so the clip to [-1, 1] matters
-    half = ppo.build_agent(ppo.PPOConfig(torque_scale=0.5), seed=0).eval()
+    half = ant_model.build_agent(ppo.PPOConfig(torque_scale=0.5), seed=0).eval()
     half.load_state_dict(full.state_dict())
     assert half.torque_scale == 0.5
     first = {}
@@ -127,7 +129,7 @@ def test_torque_scale_scales_the_experts_torques():
 
 @pytest.fixture(scope="module")
 def random_agent():
-    return ppo.build_agent(ppo.PPOConfig(), seed=0).eval()
+    return ant_model.build_agent(ppo.PPOConfig(), seed=0).eval()
 
 
 def test_dataset_round_trip_and_determinism(tmp_path, random_agent):
@@ -156,10 +158,10 @@ def test_dataset_round_trip_and_determinism(tmp_path, random_agent):
 def test_shipped_expert_matches_its_card():
     # The weights in the package reproduce the success their card reports, and the data
     # commands use them by default.
-    card = json.loads(ppo.SHIPPED_EXPERT.with_suffix(".json").read_text())
+    card = json.loads(ant_model.SHIPPED_EXPERT.with_suffix(".json").read_text())
     assert "train_command" in card and card["ppo"] == ppo.saved_ppo_config(card["ppo"]).to_dict()
-    agent = ppo.load_expert()
-    assert agent.torque_scale == ppo.deployed_torque_scale(ppo.saved_ppo_config(card["ppo"]))
+    agent = ant_model.load_expert()
+    assert agent.torque_scale == ant_model.deployed_torque_scale(ppo.saved_ppo_config(card["ppo"]))
     n = 48
     res = ppo.evaluate_expert(agent, n, None, deterministic=True, seed=21, progress=False)
     p = card["summary"]["eval/pretrain_success"]
@@ -281,7 +283,7 @@ def test_init_fine_tunes_from_an_experts_weights(tmp_path, capsys):
     tiny = ppo.PPOConfig(total_steps=4 * 16, lr=1e-12, **small)
     ft = tmp_path / "ft"
     ppo.train_ant_expert(ft, tiny, seed=5, init=src, progress=False)
-    fresh = ppo.build_agent(tiny, seed=5).state_dict()
+    fresh = ant_model.build_agent(tiny, seed=5).state_dict()
     start, end = load_file(str(src / "model.safetensors")), load_file(str(ft / "model.safetensors"))
     for name, value in start.items():
         if name.startswith("norm."):  # the input statistics absorb the new rollout
@@ -315,7 +317,7 @@ def _relabelled_pair(seed: int = 3):
     """Two envs holding the *same* physical ant, the second with its torso frame turned by
     -90 degrees and its legs relabelled by the leg rotation P (so its canonical quadrant is
     one more)."""
-    from irl_lens.envs.ant import BatchedAntPinpad, leg_rotation
+    from irl_lens.envs.ant_batch import BatchedAntPinpad, leg_rotation
 
     p = leg_rotation()
     env = BatchedAntPinpad(2, n_threads=1)
@@ -338,7 +340,7 @@ def _relabelled_pair(seed: int = 3):
 
 
 def test_leg_rotation_is_a_symmetry_of_the_ant():
-    from irl_lens.envs.ant import leg_rotation
+    from irl_lens.envs.ant_batch import leg_rotation
 
     p = leg_rotation()
     np.testing.assert_array_equal(np.linalg.matrix_power(p, 4), np.eye(8))
@@ -360,7 +362,7 @@ def test_leg_rotation_is_a_symmetry_of_the_ant():
 
 
 def test_controls_map_canonical_joints_to_actuators():
-    from irl_lens.envs.ant import BatchedAntPinpad, leg_rotation
+    from irl_lens.envs.ant_batch import BatchedAntPinpad, leg_rotation
 
     env = BatchedAntPinpad(4, n_threads=1)
     names = [env.model.joint(int(j)).name for j in env.model.actuator_trnid[:, 0]]
@@ -377,7 +379,7 @@ def test_controls_map_canonical_joints_to_actuators():
 
 
 def test_expert_view_is_the_documented_quantities():
-    from irl_lens.envs.ant import EXPERT_DIM, BatchedAntPinpad
+    from irl_lens.envs.ant_batch import EXPERT_DIM, BatchedAntPinpad
 
     env = BatchedAntPinpad(3, n_threads=1)
     env.reset(seed=5)
@@ -398,8 +400,8 @@ def test_expert_view_is_the_documented_quantities():
 
 
 def test_canonical_frame_has_hysteresis():
-    from irl_lens.envs.ant import QUADRANT_HYSTERESIS as H
-    from irl_lens.envs.ant import BatchedAntPinpad
+    from irl_lens.envs.ant_batch import QUADRANT_HYSTERESIS as H
+    from irl_lens.envs.ant_batch import BatchedAntPinpad
 
     env = BatchedAntPinpad(1, n_threads=1)
     env.reset(seed=5)
@@ -427,7 +429,7 @@ def test_bench_reports_ant_throughput():
 def _corridor(straight: bool):
     """``(env, cell, u, u_next)``: a one-env ant whose torso's cell has a shortest-path
     direction ``u`` and whose next path cell continues along ``u`` (straight) or turns."""
-    from irl_lens.envs.ant import BatchedAntPinpad
+    from irl_lens.envs.ant_batch import BatchedAntPinpad
 
     dirs_xy = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], dtype=float)
     env = BatchedAntPinpad(1, n_threads=1)
@@ -449,7 +451,8 @@ def _corridor(straight: bool):
 
 @pytest.mark.parametrize("straight", [True, False], ids=["straight", "turn"])
 def test_waypoints_pursue_a_point_lookahead_along_the_path(straight):
-    from irl_lens.envs.ant import CELL_SIZE, LOOKAHEAD, cell_centres
+    from irl_lens.envs.ant_batch import LOOKAHEAD
+    from irl_lens.envs.ant_layout import CELL_SIZE, cell_centres
 
     assert LOOKAHEAD == 0.75  # the hand values below assume it
     env, cell, u, u_next = _corridor(straight)
@@ -471,7 +474,7 @@ def test_waypoints_pursue_a_point_lookahead_along_the_path(straight):
 
 
 def test_shaped_reward_terms_match_hand_values():
-    from irl_lens.envs.ant import BatchedAntPinpad
+    from irl_lens.envs.ant_batch import BatchedAntPinpad
 
     env = BatchedAntPinpad(4, n_threads=1)
     env.reset(seed=2)
@@ -509,7 +512,8 @@ def test_shaped_reward_terms_match_hand_values():
 
 
 def test_clearance_is_the_distance_to_the_nearest_forbidden_cell():
-    from irl_lens.envs.ant import ANT_WALL, BatchedAntPinpad, cell_centres
+    from irl_lens.envs.ant_batch import BatchedAntPinpad
+    from irl_lens.envs.ant_layout import ANT_WALL, cell_centres
 
     env = BatchedAntPinpad(1, n_threads=1)
     env.reset(seed=0)

@@ -46,7 +46,7 @@ def test_data_then_pretrain_tiny(tmp_path, capsys):
 
 
 def test_quick_preset_has_path_features_and_paper_does_not():
-    from irl_lens.train.pretrain import PRESETS
+    from irl_lens.presets import PRETRAIN as PRESETS
 
     assert PRESETS["quick"][0].path_features and not PRESETS["paper"][0].path_features
 

@@ -14,9 +14,10 @@ from analyses.controllability import controllability, success_figure, summary
 from irl_lens.data.dataset import make_batch
 from irl_lens.data.generate import generate_gridworld
 from irl_lens.models.base import load_base_model
+from irl_lens.presets import CONTROLLERS as PRESETS
+from irl_lens.presets import PRETRAIN as BASE_PRESETS
 from irl_lens.runs import RunError
 from irl_lens.train.controllers import (
-    PRESETS,
     ControllerTrainConfig,
     controlled_nll,
     frozen,
@@ -24,7 +25,6 @@ from irl_lens.train.controllers import (
     train_layer,
     train_supervised_controllers,
 )
-from irl_lens.train.pretrain import PRESETS as BASE_PRESETS
 from irl_lens.train.pretrain import pretrain
 
 

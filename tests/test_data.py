@@ -15,7 +15,7 @@ from irl_lens.data.dataset import (
     make_batch,
 )
 from irl_lens.data.generate import generate_gridworld
-from irl_lens.envs.gridworld import NEXT_CELL, WALL
+from irl_lens.envs.gridworld_layout import NEXT_CELL, WALL
 from irl_lens.envs.pinpad import PRETRAIN_TASKS, parse_task
 
 

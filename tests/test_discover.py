@@ -13,10 +13,13 @@ from analyses import clustering, switching
 from irl_lens.data.generate import generate_gridworld
 from irl_lens.hooks import hook_count, intervene
 from irl_lens.models.base import load_base_model
-from irl_lens.rollout.engine import MetacontrollerDriver, RolloutEngine, seeded_env
+from irl_lens.presets import DISCOVER as DISCOVER_PRESETS
+from irl_lens.presets import PRETRAIN as BASE_PRESETS
+from irl_lens.rollout.grid import GridRolloutEngine as RolloutEngine
+from irl_lens.rollout.grid import seeded_env
+from irl_lens.rollout.switchers import MetacontrollerDriver
 from irl_lens.runs import RunError
 from irl_lens.train import discover as disc
-from irl_lens.train.pretrain import PRESETS as BASE_PRESETS
 from irl_lens.train.pretrain import pretrain
 
 
@@ -38,7 +41,7 @@ def base_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mc_run(base_run, clean_ds, tmp_path_factory):
     out = tmp_path_factory.mktemp("mc") / "mc"
-    disc.discover(base_run, clean_ds, out, disc.PRESETS["tiny"], progress=False)
+    disc.discover(base_run, clean_ds, out, DISCOVER_PRESETS["tiny"], progress=False)
     return out
 
 
@@ -53,7 +56,7 @@ def test_training_keeps_the_base_bit_identical_and_writes_a_loadable_folder(mc_r
 
 
 def test_resume_ends_with_the_same_weights(base_run, clean_ds, tmp_path, mc_run):
-    cfg = disc.PRESETS["tiny"]
+    cfg = DISCOVER_PRESETS["tiny"]
     disc.discover(base_run, clean_ds, tmp_path / "r", cfg, stop_after=7, progress=False)
     with pytest.raises(RunError, match="already a metacontroller"):
         disc.discover(base_run, clean_ds, tmp_path / "r", cfg, progress=False)
@@ -65,7 +68,7 @@ def test_resume_ends_with_the_same_weights(base_run, clean_ds, tmp_path, mc_run)
 
 
 def test_beta1_and_cotrain_variants(base_run, clean_ds, tmp_path):
-    cfg = dataclasses.replace(disc.PRESETS["tiny"], steps=3, variant="beta1")
+    cfg = dataclasses.replace(DISCOVER_PRESETS["tiny"], steps=3, variant="beta1")
     disc.discover(base_run, clean_ds, tmp_path / "b1", cfg, progress=False)
     s = json.loads((tmp_path / "b1" / "summary.json").read_text())
     assert s["discover/mean_beta"] == 1.0

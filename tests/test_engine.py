@@ -6,20 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from irl_lens.envs.gridworld import WALL, BatchedGridPinpad
+from irl_lens.cli.bench import engine_benchmark
+from irl_lens.envs.gridworld_batch import BatchedGridPinpad
+from irl_lens.envs.gridworld_layout import WALL
 from irl_lens.hooks import hook_count, intervene, layer_hook_name
 from irl_lens.models.base import build_model
 from irl_lens.models.controller import ControllerConfig, build_controller_bank
-from irl_lens.rollout.engine import (
-    GroundTruthSwitcher,
-    RolloutEngine,
-    StepState,
-    _fast_path_problem,
-    engine_benchmark,
-    pair_subgoals,
-    seeded_env,
-)
-from irl_lens.rollout.grid import grid_obs_tokens, rollout_grid
+from irl_lens.rollout.engine import StepState
+from irl_lens.rollout.grid import GridRolloutEngine as RolloutEngine
+from irl_lens.rollout.grid import grid_obs_tokens, rollout_grid, seeded_env
+from irl_lens.rollout.stepper import _fast_path_problem
+from irl_lens.rollout.switchers import GroundTruthSwitcher, pair_subgoals
 
 from .conftest import tiny_model_config
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from irl_lens.envs.ant import ANT_OBS_DIM, END_REASONS
+from irl_lens.envs.ant_batch import END_REASONS
+from irl_lens.envs.ant_layout import ANT_OBS_DIM
 from irl_lens.hooks import hook_count, intervene
 from irl_lens.models.base import build_model
 from irl_lens.models.controller import ControllerConfig, build_controller_bank

@@ -12,10 +12,15 @@ import torch
 from analyses import rl_curves
 from irl_lens.data.generate import generate_gridworld
 from irl_lens.models.policy import PolicyConfig, build_policy
-from irl_lens.rollout.engine import MetacontrollerDriver, RolloutEngine, env_kit, seeded_env
+from irl_lens.presets import DISCOVER as DISCOVER_PRESETS
+from irl_lens.presets import PRETRAIN as BASE_PRESETS
+from irl_lens.rollout.grid import GridRolloutEngine as RolloutEngine
+from irl_lens.rollout.grid import seeded_env
+from irl_lens.rollout.kit import env_kit
+from irl_lens.rollout.switchers import MetacontrollerDriver
 from irl_lens.train import discover as disc
 from irl_lens.train import internal_rl as irl
-from irl_lens.train.pretrain import PRESETS as BASE_PRESETS
+from irl_lens.train import rl
 from irl_lens.train.pretrain import pretrain
 from irl_lens.train.raw_rl import raw_rl
 
@@ -28,29 +33,29 @@ def runs_dir(tmp_path_factory):
     pretrain(ds, root / "base", model_cfg, dataclasses.replace(cfg, checkpoint_every=1000),
              progress=False)  # fmt: skip
     clean = generate_gridworld(100, "clean", seed=0, progress=False)
-    disc.discover(root / "base", clean, root / "mc", disc.PRESETS["tiny"], progress=False)
+    disc.discover(root / "base", clean, root / "mc", DISCOVER_PRESETS["tiny"], progress=False)
     return root
 
 
 def _cfg(**kw):
     base = dict(episodes=32, batch_size=16, lr=1e-3, d_policy=16, epochs=2, checkpoint_every=1,
                 sample_episodes=4, task="0-1-2-3")  # fmt: skip
-    return irl.RLConfig(**(base | kw))
+    return rl.RLConfig(**(base | kw))
 
 
 def test_advantages_and_clipped_loss_by_hand():
-    adv = irl.trajectory_advantages(np.array([1.0, 0.0, 0.0, 1.0]))
+    adv = rl.trajectory_advantages(np.array([1.0, 0.0, 0.0, 1.0]))
     np.testing.assert_allclose(
         adv, [0.5 / 0.501, -0.5 / 0.501, -0.5 / 0.501, 0.5 / 0.501], rtol=1e-6
     )
     old = torch.tensor([[0.0, 0.0]])
     new = torch.log(torch.tensor([[1.5, 0.9]]))  # ratios 1.5 and 0.9
     a = torch.tensor([[2.0]])
-    loss, clip_frac, _ = irl.clipped_surrogate(new, old, a, torch.ones(1, 2), clip=0.2)
+    loss, clip_frac, _ = rl.clipped_surrogate(new, old, a, torch.ones(1, 2), clip=0.2)
     # min(1.5*2, 1.2*2) = 2.4 ; min(0.9*2, 0.9*2) = 1.8 ; loss = -(2.4 + 1.8) / 2
     assert loss.item() == pytest.approx(-2.1)
     assert clip_frac == 0.5
-    loss, _, _ = irl.clipped_surrogate(new, old, -a, torch.ones(1, 2), clip=0.2)
+    loss, _, _ = rl.clipped_surrogate(new, old, -a, torch.ones(1, 2), clip=0.2)
     # negative advantage: min(-3.0, -2.4) = -3.0 ; min(-1.8, -1.8) = -1.8
     assert loss.item() == pytest.approx(2.4)
 
@@ -72,8 +77,8 @@ def test_policy_step_equals_forward_and_gradients_reach_every_parameter(runs_dir
     batch.returns = np.arange(16, dtype=float)  # spread the advantages
     mean, log_std = policy(batch.e)
     new = policy.log_prob(mean, log_std, batch.z)
-    adv = torch.from_numpy(irl.trajectory_advantages(batch.returns)).float()[:, None]
-    loss, _, _ = irl.clipped_surrogate(new, new.detach() - 0.01, adv, batch.mask, 0.2)
+    adv = torch.from_numpy(rl.trajectory_advantages(batch.returns)).float()[:, None]
+    loss, _, _ = rl.clipped_surrogate(new, new.detach() - 0.01, adv, batch.mask, 0.2)
     loss.backward()
     for name, p in policy.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -136,7 +136,7 @@ def test_path_features_are_the_experts_shortest_path_moves(tiny_dataset):
     """path_features == the expert's own DP: for every dataset state and every colour,
     the set of shortest-path moves (as bits) and the path length."""
     from irl_lens.envs.expert import UNREACHABLE, _move_masks, distance_maps
-    from irl_lens.envs.gridworld import NEXT_CELL
+    from irl_lens.envs.gridworld_layout import NEXT_CELL
     from irl_lens.models.base import MAX_PATH_BUCKET, path_features
 
     obs = make_batch(tiny_dataset, np.arange(40)).obs  # [40, pos, 50]

@@ -10,8 +10,9 @@ import torch
 
 from irl_lens import runs
 from irl_lens.models.base import load_base_model
+from irl_lens.presets import PRETRAIN as PRESETS
 from irl_lens.train.evaluate import heldout_metrics, known_task_ceiling, pair_completion_rate
-from irl_lens.train.pretrain import PRESETS, PretrainConfig, pretrain
+from irl_lens.train.pretrain import PretrainConfig, pretrain
 
 from .conftest import tiny_model_config
 

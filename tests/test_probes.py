@@ -14,14 +14,15 @@ from analyses.probes import (
     accuracy_figure,
     belief_figure,
     collect_residuals,
-    fit_softmax_probe,
     probe_model,
     probe_run,
     steps_figure,
     summary,
 )
 from irl_lens.data.generate import generate_gridworld
-from irl_lens.train.pretrain import PRESETS, pretrain
+from irl_lens.models.probe import fit_probe as fit_softmax_probe
+from irl_lens.presets import PRETRAIN as PRESETS
+from irl_lens.train.pretrain import pretrain
 
 
 @pytest.fixture(scope="module")

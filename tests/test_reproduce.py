@@ -44,7 +44,7 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
 
 
 def test_the_report_tables_a_rate_distortion_sweep_when_there_is_one(repro, tmp_path):
-    from irl_lens.cli.reproduce import _sweep_section
+    from irl_lens.cli.report import _sweep_section
 
     assert "## Rate-distortion" not in (repro / "report.md").read_text()  # no --with-sweep
     for variant in ("full", "cotrain"):  # two finished sweep runs, as the sweep lays them out
@@ -158,7 +158,7 @@ def test_the_runner_shows_each_running_jobs_progress(tmp_path):
 
 
 def test_each_claim_is_judged_against_the_issue_targets():
-    from irl_lens.cli.reproduce import claims
+    from irl_lens.cli.report import claims
 
     good = {"probe:probe/accuracy_layer_0": 0.3, "probe:probe/best_accuracy": 0.6,
             "controllers:controllers/best_success": 0.5, "controllers:controllers/best_layer": 2,
@@ -311,7 +311,8 @@ def test_reproduce_ant_refuses_the_sweep(capsys, tmp_path):
 
 
 def test_expected_seconds_come_from_the_measured_quick_runs_and_scale_with_episodes(tmp_path):
-    from irl_lens.cli.reproduce import MEASURED, ReproduceSettings, expected_seconds, stages
+    from irl_lens.cli.progress import MEASURED, expected_seconds
+    from irl_lens.cli.reproduce import ReproduceSettings, stages
 
     s = ReproduceSettings(rl_episodes=50_176, with_sweep=True)
     jobs = {j.out.name: j for stage in stages(tmp_path, s) for j in stage.jobs}
@@ -334,7 +335,7 @@ def _chain(tmp_path):
 
 
 def test_the_schedule_lays_jobs_out_as_the_runner_runs_them(tmp_path):
-    from irl_lens.cli.reproduce import schedule_end
+    from irl_lens.cli.progress import schedule_end
 
     jobs = _chain(tmp_path)
     seconds = {j.out: d for j, d in zip(jobs, (10.0, 5.0, 20.0), strict=True)}
@@ -347,7 +348,7 @@ def test_the_schedule_lays_jobs_out_as_the_runner_runs_them(tmp_path):
 
 
 def test_time_left_is_the_remaining_expected_schedule_at_the_pace_of_finished_jobs(tmp_path):
-    from irl_lens.cli.reproduce import PRIOR_S, TimeLeft
+    from irl_lens.cli.progress import PRIOR_S, TimeLeft
     from irl_lens.cli.sweep import JobResult
 
     a, b, c = jobs = _chain(tmp_path)
@@ -367,7 +368,8 @@ def test_time_left_is_the_remaining_expected_schedule_at_the_pace_of_finished_jo
 
 def test_early_data_jobs_do_not_make_an_hour_look_like_a_minute(tmp_path):
     """Issue 27: "57 s left" at minute 2 of the quick gridworld pipeline."""
-    from irl_lens.cli.reproduce import ReproduceSettings, TimeLeft, expected_seconds, stages
+    from irl_lens.cli.progress import TimeLeft, expected_seconds
+    from irl_lens.cli.reproduce import ReproduceSettings, stages
     from irl_lens.cli.sweep import JobResult
 
     s = ReproduceSettings()
@@ -380,7 +382,7 @@ def test_early_data_jobs_do_not_make_an_hour_look_like_a_minute(tmp_path):
 
 
 def test_the_pipeline_bar_fills_by_expected_seconds_through_the_runners_bar_interface(tmp_path):
-    from irl_lens.cli.reproduce import PipelineBar, TimeLeft
+    from irl_lens.cli.progress import PipelineBar, TimeLeft
 
     jobs = _chain(tmp_path)
     clock = TimeLeft(jobs, dict(zip([j.out for j in jobs], (10.0, 5.0, 85.0), strict=True)), 2)
@@ -407,7 +409,8 @@ def test_the_report_names_the_version_and_commit_from_any_working_folder(tmp_pat
     import importlib.metadata
 
     import irl_lens
-    from irl_lens.cli.reproduce import ReproduceSettings, installed_version, report, source_commit
+    from irl_lens.cli.report import installed_version, source_commit
+    from irl_lens.cli.reproduce import ReproduceSettings, report
 
     head = _git_head(Path(irl_lens.__file__).parent.parent)
     monkeypatch.chdir(tmp_path)  # outside the checkout
@@ -421,7 +424,7 @@ def test_the_commit_falls_back_on_the_install_record(tmp_path):
     import subprocess
 
     import irl_lens
-    from irl_lens.cli.reproduce import source_commit
+    from irl_lens.cli.report import source_commit
 
     checkout = Path(irl_lens.__file__).parent.parent
     assert source_commit(tmp_path, {}) == "unknown (not a git checkout)"

@@ -76,6 +76,7 @@ def probe(
 
     Example: irl-lens probe runs/q/base --data runs/q/data-clean
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from analyses import probes
     from irl_lens import runs
 
@@ -209,17 +210,19 @@ def controllers(
 
     Example: irl-lens controllers runs/q/base --layers 0,1,2,3,4 --task post
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from analyses import controllability as ctl
     from irl_lens import runs
     from irl_lens.hooks import parse_layers
     from irl_lens.models.base import load_base_model
-    from irl_lens.rollout.engine import pair_subgoals
+    from irl_lens.rollout.switchers import pair_subgoals
     from irl_lens.train import controllers as train_ctl
 
     dev = resolve_device(device)
     env_name = run_env(run)
     if env_name == "ant":  # validate before any work
-        from irl_lens.envs.ant import parse_ant_task
+        # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
+        from irl_lens.envs.ant_layout import parse_ant_task
 
         parse_ant_task(task)
     else:
@@ -253,7 +256,9 @@ def controllers(
                 val_nll[int(rec["layer"])] = rec["val/action_nll"]
                 base_nll = rec["val/base_action_nll"]
     else:
-        cfg = train_ctl.PRESETS[preset.value]
+        from irl_lens import presets  # lazy: `irl-lens --help` stays fast (presets import torch)
+
+        cfg = presets.get(preset.value, env_name).controllers
         over = {"steps": steps} if steps is not None else {}
         cfg = dataclasses.replace(
             cfg, **over, seed=seed, rank=rank_value, hypernetwork=hypernetwork

@@ -21,7 +21,8 @@ class ExpertEnv(str, Enum):
 
 def _eval_table(agent, episodes: int, seed: int, deterministic: bool) -> dict:
     """Success on the Table A2 mix and on the post-training task, ``episodes`` each."""
-    from irl_lens.envs.ant import ANT_POST_TASK
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
+    from irl_lens.envs.ant_layout import ANT_POST_TASK
     from irl_lens.train.ant_expert import evaluate_expert
 
     pre = evaluate_expert(agent, episodes, None, deterministic, seed=seed)
@@ -150,8 +151,10 @@ def expert(
     irl-lens --threads 1 expert ant --out runs/ant/ft --init shipped --lr 1e-4 --steps 2000000
     --torque-scale 0.5
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens import runs
-    from irl_lens.train.ant_expert import PPOConfig, load_expert, train_ant_expert
+    from irl_lens.models.ant_expert import load_expert
+    from irl_lens.train.ant_expert import PPOConfig, train_ant_expert
 
     _check_torque_scale(torque_scale, "--torque-scale")
     _check_torque_scale(deploy_torque_scale, "--deploy-torque-scale")
@@ -182,11 +185,12 @@ def expert(
 def _ship(run: Path, cfg, seed: int, summary: dict) -> None:
     """Copy ``run``'s weights (final, else its last checkpoint) into the package with a card
     saying how they were made and how well they do."""
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     import shutil
 
     from irl_lens import runs
-    from irl_lens.envs.ant import CELL_SIZE
-    from irl_lens.train.ant_expert import SHIPPED_EXPERT, deployed_torque_scale, expert_weights
+    from irl_lens.envs.ant_layout import CELL_SIZE
+    from irl_lens.models.ant_expert import SHIPPED_EXPERT, deployed_torque_scale, expert_weights
 
     weights = expert_weights(run)
     init = runs.read_json(run / "config.json", "expert run config").get("init")
@@ -254,8 +258,10 @@ def expert_eval(
 
     Example: irl-lens expert-eval runs/ant/expert --torque-scale 0.7
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens import runs
-    from irl_lens.train.ant_expert import load_expert, saved_ppo_config
+    from irl_lens.models.ant_expert import load_expert
+    from irl_lens.train.ant_expert import saved_ppo_config
 
     if ship and run is None:
         raise ValueError("--ship needs the expert run folder to ship")

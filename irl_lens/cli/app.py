@@ -85,6 +85,7 @@ def _main(
 ) -> None:
     _STATE["debug"] = debug
     if threads:
+        # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
         import torch
 
         torch.set_num_threads(threads)
@@ -154,6 +155,7 @@ def data(
 
     Example: irl-lens data ant --split clean --episodes 2000 --out runs/ant/clean
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens import runs
 
     runs.check_output(out, runs.DATASET_KIND, overwrite=overwrite, inputs=[expert])
@@ -161,8 +163,9 @@ def data(
     if env is EnvName.ant:
         if eps is not None or tie_break is not TieBreak.random:
             raise ValueError("--eps and --tie-break apply to the gridworld expert only")
+        # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
         from irl_lens.data.generate_ant import generate_ant
-        from irl_lens.train.ant_expert import load_expert
+        from irl_lens.models.ant_expert import load_expert
 
         ds = generate_ant(
             episodes, split=split.value, seed=seed, task=task, expert=load_expert(expert),
@@ -171,6 +174,7 @@ def data(
     else:
         if expert is not None:
             raise ValueError("--expert applies to ant only (the gridworld expert is exact)")
+        # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
         from irl_lens.data.generate import generate_gridworld
 
         ds = generate_gridworld(
@@ -253,14 +257,14 @@ def pretrain(
 
     Example: irl-lens pretrain runs/q/data --out runs/q/base --preset quick
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     import dataclasses
 
     import torch
 
-    from irl_lens import runs
+    from irl_lens import presets, runs
     from irl_lens.data.dataset import load_dataset
     from irl_lens.train.evaluate import make_evaluator
-    from irl_lens.train.pretrain import PRESETS
     from irl_lens.train.pretrain import pretrain as run_pretrain
 
     if resolve_device(device) != "cpu":
@@ -269,7 +273,8 @@ def pretrain(
         raise ValueError("--resume and --overwrite: choose one")
     runs.check_output(out, "base_model", inputs=[data_dir], resume=resume, overwrite=overwrite)
     ds = load_dataset(data_dir)
-    model_cfg, train_cfg = PRESETS[preset.value]
+    chosen = presets.get(preset.value, ds.meta["env"])
+    model_cfg, train_cfg = chosen.base, chosen.pretrain
     model_over = {
         k: v
         for k, v in (
@@ -285,11 +290,8 @@ def pretrain(
         for k, v in (("steps", steps), ("lr", lr), ("weight_decay", weight_decay))
         if v is not None
     }
-    if ds.meta.get("env") == "ant":
-        # ant episodes run to T = 500 steps; Table A5: next-observation weight lambda = 10
-        if path_features:
-            raise ValueError("--path-features: only gridworld data has a board to find paths on")
-        model_over = {"n_ctx": 500, "obs_loss_weight": 10.0, "path_features": False} | model_over
+    if ds.meta["env"] == "ant" and path_features:
+        raise ValueError("--path-features: only gridworld data has a board to find paths on")
     model_cfg = dataclasses.replace(
         model_cfg,
         **model_over,
@@ -341,6 +343,7 @@ def evaluate_base(
 
     Example: irl-lens evaluate runs/q/base
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     import torch
 
     from irl_lens import runs
@@ -387,12 +390,14 @@ def bench(
 
     Example: irl-lens bench --run runs/q/base --mc runs/q/mc --out bench.json
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens.cli.bench import run_bench
 
     result = run_bench(seconds=seconds, seed=seed, run=run, mc=mc)
     text = json.dumps(result, indent=2)
     print(text)
     if out is not None:
+        # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
         from irl_lens import runs
 
         runs.write_json(out, result)
@@ -400,6 +405,7 @@ def bench(
 
 def _register_commands() -> None:
     """Commands that live in their own modules (they import the heavy parts lazily)."""
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens.cli import analysis, ant, discovery, pipeline, rl
 
     ant.register(app)
@@ -431,6 +437,7 @@ def _continue_hint(argv: list[str], e: interrupts.Interrupted) -> str:
 def _close_progress_bars() -> None:
     """Close bars left open by an exception, so the closing message stands on its own line
     (tqdm keeps its live bars in ``tqdm._instances``)."""
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from tqdm import tqdm
 
     for bar in list(getattr(tqdm, "_instances", ())):
@@ -441,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; bad input ends with one line and exit code 2, a failed
     pipeline job (``reproduce``) with one line naming its log and exit code 1, SIGINT with
     130 and SIGTERM with 143 (one line saying how to continue)."""
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens.cli.sweep import JobsFailed
     from irl_lens.data.dataset import DatasetError
     from irl_lens.runs import RunError

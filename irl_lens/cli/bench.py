@@ -2,7 +2,7 @@
 
 Reported (all measured in the same process, so ratios compare like with like):
 
-* ``env_steps_per_s``: :class:`~irl_lens.envs.gridworld.BatchedGridPinpad` ``step`` with
+* ``env_steps_per_s``: :class:`~irl_lens.envs.gridworld_batch.BatchedGridPinpad` ``step`` with
   4096 envs and random actions.
 * ``data_episodes_per_s``: expert data generation (batched env + DP expert), the same
   code path as ``irl-lens data``.
@@ -14,7 +14,7 @@ Reported (all measured in the same process, so ratios compare like with like):
   ``pretrain_matmul_fraction`` = ``pretrain_tokens_per_s / matmul_bound_tokens_per_s``.
 * ``peak_gflops``: a large square GEMM, for reference; ``pretrain_peak_fraction`` relates
   the model's matmul FLOPs/s to it.
-* ``ant_env_steps_per_s``: :class:`~irl_lens.envs.ant.BatchedAntPinpad` with 64 envs and
+* ``ant_env_steps_per_s``: :class:`~irl_lens.envs.ant_batch.BatchedAntPinpad` with 64 envs and
   random torques (MuJoCo through ``mujoco.rollout``, one thread per core), finished
   episodes restarted in place; ``ant_env_steps_per_s_single`` is the one-env Gymnasium
   :class:`~irl_lens.envs.ant.AntPinpadEnv` for comparison.
@@ -35,6 +35,31 @@ import time
 
 import numpy as np
 import torch
+
+from irl_lens import presets
+from irl_lens.data.dataset import bucketed_batches, make_batch
+from irl_lens.data.generate import generate_gridworld
+from irl_lens.data.generate_ant import generate_ant
+from irl_lens.envs.ant import AntPinpadEnv
+from irl_lens.envs.ant_batch import BatchedAntPinpad
+from irl_lens.envs.ant_layout import ANT_MAX_STEPS, ANT_OBS_DIM
+from irl_lens.envs.expert import benchmark as env_benchmark
+from irl_lens.envs.pinpad import ANT_N_COLOURS, N_SUBGOALS, parse_task
+from irl_lens.models.ant_expert import SHIPPED_EXPERT
+from irl_lens.models.base import ActionModel, BaseModelConfig, build_model, load_base_model
+from irl_lens.models.controller import ControllerConfig, build_controller_bank
+from irl_lens.models.metacontroller import (
+    MetacontrollerConfig,
+    build_metacontroller,
+    load_metacontroller,
+)
+from irl_lens.models.policy import PolicyConfig, build_policy
+from irl_lens.rollout.ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
+from irl_lens.rollout.grid import GridRolloutEngine, seeded_env
+from irl_lens.rollout.kit import env_kit
+from irl_lens.rollout.switchers import GroundTruthSwitcher
+from irl_lens.train.internal_rl import collect, ppo_update
+from irl_lens.train.pretrain import _train_step, make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +126,9 @@ def matmul_seconds(shapes: list[tuple], seconds: float) -> tuple[float, float]:
 
 def pretrain_throughput(seconds: float, seed: int = 0) -> dict[str, float]:
     """Tokens/s of real quick-preset training steps, and the matmul-bound rate for them."""
-    from irl_lens.data.dataset import bucketed_batches, make_batch
-    from irl_lens.data.generate import generate_gridworld
-    from irl_lens.models.base import build_model
-    from irl_lens.train.pretrain import PRESETS, _train_step, make_optimizer
 
-    model_cfg, train_cfg = PRESETS["quick"]
+    quick = presets.get("quick")
+    model_cfg, train_cfg = quick.base, quick.pretrain
     ds = generate_gridworld(4000, "pretrain", seed=seed, progress=False)
     model = build_model(model_cfg, seed=seed)
     opt = make_optimizer(model, train_cfg)
@@ -146,13 +168,8 @@ def pretrain_throughput(seconds: float, seed: int = 0) -> dict[str, float]:
 
 def internal_rl_throughput(model, mc, seconds: float, seed: int, n_envs: int = 1024) -> dict:
     """Internal-RL episodes/s on the post-training task: rollouts alone, and with the update."""
-    from irl_lens.cli.rl import _presets
-    from irl_lens.envs.pinpad import parse_task
-    from irl_lens.models.policy import PolicyConfig, build_policy
-    from irl_lens.rollout.engine import env_kit
-    from irl_lens.train.internal_rl import collect, ppo_update
 
-    cfg = _presets()["quick"]
+    cfg = presets.get("quick").rl
     policy = build_policy(PolicyConfig(model.cfg.d_model, mc.cfg.n_z, cfg.d_policy), seed=seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     kit = env_kit(model, mc_layer(model, mc))
@@ -181,9 +198,6 @@ def internal_rl_throughput(model, mc, seconds: float, seed: int, n_envs: int = 1
 
 def ant_throughput(seconds: float, seed: int, data_episodes: int = 256) -> dict[str, float]:
     """Ant env steps/s (batched and single) and ant data episodes/s (see the module docstring)."""
-    from irl_lens.data.generate_ant import generate_ant
-    from irl_lens.envs.ant import AntPinpadEnv, BatchedAntPinpad
-    from irl_lens.train.ant_expert import SHIPPED_EXPERT
 
     rng = np.random.default_rng(seed)
     env = BatchedAntPinpad(64)
@@ -218,10 +232,6 @@ def ant_engine_throughput(
     seconds: float, seed: int, n_envs: int = 256, max_steps: int = 100
 ) -> dict[str, float]:
     """Env steps/s of controlled ant rollouts (see the module docstring)."""
-    from irl_lens.envs.ant import ANT_MAX_STEPS, ANT_N_COLOURS, ANT_OBS_DIM
-    from irl_lens.models.base import BaseModelConfig, build_model
-    from irl_lens.models.controller import ControllerConfig, build_controller_bank
-    from irl_lens.rollout.ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
 
     cfg = BaseModelConfig(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
                           n_actions=8, n_ctx=ANT_MAX_STEPS)  # quick sizes  # fmt: skip
@@ -241,6 +251,57 @@ def ant_engine_throughput(
     return {"ant_engine_steps_per_s": steps / elapsed, "ant_engine_n_envs": float(n_envs)}
 
 
+def engine_benchmark(
+    model: ActionModel,
+    n_envs: int = 1024,
+    *,
+    layer: int | None = None,
+    min_seconds: float = 3.0,
+    max_batches: int = 20,
+    controlled: bool = True,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Throughput of the gridworld rollout engine on the pretraining tasks, sampled actions.
+
+    Runs batches of ``n_envs`` episodes (after one small warm-up batch) until
+    ``min_seconds`` have passed or ``max_batches`` batches ran. With ``controlled`` a
+    random rank-16 controller bank picked by the ground-truth subgoal acts at ``layer``,
+    as in supervised-controller evaluation. Returns ``engine/``-namespaced numbers.
+    """
+    engine = GridRolloutEngine(model, layer)
+    fn = None
+    if controlled:
+        bank = build_controller_bank(ControllerConfig(model.cfg.d_model, N_SUBGOALS), seed=seed)
+        with torch.no_grad():  # a non-zero B, so the control path does real work
+            bank.B.normal_(0, 0.01, generator=torch.Generator().manual_seed(seed))
+        fn = GroundTruthSwitcher(bank.to(engine.device).select)
+    generator = torch.Generator().manual_seed(seed)
+    engine.run(
+        seeded_env(min(64, n_envs), seed=seed, stream=99), controller_fn=fn, generator=generator
+    )
+    episodes = steps = 0
+    elapsed = 0.0
+    batches = 0
+    while batches < max_batches and (elapsed < min_seconds or batches == 0):
+        env = seeded_env(n_envs, seed=seed, stream=100 + batches)
+        t0 = time.perf_counter()
+        ro = engine.run(env, controller_fn=fn, generator=generator)
+        elapsed += time.perf_counter() - t0
+        episodes += n_envs
+        steps += int(ro.length.sum())
+        batches += 1
+    return {
+        "engine/episodes_per_s": episodes / elapsed,
+        "engine/env_steps_per_s": steps / elapsed,
+        "engine/mean_length": steps / episodes,
+        "engine/n_envs": float(n_envs),
+        "engine/layer": float(engine.layer),
+        "engine/controlled": float(controlled),
+        "engine/fast_path": float(engine.fast_path),
+        "engine/seconds": elapsed,
+    }
+
+
 def mc_layer(model, mc) -> int:
     """The layer a benchmark metacontroller acts at (stored on it by :func:`run_bench`)."""
     return getattr(mc, "bench_layer", model.cfg.n_layers // 2)
@@ -250,8 +311,6 @@ def run_bench(
     seconds: float = 3.0, seed: int = 0, run=None, mc=None
 ) -> dict[str, float | str | int]:
     """All throughput figures as a flat dict (see the module docstring)."""
-    from irl_lens.data.generate import generate_gridworld
-    from irl_lens.envs.expert import benchmark as env_benchmark
 
     torch.manual_seed(seed)
     result: dict[str, float | str | int] = {
@@ -282,32 +341,22 @@ def run_bench(
     result["ant_engine_env_fraction"] = (
         result["ant_engine_steps_per_s"] / result["ant_env_steps_per_s"]
     )
-    try:  # the rollout engine, once it exists (probes/controllers issue)
-        from irl_lens.rollout.engine import engine_benchmark
-    except ImportError:
-        engine_benchmark = None
-    if engine_benchmark is not None:
-        from irl_lens.models.base import build_model, load_base_model
-        from irl_lens.train.pretrain import PRESETS
 
-        if run is not None:
-            model = load_base_model(run).eval()
-        else:
-            model = build_model(PRESETS["quick"][0], seed=seed).eval()
-        result["engine_model"] = str(run) if run is not None else "random quick-preset model"
-        logger.info("timing the rollout engine")
-        eng = engine_benchmark(model, min_seconds=seconds, seed=seed)
-        result |= {k.replace("engine/", "engine_"): v for k, v in eng.items()}
-        from irl_lens.models.metacontroller import MetacontrollerConfig, build_metacontroller
+    if run is not None:
+        model = load_base_model(run).eval()
+    else:
+        model = build_model(presets.get("quick").base, seed=seed).eval()
+    result["engine_model"] = str(run) if run is not None else "random quick-preset model"
+    logger.info("timing the rollout engine")
+    eng = engine_benchmark(model, min_seconds=seconds, seed=seed)
+    result |= {k.replace("engine/", "engine_"): v for k, v in eng.items()}
 
-        if mc is not None:
-            from irl_lens.train.discover import load_metacontroller
-
-            model, mcm, config = load_metacontroller(mc)
-            mcm.bench_layer = int(config["layer"])
-        else:
-            mcm = build_metacontroller(MetacontrollerConfig(model.cfg.d_model), seed=seed).eval()
-        result["internal_rl_metacontroller"] = str(mc) if mc is not None else "random"
-        logger.info("timing internal-RL rollouts and updates")
-        result |= internal_rl_throughput(model, mcm, seconds, seed)
+    if mc is not None:
+        model, mcm, config = load_metacontroller(mc)
+        mcm.bench_layer = int(config["layer"])
+    else:
+        mcm = build_metacontroller(MetacontrollerConfig(model.cfg.d_model), seed=seed).eval()
+    result["internal_rl_metacontroller"] = str(mc) if mc is not None else "random"
+    logger.info("timing internal-RL rollouts and updates")
+    result |= internal_rl_throughput(model, mcm, seconds, seed)
     return result

@@ -34,6 +34,7 @@ SEED_OPTION = typer.Option(help="Seed; same seed, same numbers on a CPU.")
 
 def resolve_device(device: Device | str) -> str:
     """``auto`` picks CUDA when available; asking for CUDA without one is a usage error."""
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     import torch
 
     name = Device(device).value
@@ -67,6 +68,7 @@ def print_table(
 
 def run_env(run: Path) -> str:
     """The environment a base-model run was trained on (``gridworld`` or ``ant``)."""
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens import runs
 
     config = runs.read_json(Path(run) / "config.json", "run config")
@@ -75,15 +77,18 @@ def run_env(run: Path) -> str:
 
 def clean_dataset(data: Path | None, episodes: int, seed: int, env: str = "gridworld"):
     """``--data`` if given, else ``episodes`` fresh clean expert episodes of ``env`` (seeded)."""
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens.data.dataset import load_dataset
 
     if data is not None:
         return load_dataset(data), str(data)
     logger.info("no --data: generating %d clean %s expert episodes (seed %d)", episodes, env, seed)
     if env == "ant":
+        # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
         from irl_lens.data.generate_ant import generate_ant
 
         return generate_ant(episodes, split="clean", seed=seed), None
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens.data.generate import generate_gridworld
 
     return generate_gridworld(episodes, split="clean", seed=seed), None

@@ -26,6 +26,7 @@ from irl_lens.cli.common import (
     Device,
     clean_dataset,
     parse_rank,
+    print_table,
     resolve_device,
     run_env,
 )
@@ -150,6 +151,7 @@ def discover(
 
     Example: irl-lens discover runs/q/base --out runs/q/mc --data runs/q/data-clean
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens import runs
     from irl_lens.models.base import load_base_model
     from irl_lens.models.metacontroller import MetacontrollerConfig
@@ -161,19 +163,19 @@ def discover(
     base_cfg = load_base_model(run).model_cfg
     if ds.meta.get("obs_kind") != base_cfg.obs_kind:
         raise ValueError(f"--data is {ds.meta.get('env')!r} data but {run} is a {env_name} model")
-    cfg = disc.PRESETS[preset.value]
+    from irl_lens import presets  # lazy: `irl-lens --help` stays fast (presets import torch)
+
+    cfg = presets.get(preset.value, env_name).discover
+    if steps is not None:
+        cfg = cfg.with_steps(steps)  # the KL schedule's free and ramp steps scale along
     over = {
         k: v
         for k, v in (
-            ("steps", steps), ("alpha", alpha), ("weight_decay", weight_decay),
+            ("alpha", alpha), ("weight_decay", weight_decay),
             ("tokens_per_batch", tokens_per_batch),
         )
         if v is not None
     }  # fmt: skip
-    if steps is not None:  # keep the KL schedule's shape: free and ramp steps scale along
-        frac = steps / cfg.steps
-        over["kl_free_steps"] = round(cfg.kl_free_steps * frac)
-        over["kl_warmup_steps"] = round(cfg.kl_warmup_steps * frac)
     if kl_free_steps is not None:
         over["kl_free_steps"] = kl_free_steps
     if kl_warmup_steps is not None:
@@ -197,56 +199,17 @@ def discover(
     else:
         train_summary = runs.read_json(out / "summary.json", "metacontroller summary")
         train_summary = {k: v for k, v in train_summary.items() if k.startswith("discover/")}
+    from analyses.discovery import analyse  # lazy: `irl-lens --help` stays fast (torch)
+
     n_val = min(cfg.val_episodes, ds.n_episodes // 5)
-    summary = train_summary | analyse(out, ds, n_val, task=task, episodes=episodes, seed=seed,
-                                      device=dev)  # fmt: skip
+    found = analyse(out, ds, n_val, task=task, episodes=episodes, seed=seed, device=dev)
+    for name, fig in found.figures.items():
+        fig.write_html(out / f"{name}.html")
+    runs.write_json(out / "analysis.json", found.details)
+    summary = train_summary | found.summary
     summary["discover/seconds"] = time.perf_counter() - t0
     runs.write_json(out / "summary.json", summary)
     _print_summary(out, summary)
-
-
-def analyse(
-    out: Path, ds, n_val: int, *, task: str, episodes: int, seed: int, device: str,
-    rollouts: bool = True,
-) -> dict[str, float]:  # fmt: skip
-    """Switching, clustering, steering and prior sampling on a trained metacontroller folder.
-
-    ``rollouts=False`` skips steering and prior sampling, the two analyses that run the
-    model in its env (gridworld or ant, :func:`irl_lens.rollout.engine.env_kit`)."""
-    from analyses import clustering, switching
-    from irl_lens import runs
-    from irl_lens.train.discover import load_metacontroller, prior_rollouts
-
-    loaded = load_metacontroller(out, device=device)  # once, for every analysis below
-    # one posterior pass over the held-out episodes serves alignment and clustering
-    held = switching.held_out(ds, n_val)
-    betas, subgoals, codes = switching.episode_betas(out, ds, held, loaded=loaded)
-    sw = switching.alignment_result(betas, subgoals)
-    switching.beta_figure(sw).write_html(out / "switching_beta.html")
-    z, truth = clustering.segment_codes(codes, subgoals)
-    cl = clustering.cluster_codes(z, truth, seed=seed)
-    clustering.cluster_figure(cl).write_html(out / "clusters.html")
-    cells = clustering.segment_target_cells(ds, held, subgoals) if "layout" in ds.arrays else None
-    semantics = clustering.code_semantics(
-        z, truth, cells, seed=seed, previous=clustering.segment_previous(subgoals)
-    )
-    analysis = {"switching": dataclasses.asdict(sw), "clustering": dataclasses.asdict(cl)}
-    summary = (
-        switching.summary(sw)
-        | clustering.clusters_summary(cl)
-        | {f"clustering/{k}": v for k, v in semantics.items()}
-    )
-    if rollouts:
-        st = clustering.steering(out, cl, task=task, n_episodes=episodes, seed=seed,
-                                 loaded=loaded)  # fmt: skip
-        clustering.steering_figure(st).write_html(out / "steering.html")
-        prior = prior_rollouts(out, n_episodes=episodes, seed=seed, loaded=loaded)
-        analysis |= {"steering": dataclasses.asdict(st), "prior": prior}
-        summary |= clustering.steering_summary(st) | {
-            f"prior/{k}": v for k, v in prior.items() if isinstance(v, float)
-        }
-    runs.write_json(out / "analysis.json", analysis)
-    return summary
 
 
 def _print_summary(out: Path, s: dict[str, float]) -> None:
@@ -292,9 +255,52 @@ def _print_summary(out: Path, s: dict[str, float]) -> None:
     print(f"wrote {out}")
 
 
+def commit(
+    mc: Annotated[Path, typer.Argument(metavar="MC", help="Metacontroller folder (discover).")],
+    out: Annotated[Path, typer.Option("--out", help="New metacontroller folder to write.")],
+    data: Annotated[
+        Path, typer.Option(help="The clean data the metacontroller was trained on (discover).")
+    ],
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="voronoi: codes drawn from the prior inside each code's k-means cell (every "
+            "prior code commits to one subgoal); means: the posterior means."
+        ),
+    ] = "voronoi",
+    steps: Annotated[
+        int, typer.Option(help="Optimizer steps of the fresh decoder.", min=1, max=MAX_COUNT)
+    ] = 400,
+    k: Annotated[
+        int | None,
+        typer.Option(help="Code cells (voronoi; default: chosen by silhouette over 2..8).", min=2),
+    ] = None,
+    seed: Annotated[int, SEED_OPTION] = 0,
+) -> None:
+    """Refit a metacontroller's decoder so that its codes command the base model.
+
+    The encoder and the switching unit stay frozen; a fresh decoder learns on the codes it
+    will be given at use time instead of sampled ones, so it imposes a subgoal rather than
+    deferring to the base model's prior (an addition to the paper: see
+    docs/experiments-log.md). Writes a new metacontroller folder for `internal-rl`.
+
+    Example: irl-lens commit runs/q/mc-full --out runs/q/mc-full-vor --data runs/q/data-discovery
+    """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
+    from irl_lens.data.dataset import load_dataset
+    from irl_lens.train.commit import CommitConfig
+    from irl_lens.train.commit import commit as run_commit
+
+    cfg = CommitConfig(mode=mode, steps=steps, k=k, seed=seed)
+    result = run_commit(mc, load_dataset(data), out, cfg, data_path=str(data))
+    print_table(result.summary, title=f"committed {mc} -> {out}", why={
+        "commit/cells": "means mode: no code cells"})  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``discover`` and ``sweep rate-distortion`` to the ``irl-lens`` app."""
+    """Add ``discover``, ``commit`` and ``sweep rate-distortion`` to the ``irl-lens`` app."""
     app.command(name="discover")(discover)
+    app.command(name="commit")(commit)
     app.add_typer(sweep_app, name="sweep")
 
 
@@ -371,6 +377,7 @@ def rate_distortion(
 
     Example: irl-lens sweep rate-distortion runs/q/base --out runs/q/rd --data runs/q/data-clean
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from analyses import rate_distortion as rd
     from irl_lens import runs
     from irl_lens.cli.sweep import LocalRunner, rate_distortion_jobs

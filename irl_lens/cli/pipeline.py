@@ -77,6 +77,7 @@ def reproduce(
 
     Example: irl-lens reproduce ant --out runs/ant-demo --preset quick
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens.cli.reproduce import DEFAULT_EPISODES, ReproduceSettings, run_pipeline
 
     default_pretrain, default_clean = DEFAULT_EPISODES[env.value]

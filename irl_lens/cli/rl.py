@@ -14,7 +14,14 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.cli.common import DEVICE_OPTION, MAX_COUNT, SEED_OPTION, Device, resolve_device
+from irl_lens.cli.common import (
+    DEVICE_OPTION,
+    MAX_COUNT,
+    SEED_OPTION,
+    Device,
+    resolve_device,
+    run_env,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -23,19 +30,6 @@ class RLPreset(StrEnum):
     quick = "quick"
     paper = "paper"
     tiny = "tiny"
-
-
-def _presets():
-    from irl_lens.train.internal_rl import RLConfig
-
-    return {
-        # paper C.5.2 (grid): batch 1024, lr 3e-5, 1M episodes
-        "paper": RLConfig(episodes=1_000_000, batch_size=1024, lr=3e-5),
-        # the CPU: a larger step size so that a few hundred batches suffice
-        "quick": RLConfig(episodes=100_000, batch_size=1024, lr=1e-3, d_policy=64),
-        "tiny": RLConfig(episodes=64, batch_size=16, lr=1e-3, d_policy=16, epochs=2,
-                         checkpoint_every=2, sample_episodes=4),
-    }  # fmt: skip
 
 
 _TASK = typer.Option(
@@ -51,8 +45,10 @@ _PRESET = typer.Option(help="quick (CPU: 100k episodes, lr 1e-3), paper (1M, lr 
 _RESUME = typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")
 
 
-def _config(preset: RLPreset, task, episodes, batch_size, lr, seed):
-    cfg = _presets()[preset.value]
+def _config(preset: RLPreset, env: str, task, episodes, batch_size, lr, seed):
+    from irl_lens import presets  # lazy: `irl-lens --help` stays fast (presets import torch)
+
+    cfg = presets.get(preset.value, env).rl
     over = {k: v for k, v in (("episodes", episodes), ("batch_size", batch_size), ("lr", lr))
             if v is not None}  # fmt: skip
     return dataclasses.replace(cfg, **over, task=task, seed=seed)
@@ -89,9 +85,12 @@ def internal_rl(
 
     Example: irl-lens internal-rl runs/q/mc --out runs/q/rl-0 --task post --seed 0
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
+    from irl_lens import runs
     from irl_lens.train.internal_rl import internal_rl as run_internal
 
-    cfg = dataclasses.replace(_config(preset, task, episodes, batch_size, lr, seed),
+    env = run_env(runs.resolve_ref(runs.read_json(mc / "config.json"), "base_run", mc))
+    cfg = dataclasses.replace(_config(preset, env, task, episodes, batch_size, lr, seed),
                               threshold=threshold)  # fmt: skip
     summary = run_internal(mc, out, cfg, device=resolve_device(device), resume=resume)
     _print(out, summary)
@@ -113,9 +112,10 @@ def raw_rl(
 
     Example: irl-lens raw-rl runs/q/base --out runs/q/raw-0 --task post --seed 0
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens.train.raw_rl import raw_rl as run_raw
 
-    cfg = _config(preset, task, episodes, batch_size, lr, seed)
+    cfg = _config(preset, run_env(run), task, episodes, batch_size, lr, seed)
     summary = run_raw(run, out, cfg, device=resolve_device(device), resume=resume)
     _print(out, summary)
 
@@ -130,6 +130,7 @@ def compare(
 
     Example: irl-lens compare runs/q/rl-* runs/q/raw-* --out runs/q/compare
     """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from analyses import rl_curves
     from irl_lens import runs
 

@@ -29,7 +29,7 @@ On-disk format (``FORMAT_VERSION = 1``): a folder with two files.
 
 A gridworld observation is stored compactly: the layout never changes within an
 episode, so one row of cell codes per episode plus one agent cell per step carries the
-paper's whole one-hot observation (see :func:`irl_lens.envs.gridworld.encode_observation`).
+paper's whole one-hot observation (see :func:`irl_lens.envs.gridworld_layout.encode_observation`).
 The model's token for step t is the 49 codes followed by the agent cell (50 integers).
 """
 
@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 FORMAT_NAME = "irl_lens.trajectories"
 FORMAT_VERSION = 1
 N_CELLS = 49
+SPLITS = ("pretrain", "clean")
+"""Dataset splits: ``pretrain`` (noisy expert, the base model's data) and ``clean``."""
 
 
 class DatasetError(ValueError):
@@ -150,6 +152,37 @@ class TrajectoryDataset:
                 np.savez(f, **self.arrays)
             runs.write_json(tmp / "meta.json", self.meta)
         return out_dir
+
+
+def pack_chunks(
+    chunks: list[dict], max_steps: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """Join chunks of padded ``[episodes, max_steps]`` rollouts (shared by every env's generator).
+
+    Each chunk holds ``task [n, K]`` (padded with -1), ``task_len``, ``success``, ``layout``,
+    ``length`` and per-step arrays. Returns ``(cat, valid, arrays)``: every chunk key joined
+    along episodes (tasks widened to the longest), the ``[episodes, max_steps]`` mask of real
+    steps (``cat[key][valid]`` flattens a per-step array; row-major boolean indexing keeps
+    each episode's steps in order, episodes in order), and the format's per-episode arrays.
+    """
+    cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "task"}
+    width = max(c["task"].shape[1] for c in chunks)
+    task = np.concatenate(
+        [np.pad(c["task"], ((0, 0), (0, width - c["task"].shape[1])), constant_values=-1)
+         for c in chunks]
+    )  # fmt: skip
+    lengths = cat["length"].astype(np.int64)
+    valid = np.arange(max_steps)[None, :] < lengths[:, None]
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    arrays = {
+        "episode_offsets": offsets,
+        "task": task.astype(np.int8),
+        "task_len": cat["task_len"].astype(np.int8),
+        "success": cat["success"].astype(bool),
+        "layout": cat["layout"].astype(np.uint8),
+    }
+    return cat, valid, arrays
 
 
 def _step_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -278,7 +311,13 @@ def _check_ranges(meta: dict, arrays: dict[str, np.ndarray], where: str) -> None
 
 
 def load_dataset(path: str | Path) -> TrajectoryDataset:
-    """Load and validate a dataset folder written by :meth:`TrajectoryDataset.save`."""
+    """Load and validate a dataset folder written by :meth:`TrajectoryDataset.save`.
+
+    Example::
+
+        ds = load_dataset("runs/demo/data-clean")
+        batch = make_batch(ds, np.arange(8))  # padded tensors of 8 episodes
+    """
     path = Path(path)
     if not path.is_dir():
         raise DatasetError(

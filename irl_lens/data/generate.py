@@ -1,6 +1,6 @@
 """Expert trajectory generation for gridworld-pinpad.
 
-Thousands of episodes run side by side in :class:`~irl_lens.envs.gridworld.BatchedGridPinpad`
+Thousands of episodes run side by side in :class:`~irl_lens.envs.gridworld_batch.BatchedGridPinpad`
 with the DP :class:`~irl_lens.envs.expert.GridExpert`; each chunk of ``n_envs`` episodes is
 stepped until every one has ended, then stored step by step. Splits:
 
@@ -26,14 +26,19 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from irl_lens.data.dataset import FORMAT_NAME, FORMAT_VERSION, TrajectoryDataset
+from irl_lens.data.dataset import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SPLITS,
+    TrajectoryDataset,
+    pack_chunks,
+)
 from irl_lens.envs.expert import GridExpert
-from irl_lens.envs.gridworld import BatchedGridPinpad
+from irl_lens.envs.gridworld_batch import BatchedGridPinpad
 from irl_lens.envs.pinpad import MAX_STEPS, format_task, parse_task
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("pretrain", "clean")
 _SPLIT_STREAM = {"pretrain": 0, "clean": 1}
 
 
@@ -134,37 +139,6 @@ def _run_chunk(env: BatchedGridPinpad, expert: GridExpert, rng: np.random.Genera
     }
 
 
-def pack_chunks(
-    chunks: list[dict], max_steps: int
-) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
-    """Join chunks of padded ``[episodes, max_steps]`` rollouts (shared by every env's generator).
-
-    Each chunk holds ``task [n, K]`` (padded with -1), ``task_len``, ``success``, ``layout``,
-    ``length`` and per-step arrays. Returns ``(cat, valid, arrays)``: every chunk key joined
-    along episodes (tasks widened to the longest), the ``[episodes, max_steps]`` mask of real
-    steps (``cat[key][valid]`` flattens a per-step array; row-major boolean indexing keeps
-    each episode's steps in order, episodes in order), and the format's per-episode arrays.
-    """
-    cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "task"}
-    width = max(c["task"].shape[1] for c in chunks)
-    task = np.concatenate(
-        [np.pad(c["task"], ((0, 0), (0, width - c["task"].shape[1])), constant_values=-1)
-         for c in chunks]
-    )  # fmt: skip
-    lengths = cat["length"].astype(np.int64)
-    valid = np.arange(max_steps)[None, :] < lengths[:, None]
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    arrays = {
-        "episode_offsets": offsets,
-        "task": task.astype(np.int8),
-        "task_len": cat["task_len"].astype(np.int8),
-        "success": cat["success"].astype(bool),
-        "layout": cat["layout"].astype(np.uint8),
-    }
-    return cat, valid, arrays
-
-
 def _assemble(
     chunks: list[dict], *, split: str, seed: int, eps: float, fixed_task, tie_break: str
 ) -> TrajectoryDataset:
@@ -196,3 +170,31 @@ def _assemble(
         "mean_length": float(lengths.mean()),
     }
     return TrajectoryDataset(meta, arrays)
+
+
+def make_dataset(
+    env: str = "gridworld",
+    episodes: int = 1000,
+    split: str = "pretrain",
+    seed: int = 0,
+    **options,
+) -> TrajectoryDataset:
+    """Expert episodes of ``env`` (``gridworld`` or ``ant``) as a dataset.
+
+    ``options`` go to :func:`generate_gridworld` (``eps``, ``task``, ``n_envs``,
+    ``tie_break``, ``progress``) or :func:`irl_lens.data.generate_ant.generate_ant`
+    (``task``, ``expert``, ``n_envs``). Save it with ``ds.save(folder)``.
+
+    Example::
+
+        ds = make_dataset("gridworld", episodes=200, seed=0)
+        ds.n_episodes, ds.meta["success_rate"]  # (200, 1.0)
+    """
+    if env == "gridworld":
+        return generate_gridworld(episodes, split=split, seed=seed, **options)
+    if env == "ant":
+        # lazy: the ant generator imports MuJoCo, which gridworld users need not have loaded
+        from irl_lens.data.generate_ant import generate_ant
+
+        return generate_ant(episodes, split=split, seed=seed, **options)
+    raise ValueError(f"env={env!r}; allowed: gridworld, ant")

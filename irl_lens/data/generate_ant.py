@@ -1,7 +1,7 @@
 """Expert trajectory generation for ant-pinpad (imports MuJoCo; kept apart from gridworld's).
 
-Episodes run side by side in :class:`~irl_lens.envs.ant.BatchedAntPinpad`, driven by the
-PPO expert (:func:`~irl_lens.train.ant_expert.load_expert`, by default the weights shipped in
+Episodes run side by side in :class:`~irl_lens.envs.ant_batch.BatchedAntPinpad`, driven by the
+PPO expert (:func:`~irl_lens.models.ant_expert.load_expert`, by default the weights shipped in
 the package). Splits, as in the paper:
 
 ========  ============================================================================
@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irl_lens.data.dataset import FORMAT_NAME, FORMAT_VERSION, TrajectoryDataset
-from irl_lens.data.generate import SPLITS, pack_chunks
-from irl_lens.envs.ant import (
-    ANT_MAX_STEPS,
-    ANT_OBS_DIM,
-    CELL_SIZE,
-    BatchedAntPinpad,
-    parse_ant_task,
+from irl_lens.data.dataset import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SPLITS,
+    TrajectoryDataset,
+    pack_chunks,
 )
+from irl_lens.envs.ant_batch import BatchedAntPinpad
+from irl_lens.envs.ant_layout import ANT_MAX_STEPS, ANT_OBS_DIM, CELL_SIZE, parse_ant_task
 from irl_lens.envs.pinpad import format_task
-from irl_lens.train.ant_expert import GaussianAgent, expert_inputs, load_expert
+from irl_lens.models.ant_expert import GaussianAgent, expert_inputs, load_expert
 
 _SPLIT_STREAM = {"pretrain": 10, "clean": 11}
 

@@ -1,14 +1,18 @@
 """Environments of the paper: gridworld-pinpad (this package) and its shared task logic.
 
 ``irl_lens.envs`` re-exports the public names of :mod:`~irl_lens.envs.pinpad` (tasks and
-constants), :mod:`~irl_lens.envs.gridworld` (layouts, observations, the Gymnasium env
-and the batched NumPy env) and :mod:`~irl_lens.envs.expert` (the shortest-path expert).
-It must never import MuJoCo: the ant env is reached only through its lazy string entry
-point.
+constants), :mod:`~irl_lens.envs.gridworld_layout` (layouts and observations),
+:mod:`~irl_lens.envs.gridworld` (the Gymnasium env), :mod:`~irl_lens.envs.gridworld_batch`
+(the batched NumPy env) and :mod:`~irl_lens.envs.expert` (the shortest-path expert).
+It must never import MuJoCo: the ant env (:mod:`~irl_lens.envs.ant`, with
+``ant_layout``, ``ant_arena``, ``ant_batch`` and ``ant_figure``) is reached only through
+its lazy string entry point or an explicit import.
 """
 
 from irl_lens.envs.expert import UNREACHABLE, GridExpert, distance_maps, expert_action
-from irl_lens.envs.gridworld import (
+from irl_lens.envs.gridworld import GridPinpadEnv
+from irl_lens.envs.gridworld_batch import BatchedGridPinpad
+from irl_lens.envs.gridworld_layout import (
     ACTION_NAMES,
     AGENT_CHANNEL,
     DOWN,
@@ -22,8 +26,6 @@ from irl_lens.envs.gridworld import (
     RIGHT,
     UP,
     WALL,
-    BatchedGridPinpad,
-    GridPinpadEnv,
     colour_code,
     decode_observation,
     encode_observation,

@@ -24,9 +24,10 @@ How it works:
    edge are allowed, and so is entering the target itself. Hence an expert with any
    ``eps`` never fails a task; it can only run out of time.
 
-:class:`GridExpert` does this for a whole :class:`~irl_lens.envs.gridworld.BatchedGridPinpad`
-at once, caching distance maps per episode (keyed on the env's ``episode_uid``, so
-resets are noticed without any bookkeeping by the caller). :func:`expert_action` is the
+:class:`GridExpert` does this for a whole
+:class:`~irl_lens.envs.gridworld_batch.BatchedGridPinpad` at once, caching distance maps
+per episode (keyed on the env's ``episode_uid``, so resets are noticed without any
+bookkeeping by the caller). :func:`expert_action` is the
 same policy for one state, e.g. for a :class:`~irl_lens.envs.gridworld.GridPinpadEnv`.
 
 :func:`benchmark` times the batched env and expert data generation.
@@ -40,14 +41,8 @@ import time
 import numpy as np
 from jaxtyping import Bool, Float, Int16, Int64, UInt8
 
-from irl_lens.envs.gridworld import (
-    EMPTY,
-    N_ACTIONS,
-    N_CELLS,
-    NEXT_CELL,
-    WALL,
-    BatchedGridPinpad,
-)
+from irl_lens.envs.gridworld_batch import BatchedGridPinpad
+from irl_lens.envs.gridworld_layout import EMPTY, N_ACTIONS, N_CELLS, NEXT_CELL, WALL
 from irl_lens.envs.pinpad import GRID_SIZE, N_COLOURS
 
 logger = logging.getLogger(__name__)
@@ -289,7 +284,7 @@ def expert_action(
 
 
 class GridExpert:
-    """Shortest-path expert for a :class:`~irl_lens.envs.gridworld.BatchedGridPinpad`.
+    """Shortest-path expert for a :class:`~irl_lens.envs.gridworld_batch.BatchedGridPinpad`.
 
     Distance maps ``[n_envs, 8, 49]`` are cached and recomputed only for envs whose
     ``episode_uid`` changed since the last call (i.e. that were reset), so the caller

@@ -7,8 +7,8 @@ calls :func:`register_envs`, after which::
     env = gymnasium.make("irl_lens/GridPinpad-v0", task="post", render_mode="ansi")
 
 No ``max_episode_steps`` is set: the env truncates itself at T = 100 so that
-:class:`~irl_lens.envs.gridworld.BatchedGridPinpad`, which has no wrappers, has exactly
-the same episode-end semantics. Bump the ``-vN`` suffix whenever an env's meaning changes.
+:class:`~irl_lens.envs.gridworld_batch.BatchedGridPinpad`, which has no wrappers, has
+exactly the same episode-end semantics. Bump the ``-vN`` suffix whenever an env's meaning changes.
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ from transformer_lens.hook_points import HookPoint
 
 from irl_lens import runs
 from irl_lens.envs.expert import UNREACHABLE, distance_maps, shortest_moves
-from irl_lens.envs.gridworld import GRID_SIZE, N_CELL_CODES, NEXT_CELL
-from irl_lens.envs.pinpad import N_COLOURS, N_WALLS
+from irl_lens.envs.gridworld_layout import N_CELL_CODES, NEXT_CELL
+from irl_lens.envs.pinpad import GRID_SIZE, N_COLOURS, N_WALLS
 from irl_lens.models.common import DictConfig, build_seeded
 
 logger = logging.getLogger(__name__)
@@ -456,8 +456,13 @@ def build_model(cfg: BaseModelConfig, seed: int = 0) -> ActionModel:
 
 
 def load_base_model(run: str | Path, checkpoint: str | Path | None = None) -> ActionModel:
-    """Rebuild a pretrained base model from its run folder (final weights or a checkpoint)."""
-    from irl_lens import runs
+    """Rebuild a pretrained base model from its run folder (final weights or a checkpoint).
+
+    Example::
+
+        model = load_base_model("runs/demo/base")  # a HookedTransformer
+        logits, cache = model.run_with_cache(obs, names_filter=lambda n: "resid" in n)
+    """
 
     run = Path(run)
     config = runs.read_json(run / "config.json", "run config")

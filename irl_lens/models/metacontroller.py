@@ -37,7 +37,10 @@ with the same proposals (tested); the non-causal embedder is not used there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +50,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from irl_lens import runs
+from irl_lens.models.base import load_base_model
 from irl_lens.models.common import DictConfig, build_seeded
 from irl_lens.models.controller import (
     hyper_factors,
@@ -350,3 +354,126 @@ class Metacontroller(HookedRootModule):
 def build_metacontroller(cfg: MetacontrollerConfig, seed: int = 0) -> Metacontroller:
     """A :class:`Metacontroller` with a reproducible initialisation (global RNG untouched)."""
     return build_seeded(lambda: Metacontroller(cfg), seed)
+
+
+def decoder_parameters(mc: Metacontroller) -> list[tuple[str, nn.Parameter]]:
+    """The hypernetwork decoder's parameters (``dec`` and ``dec_U`` or ``dec_A``/``dec_B``):
+    what a commitment refit (:mod:`irl_lens.train.commit`) trains."""
+    return [(n, p) for n, p in mc.named_parameters() if n.split(".")[0] in _DECODER]
+
+
+_DECODER = ("dec", "dec_U", "dec_A", "dec_B")
+
+
+def integrate_codes(
+    z_tilde: Float[Tensor, "batch pos n_z"], beta: Float[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos n_z"]:
+    """The switching recursion for given gates: ``z_t = beta_t z~_t + (1 - beta_t) z_{t-1}``,
+    ``z_{-1} = 0`` (the same update :meth:`Metacontroller.forward` makes, where ``beta_t``
+    itself depends on ``z_{t-1}``; here the gates are fixed, e.g. from the posterior means).
+
+    Example::
+
+        z = integrate_codes(proposals, mo.beta)  # codes held between switches
+    """
+    z_prev = torch.zeros_like(z_tilde[:, 0])
+    zs = []
+    for t in range(z_tilde.shape[1]):  # a linear recurrence over at most T = 100 steps
+        b = beta[:, t, None]
+        z_prev = b * z_tilde[:, t] + (1.0 - b) * z_prev
+        zs.append(z_prev)
+    return torch.stack(zs, dim=1)
+
+
+KIND = "metacontroller"
+"""The ``kind`` in a metacontroller folder's ``config.json``."""
+WEIGHTS = "metacontroller.safetensors"
+
+
+@dataclass
+class LoadedMetacontroller:
+    """A metacontroller and the base model it writes into, as :func:`load_metacontroller`
+    returns them. Unpacks like the tuple ``(base, mc, config)``."""
+
+    base: HookedRootModule
+    """The base model (ours or the user's own ``HookedTransformer``), eval mode."""
+    mc: Metacontroller
+    layer: int
+    """The residual-stream layer it reads and writes (:func:`irl_lens.hooks.resid_hook_name`)."""
+    config: dict[str, Any] = field(repr=False)
+    """The folder's ``config.json``."""
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.base, self.mc, self.config))
+
+
+def save_metacontroller(mc: Metacontroller, out: str | Path, layer: int, **extra: Any) -> Path:
+    """Write a metacontroller folder (``config.json`` + weights) that
+    :func:`load_metacontroller` reads back, e.g. one trained on a user's own model with
+    :func:`irl_lens.train.discover.fit_metacontroller`. ``extra`` keys go into the config.
+
+    Example::
+
+        save_metacontroller(mc, "runs/my-mc", layer=1)
+        load_metacontroller("runs/my-mc", base=my_model)
+    """
+    out = runs.check_output(out, KIND)
+    config = {
+        "kind": KIND,
+        "version": runs.RUN_VERSION,
+        "layer": int(layer),
+        "metacontroller": mc.cfg.to_dict(),
+        "base_run": None,
+        "train": {"variant": "full"},
+    } | extra
+    with runs.staged(out) as tmp:
+        runs.write_json(tmp / "config.json", config)
+        runs.save_weights(mc, tmp / WEIGHTS)
+    return out
+
+
+def load_metacontroller(
+    path: str | Path, device: str = "cpu", base: HookedRootModule | None = None
+) -> LoadedMetacontroller:
+    """Rebuild a metacontroller from its folder, with the base model it writes into.
+
+    ``base``: attach to this model instead of the folder's own base run (any TransformerLens
+    model whose residual width is the metacontroller's ``d_model``). Without it the base
+    comes from the folder's ``base_run`` (found relative to the folder, or by its absolute
+    path, and checked by its weights' SHA-256); ``cotrain`` folders carry their co-trained
+    base weights.
+
+    Example::
+
+        loaded = load_metacontroller("runs/demo/mc-full")
+        with intervene(loaded.base, loaded.layer, lambda e: loaded.mc(e).e_hat):
+            out = loaded.base(obs)
+    """
+    path = Path(path)
+    config = runs.read_json(path / "config.json", "metacontroller config")
+    if config.get("kind") != KIND:
+        raise runs.RunError(f"{path} is a {config.get('kind')!r} folder, not {KIND!r}")
+    try:
+        mc_cfg = MetacontrollerConfig.from_dict(config["metacontroller"])
+        layer = int(config["layer"])
+        variant = config["train"]["variant"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise runs.RunError(f"{path}/config.json: bad metacontroller config ({e})") from None
+    if not (path / WEIGHTS).is_file():
+        raise runs.RunError(
+            f"{path} has no {WEIGHTS}: training did not finish; continue it with: "
+            f"irl-lens discover {config.get('base_run')} --out {path} --resume"
+        )
+    if base is None:
+        if not config.get("base_run"):
+            raise runs.RunError(f"{path} names no base run: pass the model it was trained on")
+        base = load_base_model(runs.resolve_ref(config, "base_run", path))
+        if variant == "cotrain":
+            runs.load_weights(base, path / "base.safetensors")
+        base = base.to(device, print_details=False)
+    width = getattr(getattr(base, "cfg", None), "d_model", mc_cfg.d_model)
+    if width != mc_cfg.d_model:
+        raise ValueError(f"{path}: metacontroller d_model {mc_cfg.d_model} != base d_model {width}")
+    mc = Metacontroller(mc_cfg)
+    runs.load_weights(mc, path / WEIGHTS)
+    return LoadedMetacontroller(base.eval(), mc.to(device).eval(), layer, config)

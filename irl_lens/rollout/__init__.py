@@ -1,7 +1,11 @@
 """Closed-loop rollouts of a base action model, batched over many episodes.
 
-:mod:`~irl_lens.rollout.engine` steps the model one position at a time with key/value
-caches (equal to the full-sequence forward pass, tested) while a controller may rewrite
-the residual stream at one layer; :mod:`~irl_lens.rollout.grid` and
-:mod:`~irl_lens.rollout.ant` bind it to the gridworld and ant-pinpad environments.
+:mod:`~irl_lens.rollout.stepper` steps the model one position at a time with key/value
+caches (equal to the full-sequence forward pass, tested); :mod:`~irl_lens.rollout.engine`
+is the one episode loop over an env-adapter protocol, where a controller may rewrite the
+residual stream at one layer; :mod:`~irl_lens.rollout.grid` and :mod:`~irl_lens.rollout.ant`
+are the gridworld and ant-pinpad adapters (ant imports MuJoCo);
+:mod:`~irl_lens.rollout.switchers` pick the controller at each step; and
+:mod:`~irl_lens.rollout.kit` picks engine, envs and switcher by the model's environment.
+Imports point one way: ``kit -> grid, ant, switchers -> engine -> stepper``.
 """

@@ -1,11 +1,11 @@
-"""The ant-pinpad rollout engine: the base model split at layer ``l``, stepped in MuJoCo.
+"""Closed-loop rollouts in ant-pinpad: the engine's MuJoCo adapter, record and switcher.
 
-The ant counterpart of :class:`irl_lens.rollout.engine.RolloutEngine`, with the same two steppers
-(a key/value cache over the whole episode; blocks ``< l`` give ``e_t``, an optional
-controller writes ``e_hat_t``, blocks ``>= l`` and the unembed give the action head) and
-the same :class:`~irl_lens.rollout.engine.StepState` controller interface, so supervised
-controllers and a metacontroller's driver act on ant exactly as on the gridworld. What
-differs is the world:
+:class:`AntAdapter` binds the one episode loop of :class:`~irl_lens.rollout.engine.RolloutEngine`
+(the same steppers: a key/value cache over the whole episode; blocks ``< l`` give ``e_t``,
+an optional controller writes ``e_hat_t``, blocks ``>= l`` and the unembed give the action
+head; the same :class:`~irl_lens.rollout.engine.StepState` controller interface, so
+supervised controllers and a metacontroller's driver act on ant exactly as on the
+gridworld) to a :class:`~irl_lens.envs.ant_batch.BatchedAntPinpad`. What differs is the world:
 
 - observations are the env's ``float32[41]`` vectors (what the ant datasets store), one
   position per env step;
@@ -13,11 +13,13 @@ differs is the world:
   (the clean data's expert acted on its mean too), otherwise one sample per step; the env
   applies the torques clipped to [-1, 1], the rollout records them as drawn, with their
   log-probability under the head;
-- the envs are a :class:`~irl_lens.envs.ant.BatchedAntPinpad` (T = 500), whose subgoal
-  label is the target colour itself (every ant colour is a subgoal).
+- the envs are a :class:`~irl_lens.envs.ant_batch.BatchedAntPinpad` (T = 500), whose subgoal
+  label is the target colour itself (every ant colour is a subgoal, so ground-truth
+  switching is :class:`ColourSwitcher`).
 
-The outputs equal the full-sequence forward pass over the recorded observations with the
-same controller attached through :func:`irl_lens.hooks.intervene` (tested).
+:class:`AntRolloutEngine` is the engine with this adapter. The outputs equal the
+full-sequence forward pass over the recorded observations with the same controller attached
+through :func:`irl_lens.hooks.intervene` (tested).
 
 This module imports MuJoCo (through the ant env): import it only for ant work.
 """
@@ -25,7 +27,6 @@ This module imports MuJoCo (through the ant env): import it only for ant work.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,21 +35,23 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from irl_lens.envs.ant import (
-    ANT_MAX_STEPS,
-    ANT_N_COLOURS,
-    ANT_OBS_DIM,
-    CELL_SIZE,
-    END_REASONS,
-    BatchedAntPinpad,
-)
-from irl_lens.hooks import Controller, check_layer
+from irl_lens.envs.ant_batch import END_REASONS, BatchedAntPinpad
+from irl_lens.envs.ant_layout import ANT_MAX_STEPS, ANT_OBS_DIM, CELL_SIZE
+from irl_lens.envs.pinpad import ANT_N_COLOURS
+from irl_lens.hooks import Controller
 from irl_lens.models.base import ActionModel
-from irl_lens.rollout.engine import ControllerFn, EpisodeBatch, RolloutEngine, StepState
+from irl_lens.rollout.engine import (
+    EnvAdapter,
+    EpisodeBatch,
+    RolloutEngine,
+    StepState,
+    Tape,
+    reset_seeded,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AntEngineRollout", "AntRolloutEngine", "ColourSwitcher", "seeded_ant_env"]
+__all__ = ["AntAdapter", "AntEngineRollout", "AntRolloutEngine", "ColourSwitcher", "seeded_ant_env"]
 
 
 @dataclass
@@ -71,7 +74,7 @@ class AntEngineRollout(EpisodeBatch):
     length: np.ndarray  # [n_envs] int64
     success: np.ndarray  # [n_envs] bool
     final_n_done: np.ndarray  # [n_envs] int64
-    end_reason: np.ndarray  # [n_envs] int64: index into irl_lens.envs.ant.END_REASONS
+    end_reason: np.ndarray  # [n_envs] int64: index into irl_lens.envs.ant_batch.END_REASONS
     resid: Tensor | None = None  # [n_envs, n_steps, d_model] float32 e_t (before control)
     action_params: Tensor | None = None  # [n_envs, n_steps, 16] float32 [mean, log_std]
     seconds: float = 0.0
@@ -112,24 +115,17 @@ def seeded_ant_env(
     n_envs: int, task=None, seed: int = 0, stream: int = 0, cell_size: float = CELL_SIZE
 ) -> BatchedAntPinpad:
     """A reset :class:`BatchedAntPinpad` whose episodes depend only on ``(seed, stream)``."""
-    env = BatchedAntPinpad(n_envs, task=task, cell_size=cell_size)
-    seeds = np.random.SeedSequence([seed, stream]).generate_state(n_envs)
-    env.reset(seed=[int(s) for s in seeds])
-    return env
+    return reset_seeded(BatchedAntPinpad(n_envs, task=task, cell_size=cell_size), seed, stream)
 
 
-class AntRolloutEngine(RolloutEngine):
-    """Closed-loop ant rollouts of a base model split at ``layer`` (default ``L // 2``).
+class AntAdapter(EnvAdapter[AntEngineRollout]):
+    """Ant-pinpad for the episode loop: ``float32[41]`` observations in, 8 torques out."""
 
-    Example::
+    time_limit = ANT_MAX_STEPS
+    env: BatchedAntPinpad
 
-        engine = AntRolloutEngine(model, layer=2)
-        env = seeded_ant_env(256, task="post", seed=0)
-        ro = engine.run(env, controller_fn=ColourSwitcher(bank.select), greedy=True)
-        ro.success.mean()
-    """
-
-    def __init__(self, model: ActionModel, layer: int | None = None, fast: bool = True) -> None:
+    @classmethod
+    def check_model(cls, model: ActionModel) -> None:
         cfg = model.model_cfg
         if cfg.action_kind != "continuous" or cfg.obs_kind != "vector":
             raise ValueError(
@@ -138,108 +134,82 @@ class AntRolloutEngine(RolloutEngine):
             )
         if cfg.obs_dim != ANT_OBS_DIM:
             raise ValueError(f"model obs_dim={cfg.obs_dim} is not ant-pinpad's {ANT_OBS_DIM}")
-        n_layers = model.cfg.n_layers
-        self.model = model
-        self.layer = n_layers // 2 if layer is None else check_layer(layer, n_layers)
-        self.fast = fast
 
-    @torch.no_grad()
-    def run(  # type: ignore[override]
-        self,
-        env: BatchedAntPinpad,
-        *,
-        controller_fn: ControllerFn | None = None,
-        greedy: bool = False,
-        generator: torch.Generator | None = None,
-        max_steps: int = ANT_MAX_STEPS,
-        record_resid: bool = False,
-        record_logits: bool = False,
-        compact: bool = True,
-    ) -> AntEngineRollout:
-        """Run every live episode of ``env`` (already reset) to its end or ``max_steps``.
+    def __init__(self, env: BatchedAntPinpad, model: ActionModel, max_steps: int, device):
+        super().__init__(env, model, max_steps, device)
+        n, self.n_act = env.n_envs, model.model_cfg.n_actions
+        self.obs_rec = np.zeros((n, max_steps, ANT_OBS_DIM), dtype=np.float32)
+        self.xy_rec = np.zeros((n, max_steps, 2), dtype=np.float32)
+        self.subgoal_rec = np.full((n, max_steps), -1, dtype=np.int64)
+        self.done_rec = np.full((n, max_steps), -1, dtype=np.int64)
+        self.obs = env.observations()  # [n_envs, 41]
+        self.actions = np.zeros((n, self.n_act), dtype=np.float64)  # done rows: ignored
 
-        Arguments as in :meth:`irl_lens.rollout.engine.RolloutEngine.run`; ``greedy`` takes the
-        Gaussian's mean, ``record_logits`` keeps the action head's ``[mean, log_std]``.
-        """
-        model, layer, device = self.model, self.layer, self.device
-        rows, started = self._start(env, max_steps)
-        t0 = time.perf_counter()
-        n, n_act = env.n_envs, model.model_cfg.n_actions
-        obs_rec = np.zeros((n, max_steps, ANT_OBS_DIM), dtype=np.float32)
-        xy_rec = np.zeros((n, max_steps, 2), dtype=np.float32)
-        act_rec = np.zeros((n, max_steps, n_act), dtype=np.float32)
-        logp_rec = np.zeros((n, max_steps), dtype=np.float32)
-        subgoal_rec = np.full((n, max_steps), -1, dtype=np.int64)
-        done_rec = np.full((n, max_steps), -1, dtype=np.int64)
-        reward = np.zeros((n, max_steps), dtype=np.float32)
-        resid_rec = torch.zeros(n, max_steps, model.cfg.d_model) if record_resid else None
-        n_out = model.model_cfg.n_action_outputs
-        param_rec = torch.zeros(n, max_steps, n_out) if record_logits else None
+    def empty_actions(self) -> np.ndarray:
+        return np.zeros((self.env.n_envs, self.max_steps, self.n_act), dtype=np.float32)
 
-        stepper = self._stepper(len(rows), max_steps)
-        obs = env.observations()  # [n_envs, 41]
-        actions = np.zeros((n, n_act), dtype=np.float64)
-        for t in range(max_steps):
-            live = ~env.done[rows]  # [rows]
-            if not live.any():
-                break
-            if compact and live.sum() <= 0.75 * len(rows):
-                keep = np.flatnonzero(live)
-                rows = rows[keep]
-                stepper.select(torch.from_numpy(keep).to(device))
-                live = live[keep]
-            live_rows = rows[live]
-            # record the state observed at step t
-            obs_rec[live_rows, t] = obs[live_rows]
-            xy_rec[live_rows, t] = env.xy[live_rows]
-            subgoal_rec[live_rows, t] = env.target_colour()[live_rows]
-            done_rec[live_rows, t] = env.n_done[live_rows]
+    def observe(self, t: int, rows: np.ndarray) -> None:
+        env = self.env
+        self.obs_rec[rows, t] = self.obs[rows]
+        self.xy_rec[rows, t] = env.xy[rows]
+        self.subgoal_rec[rows, t] = env.target_colour()[rows]
+        self.done_rec[rows, t] = env.n_done[rows]
 
-            tok = torch.from_numpy(obs[rows]).to(device)[:, None, :]  # [rows, 1, 41]
-            e = stepper.lower(tok)  # [rows, 1, d_model]
-            controller = None
-            if controller_fn is not None:
-                controller = controller_fn(StepState(t, e[:, 0], rows, env, layer))
-            e_hat = e if controller is None else controller(e)  # [rows, 1, d_model]
-            params = model.split(stepper.upper(e_hat)).action_params.float()  # [rows, 2 * 8]
-            mean, log_std = params.chunk(2, dim=-1)
-            if greedy:
-                a = mean
-            else:
-                noise = torch.randn(len(rows), n_act, generator=generator).to(device)
-                a = mean + log_std.clamp(-5.0, 2.0).exp() * noise
-            lp = model.action_distribution(params).log_prob(a)  # [rows]
+    def inputs(self, rows: np.ndarray) -> Float[Tensor, "rows 1 41"]:
+        return torch.from_numpy(self.obs[rows]).to(self.device)[:, None, :]
 
-            live_t = torch.from_numpy(np.flatnonzero(live)).to(device)
-            a_np = a.cpu().numpy()
-            act_rec[live_rows, t] = a_np[live]
-            logp_rec[live_rows, t] = lp[live_t].cpu().numpy()
-            if resid_rec is not None:
-                resid_rec[live_rows, t] = e[live_t, 0].float().cpu()
-            if param_rec is not None:
-                param_rec[live_rows, t] = params[live_t].cpu()
-            actions[rows] = a_np
-            obs, r, _, _, _ = env.step(actions)
-            reward[:, t] = r
+    def act(self, head: Tensor, greedy: bool, generator) -> tuple[Tensor, Tensor]:
+        mean, log_std = head.chunk(2, dim=-1)  # head: [rows, 2 * 8]
+        if greedy:
+            a = mean
+        else:
+            noise = torch.randn(len(head), self.n_act, generator=generator).to(head.device)
+            a = mean + log_std.clamp(-5.0, 2.0).exp() * noise
+        return a, self.model.action_distribution(head).log_prob(a)
+
+    def step(self, rows: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        self.actions[rows] = actions
+        self.obs, r, _, _, _ = self.env.step(self.actions)
+        return r
+
+    def result(self, tape: Tape) -> AntEngineRollout:
+        env = self.env
         return AntEngineRollout(
-            layer=layer,
+            layer=tape.layer,
             layout=env.layout.copy(),
             task=env.task_colours.copy(),
-            obs=obs_rec,
-            xy=xy_rec,
-            action=act_rec,
-            action_logp=logp_rec,
-            subgoal=subgoal_rec,
-            n_done=done_rec,
-            reward=reward,
-            length=np.where(started, env.t, 0),
+            obs=self.obs_rec,
+            xy=self.xy_rec,
+            action=tape.action,
+            action_logp=tape.action_logp,
+            subgoal=self.subgoal_rec,
+            n_done=self.done_rec,
+            reward=tape.reward,
+            length=tape.length,
             success=env.success.copy(),
             final_n_done=env.n_done.copy(),
-            end_reason=np.where(started, env.end_reason, 0),
-            resid=resid_rec,
-            action_params=param_rec,
-            seconds=time.perf_counter() - t0,
+            end_reason=np.where(tape.started, env.end_reason, 0),
+            resid=tape.resid,
+            action_params=tape.head,
+            seconds=tape.seconds,
         )
+
+
+class AntRolloutEngine(RolloutEngine[AntEngineRollout]):
+    """Closed-loop ant rollouts of a base model split at ``layer`` (default ``L // 2``).
+
+    Arguments of :meth:`run` as in :meth:`irl_lens.rollout.engine.RolloutEngine.run`;
+    ``greedy`` takes the Gaussian's mean, ``record_logits`` keeps the action head's
+    ``[mean, log_std]`` (``action_params``). Example::
+
+        engine = AntRolloutEngine(model, layer=2)
+        env = seeded_ant_env(256, task="post", seed=0)
+        ro = engine.run(env, controller_fn=ColourSwitcher(bank.select), greedy=True)
+        ro.success.mean()
+    """
+
+    def __init__(self, model: ActionModel, layer: int | None = None, fast: bool = True) -> None:
+        super().__init__(model, layer, fast, adapter=AntAdapter)
 
 
 class ColourSwitcher:

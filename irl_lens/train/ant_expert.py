@@ -4,10 +4,10 @@ One Gaussian MLP agent is trained on all Table A2 tasks. It walks to the next wa
 of the grid-level shortest path (the per-cell direction map at the torso's cell), and it
 sees the world in a *canonical frame*: the ant is 4-fold symmetric, so each state is
 relabelled (legs and body axes turned by a multiple of 90 degrees, see
-:func:`~irl_lens.envs.ant.leg_rotation`) until the waypoint lies within 45 degrees of the
+:func:`~irl_lens.envs.ant_batch.leg_rotation`) until the waypoint lies within 45 degrees of the
 torso's x axis, and the agent's actions are mapped back the same way
-(:meth:`~irl_lens.envs.ant.BatchedAntPinpad.expert_view` /
-:meth:`~irl_lens.envs.ant.BatchedAntPinpad.controls`). One forward gait that steers then
+(:meth:`~irl_lens.envs.ant_batch.BatchedAntPinpad.expert_view` /
+:meth:`~irl_lens.envs.ant_batch.BatchedAntPinpad.controls`). One forward gait that steers then
 serves every compass direction: without the frame, 3M steps of PPO learned a gait that
 ignored the (random, body-relative) waypoint direction and never solved a task. Inputs are
 normalised by running statistics that stay fixed through a rollout and its update. The
@@ -18,11 +18,13 @@ limit, and Gymnasium-Ant-style control cost (an alive bonus, and costs on the ya
 on speed across the waypoint direction, are available but off by default); rewards are
 divided by the running std of the discounted return.
 
-Pieces, top to bottom: :class:`PPOConfig`, :class:`RunningNorm`, :class:`GaussianAgent`
-(actor + critic), :func:`gae`, :class:`ExpertCollector` (one batched rollout),
-:func:`ppo_update` (clipped surrogate shared with internal RL), :func:`train_ant_expert`
-(the loop with progress, per-task success, checkpoints and ``resume``),
-:func:`evaluate_expert`, :func:`load_expert`.
+The network and its loader live in :mod:`irl_lens.models.ant_expert`; the update is the
+shared PPO core (:func:`irl_lens.train.rl.ppo_update`, with GAE, a critic, an entropy bonus
+and per-minibatch advantage normalisation). Pieces here, top to bottom: :class:`PPOConfig`,
+:class:`ExpertCollector` (one batched rollout, with :func:`shaped_reward`),
+:func:`ppo_update`, :func:`train_ant_expert` (the loop with progress, per-task success,
+checkpoints and ``resume``), :func:`init_source`, :func:`saved_ppo_config`,
+:func:`evaluate_expert`.
 """
 
 from __future__ import annotations
@@ -35,27 +37,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 from tqdm.auto import tqdm
 
-from irl_lens import interrupts, runs
-from irl_lens.envs.ant import (
-    ANT_MAX_STEPS,
-    CELL_SIZE,
-    END_REASONS,
-    EXPERT_DIM,
-    BatchedAntPinpad,
-)
+from irl_lens import runs
+from irl_lens.envs.ant_batch import END_REASONS, BatchedAntPinpad
+from irl_lens.envs.ant_layout import ANT_MAX_STEPS, CELL_SIZE
 from irl_lens.envs.pinpad import Task, format_task
-from irl_lens.models.common import DictConfig
-from irl_lens.train.internal_rl import clipped_surrogate
+from irl_lens.models.ant_expert import (
+    LEGACY_FIELDS,
+    SHIPPED_EXPERT,
+    ExpertConfig,
+    GaussianAgent,
+    RunningNorm,
+    build_agent,
+    check_cell_size,
+    expert_inputs,
+    expert_weights,
+)
+from irl_lens.train import rl
+from irl_lens.train.loop import guarded
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class PPOConfig(DictConfig):
-    """Expert PPO settings (defaults: CleanRL's MuJoCo PPO, sized for 2 CPU cores)."""
+class PPOConfig(ExpertConfig):
+    """Expert PPO settings (defaults: CleanRL's MuJoCo PPO, sized for 2 CPU cores), after the
+    network's own (:class:`~irl_lens.models.ant_expert.ExpertConfig`: ``hidden``,
+    ``init_log_std``, ``torque_scale``, ``deploy_torque_scale``)."""
 
     total_steps: int = 4_000_000
     """Env steps in all (summed over envs)."""
@@ -77,9 +86,6 @@ class PPOConfig(DictConfig):
     """Entropy bonus (paper: 3e-4). Without one the std fell from 0.74 to 0.33 in 1.2M steps,
     before the ant had learned to walk; 1e-3 slowed that only a little."""
     max_grad_norm: float = 0.5
-    hidden: int = 256
-    """Width of the two hidden layers of actor and critic."""
-    init_log_std: float = -0.3
     velocity_weight: float = 1.0
     """Weight of ``velocity . waypoint direction`` (m/s) per step."""
     speed_bonus: float = 0.1
@@ -119,33 +125,13 @@ class PPOConfig(DictConfig):
     edge_cost: float = 0.0
     """Weight of ``max(0, edge_margin - clearance)`` subtracted per step, ``clearance`` the
     torso's distance (m) to the nearest cell it must not enter
-    (:meth:`~irl_lens.envs.ant.BatchedAntPinpad.clearance`: off the grid, the wall, another
+    (:meth:`~irl_lens.envs.ant_batch.BatchedAntPinpad.clearance`: off the grid, the wall, another
     colour than the target). Off for the 0.7-torque expert; its commonest failure was then
     leaving the grid sideways (0.069 of 1000 pretraining episodes, wall cell 0.005)."""
     edge_margin: float = 0.5
     """Clearance (m) below which ``edge_cost`` applies."""
     checkpoint_every: int = 25
     """Updates between checkpoints."""
-    torque_scale: float = 0.7
-    """In training, the expert's joint torques are its actions clipped to [-1, 1] times this
-    (a fraction of the actuators' range). The ant's motors (gear 150) can throw it above the
-    1.0 m height limit; PPO finds gaits that bounce to the limit of whatever torque it has
-    (at 1.0 the torso rose and fell between 0.4 and 0.7 m every stride, and a sixth of the
-    episodes ended in a hop above 1.0 m). After 5M steps (seed 0, 500 episodes, pretraining
-    tasks / 0-1-2-3, acting at the training scale): 1.0: 0.530 / 0.422; 0.8: 0.486 / 0.368;
-    0.7: 0.682 / 0.556 (seed 1: 0.554 / 0.482); 0.6: 0.610 / 0.530. Lower scales also learn
-    faster (training success at 1.2M steps: 0.20, 0.27, 0.39, 0.48). See
-    :attr:`deploy_torque_scale` for the larger gain."""
-    deploy_torque_scale: float | None = 0.5
-    """Torque scale when the trained expert acts (evaluation, datasets, the shipped expert);
-    None: :attr:`torque_scale`. Acting weaker than it trained softens the bounces it learned.
-    Success (pretraining tasks / 0-1-2-3, 300 episodes each, eval seed 11) when acting at 0.5,
-    0.55, 0.6: trained at 0.7, seed 0: 0.800 / 0.700, 0.777 / 0.693, 0.78 / 0.695 (200
-    episodes, eval seed 5); seed 1: 0.737 / 0.640, 0.730 / 0.610, 0.683 / 0.603; trained at 0.6 and
-    acting at 0.45, 0.5, 0.55: 0.700 / 0.610, 0.733 / 0.640, 0.693 / 0.607. The expert
-    trained at 1.0 (before these fields) succeeds on the pretraining tasks 0.512 at 1.0, 0.609
-    at 0.9, 0.699 at 0.8, 0.637 at 0.7 and 0.469 at 0.6 (256 episodes; above 1.0 m: 0.168,
-    0.098, 0.059, 0.035, 0.027, while timeouts rise from 0.08 to 0.34)."""
     scale_rewards: bool = True
     """Divide rewards by the running std of the discounted return (CleanRL's
     ``NormalizeReward``), so the critic's loss, and with it the shared gradient clip, stays
@@ -162,10 +148,7 @@ class PPOConfig(DictConfig):
             raise ValueError(f"PPOConfig.edge_margin={self.edge_margin!r} must be >= 0")
         if not self.lr > 0:
             raise ValueError(f"PPOConfig.lr={self.lr!r} must be > 0")
-        for name in ("torque_scale", "deploy_torque_scale"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value <= 1:
-                raise ValueError(f"PPOConfig.{name}={value!r} must be in (0, 1]")
+        super().__post_init__()  # the torque scales
 
     @property
     def batch_size(self) -> int:
@@ -175,127 +158,14 @@ class PPOConfig(DictConfig):
     def n_updates(self) -> int:
         return max(1, self.total_steps // self.batch_size)
 
-
-class RunningNorm(nn.Module):
-    """Running mean/variance of the inputs (buffers, so they are saved with the weights)."""
-
-    def __init__(self, dim: int, clip: float = 10.0) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
-        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
-        self.clip = clip
-
-    def update(self, x: torch.Tensor) -> None:
-        x = x.double()
-        b_mean, b_var, b_n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
-        delta = b_mean - self.mean
-        total = self.count + b_n
-        self.mean += delta * b_n / total
-        m2 = self.var * self.count + b_var * b_n + delta**2 * self.count * b_n / total
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x - self.mean.float()) / torch.sqrt(self.var.float() + 1e-8)
-        return z.clamp(-self.clip, self.clip)
-
-
-def _mlp(d_in: int, hidden: int, d_out: int, out_gain: float) -> nn.Sequential:
-    layers = [nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()]
-    head = nn.Linear(hidden, d_out)
-    for layer in [*layers[::2], head]:
-        nn.init.orthogonal_(layer.weight, gain=np.sqrt(2) if layer is not head else out_gain)
-        nn.init.zeros_(layer.bias)
-    return nn.Sequential(*layers, head)
-
-
-class GaussianAgent(nn.Module):
-    """Actor (diagonal Gaussian, state-independent log-std) and critic MLPs on normalised input.
-
-    ``torque_scale`` is how its actions become torques (:attr:`PPOConfig.torque_scale` in
-    training, :attr:`PPOConfig.deploy_torque_scale` once loaded); it is part of the expert,
-    so every caller passes it to :meth:`ExpertInput.controls`.
-    """
-
-    def __init__(
-        self, d_in: int, n_actions: int, hidden: int, init_log_std: float,
-        torque_scale: float = 1.0,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        self.torque_scale = float(torque_scale)
-        self.norm = RunningNorm(d_in)
-        self.actor = _mlp(d_in, hidden, n_actions, out_gain=0.01)
-        self.critic = _mlp(d_in, hidden, 1, out_gain=1.0)
-        self.log_std = nn.Parameter(torch.full((n_actions,), float(init_log_std)))
-
-    def distribution(self, x: torch.Tensor) -> torch.distributions.Normal:
-        mean = self.actor(self.norm(x))
-        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
-
-    def value(self, x: torch.Tensor) -> torch.Tensor:
-        return self.critic(self.norm(x)).squeeze(-1)
-
-    @torch.no_grad()
-    def act(self, x: torch.Tensor, deterministic: bool, generator=None) -> torch.Tensor:
-        dist = self.distribution(x)
-        if deterministic:
-            return dist.mean
-        noise = torch.randn(dist.mean.shape, generator=generator)
-        return dist.mean + dist.stddev * noise
-
-
-def build_agent(cfg: PPOConfig, seed: int) -> GaussianAgent:
-    from irl_lens.models.common import build_seeded
-
-    return build_seeded(
-        lambda: GaussianAgent(EXPERT_DIM, 8, cfg.hidden, cfg.init_log_std, cfg.torque_scale), seed
-    )
-
-
-@dataclass
-class ExpertInput:
-    """What the expert sees at one step (:meth:`BatchedAntPinpad.expert_view`)."""
-
-    x: torch.Tensor
-    """``float32[n, EXPERT_DIM]`` canonical-frame features (the agent's input)."""
-    quadrant: np.ndarray
-    """``int64[n]`` canonical frame per env; :meth:`controls` maps actions back with it."""
-    waypoint: np.ndarray
-    """``float64[n, 2]`` world unit vector to the next waypoint (for the shaped reward)."""
-
-    def controls(
-        self, env: BatchedAntPinpad, actions: torch.Tensor, torque_scale: float
-    ) -> np.ndarray:
-        """Actuator commands ``float64[n, 8]`` for the agent's canonical ``actions``: clipped
-        to [-1, 1] (MuJoCo clips them there anyway) and times the agent's ``torque_scale``."""
-        torques = np.clip(actions.numpy().astype(np.float64), -1.0, 1.0) * torque_scale
-        return env.controls(torques, self.quadrant)
-
-
-def expert_inputs(env: BatchedAntPinpad) -> ExpertInput:
-    """The expert's view of ``env``'s current states (call once per step: it advances the
-    canonical frame's hysteresis)."""
-    feats, quadrant, way = env.expert_view()
-    return ExpertInput(torch.from_numpy(feats), quadrant, way)
-
-
-def gae(
-    rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: np.ndarray,
-    gamma: float, lam: float,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Generalised advantage estimation over ``[T, n]`` arrays; ``dones[t]`` = episode ended
-    at step t. Returns ``(advantages, returns)``."""
-    n_steps = len(rewards)
-    adv = np.zeros_like(rewards)
-    last = np.zeros_like(last_value)
-    for t in reversed(range(n_steps)):
-        nxt = last_value if t == n_steps - 1 else values[t + 1]
-        live = 1.0 - dones[t]
-        delta = rewards[t] + gamma * nxt * live - values[t]
-        last = delta + gamma * lam * live * last
-        adv[t] = last
-    return adv, adv + values
+    @property
+    def update_settings(self) -> rl.PPOSettings:
+        """The PPO update's settings (CleanRL's MuJoCo PPO)."""
+        return rl.PPOSettings(
+            epochs=self.update_epochs, clip=self.clip, n_minibatches=self.n_minibatches,
+            normalize_advantages=True, vf_coef=self.vf_coef, ent_coef=self.ent_coef,
+            max_grad_norm=self.max_grad_norm,
+        )  # fmt: skip
 
 
 @dataclass
@@ -436,40 +306,40 @@ def ppo_update(
     agent: GaussianAgent, opt: torch.optim.Optimizer, ro: Rollout, cfg: PPOConfig,
     generator: torch.Generator,
 ) -> dict[str, float]:  # fmt: skip
-    """``update_epochs`` passes of minibatch PPO (clipped surrogate + value + entropy)."""
-    adv, ret = gae(ro.rewards, ro.values, ro.dones, ro.last_value, cfg.gamma, cfg.gae_lambda)
-    x = ro.x.flatten(0, 1)
-    a = ro.actions.flatten(0, 1)
-    logp_old = ro.logp.flatten()
-    adv_t = torch.from_numpy(adv.reshape(-1))
-    ret_t = torch.from_numpy(ret.reshape(-1))
-    n = len(x)
-    mb = n // cfg.n_minibatches
-    stats = {"loss/policy": 0.0, "loss/value": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
-    count = 0
-    for _ in range(cfg.update_epochs):
-        order = torch.randperm(n, generator=generator)
-        for k in range(cfg.n_minibatches):
-            idx = order[k * mb : (k + 1) * mb]
-            dist = agent.distribution(x[idx])
-            logp = dist.log_prob(a[idx]).sum(-1)
-            b_adv = adv_t[idx]
-            b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
-            ones = torch.ones_like(b_adv)
-            pg_loss, clip_frac, kl = clipped_surrogate(logp, logp_old[idx], b_adv, ones, cfg.clip)
-            v_loss = 0.5 * ((agent.value(x[idx]) - ret_t[idx]) ** 2).mean()
-            entropy = dist.entropy().sum(-1).mean()
-            loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-            opt.step()
-            stats["loss/policy"] += pg_loss.item()
-            stats["loss/value"] += v_loss.item()
-            stats["clip_frac"] += clip_frac
-            stats["approx_kl"] += kl
-            count += 1
-    return {k: v / count for k, v in stats.items()}
+    """``update_epochs`` passes of shuffled minibatch PPO (:func:`irl_lens.train.rl.ppo_update`):
+    GAE advantages normalised per minibatch, clipped surrogate + value loss - entropy bonus,
+    the gradient norm clipped. Returns the means over the update's steps."""
+    adv, ret = rl.gae(ro.rewards, ro.values, ro.dones, ro.last_value, cfg.gamma, cfg.gae_lambda)
+    b_x, b_actions = ro.x.flatten(0, 1), ro.actions.flatten(0, 1)  # [n_steps * n_envs, ...]
+    data = rl.PPOBatch(
+        logp=ro.logp.flatten(),
+        advantages=torch.from_numpy(adv.reshape(-1)),
+        returns=torch.from_numpy(ret.reshape(-1)),
+    )
+
+    def evaluate(piece: rl.Piece) -> rl.PolicyEval:
+        mb_x = piece.take(b_x)
+        dist = agent.distribution(mb_x)
+        logp = dist.log_prob(piece.take(b_actions)).sum(-1)
+        # the entropy's graph after the log-prob's, as before the shared core: autograd sums
+        # log_std's gradients in graph order, and the same seed gives the same bits
+        entropy = dist.entropy().sum(-1)
+        return rl.PolicyEval(logp=logp, value=agent.value(mb_x), entropy=entropy)
+
+    steps = rl.ppo_update(evaluate, opt, data, cfg.update_settings, generator=generator)
+    return {
+        "loss/policy": _mean([s.policy_loss for s in steps]),
+        "loss/value": _mean([s.value_loss for s in steps]),
+        "clip_frac": _mean([s.clip_fraction for s in steps]),
+        "approx_kl": _mean([s.approx_kl for s in steps]),
+    }
+
+
+def _mean(values: list[float]) -> float:
+    total = 0.0
+    for v in values:  # in order: the logged numbers stay those of the same seed before
+        total += v
+    return total / len(values)
 
 
 def train_ant_expert(
@@ -537,54 +407,45 @@ def train_ant_expert(
         total=cfg.n_updates, initial=update, desc="ppo expert", unit="upd", disable=not progress
     )
     last = update
-    saved_at = update
-    try:
-        with interrupts.deferred() as stop:
-            while update < cfg.n_updates and (stop_after is None or update - last < stop_after):
-                t0 = time.perf_counter()
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr * (1.0 - update / cfg.n_updates)
-                ro = collector.collect(agent)
-                stats = ppo_update(agent, opt, ro, cfg, generator)
-                # The input statistics stay fixed through a rollout and its update, so the update's
-                # log-probs and values are those the rollout saw (ratios start at 1); they absorb
-                # the rollout afterwards.
-                agent.norm.update(ro.x.flatten(0, 1))
-                update += 1
-                env_steps += cfg.batch_size
-                train_seconds += time.perf_counter() - t0
-                rec = {
-                    "update": update,
-                    "env_steps": env_steps,
-                    "seconds": train_seconds,
-                    "success": collector.log.success(),
-                    "return": float(np.mean(collector.log.returns))
-                    if collector.log.returns
-                    else 0.0,
-                    "reward_per_step": collector.raw_reward_per_step,
-                    "speed": collector.speed,
-                    "speed_toward_waypoint": collector.toward,
-                    "std": float(agent.log_std.detach().exp().mean()),
-                    **stats,
-                }
-                runs.append_metrics(out / "metrics.jsonl", rec)
-                bar.set_postfix(success=f"{rec['success']:.2f}", ret=f"{rec['return']:.1f}")
-                bar.update(1)
-                if update % cfg.checkpoint_every == 0 or update == cfg.n_updates or stop.signum:
-                    runs.save_checkpoint(
-                        out, update, agent,
-                        {"optimizer": opt.state_dict(), "generator": generator.get_state(),
-                         "return_norm": collector.return_norm.state_dict(),
-                         "update": update, "env_steps": env_steps, "seconds": train_seconds},
-                    )  # fmt: skip
-                    runs.write_json(out / "per_task_success.json", collector.log.per_task())
-                    saved_at = update
-                if stop.signum:
-                    raise interrupts.Interrupted(stop.signum, update, saved_at)
-    except interrupts.Interrupted as e:
-        bar.close()
-        e.step, e.checkpoint = update, saved_at
-        raise
+    with guarded(bar, update) as guard:
+        while update < cfg.n_updates and (stop_after is None or update - last < stop_after):
+            t0 = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * (1.0 - update / cfg.n_updates)
+            ro = collector.collect(agent)
+            stats = ppo_update(agent, opt, ro, cfg, generator)
+            # The input statistics stay fixed through a rollout and its update, so the update's
+            # log-probs and values are those the rollout saw (ratios start at 1); they absorb
+            # the rollout afterwards.
+            agent.norm.update(ro.x.flatten(0, 1))
+            update += 1
+            guard.at(update)
+            env_steps += cfg.batch_size
+            train_seconds += time.perf_counter() - t0
+            rec = {
+                "update": update,
+                "env_steps": env_steps,
+                "seconds": train_seconds,
+                "success": collector.log.success(),
+                "return": float(np.mean(collector.log.returns)) if collector.log.returns else 0.0,
+                "reward_per_step": collector.raw_reward_per_step,
+                "speed": collector.speed,
+                "speed_toward_waypoint": collector.toward,
+                "std": float(agent.log_std.detach().exp().mean()),
+                **stats,
+            }
+            runs.append_metrics(out / "metrics.jsonl", rec)
+            bar.set_postfix(success=f"{rec['success']:.2f}", ret=f"{rec['return']:.1f}")
+            bar.update(1)
+            if guard.checkpoint_due(update, cfg.checkpoint_every, cfg.n_updates):
+                runs.save_checkpoint(
+                    out, update, agent,
+                    {"optimizer": opt.state_dict(), "generator": generator.get_state(),
+                     "return_norm": collector.return_norm.state_dict(),
+                     "update": update, "env_steps": env_steps, "seconds": train_seconds},
+                )  # fmt: skip
+                runs.write_json(out / "per_task_success.json", collector.log.per_task())
+                guard.saved(update)
     bar.close()
     finished = update >= cfg.n_updates
     if finished:
@@ -599,25 +460,6 @@ def train_ant_expert(
     }
     runs.write_json(out / "summary.json", summary)
     return summary
-
-
-SHIPPED_EXPERT = Path(__file__).resolve().parents[1] / "assets" / "ant_expert.safetensors"
-"""The expert shipped in the package; ``ant_expert.json`` beside it says how it was made."""
-
-
-def expert_weights(run: str | Path) -> Path:
-    """An expert run's final weights, else those of its last checkpoint."""
-    run = Path(run)
-    weights = run / "model.safetensors"
-    if weights.is_file():
-        return weights
-    ckpts = runs.checkpoint_dirs(run)
-    if not ckpts:
-        raise runs.RunError(
-            f"{run} has no model.safetensors or checkpoint; continue it with "
-            "`irl-lens expert ant --out RUN --resume`"
-        )
-    return ckpts[-1] / "model.safetensors"
 
 
 def init_source(init: str | Path, cfg: PPOConfig) -> tuple[Path, dict]:
@@ -644,63 +486,11 @@ def init_source(init: str | Path, cfg: PPOConfig) -> tuple[Path, dict]:
                            "made_with": made}  # fmt: skip
 
 
-LEGACY_CELL_SIZE = 1.5
-"""The arena's cell side before ``cell_size`` was saved with each expert."""
-LEGACY_TORQUE_SCALE = 1.0
-"""The expert's torque scale (training and deployed) before :attr:`PPOConfig.torque_scale`
-existed."""
-
-
 def saved_ppo_config(ppo: dict) -> PPOConfig:
     """The :class:`PPOConfig` a saved expert (run config or card) was trained with. Fields it
     lacks take their default, except the torque scales: experts saved before they existed
-    trained and act at :data:`LEGACY_TORQUE_SCALE`."""
-    legacy = {"torque_scale": LEGACY_TORQUE_SCALE, "deploy_torque_scale": None}
-    return PPOConfig.from_dict(legacy | ppo)
-
-
-def deployed_torque_scale(cfg: PPOConfig) -> float:
-    """The torque scale a trained expert acts with (:attr:`PPOConfig.deploy_torque_scale`)."""
-    return cfg.torque_scale if cfg.deploy_torque_scale is None else cfg.deploy_torque_scale
-
-
-def check_cell_size(config: dict, what: str) -> None:
-    """Raise a :class:`~irl_lens.runs.RunError` when an expert's config (or card) was
-    trained in cells of another size than this version's arena
-    (:data:`~irl_lens.envs.ant.CELL_SIZE`): its gait and turns are tuned to its cells."""
-    trained = float(config.get("cell_size", LEGACY_CELL_SIZE))
-    if trained != CELL_SIZE:
-        raise runs.RunError(
-            f"{what}: this expert was trained in {trained} m cells, but this version's "
-            f"ant-pinpad arena has {CELL_SIZE} m cells; train a new one with "
-            "`irl-lens expert ant --out DIR` (or use the shipped expert)"
-        )
-
-
-def load_expert(run: str | Path | None = None) -> GaussianAgent:
-    """The ant expert: from an ``irl-lens expert`` run folder, or the shipped one (None)."""
-    if run is None:
-        weights, meta_path = SHIPPED_EXPERT, SHIPPED_EXPERT.with_suffix(".json")
-        if not weights.is_file():
-            raise runs.RunError(
-                f"the package has no shipped ant expert ({weights}); train one with "
-                "`irl-lens expert ant --out DIR` and pass --expert DIR"
-            )
-        card = runs.read_json(meta_path, "shipped expert card")
-        check_cell_size(card, f"the shipped expert ({weights})")
-        cfg = saved_ppo_config(card["ppo"])
-    else:
-        run = Path(run)
-        config = runs.read_json(run / "config.json", "expert run config")
-        if config.get("kind") != "ant_expert":
-            raise runs.RunError(f"{run} is a {config.get('kind')!r} run, not an ant_expert run")
-        check_cell_size(config, str(run))
-        cfg = saved_ppo_config(config["ppo"])
-        weights = expert_weights(run)
-    agent = GaussianAgent(EXPERT_DIM, 8, cfg.hidden, cfg.init_log_std, deployed_torque_scale(cfg))
-    runs.load_weights(agent, weights)
-    agent.eval()
-    return agent
+    trained and act at :data:`~irl_lens.models.ant_expert.LEGACY_TORQUE_SCALE`."""
+    return PPOConfig.from_dict(LEGACY_FIELDS | ppo)
 
 
 @torch.no_grad()
@@ -715,7 +505,7 @@ def evaluate_expert(
 ) -> dict:
     """Success rate over ``episodes`` episodes (Table A2 mix when ``task`` is None), mean
     length, success per task, and how the episodes ended (fractions per
-    :data:`~irl_lens.envs.ant.END_REASONS` name)."""
+    :data:`~irl_lens.envs.ant_batch.END_REASONS` name)."""
     env = BatchedAntPinpad(min(n_envs, episodes), task=task)
     env.reset(seed=seed)
     generator = torch.Generator().manual_seed(seed)
@@ -759,16 +549,11 @@ def evaluate_expert(
 
 
 __all__ = [
-    "GaussianAgent",
     "PPOConfig",
-    "RunningNorm",
-    "build_agent",
-    "deployed_torque_scale",
     "evaluate_expert",
-    "gae",
     "init_source",
-    "load_expert",
     "ppo_update",
     "saved_ppo_config",
+    "shaped_reward",
     "train_ant_expert",
 ]

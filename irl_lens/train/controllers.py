@@ -11,7 +11,7 @@ the controllers are trained, on the expert's action NLL:
 (the paper's metacontroller loss with ``z_t = onehot(g_t)`` and ``beta`` forced to 1; grid:
 low-rank 16, AdamW lr 1e-3, 3200 steps). Evaluation then runs the controllers in the
 order a task asks for in the rollout engine, switching on the env's report that the
-current subgoal is done (:class:`irl_lens.rollout.engine.GroundTruthSwitcher`); see
+current subgoal is done (:class:`irl_lens.rollout.switchers.GroundTruthSwitcher`); see
 :mod:`analyses.controllability`.
 
 A controllers folder (``kind = "supervised_controllers"``) holds ``config.json`` (base run,
@@ -86,13 +86,6 @@ class ControllerTrainConfig:
 
 
 #: Named settings: ``paper`` follows C.3; ``quick`` fits the CPU (fewer, larger steps).
-PRESETS: dict[str, ControllerTrainConfig] = {
-    "paper": ControllerTrainConfig(steps=3200, lr=1e-3, tokens_per_batch=16384),
-    "quick": ControllerTrainConfig(steps=600, lr=3e-3, tokens_per_batch=4096),
-    "tiny": ControllerTrainConfig(
-        steps=10, lr=3e-3, tokens_per_batch=1024, val_episodes=20, log_every=5
-    ),
-}
 
 
 @contextmanager

@@ -38,23 +38,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens import HookedRootModule
 
-from irl_lens import interrupts, runs
+from irl_lens import runs
 from irl_lens.data.dataset import Batch, TrajectoryDataset, bucketed_batches, make_batch
-from irl_lens.hooks import check_layer, intervene
+from irl_lens.hooks import check_layer, n_layers_of, run_with_metacontroller
 from irl_lens.models.base import ActionModel, build_model, load_base_model
 from irl_lens.models.metacontroller import (
+    KIND,
     Metacontroller,
     MetacontrollerConfig,
-    MetacontrollerOutput,
     build_metacontroller,
+    load_metacontroller,
 )
+from irl_lens.rollout.kit import env_kit, run_batches
+from irl_lens.rollout.switchers import MetacontrollerDriver
 from irl_lens.train.controllers import frozen
+from irl_lens.train.loop import guarded
 
 logger = logging.getLogger(__name__)
 
-KIND = "metacontroller"
 VARIANTS = ("full", "beta1", "cotrain")
 SWITCH_THRESHOLD = 0.5
 
@@ -115,6 +122,17 @@ class DiscoverConfig:
         if self.obs_loss_weight is not None and self.obs_loss_weight < 0:
             raise ValueError(f"obs_loss_weight={self.obs_loss_weight!r} must be >= 0")
 
+    def with_steps(self, steps: int) -> DiscoverConfig:
+        """These settings over ``steps`` optimizer steps, the KL schedule keeping its shape:
+        the KL-free start and the warm-up scale along with the run's length."""
+        frac = steps / self.steps
+        return dataclasses.replace(
+            self,
+            steps=steps,
+            kl_free_steps=round(self.kl_free_steps * frac),
+            kl_warmup_steps=round(self.kl_warmup_steps * frac),
+        )
+
     def alpha_at(self, step: int) -> float:
         """KL weight of optimizer step ``step`` (0-based): 0, then a linear ramp, then alpha."""
         ramped = step + 1 - self.kl_free_steps
@@ -125,14 +143,6 @@ class DiscoverConfig:
 
 #: ``paper``: grid settings of Table A10 (batch 512 episodes ~ 16k steps, 64k steps);
 #: ``quick``: fits the CPU; ``tiny``: tests.
-PRESETS: dict[str, DiscoverConfig] = {
-    "paper": DiscoverConfig(steps=64_000, tokens_per_batch=16_384, eval_every=4000,
-                            checkpoint_every=4000),
-    "quick": DiscoverConfig(steps=2000, tokens_per_batch=4096, lr=3e-3, eval_every=500,
-                            checkpoint_every=250, kl_free_steps=200, kl_warmup_steps=600),
-    "tiny": DiscoverConfig(steps=12, tokens_per_batch=1024, lr=3e-3, val_episodes=16,
-                           eval_every=6, log_every=3, checkpoint_every=6),
-}  # fmt: skip
 
 
 def default_layer(n_layers: int) -> int:
@@ -147,29 +157,6 @@ def weights_digest(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def controlled_forward(
-    model: ActionModel,
-    mc: Metacontroller,
-    layer: int,
-    obs: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    sample: bool = True,
-    beta_override: float | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, MetacontrollerOutput]:
-    """Base-model output with the metacontroller writing into layer ``layer``, and its internals."""
-    held: dict[str, MetacontrollerOutput] = {}
-
-    def controller(e: torch.Tensor) -> torch.Tensor:
-        held["out"] = mc(e, mask, sample=sample, beta_override=beta_override, generator=generator)
-        return held["out"].e_hat
-
-    with intervene(model, layer, controller):
-        out = model(obs)
-    return out, held["out"]
 
 
 def switch_counts(
@@ -206,7 +193,7 @@ def _loss(
 ) -> LossParts:
     device = next(mc.parameters()).device
     mask = batch.mask.to(device)
-    out, mo = controlled_forward(
+    out, mo = run_with_metacontroller(
         model,
         mc,
         layer,
@@ -362,71 +349,64 @@ def discover(
     t0 = time.perf_counter()
     freeze = frozen(base) if cfg.variant != "cotrain" else nullcontext()
     mc.train()
-    saved_at = step
-    try:
-        with freeze, interrupts.deferred() as stop:
-            while step < end:
-                order = bucketed_batches(
-                    train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
-                )
-                while batch_in_epoch < len(order) and step < end:
-                    batch = make_batch(train_ds, order[batch_in_epoch])
-                    alpha = cfg.alpha_at(step)
-                    parts = _loss(base, mc, layer, batch, cfg, lam, generator, alpha=alpha)
-                    opt.zero_grad(set_to_none=True)
-                    parts.loss.backward()
-                    if cfg.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                    opt.step()
-                    if not math.isfinite(parts.action_nll + parts.kl):
-                        raise runs.NonFiniteError(
-                            f"discover: the loss is not finite at step {step + 1}; stopped "
-                            f"without saving (last good checkpoint: step {saved_at}); "
-                            "lower --lr or check the data"
-                        )
-                    step += 1
-                    batch_in_epoch += 1
-                    bar.update(1)
-                    if step % cfg.log_every == 0 or step == end:
-                        rec = {
-                            "step": step,
-                            "train/loss": parts.loss.item(),
-                            "train/action_nll": parts.action_nll,
-                            "train/obs_nll": parts.obs_nll,
-                            "train/kl": parts.kl,
-                            "train/mean_beta": parts.mean_beta,
-                            "train/switches_per_episode": parts.switches,
-                            "train/true_segments_per_episode": parts.true_segments,
-                        }
-                        runs.append_metrics(metrics_path, rec)
-                        sw = f"{parts.switches:.1f}/{parts.true_segments:.1f}"
-                        bar.set_postfix(nll=f"{parts.action_nll:.3f}", kl=f"{parts.kl:.2f}", sw=sw)
-                    if step % cfg.eval_every == 0 or step == cfg.steps:
-                        mc.eval()
-                        ev = evaluate(base, mc, layer, ds, val_idx, cfg, lam)
-                        mc.train()
-                        runs.append_metrics(metrics_path, {"step": step, **ev})
-                        logger.info("step %d: %s", step, {k: round(v, 4) for k, v in ev.items()})
-                    if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signum:
-                        state = {
-                            "optimizer": opt.state_dict(),
-                            "step": step,
-                            "epoch": epoch,
-                            "batch_in_epoch": batch_in_epoch,
-                            "generator": generator.get_state(),
-                        }
-                        ckpt = runs.save_checkpoint(out, step, mc, state)
-                        if cfg.variant == "cotrain":
-                            runs.save_weights(base, ckpt / "base.safetensors")
-                        saved_at = step
-                    if stop.signum:
-                        raise interrupts.Interrupted(stop.signum, step, saved_at)
-                if batch_in_epoch >= len(order):
-                    epoch, batch_in_epoch = epoch + 1, 0
-    except interrupts.Interrupted as e:
-        bar.close()
-        e.step, e.checkpoint = step, saved_at
-        raise
+    with freeze, guarded(bar, step) as guard:
+        while step < end:
+            order = bucketed_batches(
+                train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
+            )
+            while batch_in_epoch < len(order) and step < end:
+                batch = make_batch(train_ds, order[batch_in_epoch])
+                alpha = cfg.alpha_at(step)
+                parts = _loss(base, mc, layer, batch, cfg, lam, generator, alpha=alpha)
+                opt.zero_grad(set_to_none=True)
+                parts.loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                opt.step()
+                if not math.isfinite(parts.action_nll + parts.kl):
+                    raise runs.NonFiniteError(
+                        f"discover: the loss is not finite at step {step + 1}; stopped "
+                        f"without saving (last good checkpoint: step {guard.saved_at}); "
+                        "lower --lr or check the data"
+                    )
+                step += 1
+                guard.at(step)
+                batch_in_epoch += 1
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == end:
+                    rec = {
+                        "step": step,
+                        "train/loss": parts.loss.item(),
+                        "train/action_nll": parts.action_nll,
+                        "train/obs_nll": parts.obs_nll,
+                        "train/kl": parts.kl,
+                        "train/mean_beta": parts.mean_beta,
+                        "train/switches_per_episode": parts.switches,
+                        "train/true_segments_per_episode": parts.true_segments,
+                    }
+                    runs.append_metrics(metrics_path, rec)
+                    sw = f"{parts.switches:.1f}/{parts.true_segments:.1f}"
+                    bar.set_postfix(nll=f"{parts.action_nll:.3f}", kl=f"{parts.kl:.2f}", sw=sw)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    mc.eval()
+                    ev = evaluate(base, mc, layer, ds, val_idx, cfg, lam)
+                    mc.train()
+                    runs.append_metrics(metrics_path, {"step": step, **ev})
+                    logger.info("step %d: %s", step, {k: round(v, 4) for k, v in ev.items()})
+                if guard.checkpoint_due(step, cfg.checkpoint_every, cfg.steps):
+                    state = {
+                        "optimizer": opt.state_dict(),
+                        "step": step,
+                        "epoch": epoch,
+                        "batch_in_epoch": batch_in_epoch,
+                        "generator": generator.get_state(),
+                    }
+                    ckpt = runs.save_checkpoint(out, step, mc, state)
+                    if cfg.variant == "cotrain":
+                        runs.save_weights(base, ckpt / "base.safetensors")
+                    guard.saved(step)
+            if batch_in_epoch >= len(order):
+                epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
     seconds = time.perf_counter() - t0
     if cfg.variant != "cotrain" and weights_digest(base) != base_digest:
@@ -465,7 +445,6 @@ def prior_rollouts(
     ``task=None`` samples the pretraining tasks. Returns success, switches per episode
     (``t >= 1``) and mean length. ``loaded``: ``(base, mc, config)`` of ``path`` if at hand.
     """
-    from irl_lens.rollout.engine import MetacontrollerDriver, env_kit, run_batches
 
     base, mc, config = loaded or load_metacontroller(path, device=device)
     kit = env_kit(base, int(config["layer"]))
@@ -498,32 +477,72 @@ def prior_rollouts(
     }
 
 
-def load_metacontroller(
-    path: str | Path, device: str = "cpu"
-) -> tuple[ActionModel, Metacontroller, dict]:
-    """Rebuild ``(base model, metacontroller, config)`` from a metacontroller folder.
+def fit_metacontroller(
+    model: HookedRootModule,
+    tokens: Int[Tensor, "batch pos"],
+    layer: int,
+    *,
+    cfg: DiscoverConfig | None = None,
+    mc_cfg: MetacontrollerConfig | None = None,
+    mask: Float[Tensor, "batch pos"] | None = None,
+    progress: bool = False,
+) -> Metacontroller:
+    """Discover temporal abstractions in a user's own model: train a metacontroller on a
+    frozen TransformerLens model of token sequences (not only on our action models).
 
-    For ``cotrain`` folders the base model carries the co-trained weights.
+    The loss is the paper's ELBO (eq. 3) for next-token prediction: the cross-entropy of
+    ``model(tokens)`` at positions ``0..pos-2`` against ``tokens[:, 1:]`` with the
+    metacontroller writing ``e + U(z) e`` into layer ``layer``, plus ``alpha`` times the
+    mean per-step KL of the codes to ``N(0, I)``. ``cfg`` gives ``steps``, ``lr``,
+    ``weight_decay``, ``alpha`` (with its KL-free start and warm-up), ``grad_clip``,
+    ``tokens_per_batch`` and ``seed`` (defaults: :class:`DiscoverConfig` with 200 steps).
+    The model's weights are not changed (checked).
+
+    Example::
+
+        mc = fit_metacontroller(my_model, tokens, layer=1)
+        save_metacontroller(mc, "runs/my-mc", layer=1)
+        loaded = load_metacontroller("runs/my-mc", base=my_model)
     """
-    path = Path(path)
-    config = runs.read_json(path / "config.json", "metacontroller config")
-    if config.get("kind") != KIND:
-        raise runs.RunError(f"{path} is a {config.get('kind')!r} folder, not {KIND!r}")
-    try:
-        mc_cfg = MetacontrollerConfig.from_dict(config["metacontroller"])
-        base_run = runs.resolve_ref(config, "base_run", path)
-        variant = config["train"]["variant"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise runs.RunError(f"{path}/config.json: bad metacontroller config ({e})") from None
-    if not (path / "metacontroller.safetensors").is_file():
-        raise runs.RunError(
-            f"{path} has no metacontroller.safetensors: training did not finish; "
-            f"continue it with: irl-lens discover {base_run} --out {path} --resume"
-        )
-    base = load_base_model(base_run)
-    if variant == "cotrain":
-        runs.load_weights(base, path / "base.safetensors")
-    base = base.to(device, print_details=False).eval()
-    mc = Metacontroller(mc_cfg)
-    runs.load_weights(mc, path / "metacontroller.safetensors")
-    return base, mc.to(device).eval(), config
+    cfg = cfg or DiscoverConfig(steps=200, lr=3e-3)
+    n_layers = n_layers_of(model)
+    layer = check_layer(layer, n_layers)
+    device = tokens.device
+    width = model.cfg.d_model
+    mc_cfg = mc_cfg or MetacontrollerConfig(d_model=width)
+    if mc_cfg.d_model != width:
+        raise ValueError(f"MetacontrollerConfig.d_model={mc_cfg.d_model} != the model's {width}")
+    if tokens.ndim != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens: expected [batch, pos >= 2], got {tuple(tokens.shape)}")
+    mask = torch.ones(tokens.shape, device=device) if mask is None else mask.float()
+    mc = build_metacontroller(mc_cfg, seed=cfg.seed).to(device)
+    opt = torch.optim.AdamW(mc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    per_batch = max(1, cfg.tokens_per_batch // tokens.shape[1])
+    digest = weights_digest(model)
+    model.eval()
+    mc.train()
+    with frozen(model):
+        for step in tqdm(range(cfg.steps), desc="fit metacontroller", disable=not progress):
+            rows = torch.randint(
+                len(tokens), (per_batch,), generator=generator, device=device
+            )  # [batch]
+            m = mask[rows]
+            logits, mo = run_with_metacontroller(
+                model, mc, layer, tokens[rows], m, generator=generator
+            )
+            nll = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1), tokens[rows][:, 1:].flatten(), reduction="none"
+            )
+            keep = (m[:, 1:] * m[:, :-1]).flatten()
+            nll = (nll * keep).sum() / keep.sum().clamp(min=1.0)
+            kl = (mo.kl * m).sum() / m.sum().clamp(min=1.0)
+            loss = nll + cfg.alpha_at(step) * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(mc.parameters(), cfg.grad_clip)
+            opt.step()
+    if weights_digest(model) != digest:
+        raise RuntimeError("fit_metacontroller changed the frozen model's weights (bug)")
+    return mc.eval()

@@ -27,7 +27,7 @@ import torch
 
 from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batch
 from irl_lens.envs.expert import distance_maps, expert_action_probs
-from irl_lens.envs.gridworld import BatchedGridPinpad
+from irl_lens.envs.gridworld_batch import BatchedGridPinpad
 from irl_lens.models.base import ActionModel
 from irl_lens.rollout.grid import free_run_grid, rollout_grid
 

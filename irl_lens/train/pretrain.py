@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irl_lens import interrupts, runs
+from irl_lens import runs
 from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batch
 from irl_lens.models.base import ActionModel, BaseModelConfig, build_model
+from irl_lens.train.loop import guarded
 
 logger = logging.getLogger(__name__)
 
@@ -86,55 +87,6 @@ class PretrainConfig:
         progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
         cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cos)
-
-
-#: Named presets: (model architecture, trainer settings).
-PRESETS: dict[str, tuple[BaseModelConfig, PretrainConfig]] = {
-    # Fits the 2-core CPU machine: about 15 minutes of training (907 s measured, 2
-    # threads). The encoder's path features hand the board's shortest paths to the
-    # model, so this budget is spent on which colour comes next (GridObservationEncoder).
-    "quick": (
-        BaseModelConfig(
-            d_model=128, n_layers=4, n_heads=4, d_mlp=256, d_cell=16, path_features=True
-        ),
-        PretrainConfig(
-            steps=1200,
-            tokens_per_batch=8192,
-            lr=2e-3,
-            warmup_steps=100,
-            eval_every=400,
-            checkpoint_every=200,
-        ),
-    ),
-    # Paper, Table A4/A16: d_model 256, 6 layers, 4 heads of 64, MLP 512, lr 3e-4 constant,
-    # wd 0.03, batch 1024 sequences (~40k tokens), 256k steps. Meant for a GPU.
-    "paper": (
-        BaseModelConfig(d_model=256, n_layers=6, n_heads=4, d_mlp=512, d_cell=32),
-        PretrainConfig(
-            steps=256_000,
-            tokens_per_batch=40_960,
-            lr=3e-4,
-            warmup_steps=0,
-            schedule="constant",
-            eval_every=8000,
-            checkpoint_every=16_000,
-        ),
-    ),
-    # For tests: seconds on a CPU.
-    "tiny": (
-        BaseModelConfig(d_model=32, n_layers=2, n_heads=2, d_mlp=64, d_cell=8),
-        PretrainConfig(
-            steps=40,
-            tokens_per_batch=1024,
-            lr=1e-2,
-            warmup_steps=5,
-            val_episodes=40,
-            eval_every=20,
-            checkpoint_every=20,
-            rollout_episodes=32,
-        ),
-    ),
-}
 
 
 @dataclass
@@ -267,66 +219,59 @@ def pretrain(
     )
     tokens, t0 = 0, time.perf_counter()
     train_seconds = 0.0
-    saved_at = step
     model.train()
-    try:
-        with interrupts.deferred() as stop:
-            while step < end:
-                order = bucketed_batches(
-                    train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
-                )
-                while batch_in_epoch < len(order) and step < end:
-                    batch = make_batch(train_ds, order[batch_in_epoch])
-                    stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step))
-                    if not math.isfinite(stats.loss):
-                        raise runs.NonFiniteError(
-                            f"pretrain: the loss is {stats.loss} at step {step + 1}; stopped "
-                            f"without saving (last good checkpoint: step {saved_at}); "
-                            "lower --lr or check the data"
-                        )
-                    step += 1
-                    batch_in_epoch += 1
-                    tokens += stats.tokens
-                    bar.update(1)
-                    if step % 25 == 0 or step == end:
-                        elapsed = time.perf_counter() - t0
-                        rec = {
-                            "step": step,
-                            "epoch": epoch,
-                            "train/loss": stats.loss,
-                            "train/action_nll": stats.action_nll,
-                            "train/obs_nll": stats.obs_nll,
-                            "train/grad_norm": stats.grad_norm,
-                            "train/lr": cfg.lr_at(step - 1),
-                            "train/tokens_per_s": tokens / max(elapsed, 1e-9),
-                        }
-                        runs.append_metrics(metrics_path, rec)
-                        bar.set_postfix(
-                            nll=f"{stats.action_nll:.3f}",
-                            tok_s=f"{rec['train/tokens_per_s']:.0f}",
-                        )
-                    # evaluate before checkpointing: a checkpoint then covers every row of
-                    # its step, and the RNG state it stores is the one training goes on with
-                    if evaluate is not None and (step % cfg.eval_every == 0) and step != cfg.steps:
-                        train_seconds += time.perf_counter() - t0
-                        model.eval()
-                        with torch.no_grad():
-                            ev = evaluate(model, val_ds)
-                        model.train()
-                        runs.append_metrics(metrics_path, {"step": step, **ev})
-                        logger.info("step %d: %s", step, ev)
-                        t0, tokens = time.perf_counter(), 0
-                    if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.signum:
-                        runs.save_checkpoint(out, step, model, trainer_state())
-                        saved_at = step
-                    if stop.signum:
-                        raise interrupts.Interrupted(stop.signum, step, saved_at)
-                if batch_in_epoch >= len(order):
-                    epoch, batch_in_epoch = epoch + 1, 0
-    except interrupts.Interrupted as e:
-        bar.close()
-        e.step, e.checkpoint = step, saved_at
-        raise
+    with guarded(bar, step) as guard:
+        while step < end:
+            order = bucketed_batches(
+                train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
+            )
+            while batch_in_epoch < len(order) and step < end:
+                batch = make_batch(train_ds, order[batch_in_epoch])
+                stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step))
+                if not math.isfinite(stats.loss):
+                    raise runs.NonFiniteError(
+                        f"pretrain: the loss is {stats.loss} at step {step + 1}; stopped "
+                        f"without saving (last good checkpoint: step {guard.saved_at}); "
+                        "lower --lr or check the data"
+                    )
+                step += 1
+                guard.at(step)
+                batch_in_epoch += 1
+                tokens += stats.tokens
+                bar.update(1)
+                if step % 25 == 0 or step == end:
+                    elapsed = time.perf_counter() - t0
+                    rec = {
+                        "step": step,
+                        "epoch": epoch,
+                        "train/loss": stats.loss,
+                        "train/action_nll": stats.action_nll,
+                        "train/obs_nll": stats.obs_nll,
+                        "train/grad_norm": stats.grad_norm,
+                        "train/lr": cfg.lr_at(step - 1),
+                        "train/tokens_per_s": tokens / max(elapsed, 1e-9),
+                    }
+                    runs.append_metrics(metrics_path, rec)
+                    bar.set_postfix(
+                        nll=f"{stats.action_nll:.3f}",
+                        tok_s=f"{rec['train/tokens_per_s']:.0f}",
+                    )
+                # evaluate before checkpointing: a checkpoint then covers every row of
+                # its step, and the RNG state it stores is the one training goes on with
+                if evaluate is not None and (step % cfg.eval_every == 0) and step != cfg.steps:
+                    train_seconds += time.perf_counter() - t0
+                    model.eval()
+                    with torch.no_grad():
+                        ev = evaluate(model, val_ds)
+                    model.train()
+                    runs.append_metrics(metrics_path, {"step": step, **ev})
+                    logger.info("step %d: %s", step, ev)
+                    t0, tokens = time.perf_counter(), 0
+                if guard.checkpoint_due(step, cfg.checkpoint_every, cfg.steps):
+                    runs.save_checkpoint(out, step, model, trainer_state())
+                    guard.saved(step)
+            if batch_in_epoch >= len(order):
+                epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
     train_seconds += time.perf_counter() - t0
     tokens_per_s = _mean_tokens_per_s(metrics_path)

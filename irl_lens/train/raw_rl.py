@@ -1,10 +1,10 @@
 """Raw-action RL: the internal-RL optimiser applied to the base model's own actions (baseline).
 
-Same task, batch, budget, advantage and clipped surrogate as :mod:`irl_lens.train.internal_rl`,
-but the policy is the pretrained base model itself: every raw step is an action, and PPO
-finetunes all of the base model's weights (paper: "GRPO-like" raw-action RL). Rollouts run
-in the batched engine (key/value cache); the update recomputes the log-probabilities with
-one full-sequence forward pass per epoch.
+Same task, batch, budget, advantage and PPO update (:mod:`irl_lens.train.rl`) as
+:mod:`irl_lens.train.internal_rl`, but the policy is the pretrained base model itself:
+every raw step is an action, and PPO finetunes all of the base model's weights (paper:
+"GRPO-like" raw-action RL). Rollouts run in the batched engine (key/value cache); the
+update recomputes the log-probabilities with one full-sequence forward pass per epoch.
 
 A run folder (``kind = "internal_rl"``, ``method = "raw_rl"``) has the same layout as an
 internal-RL folder, with the finetuned base in ``policy.safetensors``.
@@ -24,16 +24,8 @@ from torch import Tensor
 from irl_lens import runs
 from irl_lens.envs.pinpad import format_task
 from irl_lens.models.base import ActionModel, load_base_model
-from irl_lens.rollout.engine import env_kit
-from irl_lens.train.internal_rl import (
-    KIND,
-    RLConfig,
-    _loop,
-    _start,
-    clipped_surrogate,
-    stream_generator,
-    trajectory_advantages,
-)
+from irl_lens.rollout.kit import env_kit
+from irl_lens.train import rl
 
 
 @dataclass
@@ -55,7 +47,7 @@ def collect_raw(model: ActionModel, task, n_episodes: int, *, seed: int, stream:
     """Sampled rollouts of the base model on ``task`` (no gradients), in its own env."""
     kit = env_kit(model)
     env = kit.make_env(n_episodes, task=task, seed=seed, stream=stream)
-    gen = stream_generator(seed, stream)
+    gen = rl.stream_generator(seed, stream)
     model.eval()
     with torch.no_grad():
         ro = kit.engine.run(env, generator=gen)
@@ -102,43 +94,39 @@ def length_chunks(lengths: np.ndarray, max_episodes: int = 256,
     return chunks
 
 
-def raw_ppo_update(model: ActionModel, opt, batch: RawBatch, cfg: RLConfig,
+def raw_ppo_update(model: ActionModel, opt, batch: RawBatch, cfg: rl.RLConfig,
                    chunk: int = 256) -> dict[str, float]:  # fmt: skip
-    """PPO epochs over the base model's action log-probabilities (gradient accumulation)."""
-    adv = torch.from_numpy(trajectory_advantages(batch.returns)).float()[:, None]
+    """``cfg.epochs`` whole-batch steps of :func:`irl_lens.train.rl.ppo_update` over the base
+    model's action log-probabilities, each accumulated over length-sorted pieces of at most
+    ``chunk`` episodes; returns the last epoch's stats."""
     device = next(model.parameters()).device
-    n_tok = batch.mask.sum().clamp(min=1.0)
-    model.train()
-    stats = {}
-    for _ in range(cfg.epochs):
-        opt.zero_grad(set_to_none=True)
-        tot_loss = tot_clip = tot_kl = 0.0
-        # episodes sorted by length, each chunk cut to its longest episode: the model is
+    advantages = torch.from_numpy(rl.trajectory_advantages(batch.returns)).float()[:, None]
+    data = rl.PPOBatch(logp=batch.logp, advantages=advantages, mask=batch.mask)
+
+    def length_pieces(mb_inds) -> list[rl.Piece]:
+        # episodes sorted by length, each piece cut to its longest episode: the model is
         # causal, so dropping padding after the last real step changes no output
-        for idx in length_chunks(batch.length, max_episodes=chunk):
-            sl = torch.from_numpy(idx)
-            t_max = max(1, int(batch.length[sl.numpy()].max()))
-            obs = batch.obs[sl, :t_max].to(device)
-            act = batch.action[sl, :t_max].to(device)
-            mask, old = batch.mask[sl, :t_max].to(device), batch.logp[sl, :t_max].to(device)
-            new = action_log_prob(model, model.split(model(obs)).action_params, act)
-            loss, clip_frac, approx_kl = clipped_surrogate(new, old, adv[sl].to(device), mask,
-                                                           cfg.clip)  # fmt: skip
-            w = mask.sum() / n_tok  # chunks weighted by their share of the batch's steps
-            (loss * w).backward()
-            tot_loss += loss.item() * w.item()
-            tot_clip += clip_frac * w.item()
-            tot_kl += approx_kl * w.item()
-        opt.step()
-        stats = {"loss": tot_loss, "clip_fraction": tot_clip, "approx_kl": tot_kl}
+        rows = np.arange(len(batch.length))[mb_inds]  # the minibatch's episodes
+        return [
+            rl.Piece(torch.from_numpy(rows[idx]), t_max=max(1, int(batch.length[rows[idx]].max())))
+            for idx in length_chunks(batch.length[rows], max_episodes=chunk)
+        ]
+
+    def evaluate(piece: rl.Piece) -> rl.PolicyEval:
+        obs, act = piece.take(batch.obs).to(device), piece.take(batch.action).to(device)
+        params = model.split(model(obs)).action_params
+        return rl.PolicyEval(logp=action_log_prob(model, params, act))
+
+    model.train()
+    last = rl.ppo_update(evaluate, opt, data, cfg.ppo, split=length_pieces)[-1]
     model.eval()
-    return stats
+    return {"loss": last.loss, "clip_fraction": last.clip_fraction, "approx_kl": last.approx_kl}
 
 
 def raw_rl(
     run: str | Path,
     out: str | Path,
-    cfg: RLConfig,
+    cfg: rl.RLConfig,
     *,
     device: str = "cpu",
     resume: bool = False,
@@ -151,7 +139,7 @@ def raw_rl(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     task = env_kit(model).parse_task(cfg.task)
     config = {
-        "kind": KIND,
+        "kind": rl.KIND,
         "version": runs.RUN_VERSION,
         "base_run": str(run),
         "base_run_ref": runs.run_ref(run, out),
@@ -159,8 +147,8 @@ def raw_rl(
         "task": format_task(task),
         "train": dataclasses.asdict(cfg),
     }
-    start = _start(out, config, resume, model, opt)
-    return _loop(
+    start = rl.create_or_resume(out, config, resume, model, opt)
+    return rl.batch_loop(
         out, cfg, start, opt, model,
         collect_fn=lambda b, n_sample: collect_raw(model, task, cfg.batch_size, seed=cfg.seed,
                                                    stream=b, n_sample=n_sample),

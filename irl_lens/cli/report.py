@@ -1,0 +1,246 @@
+"""The reproduction's ``report.md`` and ``summary.json``: each claim of the paper against
+what this run measured, with the installed version and the commit it ran from."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import irl_lens
+from analyses import rate_distortion as rd
+
+logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # a type only: reproduce imports this module
+    pass
+
+
+def _summary(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+SHIPPED_EXPERT_CARD = Path(irl_lens.__file__).resolve().parent / "assets" / "ant_expert.json"
+"""The shipped ant expert's card (read as JSON: importing the trainer would import MuJoCo)."""
+
+
+def collect_summary(out: Path, env: str = "gridworld") -> dict:
+    """The headline numbers of every stage, flat (on ant, also the shipped expert's card:
+    the data commands use that expert)."""
+    base = out / "base"
+    flat: dict[str, float] = {}
+    if env == "ant":
+        for k, v in _summary(SHIPPED_EXPERT_CARD).get("summary", {}).items():
+            if isinstance(v, int | float):
+                flat[f"expert:{k}"] = float(v)
+    for name, path in (("base", base / "summary.json"), ("probe", base / "probe/summary.json"),
+                       ("controllers", base / "controllers/summary.json"),
+                       ("mc", out / "mc-full/summary.json"),
+                       ("compare", out / "compare/summary.json")):  # fmt: skip
+        for k, v in _summary(path).items():
+            if isinstance(v, int | float):
+                flat[f"{name}:{k}"] = float(v)
+    return flat
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def _known(*values) -> bool:
+    return all(v is not None and v == v for v in values)
+
+
+def _verdict(*checks: bool | None) -> str:
+    """``yes`` when every check holds, ``no`` when one fails, ``n/a`` when one is unknown."""
+    if any(c is None for c in checks):
+        return "n/a"
+    return "yes" if all(checks) else "no"
+
+
+@dataclass
+class Claim:
+    """One row of the report: a claim of the paper, the bar we set for it, and our number."""
+
+    claim: str
+    paper: str
+    target: str
+    ours: str
+    met: str
+    figure: str
+
+
+def _switch_and_code_claims(summary: dict) -> list[Claim]:
+    """The metacontroller's claims: switch alignment (Fig 6) and code clustering (Fig 5)."""
+    g = summary.get
+    out = []
+    f1, binary = g("mc:switching/f1_tol1"), g("mc:switching/binary_fraction")
+    out.append(Claim(
+        "beta switches at subgoal boundaries (Fig 6)", "essentially perfect, quasi-binary",
+        "F1 at tolerance 1 >= 0.9, >= 90% of beta within 0.05 of 0 or 1",
+        f"F1@1 {_fmt(f1)}, binary fraction {_fmt(binary)}, switches/episode "
+        f"{_fmt(g('mc:switching/switches_per_episode'), 2)} (true "
+        f"{_fmt(g('mc:switching/true_switches_per_episode'), 2)})",
+        _verdict(f1 >= 0.9 if _known(f1) else None, binary >= 0.9 if _known(binary) else None),
+        "mc-full/switching_beta.html"))  # fmt: skip
+
+    nmi = g("mc:clustering/nmi")
+    steered, free = g("mc:steering/mean_steered"), g("mc:steering/mean_uncontrolled")
+    out.append(Claim(
+        "Latent codes mean 'go to subgoal k' (Fig 5)", "clusters by subgoal; steering works",
+        "NMI >= 0.8; steering >= uncontrolled + 0.1",
+        f"NMI {_fmt(nmi)}; steering {_fmt(steered)} vs uncontrolled {_fmt(free)}; a code "
+        f"predicts the subgoal {_fmt(g('mc:clustering/subgoal_accuracy'))} (chance "
+        f"{_fmt(g('mc:clustering/subgoal_chance'))}) and its target cell R2 "
+        f"{_fmt(g('mc:clustering/target_cell_r2'))}; the subgoal before it "
+        f"{_fmt(g('mc:clustering/previous_accuracy'))} (chance "
+        f"{_fmt(g('mc:clustering/previous_chance'))})",
+        _verdict(nmi >= 0.8 if _known(nmi) else None,
+                 steered >= free + 0.1 if _known(steered, free) else None),
+        "mc-full/clusters.html"))  # fmt: skip
+    return out
+
+
+def claims(summary: dict, n_layers: int | None, env: str = "gridworld") -> list[Claim]:
+    """Each claim of the paper against the targets of the project's issues."""
+    g = summary.get
+    out = []
+    if env == "ant":
+        pre, post = g("expert:eval/pretrain_success"), g("expert:eval/post_success")
+        out.append(Claim(
+            "The PPO expert solves ant-pinpad (App C.1.1)", "0.8 pretraining tasks, 0.7 on 0-1-2-3",
+            ">= 0.8 / >= 0.7 (mean action)",
+            f"{_fmt(pre)} / {_fmt(post)} over {_fmt(g('expert:eval/episodes'), 0)} episodes each "
+            "(the shipped expert's card)",
+            _verdict(pre >= 0.8 if _known(pre) else None, post >= 0.7 if _known(post) else None),
+            "-"))  # fmt: skip
+    layer0, best = g("probe:probe/accuracy_layer_0"), g("probe:probe/best_accuracy")
+    out.append(Claim(
+        "Probe accuracy rises with depth (Fig 3)", "~0.3 -> ~0.5-0.6 mid-depth",
+        "best >= 0.5 and >= layer 0 + 0.15",
+        f"layer 0 {_fmt(layer0)} -> best {_fmt(best)} (layer "
+        f"{_fmt(g('probe:probe/best_layer'), 0)})",
+        _verdict(best >= 0.5 and best >= layer0 + 0.15 if _known(best, layer0) else None),
+        "base/probe/probe_accuracy.html"))  # fmt: skip
+
+    ctrl = g("controllers:controllers/best_success")
+    ctrl_layer = g("controllers:controllers/best_layer")
+    base_success = g("controllers:controllers/base_success")
+    middle = (None if n_layers is None or not _known(ctrl_layer)
+              else n_layers / 3 <= ctrl_layer <= 2 * n_layers / 3)  # fmt: skip
+    out.append(Claim(
+        "Supervised controllers solve the post task best at mid-depth (Fig 4)",
+        "0.2-0.7 at mid-depth; base ~0",
+        "best sampled >= 0.5, best layer in the middle third, base <= 0.05",
+        f"best {_fmt(ctrl)} sampled / "
+        f"{_fmt(g('controllers:controllers/best_success_greedy'))} greedy at layer "
+        f"{_fmt(ctrl_layer, 0)} of 0..{n_layers if n_layers is not None else '?'}; base "
+        f"{_fmt(base_success)}",
+        _verdict(ctrl >= 0.5 if _known(ctrl) else None, middle,
+                 base_success <= 0.05 if _known(base_success) else None),
+        "base/controllers/controllers_success.html"))  # fmt: skip
+
+    out += _switch_and_code_claims(summary)
+
+    rl = {k.split("/")[1]: v for k, v in summary.items()
+          if k.startswith("compare:") and k.endswith("/final_success")}  # fmt: skip
+    bars = {"internal_rl": lambda v: v >= 0.5, "raw_rl": lambda v: v <= 0.01,
+            "internal_rl_beta1": lambda v: v <= 0.05}  # fmt: skip
+    out.append(Claim(
+        "Internal RL solves the post task; baselines ~0 (Fig 8)",
+        "internal RL high; raw-action, beta1, co-trained ~0 within 1M episodes",
+        "internal RL (median of seeds) >= 0.5; raw-action RL <= 0.01; beta1 <= 0.05",
+        "; ".join(f"{m} {_fmt(v)}" for m, v in rl.items()) or "n/a",
+        _verdict(*[bar(rl[m]) if _known(rl.get(m)) else None for m, bar in bars.items()]),
+        "compare/success_linear.html"))  # fmt: skip
+    return out
+
+
+def _sweep_section(out: Path) -> list[str]:
+    """The rate-distortion table (``--with-sweep``): empty when no run of it finished."""
+
+    points = rd.sweep_points(out / "rd")
+    if not points:
+        return [""]
+    return [
+        "",
+        "## Rate-distortion (paper Fig 7)",
+        "",
+        "Per variant and alpha: medians over seeds, [min, max]; F1 column: the share of seeds "
+        "whose switches align with the subgoal boundaries. The paper's frozen base shows a gap "
+        "in the curve where that alignment appears; co-trained runs do not. Figure: "
+        "[rd/rate_distortion.html](rd/rate_distortion.html).",
+        "",
+        *rd.markdown_table(rd.rd_table(points)),
+        "",
+    ]
+
+
+PACKAGE_DIR = Path(irl_lens.__file__).resolve().parent
+"""The folder ``irl_lens`` is imported from (in an editable install: the checkout's)."""
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    """``git -C folder ARGS``'s output; None when git fails or is missing."""
+    try:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _checkout_commit(package_dir: Path) -> str | None:
+    """HEAD of the git checkout that tracks ``package_dir`` as its irl_lens package, marked
+    when the checkout has uncommitted changes; None when it is not one (a plain install in a
+    virtual environment inside a checkout is not)."""
+    if _git(package_dir, "ls-files", "--error-unmatch", "__init__.py") is None:
+        return None
+    commit = _git(package_dir, "rev-parse", "HEAD")
+    if not commit:
+        return None
+    dirty = _git(package_dir, "status", "--porcelain", "--untracked-files=no")
+    return f"{commit} (uncommitted changes)" if dirty else commit
+
+
+def _direct_url() -> dict:
+    """The install's PEP 610 record (``direct_url.json``), or ``{}``. Each distribution named
+    irl-lens is tried: run from the checkout, its ``irl_lens.egg-info`` comes first and has
+    none."""
+    for dist in importlib.metadata.distributions(name="irl-lens"):
+        text = dist.read_text("direct_url.json")
+        if not text:
+            continue
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            logger.warning("%s: unreadable direct_url.json", dist.metadata["Name"])
+    return {}
+
+
+def source_commit(package_dir: Path = PACKAGE_DIR, direct_url: dict | None = None) -> str:
+    """The git commit of the running irl_lens, wherever the working folder is.
+
+    Tried in turn: the checkout the package is imported from (an editable install, or a
+    clone on ``sys.path``); the commit a ``pip install git+URL`` recorded; the folder an
+    editable install records (``direct_url``: the install's PEP 610 record by default).
+    """
+    direct_url = _direct_url() if direct_url is None else direct_url
+    commit = _checkout_commit(package_dir) or direct_url.get("vcs_info", {}).get("commit_id")
+    url = direct_url.get("url", "")
+    if not commit and direct_url.get("dir_info", {}).get("editable") and url.startswith("file:"):
+        commit = _checkout_commit(Path(url2pathname(urlparse(url).path)) / "irl_lens")
+    return commit or "unknown (not a git checkout)"
+
+
+def installed_version() -> str:
+    """The installed irl-lens distribution's version (from its metadata, not the source)."""
+    try:
+        return importlib.metadata.version("irl-lens")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"

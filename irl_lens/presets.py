@@ -1,0 +1,161 @@
+"""Presets: one frozen set of settings per (preset name, environment), for every stage.
+
+This is the only place a preset name (``quick``, ``paper``, ``tiny``) is interpreted: the
+commands and the pipeline read ``get(name, env)`` and override single fields with their
+options. Sizes and step counts of ``paper`` are the paper's (Tables A4-A16, meant for a
+GPU); ``quick`` fits the 2-core CPU (the gridworld pipeline in about an hour, measured in
+``docs/results-gridworld.md``); ``tiny`` runs in seconds, for tests.
+
+Example::
+
+    from irl_lens import presets
+    p = presets.get("quick", "gridworld")
+    p.base.d_model, p.pretrain.steps, p.discover.steps, p.rl.episodes  # 128, 1200, 2000, 100000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from irl_lens.models.base import BaseModelConfig
+from irl_lens.train.controllers import ControllerTrainConfig
+from irl_lens.train.discover import DiscoverConfig
+from irl_lens.train.pretrain import PretrainConfig
+from irl_lens.train.rl import RLConfig
+
+NAMES = ("quick", "paper", "tiny")
+ENVS = ("gridworld", "ant")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Every stage's settings for one preset name on one environment."""
+
+    name: str
+    env: str
+    base: BaseModelConfig
+    """The base model's architecture."""
+    pretrain: PretrainConfig
+    controllers: ControllerTrainConfig
+    """Supervised controllers (one per subgoal and layer)."""
+    discover: DiscoverConfig
+    """Metacontroller training (the ELBO)."""
+    rl: RLConfig
+    """Internal RL and raw-action RL."""
+    eval_episodes: int | None = None
+    """Episodes of each closed-loop evaluation in the pipeline (``None``: each command's)."""
+
+
+_GRID = {
+    # Fits the 2-core CPU: pretraining about 15 minutes (907 s measured, 2 threads). The
+    # encoder's path features hand the board's shortest paths to the model, so this budget
+    # is spent on which colour comes next (GridObservationEncoder).
+    "quick": Preset(
+        "quick", "gridworld",
+        base=BaseModelConfig(
+            d_model=128, n_layers=4, n_heads=4, d_mlp=256, d_cell=16, path_features=True
+        ),
+        pretrain=PretrainConfig(
+            steps=1200, tokens_per_batch=8192, lr=2e-3, warmup_steps=100, eval_every=400,
+            checkpoint_every=200,
+        ),
+        controllers=ControllerTrainConfig(steps=600, lr=3e-3, tokens_per_batch=4096),
+        discover=DiscoverConfig(
+            steps=2000, tokens_per_batch=4096, lr=3e-3, eval_every=500, checkpoint_every=250,
+            kl_free_steps=200, kl_warmup_steps=600,
+        ),
+        # the CPU: a larger step size so that a few hundred batches suffice
+        rl=RLConfig(episodes=100_000, batch_size=1024, lr=1e-3, d_policy=64),
+    ),
+    # Paper, Table A4/A16: d_model 256, 6 layers, 4 heads of 64, MLP 512, lr 3e-4 constant,
+    # wd 0.03, batch 1024 sequences (~40k tokens), 256k steps; RL: C.5.2 (grid), batch
+    # 1024, lr 3e-5, 1M episodes. Meant for a GPU.
+    "paper": Preset(
+        "paper", "gridworld",
+        base=BaseModelConfig(d_model=256, n_layers=6, n_heads=4, d_mlp=512, d_cell=32),
+        pretrain=PretrainConfig(
+            steps=256_000, tokens_per_batch=40_960, lr=3e-4, warmup_steps=0,
+            schedule="constant", eval_every=8000, checkpoint_every=16_000,
+        ),
+        controllers=ControllerTrainConfig(steps=3200, lr=1e-3, tokens_per_batch=16384),
+        discover=DiscoverConfig(
+            steps=64_000, tokens_per_batch=16_384, eval_every=4000, checkpoint_every=4000
+        ),
+        rl=RLConfig(episodes=1_000_000, batch_size=1024, lr=3e-5),
+    ),
+    # For tests: seconds on a CPU.
+    "tiny": Preset(
+        "tiny", "gridworld",
+        base=BaseModelConfig(d_model=32, n_layers=2, n_heads=2, d_mlp=64, d_cell=8),
+        pretrain=PretrainConfig(
+            steps=40, tokens_per_batch=1024, lr=1e-2, warmup_steps=5, val_episodes=40,
+            eval_every=20, checkpoint_every=20, rollout_episodes=32,
+        ),
+        controllers=ControllerTrainConfig(
+            steps=10, lr=3e-3, tokens_per_batch=1024, val_episodes=20, log_every=5
+        ),
+        discover=DiscoverConfig(
+            steps=12, tokens_per_batch=1024, lr=3e-3, val_episodes=16, eval_every=6,
+            log_every=3, checkpoint_every=6,
+        ),
+        rl=RLConfig(
+            episodes=64, batch_size=16, lr=1e-3, d_policy=16, epochs=2, checkpoint_every=2,
+            sample_episodes=4,
+        ),
+    ),
+}  # fmt: skip
+
+# ant-pinpad: episodes run to T = 500 steps and the base predicts the next observation with
+# weight lambda = 10 (Table A5); no board to find paths on. The quick pipeline trains its
+# controllers and metacontrollers for fewer steps (an ant step costs ~20x a grid step) and
+# runs RL and evaluations on smaller budgets (an episode is up to 500 MuJoCo steps).
+_ANT_BASE = {"n_ctx": 500, "obs_loss_weight": 10.0, "path_features": False}
+_ANT_STEPS = {"quick": {"controllers": 300, "discover": 400}, "paper": {}, "tiny": {}}
+_ANT_RL_EPISODES = {"quick": 5_120, "paper": 1_000_000, "tiny": 32}
+_ANT_EVAL_EPISODES = {"quick": 500, "paper": 1000, "tiny": 4}
+ANT_RL_BATCH = 256
+"""Episodes per PPO batch on ant (the paper's ant batch; fewer when the budget is smaller)."""
+
+
+def _ant(grid: Preset) -> Preset:
+    steps = _ANT_STEPS[grid.name]
+    return dataclasses.replace(
+        grid,
+        env="ant",
+        base=dataclasses.replace(grid.base, **_ANT_BASE),
+        controllers=dataclasses.replace(
+            grid.controllers, steps=steps.get("controllers", grid.controllers.steps)
+        ),
+        discover=dataclasses.replace(
+            grid.discover, steps=steps.get("discover", grid.discover.steps)
+        ),
+        rl=dataclasses.replace(
+            grid.rl,
+            episodes=_ANT_RL_EPISODES[grid.name],
+            batch_size=min(ANT_RL_BATCH, _ANT_RL_EPISODES[grid.name]),
+        ),
+        eval_episodes=_ANT_EVAL_EPISODES[grid.name],
+    )
+
+
+_PRESETS = {(name, "gridworld"): p for name, p in _GRID.items()} | {
+    (name, "ant"): _ant(p) for name, p in _GRID.items()
+}
+
+
+def get(name: str, env: str = "gridworld") -> Preset:
+    """The preset ``name`` for ``env``; a one-line ``ValueError`` naming what is allowed."""
+    if (name, env) not in _PRESETS:
+        if env not in ENVS:
+            raise ValueError(f"env {env!r}: allowed {', '.join(ENVS)}")
+        raise ValueError(f"preset {name!r}: allowed {', '.join(NAMES)}")
+    return _PRESETS[(name, env)]
+
+
+PRETRAIN = {name: (get(name).base, get(name).pretrain) for name in NAMES}
+"""Gridworld (base model, pretraining) settings by name: a view of the presets above."""
+DISCOVER = {name: get(name).discover for name in NAMES}
+"""Gridworld discovery settings by name: a view of the presets above."""
+CONTROLLERS = {name: get(name).controllers for name in NAMES}
+"""Gridworld controller-training settings by name: a view of the presets above."""

@@ -1,0 +1,71 @@
+"""The training loop's frame, written once: checkpoint cadence and safe interrupts.
+
+Every trainer (pretraining, discovery, RL, the ant expert) creates or resumes its run
+folder with :func:`irl_lens.runs.start_run` (config check, temp-folder cleanup, metrics cut
+back to the checkpoint) and runs its steps inside :func:`guarded`::
+
+    with guarded(bar, step) as guard:
+        while step < end:
+            ...one whole optimizer step...
+            step += 1
+            guard.at(step)
+            if guard.checkpoint_due(step, cfg.checkpoint_every, cfg.steps):
+                runs.save_checkpoint(out, step, model, state())
+                guard.saved(step)  # a pending SIGINT/SIGTERM stops here, checkpoint safe
+
+A signal inside the block is held until the step ends (:mod:`irl_lens.interrupts`); the
+loop then checkpoints that consistent state and :meth:`Guard.saved` raises
+:class:`~irl_lens.interrupts.Interrupted` naming the step, which the CLI turns into exit
+130/143 and a "continue with: ... --resume" line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tqdm.auto import tqdm
+
+from irl_lens import interrupts
+
+
+class Guard:
+    """Where a guarded loop stands: its step and its last complete checkpoint."""
+
+    def __init__(self, deferral: interrupts.Deferral, step: int) -> None:
+        self._deferral = deferral
+        self.step = step
+        self.saved_at = step
+        """Step of the last complete checkpoint (the start step on a fresh or resumed run)."""
+
+    def at(self, step: int) -> None:
+        self.step = step
+
+    @property
+    def stopping(self) -> bool:
+        """A signal arrived: checkpoint now, then :meth:`saved` stops the loop."""
+        return self._deferral.signum is not None
+
+    def checkpoint_due(self, step: int, every: int, last: int) -> bool:
+        """At the cadence, at the final step, or when a signal asks to stop."""
+        return step % every == 0 or step == last or self.stopping
+
+    def saved(self, step: int) -> None:
+        """Record a complete checkpoint at ``step``; stop the loop if a signal is pending."""
+        self.saved_at = step
+        if self.stopping:
+            raise interrupts.Interrupted(self._deferral.signum, step, step)
+
+
+@contextmanager
+def guarded(bar: tqdm, step: int) -> Iterator[Guard]:
+    """Run a training loop's steps with signals held to step boundaries (module docstring).
+    On an interrupt the bar is closed and the exception names the step and checkpoint."""
+    with interrupts.deferred() as deferral:
+        guard = Guard(deferral, step)
+        try:
+            yield guard
+        except interrupts.Interrupted as e:
+            bar.close()
+            e.step, e.checkpoint = guard.step, guard.saved_at
+            raise
