@@ -43,7 +43,7 @@ from irl_lens.envs.ant_layout import (  # noqa: E402
     parse_ant_task,
     sample_ant_layout,
 )
-from irl_lens.envs.pinpad import ANT_N_COLOURS, Task, TaskSpec  # noqa: E402
+from irl_lens.envs.pinpad import ANT_N_COLOURS, Task, TaskSpec, env_rngs  # noqa: E402
 
 __all__ = [
     "END_REASONS",
@@ -218,10 +218,7 @@ class BatchedAntPinpad:
         """Reset every env; ``seed``: None, one int (env i gets ``s + i``) or one per env."""
         n = self.n_envs
         if seed is not None:
-            seeds = [int(seed) + i for i in range(n)] if np.ndim(seed) == 0 else list(seed)
-            if len(seeds) != n:
-                raise ValueError(f"need one seed per env ({n}), got {len(seeds)}")
-            self.rngs = [seeding.np_random(int(s))[0] for s in seeds]
+            self.rngs = env_rngs(seed, n)
         return self.reset_envs(np.ones(n, dtype=bool), tasks=tasks)
 
     def reset_done(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -32,6 +32,7 @@ from irl_lens.envs.pinpad import (
     PRETRAIN_TASKS,
     Task,
     TaskSpec,
+    env_rngs,
     parse_task,
 )
 
@@ -133,10 +134,7 @@ class BatchedGridPinpad:
         """
         n = self.n_envs
         if seed is not None:
-            seeds = [int(seed) + i for i in range(n)] if np.ndim(seed) == 0 else list(seed)
-            if len(seeds) != n:
-                raise ValueError(f"need one seed per env ({n}), got {len(seeds)}")
-            self.rngs = [seeding.np_random(int(s))[0] for s in seeds]
+            self.rngs = env_rngs(seed, n)
         return self.reset_envs(np.ones(n, dtype=bool), tasks=tasks)
 
     def reset_done(self) -> tuple[Int64[np.ndarray, " n_envs"], dict[str, np.ndarray]]:

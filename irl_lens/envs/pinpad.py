@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from gymnasium.utils import seeding
 
 __all__ = [
     "ANT_N_COLOURS",
@@ -39,6 +40,7 @@ __all__ = [
     "PRETRAIN_TASKS",
     "Task",
     "TaskSpec",
+    "env_rngs",
     "format_task",
     "parse_task",
     "subgoal_of_colour",
@@ -183,3 +185,12 @@ def parse_task(spec: TaskSpec, n_colours: int = N_COLOURS) -> Task:
                 f"consecutive colours must differ ({_HOW})"
             )
     return tuple(colours)
+
+
+def env_rngs(seed: int | Sequence[int], n_envs: int) -> list[np.random.Generator]:
+    """One generator per env of a batched env: ``seed`` is one int (env i gets ``seed + i``)
+    or one seed per env (gymnasium's seeding, as each env's own ``reset(seed=...)``)."""
+    seeds = [int(seed) + i for i in range(n_envs)] if np.ndim(seed) == 0 else list(seed)
+    if len(seeds) != n_envs:
+        raise ValueError(f"need one seed per env ({n_envs}), got {len(seeds)}")
+    return [seeding.np_random(int(s))[0] for s in seeds]
