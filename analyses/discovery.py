@@ -1,8 +1,9 @@
 """Everything ``irl-lens discover`` reports about a trained metacontroller, in one pass.
 
 Switch alignment (Fig 6), code clustering and what a code predicts (Fig 5), and, when
-``rollouts`` is on, steering with the cluster codes and sampling codes from the prior: the
-two analyses that run the model in its env (gridworld or ant,
+``rollouts`` is on, steering with the cluster codes, sampling codes from the prior and
+whether the codes compose on ``post`` (:mod:`analyses.composition`): the analyses that run
+the model in its env (gridworld or ant,
 :func:`irl_lens.rollout.kit.env_kit`). The caller writes the figures and details.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analyses import clustering, switching
+from analyses import clustering, composition, switching
 from irl_lens.data.dataset import TrajectoryDataset
 from irl_lens.models.metacontroller import load_metacontroller
 from irl_lens.train.discover import prior_rollouts
@@ -64,4 +65,6 @@ def analyse(
         found.summary |= clustering.steering_summary(st) | {
             f"prior/{k}": v for k, v in prior.items() if isinstance(v, float)
         }
+        # do the codes compose on the post-training task? (functional, closed loop)
+        found.summary |= composition.analyse(loaded, ds, held, n_episodes=episodes, seed=seed)
     return found

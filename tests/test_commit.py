@@ -49,6 +49,16 @@ def test_integrate_codes_holds_a_code_until_the_next_switch():
     assert half.flatten().tolist() == [0.5, 0.75]
 
 
+def test_task_subgoals_of_post():
+    from types import SimpleNamespace
+
+    from analyses.composition import task_subgoals
+    from irl_lens.envs.pinpad import parse_task
+
+    kit = SimpleNamespace(colours_per_subgoal=2, parse_task=parse_task)
+    assert task_subgoals(kit, "post") == [0, 1, 2, 3, 0, 1]
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="mode"):
         CommitConfig(mode="magic")
@@ -80,6 +90,10 @@ def test_commit_refits_the_decoder_only(tmp_path, capsys, mode):
     )  # fmt: skip
     assert code == 0, err
     assert "commit/val_action_nll" in out
+    summary = json.loads((tmp_path / "mc-c" / "summary.json").read_text())
+    for key in ("compose/success", "compose/segment_0", "prior_commit/segment_product"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert len([k for k in summary if k.startswith("compose/segment_") and k[-1].isdigit()]) == 6
     assert _sha(tmp_path / "mc" / "metacontroller.safetensors") == source  # source untouched
     old, new = load_metacontroller(tmp_path / "mc"), load_metacontroller(tmp_path / "mc-c")
     changed = {n for n, p in new.mc.state_dict().items()

@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from irl_lens.cli.common import (
@@ -287,13 +288,20 @@ def commit(
     Example: irl-lens commit runs/q/mc-full --out runs/q/mc-full-vor --data runs/q/data-discovery
     """
     # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
+    from analyses import composition
+    from irl_lens import runs
     from irl_lens.data.dataset import load_dataset
+    from irl_lens.models.metacontroller import load_metacontroller
     from irl_lens.train.commit import CommitConfig
     from irl_lens.train.commit import commit as run_commit
 
+    ds = load_dataset(data)
     cfg = CommitConfig(mode=mode, steps=steps, k=k, seed=seed)
-    result = run_commit(mc, load_dataset(data), out, cfg, data_path=str(data))
-    print_table(result.summary, title=f"committed {mc} -> {out}", why={
+    result = run_commit(mc, ds, out, cfg, data_path=str(data))
+    held = np.arange(ds.n_episodes - min(cfg.val_episodes, ds.n_episodes // 5), ds.n_episodes)
+    summary = result.summary | composition.analyse(load_metacontroller(out), ds, held)
+    runs.write_json(out / "summary.json", summary)
+    print_table(summary, title=f"committed {mc} -> {out}", why={
         "commit/cells": "means mode: no code cells"})  # fmt: skip
 
 

@@ -1,0 +1,156 @@
+"""Do the codes command? Functional tests of a metacontroller's codes (issue 29).
+
+A linear probe can read small offsets in a code that the decoder ignores, so these tests
+run the codes in closed loop instead:
+
+* **compositional steering**: the metacontroller's own switching unit decides *when* to
+  switch, and each switch gets the *ideal* code, the held-out centroid of the next subgoal
+  of the task (labels are used to pick the code, never to train). Success on a task whose
+  transitions pretraining never showed (``post``) says whether the codes compose;
+* **prior commitment**: codes drawn from ``N(0, I)`` at each switch (what an RL policy
+  starts with). Per segment of the task, the fraction of episodes that reached it and
+  completed it; their product is the chance that the initial policy solves the task, the
+  exploration a sparse reward depends on (1/4 per segment is a uniform choice among 4
+  subgoals).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from irl_lens.data.dataset import TrajectoryDataset, make_batch
+from irl_lens.models.metacontroller import LoadedMetacontroller
+from irl_lens.rollout.kit import EnvKit, env_kit, run_batches
+from irl_lens.rollout.switchers import MetacontrollerDriver
+
+
+def subgoal_codes(
+    loaded: LoadedMetacontroller, ds: TrajectoryDataset, episodes: np.ndarray, n_subgoals: int
+) -> Float[Tensor, "n_subgoals n_z"]:
+    """Mean noiseless code in force at the last step of each true segment, per subgoal."""
+    codes: list[list[Tensor]] = [[] for _ in range(n_subgoals)]
+    with torch.no_grad():
+        for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
+            batch = make_batch(ds, chunk)
+            e = loaded.base(batch.obs, stop_at_layer=loaded.layer)
+            z = loaded.mc(e, batch.mask, sample=False).z
+            for i, n in enumerate(batch.mask.sum(1).long().tolist()):
+                g = batch.subgoal[i, :n]
+                ends = torch.nonzero(torch.cat([g[1:] != g[:-1], torch.tensor([True])]))
+                for t in ends.flatten().tolist():
+                    if 0 <= int(g[t]) < n_subgoals:
+                        codes[int(g[t])].append(z[i, t])
+    missing = [k for k, c in enumerate(codes) if not c]
+    if missing:
+        raise ValueError(f"no held-out segment of subgoal(s) {missing} to take a code from")
+    return torch.stack([torch.stack(c).mean(0) for c in codes])
+
+
+def task_subgoals(kit: EnvKit, task) -> list[int]:
+    """The task's subgoal sequence (gridworld ``post`` -> 0, 1, 2, 3, 0, 1)."""
+    colours = kit.parse_task(task)
+    k = kit.colours_per_subgoal
+    return [c // k for c in colours[::k]]
+
+
+@dataclass
+class ClosedLoop:
+    task: str
+    success: float
+    switches_per_episode: float
+    segments_reached: list[float]
+    """Fraction of episodes that started segment k (k = 0 .. number of segments - 1)."""
+    segments_completed: list[float]
+    """Fraction of episodes that completed segment k."""
+
+    @property
+    def per_segment(self) -> list[float]:
+        """P(complete segment k | reached it)."""
+        return [
+            c / r if r > 0 else 0.0
+            for c, r in zip(self.segments_completed, self.segments_reached, strict=True)
+        ]
+
+
+def _closed_loop(kit, loaded, task, n_episodes, seed, propose) -> ClosedLoop:
+    subgoals = task_subgoals(kit, task)
+
+    def make() -> MetacontrollerDriver:
+        return MetacontrollerDriver(
+            loaded.mc, threshold=0.5, propose=propose() if propose else None,
+            generator=torch.Generator().manual_seed(seed), max_steps=kit.max_steps,
+        )  # fmt: skip
+
+    with torch.no_grad():
+        batches = run_batches(kit, n_episodes, task=task, seed=seed, stream=4000, make_fn=make,
+                              generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    done = np.concatenate([ro.final_n_done for ro, _ in batches]) // kit.colours_per_subgoal
+    segs = np.arange(len(subgoals))
+    return ClosedLoop(
+        task=str(task),
+        success=float(np.concatenate([ro.success for ro, _ in batches]).mean()),
+        switches_per_episode=float(
+            np.concatenate([fn.switched[:, 1:].sum(1) for _, fn in batches]).mean()
+        ),
+        segments_reached=[float((done >= k).mean()) for k in segs],
+        segments_completed=[float((done >= k + 1).mean()) for k in segs],
+    )
+
+
+def compositional_steering(
+    loaded: LoadedMetacontroller, codes: Tensor, task, n_episodes: int = 500, seed: int = 7
+) -> ClosedLoop:
+    """Own switching, ideal codes: the i-th switch of an episode gets the code of the task's
+    i-th subgoal (the last one after that)."""
+    kit = env_kit(loaded.base, loaded.layer)
+    order = task_subgoals(kit, task)
+
+    def propose():
+        count = np.zeros(kit.batch, np.int64)
+
+        def next_code(state, sel: Tensor) -> Tensor:
+            envs = state.env_index[sel.cpu().numpy()]
+            k = np.minimum(count[envs], len(order) - 1)
+            count[envs] += 1
+            return codes[[order[j] for j in k]].to(state.resid.device)
+
+        return next_code
+
+    return _closed_loop(kit, loaded, task, n_episodes, seed, propose)
+
+
+def prior_commitment(
+    loaded: LoadedMetacontroller, task, n_episodes: int = 500, seed: int = 7
+) -> ClosedLoop:
+    """Own switching, codes from ``N(0, I)``: what an RL policy's initial codes achieve."""
+    kit = env_kit(loaded.base, loaded.layer)
+    return _closed_loop(kit, loaded, task, n_episodes, seed, None)
+
+
+def summary(prefix: str, result: ClosedLoop) -> dict[str, float]:
+    out = {
+        f"{prefix}/success": result.success,
+        f"{prefix}/switches_per_episode": result.switches_per_episode,
+        f"{prefix}/segment_product": float(np.prod(result.per_segment)),
+    }
+    for k, p in enumerate(result.per_segment):
+        out[f"{prefix}/segment_{k}"] = p
+    return out
+
+
+def analyse(
+    loaded: LoadedMetacontroller, ds: TrajectoryDataset, episodes: np.ndarray, *,
+    task="post", n_episodes: int = 500, seed: int = 7,
+) -> dict[str, float]:  # fmt: skip
+    """``compose/...`` (ideal codes, own switching) and ``prior_commit/...`` (prior codes)
+    on ``task``, codes taken from the held-out ``episodes`` of ``ds``."""
+    n_subgoals = int(ds.arrays["subgoal"].max()) + 1
+    codes = subgoal_codes(loaded, ds, episodes, n_subgoals)
+    return summary("compose", compositional_steering(loaded, codes, task, n_episodes, seed)) | (
+        summary("prior_commit", prior_commitment(loaded, task, n_episodes, seed))
+    )
