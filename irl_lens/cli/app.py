@@ -422,7 +422,8 @@ def _continue_hint(argv: list[str], e: interrupts.Interrupted) -> str:
     """One line: where the interrupted command stood and the command that continues it."""
     args = [a for a in argv if a != "--overwrite"]
     if e.step is None:
-        return f"interrupted; nothing was completed; run again: {shlex.join(['irl-lens', *argv])}"
+        again = shlex.join(["irl-lens", *argv])
+        return f"interrupted; what had finished is kept; run again: {again}"
     if "--overwrite" in argv:
         return (
             f"interrupted at step {e.step}; the old folder is untouched; "
