@@ -16,6 +16,7 @@ run the codes in closed loop instead:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,8 @@ from irl_lens.data.dataset import TrajectoryDataset, make_batch
 from irl_lens.models.metacontroller import LoadedMetacontroller
 from irl_lens.rollout.kit import EnvKit, env_kit, run_batches
 from irl_lens.rollout.switchers import MetacontrollerDriver
+
+logger = logging.getLogger(__name__)
 
 
 def subgoal_codes(
@@ -150,7 +153,10 @@ def analyse(
     """``compose/...`` (ideal codes, own switching) and ``prior_commit/...`` (prior codes)
     on ``task``, codes taken from the held-out ``episodes`` of ``ds``."""
     n_subgoals = int(ds.arrays["subgoal"].max()) + 1
-    codes = subgoal_codes(loaded, ds, episodes, n_subgoals)
-    return summary("compose", compositional_steering(loaded, codes, task, n_episodes, seed)) | (
-        summary("prior_commit", prior_commitment(loaded, task, n_episodes, seed))
-    )
+    prior = summary("prior_commit", prior_commitment(loaded, task, n_episodes, seed))
+    try:
+        codes = subgoal_codes(loaded, ds, episodes, n_subgoals)
+    except ValueError as e:  # too few held-out episodes: not computed (null in summary.json)
+        logger.warning("compositional steering not computed: %s", e)
+        return {"compose/success": float("nan")} | prior
+    return summary("compose", compositional_steering(loaded, codes, task, n_episodes, seed)) | prior
