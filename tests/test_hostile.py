@@ -111,6 +111,14 @@ def _dataset_case(arrays=None, meta=None):
     return lambda tmp, made: _edit_dataset(made["data"], tmp / "bad", arrays, meta)
 
 
+def _user_metacontroller(tmp: Path, made: dict) -> None:
+    """A metacontroller folder saved from a user's own model: no base run to act in."""
+    (tmp / "mc").mkdir()
+    (tmp / "mc" / "config.json").write_text(
+        json.dumps({"kind": "metacontroller", "base_run": None})
+    )
+
+
 def _user_file(tmp: Path, made: dict) -> None:
     (tmp / "file.txt").write_text("a user's file")
 
@@ -217,6 +225,10 @@ CASES: list[tuple[str, Callable | None, list[str], str]] = [
      "at most"),
     ("task-repeat", None,
      ["data", "gridworld", "--episodes", "5", "--out", "d", "--task", "0-0"], "repeated"),
+    ("internal-rl-user-metacontroller", _user_metacontroller,
+     ["internal-rl", "mc", "--out", "rl", "--preset", "tiny"], "names no base run"),
+    ("internal-rl-missing-folder", None, ["internal-rl", "nope", "--out", "rl", "--preset", "tiny"],
+     "does not exist"),
     # -- usage errors are one line too
     ("unknown-option", None, ["data", "gridworld", "--out", "d", "--frobnicate"], "frobnicate"),
     ("bad-preset", None, ["pretrain", "{data}", "--out", "r", "--preset", "huge"], "huge"),

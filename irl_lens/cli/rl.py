@@ -89,7 +89,13 @@ def internal_rl(
     from irl_lens import runs
     from irl_lens.train.internal_rl import internal_rl as run_internal
 
-    env = run_env(runs.resolve_ref(runs.read_json(mc / "config.json"), "base_run", mc))
+    mc_config = runs.read_json(mc / "config.json", "metacontroller config")
+    if not mc_config.get("base_run"):
+        raise ValueError(
+            f"{mc} names no base run: internal RL runs a metacontroller trained on an "
+            "irl-lens base model (irl-lens discover) in that model's environment"
+        )
+    env = run_env(runs.resolve_ref(mc_config, "base_run", mc))
     cfg = dataclasses.replace(_config(preset, env, task, episodes, batch_size, lr, seed),
                               threshold=threshold)  # fmt: skip
     summary = run_internal(mc, out, cfg, device=resolve_device(device), resume=resume)
