@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["Deferral", "Interrupted", "deferred", "install_handlers"]
+__all__ = ["Deferral", "Interrupted", "deferred", "install_handlers", "restore_handlers"]
 
 
 class Interrupted(BaseException):  # noqa: N818 - a signal, not an error
@@ -55,12 +55,19 @@ def _handler(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
-def install_handlers() -> None:
-    """Route SIGINT and SIGTERM to :class:`Interrupted` (main thread only; no-op elsewhere)."""
+def install_handlers() -> dict[int, object]:
+    """Route SIGINT and SIGTERM to :class:`Interrupted` (main thread only; no-op elsewhere).
+    Returns the handlers they replace, for :func:`restore_handlers`."""
     if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _handler)
+        return {}
+    return {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def restore_handlers(previous: dict[int, object]) -> None:
+    """Put back the handlers :func:`install_handlers` replaced (a caller that runs the CLI
+    in-process, such as a test, keeps its own Ctrl-C behaviour afterwards)."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 @contextmanager

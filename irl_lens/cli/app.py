@@ -449,13 +449,21 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; bad input ends with one line and exit code 2, a failed
     pipeline job (``reproduce``) with one line naming its log and exit code 1, SIGINT with
     130 and SIGTERM with 143 (one line saying how to continue)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    previous = interrupts.install_handlers()
+    try:
+        _run(argv)
+    finally:
+        interrupts.restore_handlers(previous)
+
+
+def _run(argv: list[str]) -> None:
+    """Run the app on ``argv`` and turn each way it can end into an exit code (see main)."""
     # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens.cli.sweep import JobsFailed
     from irl_lens.data.dataset import DatasetError
     from irl_lens.runs import RunError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    interrupts.install_handlers()
     try:
         code = app(args=argv, standalone_mode=False)
     except interrupts.Interrupted as e:
