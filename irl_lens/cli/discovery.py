@@ -17,7 +17,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from irl_lens.cli.common import (
@@ -298,8 +297,7 @@ def commit(
     ds = load_dataset(data)
     cfg = CommitConfig(mode=mode, steps=steps, k=k, seed=seed)
     result = run_commit(mc, ds, out, cfg, data_path=str(data))
-    held = np.arange(ds.n_episodes - min(cfg.val_episodes, ds.n_episodes // 5), ds.n_episodes)
-    summary = result.summary | composition.analyse(load_metacontroller(out), ds, held)
+    summary = result.summary | composition.analyse(load_metacontroller(out), ds, result.held_out)
     runs.write_json(out / "summary.json", summary)
     print_table(summary, title=f"committed {mc} -> {out}", why={
         "commit/cells": "means mode: no code cells"})  # fmt: skip

@@ -137,6 +137,8 @@ def cell_samples(
 class CommitResult:
     out: Path
     summary: dict
+    held_out: np.ndarray
+    """The episodes of the data not trained on (for analyses of the new folder)."""
 
 
 def _switch_means(base, mc: Metacontroller, layer: int, ds, order, n_batches: int) -> Tensor:
@@ -252,4 +254,4 @@ def commit(
         if (mc_path / "base.safetensors").is_file():  # cotrain: the base it was trained with
             shutil.copy(mc_path / "base.safetensors", tmp / "base.safetensors")
         runs.write_json(tmp / "summary.json", summary)
-    return CommitResult(out, summary)
+    return CommitResult(out, summary, val_idx)
