@@ -102,6 +102,9 @@ def test_commit_refits_the_decoder_only(tmp_path, capsys, mode):
     cfg = json.loads((tmp_path / "mc-c" / "config.json").read_text())
     assert cfg["commit"]["mode"] == mode and cfg["layer"] == old.layer
     assert (cfg["commit"]["centroids"] is None) == (mode == "means")
+    fitted_on = cfg["commit"]["cells_fitted_on"]
+    assert fitted_on == (None if mode == "means" else fitted_on) and fitted_on in (
+        None, "switches", "all steps")  # fmt: skip
     # internal RL runs on the committed folder
     code, _, err = run_cli(
         ["-q", "internal-rl", str(tmp_path / "mc-c"), "--out", str(tmp_path / "rl"),

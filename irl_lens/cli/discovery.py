@@ -262,19 +262,35 @@ def commit(
         Path, typer.Option(help="The clean data the metacontroller was trained on (discover).")
     ],
     mode: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="voronoi: codes drawn from the prior inside each code's k-means cell (every "
-            "prior code commits to one subgoal); means: the posterior means."
+            "prior code commits to one subgoal); means: the posterior means (default: the "
+            "preset's, voronoi)."
         ),
-    ] = "voronoi",
+    ] = None,
     steps: Annotated[
-        int, typer.Option(help="Optimizer steps of the fresh decoder.", min=1, max=MAX_COUNT)
-    ] = 400,
+        int | None,
+        typer.Option(
+            help="Optimizer steps of the fresh decoder (default: the preset's; quick 400).",
+            min=1,
+            max=MAX_COUNT,
+        ),
+    ] = None,
     k: Annotated[
         int | None,
         typer.Option(help="Code cells (voronoi; default: chosen by silhouette over 2..8).", min=2),
     ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(help="Learning rate: constant, or cosine decay to 0 (default: the preset's)."),
+    ] = None,
+    preset: Annotated[
+        DiscoverPreset,
+        typer.Option(
+            help="Refit settings: quick and paper (400 steps; the paper has no refit), tiny."
+        ),
+    ] = DiscoverPreset.quick,
     seed: Annotated[int, SEED_OPTION] = 0,
 ) -> None:
     """Refit a metacontroller's decoder so that its codes command the base model.
@@ -282,24 +298,33 @@ def commit(
     The encoder and the switching unit stay frozen; a fresh decoder learns on the codes it
     will be given at use time instead of sampled ones, so it imposes a subgoal rather than
     deferring to the base model's prior (an addition to the paper: see
-    docs/experiments-log.md). Writes a new metacontroller folder for `internal-rl`.
+    docs/experiments-log.md). Writes a new metacontroller folder for `internal-rl`, with
+    compositional steering and prior commitment on `post` in its summary.json.
 
-    Example: irl-lens commit runs/q/mc-full --out runs/q/mc-full-vor --data runs/q/data-discovery
+    Example: irl-lens commit runs/q/mc-full --out runs/q/mc-full-commit --data runs/q/data-discovery
     """
     # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
+    import dataclasses
+
     from analyses import composition
-    from irl_lens import runs
+    from irl_lens import presets
     from irl_lens.data.dataset import load_dataset
     from irl_lens.models.metacontroller import load_metacontroller
     from irl_lens.train.commit import CommitConfig
     from irl_lens.train.commit import commit as run_commit
 
     ds = load_dataset(data)
-    cfg = CommitConfig(mode=mode, steps=steps, k=k, seed=seed)
-    result = run_commit(mc, ds, out, cfg, data_path=str(data))
-    summary = result.summary | composition.analyse(load_metacontroller(out), ds, result.held_out)
-    runs.write_json(out / "summary.json", summary)
-    print_table(summary, title=f"committed {mc} -> {out}", why={
+    chosen = {"mode": mode, "steps": steps, "k": k, "schedule": schedule, "seed": seed}
+    cfg = dataclasses.replace(
+        presets.get(preset.value).commit or CommitConfig(),
+        **{name: v for name, v in chosen.items() if v is not None},
+    )
+    result = run_commit(
+        mc, ds, out, cfg, data_path=str(data),
+        analyse=lambda folder, held_out: composition.analyse(
+            load_metacontroller(folder), ds, held_out),
+    )  # fmt: skip
+    print_table(result.summary, title=f"committed {mc} -> {out}", why={
         "commit/cells": "means mode: no code cells"})  # fmt: skip
 
 

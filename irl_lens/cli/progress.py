@@ -45,8 +45,11 @@ MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
         "probe": Measured(84),
         "controllers": Measured(846),
         "discover": Measured(927),  # full 883, beta1 770, cotrain 1,129
-        "internal-rl": Measured(154, 100_352),  # full 126-128, cotrain 128, beta1 260
-        "raw-rl": Measured(754, 100_352),  # the quick RL preset: 98 batches of 1,024
+        # on a committed metacontroller (issue 29): episodes run longer once the policy
+        # completes segments; 300,032 episodes on `full`: 1,070-1,300 s (3 seeds, one thread)
+        "internal-rl": Measured(1_200, 300_032),
+        "raw-rl": Measured(754, 100_352),  # the quick RL preset then: 98 batches of 1,024
+        "commit": Measured(270),  # 400 steps ~240 s, then the composition analyses
     },
     # README "ant-pinpad (quick preset, this machine)", 2026-12-02, two jobs at a time
     ("ant", "quick"): {

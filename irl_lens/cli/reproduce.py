@@ -21,9 +21,13 @@ Stages, in dependency order (quick preset; ``paper`` uses the paper's sizes, for
 4. discover: metacontrollers ``full``, ``beta1`` and ``cotrain`` (quick preset: at layer 1
    with the Gumbel switch, the configuration that switches exactly at the subgoal boundaries
    on the quick base; other presets: layer L/2, sigmoid switch)
-5. rl: internal RL (3 seeds) on ``full``; raw-action RL and internal RL on ``beta1`` and
+5. commit (``--commit``, the quick and tiny presets' default; an addition to the paper, issue
+   29): each metacontroller's decoder refitted so that its codes command the base
+   (``irl-lens commit`` into ``mc-{full,beta1,cotrain}-commit``), with compositional
+   steering on ``post`` in its summary; every RL run on a metacontroller then uses the refit
+6. rl: internal RL (3 seeds) on ``full``; raw-action RL and internal RL on ``beta1`` and
    ``cotrain`` on the same budget
-6. (``--with-sweep``) the rate-distortion sweep
+7. (``--with-sweep``) the rate-distortion sweep
 
 On ant-pinpad (:func:`ant_stages`) the same stages run in the ant rollout engine
 (:mod:`irl_lens.rollout.ant`): the shipped expert's data (pretraining: sampled actions;
@@ -79,11 +83,20 @@ class ReproduceSettings:
     workers: int = 2
     with_sweep: bool = False
     sweep_seeds: int = 3
+    commit: bool | None = None
+    """Refit each metacontroller's decoder (``irl-lens commit``) before internal RL; None:
+    the preset's choice (:attr:`irl_lens.presets.Preset.commit`)."""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.env not in ENVS:
             raise ValueError(f"ReproduceSettings.env={self.env!r}; allowed: {', '.join(ENVS)}")
+        if self.commit is None:
+            self.commit = presets.get(self.preset, self.env).commit is not None
+        elif self.commit and self.env != "gridworld":
+            raise ValueError(
+                f"--commit: the commitment refit is measured on the gridworld only, not {self.env}"
+            )
         if self.with_sweep and self.env != "gridworld":
             raise ValueError(
                 "--with-sweep: the rate-distortion sweep runs on the gridworld only, "
@@ -114,6 +127,8 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     switching = ["--layer", "1", "--switch", "gumbel"] if p == "quick" else []
     mc_args += switching
     mc = {v: out / f"mc-{v}" for v in ("full", "beta1", "cotrain")}
+    # with --commit, RL (and its baselines, the same treatment) runs on the refitted folders
+    rl_mc = {v: out / f"mc-{v}-commit" for v in mc} if s.commit else mc
     out_stages = [
         Stage("data", [
             Job(["data", "gridworld", "--split", "pretrain", "--episodes",
@@ -128,7 +143,9 @@ def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
         ]),
         *_base_and_read_stages(s, data, clean, base),
         _discover_stage(base, discovery, mc, mc_args),
-        _rl_stage(out, s, base, mc, rl),
+        *([_commit_stage(discovery, mc, rl_mc, ["--preset", p, "--seed", seed])]
+          if s.commit else []),
+        _rl_stage(out, s, base, rl_mc, rl),
     ]  # fmt: skip
     if s.with_sweep:
         # it runs its own worker processes: last, once everything else is done
@@ -169,6 +186,17 @@ def _discover_stage(base: Path, data: Path, mc: dict[str, Path], mc_args: list[s
              *(cotrain_args if v == "cotrain" else ())], folder, leftover="resume",
             needs=(base, data))
         for v, folder in mc.items()
+    ])  # fmt: skip
+
+
+def _commit_stage(data: Path, mc: dict[str, Path], committed: dict[str, Path],
+                  args: list[str]) -> Stage:  # fmt: skip
+    """Each metacontroller's decoder refitted on ``data`` (``irl-lens commit``) into
+    ``committed``, so that RL on every variant gets the same treatment."""
+    return Stage("commit", [
+        Job(["commit", str(mc[v]), "--out", str(folder), "--data", str(data), *args], folder,
+            leftover="clear", needs=(mc[v], data))
+        for v, folder in committed.items()
     ])  # fmt: skip
 
 

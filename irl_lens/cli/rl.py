@@ -41,7 +41,7 @@ _BATCH = typer.Option(
     "--batch-size", help="Episodes per PPO batch (default: the preset's).", min=1, max=MAX_COUNT
 )
 _LR = typer.Option(help="AdamW learning rate (default: the preset's).")
-_PRESET = typer.Option(help="quick (CPU: 100k episodes, lr 1e-3), paper (1M, lr 3e-5), tiny.")
+_PRESET = typer.Option(help="quick (CPU: 300k episodes, lr 1e-3), paper (1M, lr 3e-5), tiny.")
 _RESUME = typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")
 
 

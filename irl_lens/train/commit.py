@@ -13,7 +13,8 @@ decoder will be *given* at use time makes it impose the subgoal instead:
     cluster centres; codes drawn from an RL policy's initial ``N(0, I)`` rarely commit.
 ``voronoi`` (default)
     each proposal replaced by a prior sample ``N(0, I)`` drawn from the k-means cell of its
-    own posterior mean (cells fitted without labels on the means at switch times). Every
+    own posterior mean (cells fitted without labels on the means at switch times, or at
+    every step where the switch barely fires: ``commit.cells_fitted_on``). Every
     code of the prior then commits to exactly one cell's subgoal, so an RL policy that
     starts at ``N(0, I)`` picks among subgoals about uniformly: the exploration a sparse
     reward needs.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,7 @@ from irl_lens.models.metacontroller import (
     load_metacontroller,
 )
 from irl_lens.train.controllers import frozen
+from irl_lens.train.loop import SCHEDULES, lr_at
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ class CommitConfig:
     steps: int = 400
     """Optimizer steps of the fresh decoder."""
     lr: float = 3e-3
+    schedule: str = "constant"
+    """``constant``, or ``cosine`` decay to 0 over ``steps``."""
     tokens_per_batch: int = 4096
     k: int | None = None
     """Code cells for ``voronoi``; ``None``: the k in 2..8 with the best silhouette."""
@@ -88,6 +93,10 @@ class CommitConfig:
         for name in ("steps", "tokens_per_batch", "cell_batches", "candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CommitConfig.{name}={getattr(self, name)!r} must be >= 1")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"CommitConfig.schedule={self.schedule!r}; allowed: {', '.join(SCHEDULES)}"
+            )
         if self.k is not None and not 2 <= self.k <= 64:
             raise ValueError(f"CommitConfig.k={self.k!r}: use 2..64 or None (chosen by silhouette)")
 
@@ -141,16 +150,30 @@ class CommitResult:
     """The episodes of the data not trained on (for analyses of the new folder)."""
 
 
-def _switch_means(base, mc: Metacontroller, layer: int, ds, order, n_batches: int) -> Tensor:
-    """Posterior means at the positions where the noiseless switch fires."""
-    found = []
+def _switch_means(base, mc: Metacontroller, layer: int, ds, order, n_batches: int
+                  ) -> tuple[Tensor, str]:  # fmt: skip
+    """Posterior means at the positions where the noiseless switch fires, and ``"switches"``;
+    where it fires fewer than :data:`MIN_SWITCH_CODES` times (a metacontroller that barely
+    switches, e.g. a few steps of training), the means at every step and ``"all steps"``."""
+    at_switch, every = [], []
     with torch.no_grad():
         for episodes in order[:n_batches]:
             batch = make_batch(ds, episodes)
             e = base(batch.obs, stop_at_layer=layer)
             mo = mc(e, batch.mask, sample=False)
-            found.append(mo.mu[(mo.beta > 0.5) & batch.mask.bool()])
-    return torch.cat(found)
+            valid = batch.mask.bool()
+            at_switch.append(mo.mu[(mo.beta > 0.5) & valid])
+            every.append(mo.mu[valid])
+    found = torch.cat(at_switch)
+    if len(found) >= MIN_SWITCH_CODES:
+        return found, "switches"
+    logger.warning("commit: the switch fired %d times in %d batches; code cells fitted on the "
+                   "posterior means at every step", len(found), n_batches)  # fmt: skip
+    return torch.cat(every), "all steps"
+
+
+MIN_SWITCH_CODES = 16
+"""Fewer switch codes than this: the cells are fitted on the means at every step."""
 
 
 def _codes(base, mc, layer, batch, cfg, centroids, generator) -> Tensor:
@@ -184,10 +207,13 @@ def commit(
     cfg: CommitConfig,
     *,
     data_path: str | None = None,
+    analyse: Callable[[Path, np.ndarray], dict] | None = None,
     progress: bool = True,
 ) -> CommitResult:
     """Refit the decoder of the metacontroller in ``mc_path`` on ``ds`` into a new folder
-    ``out`` (see the module docstring); the source folder is not changed."""
+    ``out`` (see the module docstring); the source folder is not changed. ``analyse(folder,
+    held_out)`` adds its numbers to ``summary.json`` before the folder is put in place (an
+    interrupted analysis leaves no finished-looking folder)."""
     mc_path = Path(mc_path)
     out = runs.check_output(out, KIND, inputs=[mc_path])
     loaded = load_metacontroller(mc_path)
@@ -199,9 +225,9 @@ def commit(
         train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng(cfg.seed)
     )
     generator = torch.Generator().manual_seed(cfg.seed)
-    centroids, silhouettes = None, {}
+    centroids, silhouettes, fitted_on = None, {}, None
     if cfg.mode == "voronoi":
-        means = _switch_means(base, old, layer, train_ds, order, cfg.cell_batches)
+        means, fitted_on = _switch_means(base, old, layer, train_ds, order, cfg.cell_batches)
         centroids, silhouettes = fit_cells(means, cfg.k, seed=cfg.seed)
         logger.info("commit: %d code cells (silhouettes %s)", len(centroids), silhouettes)
     # the old metacontroller's encoder and switch, a fresh decoder
@@ -226,6 +252,8 @@ def commit(
             opt.zero_grad(set_to_none=True)
             nll.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg.lr, cfg.steps, schedule=cfg.schedule)
             opt.step()
     mc.eval()
     summary = {
@@ -245,6 +273,7 @@ def commit(
             "data": data_path,
             "data_sha256": ds.fingerprint(),
             "centroids": None if centroids is None else centroids.tolist(),
+            "cells_fitted_on": fitted_on,
             "silhouettes": {str(k): v for k, v in silhouettes.items()},
         },
     }
@@ -253,5 +282,7 @@ def commit(
         runs.save_weights(mc, tmp / WEIGHTS)
         if (mc_path / "base.safetensors").is_file():  # cotrain: the base it was trained with
             shutil.copy(mc_path / "base.safetensors", tmp / "base.safetensors")
+        if analyse is not None:
+            summary |= analyse(tmp, val_idx)
         runs.write_json(tmp / "summary.json", summary)
     return CommitResult(out, summary, val_idx)

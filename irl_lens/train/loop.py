@@ -21,6 +21,7 @@ loop then checkpoints that consistent state and :meth:`Guard.saved` raises
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -69,3 +70,19 @@ def guarded(bar: tqdm, step: int) -> Iterator[Guard]:
             bar.close()
             e.step, e.checkpoint = guard.step, guard.saved_at
             raise
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(step: int, lr: float, steps: int, *, schedule: str = "cosine",
+          warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> float:  # fmt: skip
+    """Learning rate of optimizer step ``step`` (0-based) of ``steps``: a linear warm-up over
+    ``warmup_steps``, then ``lr`` (``constant``) or a cosine decay to ``min_lr_ratio * lr``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * cos)

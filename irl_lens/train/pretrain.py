@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from irl_lens import runs
 from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batch
 from irl_lens.models.base import ActionModel, BaseModelConfig, build_model
-from irl_lens.train.loop import guarded
+from irl_lens.train.loop import guarded, lr_at
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +80,8 @@ class PretrainConfig:
 
     def lr_at(self, step: int) -> float:
         """Learning rate used for optimizer step ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        if self.schedule == "constant":
-            return self.lr
-        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
-        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cos)
+        return lr_at(step, self.lr, self.steps, schedule=self.schedule,
+                     warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio)  # fmt: skip
 
 
 @dataclass
