@@ -11,7 +11,12 @@ run the codes in closed loop instead:
   starts with). Per segment of the task, the fraction of episodes that reached it and
   completed it; their product is the chance that the initial policy solves the task, the
   exploration a sparse reward depends on (1/4 per segment is a uniform choice among 4
-  subgoals).
+  subgoals);
+* **unseen transitions one at a time**: compositional steering on each two-subgoal task
+  whose one transition no pretraining task contains (gridworld: 0-1-2-3, 2-3-4-5, 4-5-6-7,
+  6-7-0-1; ``post`` chains all four).
+
+:func:`segments_figure` and :func:`unseen_figure` draw them from a ``summary.json``.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from irl_lens.data.dataset import TrajectoryDataset, make_batch
+from irl_lens.envs.pinpad import PRETRAIN_TASKS, format_task
 from irl_lens.models.metacontroller import LoadedMetacontroller
 from irl_lens.rollout.kit import EnvKit, env_kit, run_batches
 from irl_lens.rollout.switchers import MetacontrollerDriver
@@ -146,12 +153,27 @@ def summary(prefix: str, result: ClosedLoop) -> dict[str, float]:
     return out
 
 
+def unseen_transitions(tasks=PRETRAIN_TASKS, colours_per_subgoal: int = 2) -> list[str]:
+    """Two-subgoal tasks, one per subgoal transition that no task in ``tasks`` contains
+    (gridworld: ``0-1-2-3``, ``2-3-4-5``, ``4-5-6-7``, ``6-7-0-1``)."""
+    k = colours_per_subgoal
+    subgoals = sorted({c // k for t in tasks for c in t})
+    seen = {(a, b) for t in tasks for a, b in zip(t[::k], t[k::k], strict=False)}
+    seen = {(a // k, b // k) for a, b in seen}
+    return [
+        format_task([*range(a * k, a * k + k), *range(b * k, b * k + k)])
+        for a in subgoals for b in subgoals if a != b and (a, b) not in seen
+    ]  # fmt: skip
+
+
 def analyse(
     loaded: LoadedMetacontroller, ds: TrajectoryDataset, episodes: np.ndarray, *,
     task="post", n_episodes: int = 500, seed: int = 7,
 ) -> dict[str, float]:  # fmt: skip
-    """``compose/...`` (ideal codes, own switching) and ``prior_commit/...`` (prior codes)
-    on ``task``, codes taken from the held-out ``episodes`` of ``ds``."""
+    """``compose/...`` (ideal codes, own switching) on ``task`` and on each unseen single
+    transition (``compose/unseen/TASK``, their mean ``compose/unseen_mean``) and
+    ``prior_commit/...`` (prior codes) on ``task``, codes taken from the held-out
+    ``episodes`` of ``ds``."""
     n_subgoals = int(ds.arrays["subgoal"].max()) + 1
     prior = summary("prior_commit", prior_commitment(loaded, task, n_episodes, seed))
     try:
@@ -159,4 +181,49 @@ def analyse(
     except ValueError as e:  # too few held-out episodes: not computed (null in summary.json)
         logger.warning("compositional steering not computed: %s", e)
         return {"compose/success": float("nan")} | prior
-    return summary("compose", compositional_steering(loaded, codes, task, n_episodes, seed)) | prior
+    out = summary("compose", compositional_steering(loaded, codes, task, n_episodes, seed))
+    unseen = {
+        t: compositional_steering(loaded, codes, t, n_episodes, seed).success
+        for t in unseen_transitions()
+    }
+    out |= {f"compose/unseen/{t}": v for t, v in unseen.items()}
+    out["compose/unseen_mean"] = float(np.mean(list(unseen.values())))
+    return out | prior
+
+
+def segments_figure(summary_: dict, title: str = "") -> go.Figure:
+    """Per segment of the task: P(complete it | reached it) with the ideal codes under the
+    metacontroller's own switching, and with codes from ``N(0, I)`` (the RL policy's
+    start), from a ``summary.json`` holding ``compose/...`` and ``prior_commit/...``."""
+    fig = go.Figure()
+    series = (("compose", "ideal codes, own switching"),
+              ("prior_commit", "codes from N(0, I): the RL policy's start"))  # fmt: skip
+    for prefix, name in series:
+        keys = [k for k in summary_ if k.startswith(f"{prefix}/segment_")]
+        keys = sorted((k for k in keys if k.rsplit("_", 1)[1].isdigit()),
+                      key=lambda k: int(k.rsplit("_", 1)[1]))  # fmt: skip
+        fig.add_bar(
+            x=[f"segment {k.rsplit('_', 1)[1]}" for k in keys],
+            y=[summary_[k] for k in keys], name=name,
+        )  # fmt: skip
+    fig.add_hline(y=0.25, line_dash="dot", annotation_text="1/4: a uniform choice of subgoal")
+    fig.update_layout(
+        barmode="group", yaxis={"range": [0, 1], "title": "P(complete segment | reached it)"},
+        title=title or "Do the codes command? post, segment by segment",
+    )  # fmt: skip
+    return fig
+
+
+def unseen_figure(summary_: dict) -> go.Figure:
+    """Compositional steering on each unseen single transition (``compose/unseen/TASK``)
+    and on the whole task, from a ``summary.json``."""
+    tasks = sorted(k.split("/", 2)[2] for k in summary_ if k.startswith("compose/unseen/"))
+    x = [*tasks, "post (all four in a row)"]
+    y = [summary_[f"compose/unseen/{t}"] for t in tasks] + [summary_.get("compose/success")]
+    fig = go.Figure(go.Bar(x=x, y=y, name="ideal codes, own switching"))
+    fig.update_layout(
+        yaxis={"range": [0, 1], "title": "success"},
+        xaxis_title="task (each single task: one transition pretraining never showed)",
+        title="Codes composing transitions the base never saw",
+    )  # fmt: skip
+    return fig

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from analyses import clustering, episodes, probes, rl_curves, switching
+from analyses import clustering, composition, episodes, probes, rl_curves, switching
 from analyses import controllability as ctl
 from analyses import rate_distortion as rd
 from irl_lens.models.metacontroller import load_metacontroller
@@ -43,6 +43,7 @@ PAGES = (
     "Controllability",
     "Switching",
     "Controllers",
+    "Codes that command",
     "Rate-distortion",
     "Internal RL",
 )
@@ -57,6 +58,7 @@ HOW_TO = {
     "sweep": "irl-lens sweep rate-distortion RUN --out SWEEP --data CLEAN_DATA",
     "ant_expert": "irl-lens --threads 1 expert ant --out RUN --steps 10000000",
     "analyse": "irl-lens discover BASE --out MC --data CLEAN_DATA --analyse-only",
+    "commit": "irl-lens commit MC --out MC-COMMIT --data CLEAN_DATA",
 }
 # the main metacontroller of `irl-lens reproduce` (variant full), opened first
 MAIN_MC_NAMES = ("mc-full", "mc")
@@ -338,12 +340,46 @@ def page_controllers(found: list[dict]) -> None:
                f"(rollout {time.perf_counter() - t0:.2f} s)")  # fmt: skip
 
 
-def number(col, label: str, value: float | None, help: str | None = None) -> None:
-    """``col.metric`` of ``value``; where it was not computed, says so and how to compute it."""
+def page_commit(found: list[dict]) -> None:
+
+    st.header("Codes that command: do the codes compose subgoals the base never chained?")
+    items = [r for r in runs_of(found, "metacontroller")
+             if "compose/success" in (r.get("summary") or {})]  # fmt: skip
+    if not items:
+        st.info("No committed metacontroller here (one refitted by `irl-lens commit`); make one "
+                f"with: `{HOW_TO['commit']}`")  # fmt: skip
+        return
+    run = pick("Metacontroller (committed)", items, "commit_pick")
+    summary = run["summary"]
+    c1, c2, c3, c4 = st.columns(4)
+    number(c1, "post: ideal codes, own switching", summary.get("compose/success"),
+           help="the project's bar: >= 0.6", how="commit")  # fmt: skip
+    number(c2, "unseen transitions, mean", summary.get("compose/unseen_mean"), how="commit")
+    number(c3, "first segment with N(0, I) codes", summary.get("prior_commit/segment_0"),
+           help="the RL policy's start; 1/4 is a uniform choice among 4 subgoals",
+           how="commit")  # fmt: skip
+    c4.metric(
+        "code cells",
+        shown(summary.get("commit/cells"), 0) or "none (a means refit)",
+        help="k of the Voronoi refit, chosen by silhouette unless --k was given",
+    )
+    st.plotly_chart(composition.segments_figure(summary), key="commit_segments")
+    if any(k.startswith("compose/unseen/") for k in summary):
+        st.plotly_chart(composition.unseen_figure(summary), key="commit_unseen")
+    st.caption(
+        "An addition to the paper (`irl-lens commit`, docs/experiments-log.md): the decoder "
+        "refitted on the codes it will be given, encoder and switch frozen."
+    )
+
+
+def number(col, label: str, value: float | None, help: str | None = None,
+           how: str = "analyse") -> None:  # fmt: skip
+    """``col.metric`` of ``value``; where it was not computed, says so and how to compute it
+    (``HOW_TO[how]``)."""
     text = shown(value)
     if text is None:
-        help = (f"not computed (too few held-out segments of each kind): re-analyse on a "
-                f"larger clean dataset with `{HOW_TO['analyse']}`")  # fmt: skip
+        help = (f"not computed (too few held-out segments of each kind): re-run on a "
+                f"larger clean dataset with `{HOW_TO[how]}`")  # fmt: skip
     col.metric(label, text or "not computed", help=help)
 
 
@@ -430,6 +466,7 @@ def main() -> None:
         "Controllability": lambda: page_controllability(found),
         "Switching": lambda: page_switching(found),
         "Controllers": lambda: page_controllers(found),
+        "Codes that command": lambda: page_commit(found),
         "Rate-distortion": lambda: page_rate_distortion(found),
         "Internal RL": lambda: page_internal_rl(found),
     }[page]()

@@ -31,6 +31,8 @@ def runs_root(tmp_path_factory):
           "--episodes", "20", "--layers", "0,1"])  # fmt: skip
     main(["discover", str(q / "base"), "--out", str(q / "mc"), "--data", str(q / "clean"),
           "--preset", "tiny", "--episodes", "20", "--task", "0-1-2-3"])  # fmt: skip
+    main(["commit", str(q / "mc"), "--out", str(q / "mc-commit"), "--data", str(q / "clean"),
+          "--preset", "tiny"])  # fmt: skip
     for seed in (0, 1):
         main(["internal-rl", str(q / "mc"), "--out", str(q / f"rl-s{seed}"), "--preset", "tiny",
               "--task", "0-1-2-3", "--seed", str(seed)])  # fmt: skip
@@ -103,7 +105,7 @@ def test_runs_page_shows_a_reproduction_report_with_its_links_as_paths(app, runs
 @pytest.mark.parametrize(
     "page, n_charts",
     [("Probes", 3), ("Controllability", 1), ("Switching", 1), ("Controllers", 3),
-     ("Rate-distortion", 1), ("Internal RL", 3)],
+     ("Codes that command", 1), ("Rate-distortion", 1), ("Internal RL", 3)],
 )  # fmt: skip
 def test_every_page_renders_its_figures_with_data(app, runs_root, page, n_charts):
     at = app(runs_root, page)
