@@ -44,14 +44,15 @@ def subgoal_codes(
 ) -> Float[Tensor, "n_subgoals n_z"]:
     """Mean noiseless code in force at the last step of each true segment, per subgoal."""
     codes: list[list[Tensor]] = [[] for _ in range(n_subgoals)]
+    device = next(loaded.mc.parameters()).device
     with torch.no_grad():
         for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
-            batch = make_batch(ds, chunk)
+            batch = make_batch(ds, chunk).to(device)
             e = loaded.base(batch.obs, stop_at_layer=loaded.layer)
             z = loaded.mc(e, batch.mask, sample=False).z
             for i, n in enumerate(batch.mask.sum(1).long().tolist()):
                 g = batch.subgoal[i, :n]
-                ends = torch.nonzero(torch.cat([g[1:] != g[:-1], torch.tensor([True])]))
+                ends = torch.nonzero(torch.cat([g[1:] != g[:-1], g.new_ones(1, dtype=torch.bool)]))
                 for t in ends.flatten().tolist():
                     if 0 <= int(g[t]) < n_subgoals:
                         codes[int(g[t])].append(z[i, t])

@@ -21,7 +21,13 @@ from typing import Annotated
 import typer
 
 from irl_lens import interrupts
-from irl_lens.cli.common import MAX_COUNT, Device, print_table, resolve_device
+from irl_lens.cli.common import (
+    DEVICE_OPTION,
+    MAX_COUNT,
+    Device,
+    print_table,
+    resolve_device,
+)
 
 app = typer.Typer(
     name="irl-lens",
@@ -248,7 +254,7 @@ def pretrain(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seeds initialisation and data order.")] = 0,
-    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device.cpu,
+    device: Annotated[Device, DEVICE_OPTION] = Device.cpu,
 ) -> None:
     """Pretrain the base action model (HookedTransformer) on expert trajectories.
 
@@ -267,8 +273,7 @@ def pretrain(
     from irl_lens.train.evaluate import make_evaluator
     from irl_lens.train.pretrain import pretrain as run_pretrain
 
-    if resolve_device(device) != "cpu":
-        raise ValueError("--device: pretraining runs on cpu in this version")
+    dev = resolve_device(device)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite: choose one")
     runs.check_output(out, "base_model", inputs=[data_dir], resume=resume, overwrite=overwrite)
@@ -312,6 +317,7 @@ def pretrain(
             data_path=str(data_dir),
             preset=preset.value,
             resume=resume,
+            device=dev,
             evaluate=make_evaluator(train_cfg.rollout_episodes, seed),
         )
         summary = {
@@ -336,6 +342,7 @@ def evaluate_base(
         int, typer.Option(help="Free-running episodes.", min=1, max=MAX_COUNT)
     ] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the free-running episodes.")] = 0,
+    device: Annotated[Device, DEVICE_OPTION] = Device.cpu,
 ) -> None:
     """Evaluate a base model: held-out accuracy vs the known-task ceiling (split into
     first- and second-colour steps) and free-running pair completion. Updates
@@ -352,7 +359,8 @@ def evaluate_base(
     from irl_lens.train.evaluate import free_running_metrics, heldout_metrics
     from irl_lens.train.pretrain import split_train_val
 
-    model = load_base_model(run)
+    dev = resolve_device(device)
+    model = load_base_model(run).to(dev, print_details=False)
     config = runs.read_json(run / "config.json", "run config")
     if data_dir is not None:
         ds = load_dataset(data_dir)

@@ -292,6 +292,7 @@ def commit(
         ),
     ] = DiscoverPreset.quick,
     seed: Annotated[int, SEED_OPTION] = 0,
+    device: Annotated[Device, DEVICE_OPTION] = Device.cpu,
 ) -> None:
     """Refit a metacontroller's decoder so that its codes command the base model.
 
@@ -313,6 +314,7 @@ def commit(
     from irl_lens.train.commit import CommitConfig
     from irl_lens.train.commit import commit as run_commit
 
+    dev = resolve_device(device)
     ds = load_dataset(data)
     chosen = {"mode": mode, "steps": steps, "k": k, "schedule": schedule, "seed": seed}
     cfg = dataclasses.replace(
@@ -320,9 +322,9 @@ def commit(
         **{name: v for name, v in chosen.items() if v is not None},
     )
     result = run_commit(
-        mc, ds, out, cfg, data_path=str(data),
+        mc, ds, out, cfg, data_path=str(data), device=dev,
         analyse=lambda folder, held_out: composition.analyse(
-            load_metacontroller(folder), ds, held_out),
+            load_metacontroller(folder, device=dev), ds, held_out),
     )  # fmt: skip
     print_table(result.summary, title=f"committed {mc} -> {out}", why={
         "commit/cells": "means mode: no code cells"})  # fmt: skip
@@ -397,6 +399,7 @@ def rate_distortion(
     episodes: Annotated[
         int, typer.Option(help="Rollout episodes of each run's analyses.", min=1, max=MAX_COUNT)
     ] = 200,
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda, for every run.")] = Device.cpu,
 ) -> None:
     """Rate-distortion sweep: discover over alphas x seeds x variants, then the figure (Fig 7).
 
@@ -423,7 +426,10 @@ def rate_distortion(
     bad = [v for v in variant_list if v not in Variant.__members__]
     if bad:
         raise ValueError(f"--variants: unknown {bad}; allowed: full, beta1, cotrain")
+    resolve_device(device)  # --device cuda without one: one line, before any run starts
     extra = ["--preset", preset.value, "--episodes", str(episodes), "--switch", switch.value]
+    if device != Device.cpu:
+        extra += ["--device", device.value]
     passed = {"--layer": layer, "--data": data, "--steps": steps, "--rank": rank,
               "--tokens-per-batch": tokens_per_batch, "--kl-free-steps": kl_free_steps,
               "--kl-warmup-steps": kl_warmup_steps}  # fmt: skip

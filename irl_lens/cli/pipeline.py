@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.cli.common import MAX_COUNT, SEED_OPTION
+from irl_lens.cli.common import MAX_COUNT, SEED_OPTION, Device, resolve_device
 
 
 class ReproEnv(StrEnum):
@@ -68,6 +68,9 @@ def reproduce(
         ),
     ] = None,
     seed: Annotated[int, SEED_OPTION] = 0,
+    device: Annotated[
+        Device, typer.Option(help="auto, cpu or cuda, passed to every job that runs a model.")
+    ] = Device.cpu,
 ) -> None:
     """Reproduce the paper: data -> base -> probes, controllers -> metacontrollers (full,
     beta1, cotrain) -> internal RL and baselines -> report. On ant the data come from the
@@ -96,8 +99,9 @@ def reproduce(
     settings = ReproduceSettings(
         env=env.value, preset=preset.value, seed=seed, rl_seeds=rl_seeds, rl_episodes=rl_episodes,
         pretrain_episodes=pretrain_episodes, clean_episodes=clean_episodes, workers=workers,
-        with_sweep=with_sweep, commit=commit,
+        with_sweep=with_sweep, commit=commit, device=device.value,
     )  # fmt: skip
+    resolve_device(device)  # --device cuda without one: one line, before any job starts
     run_pipeline(out, settings)
     print((out / "report.md").read_text())
     print(f"open the dashboard on it: IRL_LENS_RUNS={out} streamlit run apps/controllers.py")

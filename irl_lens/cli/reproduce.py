@@ -83,6 +83,9 @@ class ReproduceSettings:
     workers: int = 2
     with_sweep: bool = False
     sweep_seeds: int = 3
+    device: str = "cpu"
+    """``auto``, ``cpu`` or ``cuda``: passed to every job whose command runs a model
+    (:data:`DEVICE_COMMANDS`)."""
     commit: bool | None = None
     """Refit each metacontroller's decoder (``irl-lens commit``) before internal RL; None:
     the preset's choice (:attr:`irl_lens.presets.Preset.commit`)."""
@@ -91,6 +94,8 @@ class ReproduceSettings:
     def __post_init__(self) -> None:
         if self.env not in ENVS:
             raise ValueError(f"ReproduceSettings.env={self.env!r}; allowed: {', '.join(ENVS)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"ReproduceSettings.device={self.device!r}; allowed: auto, cpu, cuda")
         if self.commit is None:
             self.commit = presets.get(self.preset, self.env).commit is not None
         elif self.commit and self.env != "gridworld":
@@ -110,10 +115,24 @@ class Stage:
     jobs: list[Job]
 
 
+DEVICE_COMMANDS = ("pretrain", "probe", "controllers", "discover", "commit", "internal-rl",
+                   "raw-rl", "sweep")  # fmt: skip
+"""The jobs that run a model and take ``--device`` (``data`` and ``compare`` do not)."""
+
+
 def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
-    """The pipeline as stages of independent jobs (see the module docstring)."""
-    if s.env == "ant":
-        return ant_stages(out, s)
+    """The pipeline as stages of independent jobs (see the module docstring); with a
+    device other than the CPU, every job of :data:`DEVICE_COMMANDS` gets ``--device``."""
+    found = ant_stages(out, s) if s.env == "ant" else _grid_stages(out, s)
+    if s.device != "cpu":
+        for stage in found:
+            for job in stage.jobs:
+                if job.args[0] in DEVICE_COMMANDS:
+                    job.args += ["--device", s.device]
+    return found
+
+
+def _grid_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     p, seed = s.preset, str(s.seed)
     data, clean, base = out / "data", out / "data-clean", out / "base"
     discovery = out / "data-discovery"

@@ -35,6 +35,7 @@ The model's token for step t is the 49 codes followed by the agent cell (50 inte
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -363,6 +364,14 @@ class Batch:
     @property
     def n_tokens(self) -> int:
         return int(self.mask.sum().item())
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch with every tensor on ``device`` (non-blocking where it can be)."""
+        if torch.device(device) == self.obs.device:
+            return self
+        move = {f.name: getattr(self, f.name).to(device, non_blocking=True)
+                for f in dataclasses.fields(self) if f.name != "episodes"}  # fmt: skip
+        return dataclasses.replace(self, **move)
 
 
 def make_batch(ds: TrajectoryDataset, episodes: np.ndarray) -> Batch:

@@ -1,4 +1,5 @@
-"""Pieces every model module shares: JSON round-trips of configs, seeded construction."""
+"""Pieces every model module shares: JSON round-trips of configs, seeded construction, seeded
+noise on any device."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from typing import Self, TypeVar
 
 import torch
+from torch import Tensor
 
 T = TypeVar("T")
 
@@ -35,3 +37,17 @@ def build_seeded(factory: Callable[[], T], seed: int) -> T:
         return factory()
     finally:
         torch.random.set_rng_state(state)
+
+
+def noise(kind: str, shape: tuple[int, ...], generator: torch.Generator | None,
+          device: torch.device | str) -> Tensor:  # fmt: skip
+    """``torch.rand`` (``kind="rand"``) or ``torch.randn`` samples of ``shape`` on ``device``.
+
+    With a ``generator`` the samples are drawn on the generator's own device and then moved,
+    so a CPU generator gives the same numbers on the CPU and on CUDA (and never meets a
+    tensor of another device); without one, torch's global RNG of ``device`` draws them.
+    """
+    draw = {"rand": torch.rand, "randn": torch.randn}[kind]
+    if generator is None:
+        return draw(shape, device=device)
+    return draw(shape, generator=generator, device=generator.device).to(device)

@@ -51,7 +51,7 @@ from transformer_lens.hook_points import HookPoint
 
 from irl_lens import runs
 from irl_lens.models.base import load_base_model
-from irl_lens.models.common import DictConfig, build_seeded
+from irl_lens.models.common import DictConfig, build_seeded, noise
 from irl_lens.models.controller import (
     hyper_factors,
     hyper_full,
@@ -238,10 +238,10 @@ class Metacontroller(HookedRootModule):
     ) -> tuple[Tensor, Tensor]:
         logit = self.switch_out(F.gelu(eh_part + self.switch_z(z_prev))).squeeze(-1)
         if self.cfg.switch == "gumbel" and sample:
-            u = torch.rand(logit.shape, generator=generator, device=logit.device)
+            u = noise("rand", logit.shape, generator, logit.device)
             u = u.clamp(1e-6, 1 - 1e-6)
-            noise = torch.log(u) - torch.log1p(-u)  # logistic(0, 1)
-            return torch.sigmoid((logit + noise) / self.cfg.gumbel_temperature), logit
+            logistic = torch.log(u) - torch.log1p(-u)  # logistic(0, 1)
+            return torch.sigmoid((logit + logistic) / self.cfg.gumbel_temperature), logit
         return torch.sigmoid(logit), logit
 
     # ------------------------------------------------------------------ whole sequences
@@ -274,8 +274,8 @@ class Metacontroller(HookedRootModule):
         mu = self.hook_latent_mu(self.enc_mu(hid))
         logvar = self.hook_latent_logvar(self.enc_logvar(hid).clamp(-10.0, 10.0))
         if sample:
-            noise = torch.randn(mu.shape, generator=generator, device=mu.device)
-            z_tilde = mu + torch.exp(0.5 * logvar) * noise
+            eps = noise("randn", mu.shape, generator, mu.device)
+            z_tilde = mu + torch.exp(0.5 * logvar) * eps
         else:
             z_tilde = mu
         z_tilde = self.hook_latent_proposal(z_tilde)

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from irl_lens import runs
 from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batch
 from irl_lens.hooks import intervene
+from irl_lens.models.common import noise
 from irl_lens.models.metacontroller import (
     KIND,
     WEIGHTS,
@@ -131,9 +132,7 @@ def cell_samples(
     ``mu``; the centroid itself when none of ``candidates`` draws does."""
     flat = mu.reshape(-1, mu.shape[-1])  # [n, n_z]
     target = torch.cdist(flat, centroids).argmin(-1)  # [n]
-    draws = torch.randn(
-        flat.shape[0], candidates, flat.shape[-1], generator=generator, device=mu.device
-    )  # [n, candidates, n_z]
+    draws = noise("randn", (flat.shape[0], candidates, flat.shape[-1]), generator, mu.device)
     cell = torch.cdist(draws, centroids.expand(flat.shape[0], *centroids.shape)).argmin(-1)
     ok = cell == target[:, None]  # [n, candidates]
     first = ok.float().argmax(-1)  # the first draw inside the cell
@@ -158,7 +157,7 @@ def _switch_means(base, mc: Metacontroller, layer: int, ds, order, n_batches: in
     at_switch, every = [], []
     with torch.no_grad():
         for episodes in order[:n_batches]:
-            batch = make_batch(ds, episodes)
+            batch = make_batch(ds, episodes).to(_device(mc))
             e = base(batch.obs, stop_at_layer=layer)
             mo = mc(e, batch.mask, sample=False)
             valid = batch.mask.bool()
@@ -186,11 +185,15 @@ def _codes(base, mc, layer, batch, cfg, centroids, generator) -> Tensor:
         return integrate_codes(proposals, mo.beta)
 
 
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 def _val_nll(base, mc, layer, ds, episodes) -> float:
     tot, n = 0.0, 0.0
     with torch.no_grad():
         for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
-            batch = make_batch(ds, chunk)
+            batch = make_batch(ds, chunk).to(_device(mc))
             mo = mc(base(batch.obs, stop_at_layer=layer), batch.mask, sample=False)
             with intervene(base, layer, lambda e, z=mo.z: mc.apply_code(e, z)):
                 out = base(batch.obs)
@@ -208,15 +211,17 @@ def commit(
     *,
     data_path: str | None = None,
     analyse: Callable[[Path, np.ndarray], dict] | None = None,
+    device: str = "cpu",
     progress: bool = True,
 ) -> CommitResult:
     """Refit the decoder of the metacontroller in ``mc_path`` on ``ds`` into a new folder
     ``out`` (see the module docstring); the source folder is not changed. ``analyse(folder,
     held_out)`` adds its numbers to ``summary.json`` before the folder is put in place (an
-    interrupted analysis leaves no finished-looking folder)."""
+    interrupted analysis leaves no finished-looking folder). Runs on ``device``; the code noise
+    comes from a CPU generator (the same numbers on every device)."""
     mc_path = Path(mc_path)
     out = runs.check_output(out, KIND, inputs=[mc_path])
-    loaded = load_metacontroller(mc_path)
+    loaded = load_metacontroller(mc_path, device=device)
     base, old, layer = loaded.base, loaded.mc, loaded.layer
     n_val = min(cfg.val_episodes, ds.n_episodes // 5)
     train_ds = ds.subset(np.arange(ds.n_episodes - n_val))
@@ -231,7 +236,7 @@ def commit(
         centroids, silhouettes = fit_cells(means, cfg.k, seed=cfg.seed)
         logger.info("commit: %d code cells (silhouettes %s)", len(centroids), silhouettes)
     # the old metacontroller's encoder and switch, a fresh decoder
-    mc = build_metacontroller(old.cfg, seed=cfg.seed + 11)
+    mc = build_metacontroller(old.cfg, seed=cfg.seed + 11).to(device)
     fresh = {n: p.detach().clone() for n, p in decoder_parameters(mc)}
     mc.load_state_dict(old.state_dict())
     with torch.no_grad():
@@ -244,7 +249,7 @@ def commit(
         for p in params:
             p.requires_grad_(True)
         for step in tqdm(range(cfg.steps), desc=f"commit ({cfg.mode})", disable=not progress):
-            batch = make_batch(train_ds, order[step % len(order)])
+            batch = make_batch(train_ds, order[step % len(order)]).to(device)
             z = _codes(base, mc, layer, batch, cfg, centroids, generator)
             with intervene(base, layer, lambda e, z=z: e + mc.delta(e, z)):
                 out_ = base(batch.obs)

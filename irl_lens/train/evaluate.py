@@ -60,10 +60,10 @@ def heldout_metrics(
     correct = np.zeros(ds.n_steps, dtype=bool)
     nll = np.zeros(ds.n_steps, dtype=np.float64)
     order = bucketed_batches(ds.lengths, tokens_per_batch, np.random.default_rng(0))
+    device = next(model.parameters()).device
     for episodes in order:
         b = make_batch(ds, episodes)
-        out = model(b.obs)
-        logits = model.split(out).action_params
+        logits = model.split(model(b.obs.to(device))).action_params.cpu()
         logp = torch.log_softmax(logits.float(), -1)
         pred = logits.argmax(-1)
         valid = b.mask.bool()
@@ -100,8 +100,9 @@ def heldout_metrics_continuous(
     next-observation squared error per dimension."""
     sums = {"nll": 0.0, "mse": 0.0, "obs_mse": 0.0}
     n_tok = 0.0
+    device = next(model.parameters()).device
     for episodes in bucketed_batches(ds.lengths, tokens_per_batch, np.random.default_rng(0)):
-        b = make_batch(ds, episodes)
+        b = make_batch(ds, episodes).to(device)
         out = model(b.obs)
         parts = model.split(out)
         m = b.mask

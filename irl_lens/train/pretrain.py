@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,11 +85,13 @@ class PretrainConfig:
 
 @dataclass
 class StepStats:
-    loss: float
-    action_nll: float
-    obs_nll: float
-    tokens: int
-    grad_norm: float
+    """One step's numbers as 0-dim tensors on the run's device: read (a host sync) only at
+    log steps."""
+
+    loss: torch.Tensor
+    action_nll: torch.Tensor
+    obs_nll: torch.Tensor
+    grad_norm: torch.Tensor
 
 
 def _train_step(
@@ -104,11 +105,32 @@ def _train_step(
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     else:
-        grad_norm = float("nan")
+        grad_norm = torch.full((), float("nan"), device=loss.device)
     opt.step()
-    return StepStats(loss.item(), nll_a.item(), nll_o.item(), batch.n_tokens, grad_norm)
+    return StepStats(loss.detach(), nll_a.detach(), nll_o.detach(), grad_norm.detach())
+
+
+class FirstNonFinite:
+    """The first step whose loss is not finite, tracked on the device (no host sync per
+    step); :meth:`check` reads it and raises :class:`~irl_lens.runs.NonFiniteError`."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.loss = torch.zeros((), device=device)
+
+    def record(self, step: int, loss: torch.Tensor) -> None:
+        new = (self.step < 0) & ~torch.isfinite(loss)
+        self.step = torch.where(new, step, self.step)
+        self.loss = torch.where(new, loss, self.loss)
+
+    def check(self, saved_at: int) -> None:
+        if (bad := int(self.step)) >= 0:
+            raise runs.NonFiniteError(
+                f"pretrain: the loss is {float(self.loss)} at step {bad}; stopped without "
+                f"saving (last good checkpoint: step {saved_at}); lower --lr or check the data"
+            )
 
 
 def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
@@ -152,10 +174,12 @@ def pretrain(
     preset: str | None = None,
     resume: bool = False,
     evaluate: Callable[[ActionModel, TrajectoryDataset], dict] | None = None,
+    device: str = "cpu",
     stop_after: int | None = None,
     progress: bool = True,
 ) -> PretrainResult:
-    """Train a base model on ``ds`` into run folder ``out``.
+    """Train a base model on ``ds`` into run folder ``out`` (on ``device``: batches are
+    moved there as they are built, and the losses are read back only at log steps).
 
     ``evaluate(model, val_ds) -> {"eval/...": number}`` is called every ``eval_every``
     steps and at the end. ``stop_after`` ends the loop early after that many steps
@@ -172,7 +196,7 @@ def pretrain(
         "data_meta": {k: ds.meta.get(k) for k in ("env", "split", "n_episodes", "seed", "eps")},
         "preset": preset,
     }
-    model = build_model(model_cfg, seed=cfg.seed)
+    model = build_model(model_cfg, seed=cfg.seed).to(device, print_details=False)
     opt = make_optimizer(model, cfg)
     train_idx, val_idx = split_train_val(ds, cfg.val_episodes)
     train_ds, val_ds = ds.subset(train_idx), ds.subset(val_idx)
@@ -180,7 +204,7 @@ def pretrain(
     step, epoch, batch_in_epoch = 0, 0, 0
     ckpt = runs.start_run(out, config, resume=resume, compare=("model", "train", "data_sha256"))
     if ckpt is not None:
-        runs.load_weights(model, ckpt / "model.safetensors")
+        runs.load_weights(model, ckpt / "model.safetensors")  # onto the model's device
         state = runs.load_trainer_state(
             ckpt, ("optimizer", "step", "epoch", "batch_in_epoch", "torch_rng")
         )
@@ -215,45 +239,44 @@ def pretrain(
     tokens, t0 = 0, time.perf_counter()
     train_seconds = 0.0
     model.train()
+    non_finite = FirstNonFinite(device)
     with guarded(bar, step) as guard:
         while step < end:
             order = bucketed_batches(
                 train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
             )
             while batch_in_epoch < len(order) and step < end:
-                batch = make_batch(train_ds, order[batch_in_epoch])
+                episodes = order[batch_in_epoch]
+                batch = make_batch(train_ds, episodes).to(device)
                 stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step))
-                if not math.isfinite(stats.loss):
-                    raise runs.NonFiniteError(
-                        f"pretrain: the loss is {stats.loss} at step {step + 1}; stopped "
-                        f"without saving (last good checkpoint: step {guard.saved_at}); "
-                        "lower --lr or check the data"
-                    )
+                non_finite.record(step + 1, stats.loss)
                 step += 1
                 guard.at(step)
                 batch_in_epoch += 1
-                tokens += stats.tokens
+                tokens += int(train_ds.lengths[episodes].sum())  # host numbers: no sync
                 bar.update(1)
                 if step % 25 == 0 or step == end:
+                    non_finite.check(guard.saved_at)
                     elapsed = time.perf_counter() - t0
                     rec = {
                         "step": step,
                         "epoch": epoch,
-                        "train/loss": stats.loss,
-                        "train/action_nll": stats.action_nll,
-                        "train/obs_nll": stats.obs_nll,
-                        "train/grad_norm": stats.grad_norm,
+                        "train/loss": float(stats.loss),
+                        "train/action_nll": float(stats.action_nll),
+                        "train/obs_nll": float(stats.obs_nll),
+                        "train/grad_norm": float(stats.grad_norm),
                         "train/lr": cfg.lr_at(step - 1),
                         "train/tokens_per_s": tokens / max(elapsed, 1e-9),
                     }
                     runs.append_metrics(metrics_path, rec)
                     bar.set_postfix(
-                        nll=f"{stats.action_nll:.3f}",
+                        nll=f"{rec['train/action_nll']:.3f}",
                         tok_s=f"{rec['train/tokens_per_s']:.0f}",
                     )
                 # evaluate before checkpointing: a checkpoint then covers every row of
                 # its step, and the RNG state it stores is the one training goes on with
                 if evaluate is not None and (step % cfg.eval_every == 0) and step != cfg.steps:
+                    non_finite.check(guard.saved_at)
                     train_seconds += time.perf_counter() - t0
                     model.eval()
                     with torch.no_grad():
@@ -263,6 +286,7 @@ def pretrain(
                     logger.info("step %d: %s", step, ev)
                     t0, tokens = time.perf_counter(), 0
                 if guard.checkpoint_due(step, cfg.checkpoint_every, cfg.steps):
+                    non_finite.check(guard.saved_at)  # never a checkpoint of NaN weights
                     runs.save_checkpoint(out, step, model, trainer_state())
                     guard.saved(step)
             if batch_in_epoch >= len(order):
@@ -273,6 +297,7 @@ def pretrain(
     result = PretrainResult(out, step, train_seconds, tokens_per_s)
     if step < cfg.steps:
         return result  # interrupted on purpose (stop_after)
+    non_finite.check(guard.saved_at)
     runs.save_weights(model, out / "model.safetensors")
     model.eval()
     if evaluate is not None:
