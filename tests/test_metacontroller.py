@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from irl_lens.models.metacontroller import MetacontrollerConfig, build_metacontroller
@@ -26,6 +27,26 @@ def test_linear_scan_equals_the_recurrence():
         h = log_a[:, t].exp() * h + b[:, t]
         expected.append(h)
     torch.testing.assert_close(linear_scan(log_a, b), torch.stack(expected, 1))
+
+
+@pytest.mark.parametrize("n_pos", [1, 2, 3, 8, 9, 100, 257])
+def test_the_doubling_scan_equals_the_loop_with_its_gradients(n_pos):
+    """Issue 30: the GPU's scan (``doubling``) against the CPU's loop, forward and backward."""
+    g = torch.Generator().manual_seed(n_pos)
+    log_a0 = -torch.rand(3, n_pos, 5, generator=g) * 2
+    b0 = torch.randn(3, n_pos, 5, generator=g)
+    w = torch.randn(3, n_pos, 5, generator=g)
+    results = {}
+    for method in ("loop", "doubling"):
+        log_a, b = log_a0.clone().requires_grad_(), b0.clone().requires_grad_()
+        h = linear_scan(log_a, b, method=method)
+        (h * w).sum().backward()
+        results[method] = (h.detach(), log_a.grad, b.grad)
+    for got, want in zip(results["doubling"], results["loop"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert linear_scan(log_a0, b0, method="auto").equal(results["loop"][0])  # CPU: the loop
+    with pytest.raises(ValueError, match="method"):
+        linear_scan(log_a0, b0, method="fast")
 
 
 def test_rglru_and_hawk_step_equal_forward():
@@ -168,3 +189,14 @@ def test_switch_unit_reads_h_and_z_of_the_previous_step():
         torch.testing.assert_close(mc.switch_probability(e[:, t], carry), out.beta[:, t])
         wrong = StepCarry(h_all[:, t - 1], out.z_tilde[:, t - 1])  # proposal, not integrated
         assert not torch.allclose(mc.switch_probability(e[:, t], wrong), out.beta[:, t])
+
+
+def test_bench_times_both_scans(monkeypatch):
+    from irl_lens.cli import bench
+
+    monkeypatch.setattr(bench, "SCAN_SHAPES", {"tiny": (4, 16, 8)})
+    out = bench.scan_throughput(seconds=0.01, seed=0)
+    assert out["ssm_scan_tiny_loop_ms"] > 0 and out["ssm_scan_tiny_doubling_ms"] > 0
+    assert out["ssm_scan_tiny_doubling_vs_loop"] == pytest.approx(
+        out["ssm_scan_tiny_loop_ms"] / out["ssm_scan_tiny_doubling_ms"]
+    )

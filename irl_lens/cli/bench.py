@@ -25,6 +25,10 @@ Reported (all measured in the same process, so ratios compare like with like):
   by the target colour at layer 2, the first 100 steps of each episode; env steps/s, and
   ``ant_engine_env_fraction`` = that over ``ant_env_steps_per_s`` (the model's share of
   the time is what is left).
+* ``ssm_scan_{shape}_loop_ms`` / ``_doubling_ms`` / ``_doubling_vs_loop``: the RG-LRU
+  recurrence (:func:`~irl_lens.models.ssm.linear_scan`), forward + backward, as the CPU
+  runs it (a loop over positions) and as CUDA does (a doubling scan), at the internal-RL
+  policy's shape (1024 episodes x 100 steps x 64) and a Hawk ant base's (64 x 500 x 256).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from irl_lens.models.metacontroller import (
     load_metacontroller,
 )
 from irl_lens.models.policy import PolicyConfig, build_policy
+from irl_lens.models.ssm import linear_scan
 from irl_lens.rollout.ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
 from irl_lens.rollout.grid import GridRolloutEngine, seeded_env
 from irl_lens.rollout.kit import env_kit
@@ -302,6 +307,30 @@ def engine_benchmark(
     }
 
 
+SCAN_SHAPES = {"policy": (1024, 100, 64), "ant": (64, 500, 256)}
+
+
+def scan_throughput(seconds: float, seed: int, device: str = "cpu") -> dict[str, float]:
+    """The two scans of :func:`~irl_lens.models.ssm.linear_scan`, forward + backward."""
+    out: dict[str, float] = {}
+    g = torch.Generator().manual_seed(seed)
+    for name, shape in SCAN_SHAPES.items():
+        log_a = (-torch.rand(shape, generator=g) * 0.5).to(device).requires_grad_()
+        b = torch.randn(shape, generator=g).to(device).requires_grad_()
+        for method in ("loop", "doubling"):
+
+            def once(method=method, log_a=log_a, b=b) -> None:
+                linear_scan(log_a, b, method=method).square().sum().backward()
+                if device != "cpu":
+                    torch.cuda.synchronize()
+
+            out[f"ssm_scan_{name}_{method}_ms"] = 1000 * _timeit(once, seconds / 4, min_reps=2)
+        out[f"ssm_scan_{name}_doubling_vs_loop"] = (
+            out[f"ssm_scan_{name}_loop_ms"] / out[f"ssm_scan_{name}_doubling_ms"]
+        )
+    return out
+
+
 def mc_layer(model, mc) -> int:
     """The layer a benchmark metacontroller acts at (stored on it by :func:`run_bench`)."""
     return getattr(mc, "bench_layer", model.cfg.n_layers // 2)
@@ -341,6 +370,8 @@ def run_bench(
     result["ant_engine_env_fraction"] = (
         result["ant_engine_steps_per_s"] / result["ant_env_steps_per_s"]
     )
+    logger.info("timing the RG-LRU scans")
+    result |= scan_throughput(seconds, seed)
 
     if run is not None:
         model = load_base_model(run).eval()
