@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 SEED ?= 0
 
-.PHONY: install test test-slow lint format demo bench clean
+.PHONY: install test test-slow lint format demo bench gpu-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/irl-lens bench
+
+# Every stage on the GPU against the CPU in minutes, and a paper run's wall-clock there
+# (without CUDA: the CPU half).
+gpu-smoke: $(STAMP)
+	$(BIN)/irl-lens gpu-smoke --out runs/gpu-smoke --device auto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -63,6 +63,7 @@ from irl_lens.rollout.ant import AntRolloutEngine, ColourSwitcher, seeded_ant_en
 from irl_lens.rollout.grid import GridRolloutEngine, seeded_env
 from irl_lens.rollout.kit import env_kit
 from irl_lens.rollout.switchers import GroundTruthSwitcher
+from irl_lens.train.discover import _loss as discover_loss
 from irl_lens.train.internal_rl import collect, ppo_update
 from irl_lens.train.pretrain import _train_step, make_optimizer
 
@@ -129,16 +130,20 @@ def matmul_seconds(shapes: list[tuple], seconds: float) -> tuple[float, float]:
     return _timeit(run, seconds), flops
 
 
-def pretrain_throughput(seconds: float, seed: int = 0) -> dict[str, float]:
-    """Tokens/s of real quick-preset training steps, and the matmul-bound rate for them."""
+def pretrain_throughput(seconds: float, seed: int = 0, preset: str = "quick",
+                        device: str = "cpu", min_steps: int = 3,
+                        with_bound: bool = True) -> dict[str, float]:  # fmt: skip
+    """Tokens/s of real training steps of ``preset``'s base model on ``device`` (one warm-up
+    step, then at least ``min_steps``), and (``with_bound``) the matmul-bound rate for them."""
 
-    quick = presets.get("quick")
-    model_cfg, train_cfg = quick.base, quick.pretrain
-    ds = generate_gridworld(4000, "pretrain", seed=seed, progress=False)
-    model = build_model(model_cfg, seed=seed)
+    chosen = presets.get(preset)
+    model_cfg, train_cfg = chosen.base, chosen.pretrain
+    n_episodes = max(4000, 3 * train_cfg.tokens_per_batch // 8)  # several batches' worth
+    ds = generate_gridworld(n_episodes, "pretrain", seed=seed, progress=False)
+    model = build_model(model_cfg, seed=seed).to(device, print_details=False)
     opt = make_optimizer(model, train_cfg)
     batches = [
-        make_batch(ds, e)
+        make_batch(ds, e).to(device)
         for e in bucketed_batches(
             ds.lengths, train_cfg.tokens_per_batch, np.random.default_rng(seed)
         )
@@ -147,14 +152,16 @@ def pretrain_throughput(seconds: float, seed: int = 0) -> dict[str, float]:
     tokens = padded = 0
     start = time.perf_counter()
     i = 0
-    while time.perf_counter() - start < seconds or i < 3:
+    while time.perf_counter() - start < seconds or i < min_steps:
         b = batches[i % len(batches)]
         _train_step(model, opt, b, train_cfg, train_cfg.lr)
-        tokens += b.n_tokens
+        tokens += b.n_tokens  # a host sync per step: the step's time is all counted
         padded += b.mask.numel()
         i += 1
     elapsed = time.perf_counter() - start
     tok_s = tokens / elapsed
+    if not with_bound:
+        return {"pretrain_tokens_per_s": tok_s, "pretrain_padding_fraction": 1 - tokens / padded}
     # matmul-only time for the same batches (average shape over the timed batches)
     n_seqs = int(np.mean([b.mask.shape[0] for b in batches]))
     seq_len = int(np.mean([b.mask.shape[1] for b in batches]))
@@ -171,11 +178,47 @@ def pretrain_throughput(seconds: float, seed: int = 0) -> dict[str, float]:
     }
 
 
-def internal_rl_throughput(model, mc, seconds: float, seed: int, n_envs: int = 1024) -> dict:
-    """Internal-RL episodes/s on the post-training task: rollouts alone, and with the update."""
+def discover_throughput(seconds: float, seed: int = 0, preset: str = "quick",
+                        device: str = "cpu", min_steps: int = 3) -> dict[str, float]:  # fmt: skip
+    """Metacontroller training steps/s (the ELBO's forward and backward at ``preset``'s batch,
+    a random base of its size, layer L/2) on ``device``."""
+    chosen = presets.get(preset)
+    cfg = chosen.discover
+    ds = generate_gridworld(max(2000, cfg.tokens_per_batch // 4), "clean", seed=seed,
+                            progress=False)  # fmt: skip
+    base = build_model(chosen.base, seed=seed).to(device, print_details=False)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    mc = build_metacontroller(MetacontrollerConfig(chosen.base.d_model), seed=seed).to(device)
+    opt = torch.optim.AdamW(mc.parameters(), lr=cfg.lr)
+    layer = chosen.base.n_layers // 2
+    order = bucketed_batches(ds.lengths, cfg.tokens_per_batch, np.random.default_rng(seed))
+    generator = torch.Generator().manual_seed(seed)
 
-    cfg = presets.get("quick").rl
+    def one(i: int) -> None:
+        parts = discover_loss(base, mc, layer, make_batch(ds, order[i % len(order)]), cfg,
+                              0.0, generator)  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        parts.loss.backward()
+        opt.step()
+
+    one(0)  # warm-up
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or steps < min_steps:
+        one(steps + 1)
+        steps += 1
+    return {"discover_steps_per_s": steps / (time.perf_counter() - start)}
+
+
+def internal_rl_throughput(model, mc, seconds: float, seed: int, n_envs: int = 1024,
+                           preset: str = "quick") -> dict:  # fmt: skip
+    """Internal-RL episodes/s on the post-training task: rollouts alone, and with the update
+    (``preset``'s RL settings, on the model's device)."""
+
+    cfg = presets.get(preset).rl
+    device = next(model.parameters()).device
     policy = build_policy(PolicyConfig(model.cfg.d_model, mc.cfg.n_z, cfg.d_policy), seed=seed)
+    policy = policy.to(device)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     kit = env_kit(model, mc_layer(model, mc))
     task = parse_task("post")

@@ -73,8 +73,10 @@ class CommitConfig:
     steps: int = 400
     """Optimizer steps of the fresh decoder."""
     lr: float = 3e-3
-    schedule: str = "constant"
-    """``constant``, or ``cosine`` decay to 0 over ``steps``."""
+    schedule: str = "cosine"
+    """``cosine`` decay to 0 over ``steps``, or ``constant``. Measured on the quick
+    reproduction's ``mc-full`` (refit seeds 0-2): compositional steering on ``post``
+    0.636 / 0.616 / 0.686 with cosine, 0.516 / 0.702 / 0.624 with a constant rate."""
     tokens_per_batch: int = 4096
     k: int | None = None
     """Code cells for ``voronoi``; ``None``: the k in 2..8 with the best silhouette."""
