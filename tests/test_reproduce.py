@@ -263,7 +263,7 @@ def test_a_failed_job_blocks_what_needs_it_and_a_cycle_is_an_error(tmp_path):
 
 
 def test_a_failed_job_ends_reproduce_with_one_line_naming_its_log(tmp_path, monkeypatch, capsys):
-    from irl_lens.cli import reproduce
+    from irl_lens.cli import sweep
     from irl_lens.cli.sweep import JobResult
 
     def run(self, jobs, bar=None, desc="", on_result=None):  # the first job fails, the rest wait
@@ -271,7 +271,7 @@ def test_a_failed_job_ends_reproduce_with_one_line_naming_its_log(tmp_path, monk
         return [JobResult(jobs[0], 3, 0.1, log=log),
                 *[JobResult(j, -1, 0.0, blocked_by=jobs[0].out) for j in jobs[1:]]]  # fmt: skip
 
-    monkeypatch.setattr(reproduce.LocalRunner, "run", run)
+    monkeypatch.setattr(sweep.LocalRunner, "run", run)
     with pytest.raises(SystemExit) as e:
         main(["reproduce", "gridworld", "--out", str(tmp_path / "r"), *ARGS])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (after the progress bar)

@@ -400,6 +400,13 @@ def rate_distortion(
         int, typer.Option(help="Rollout episodes of each run's analyses.", min=1, max=MAX_COUNT)
     ] = 200,
     device: Annotated[Device, typer.Option(help="auto, cpu or cuda, for every run.")] = Device.cpu,
+    runner: Annotated[
+        str, typer.Option(help="local (processes here) or ray (tasks on a Ray cluster).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="The Ray cluster (default: $RAY_ADDRESS, else a local Ray)."),
+    ] = None,
 ) -> None:
     """Rate-distortion sweep: discover over alphas x seeds x variants, then the figure (Fig 7).
 
@@ -414,7 +421,8 @@ def rate_distortion(
     # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from analyses import rate_distortion as rd
     from irl_lens import runs
-    from irl_lens.cli.sweep import LocalRunner, rate_distortion_jobs
+    from irl_lens.cli.ray_runner import make_runner
+    from irl_lens.cli.sweep import rate_distortion_jobs
 
     try:
         alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
@@ -435,7 +443,7 @@ def rate_distortion(
               "--kl-warmup-steps": kl_warmup_steps}  # fmt: skip
     extra += [a for flag, v in passed.items() if v is not None for a in (flag, str(v))]
     jobs = rate_distortion_jobs(run, out, alpha_list, seeds, variant_list, extra)
-    results = LocalRunner(workers or None).run(jobs)
+    results = make_runner(runner, workers or None, address=ray_address).run(jobs)
     failed = [r for r in results if r.returncode != 0]
     points = rd.load_points([j.out for j in jobs])
     rows = rd.rd_table(points)

@@ -72,6 +72,13 @@ def reproduce(
     device: Annotated[
         Device, typer.Option(help="auto, cpu or cuda, passed to every job that runs a model.")
     ] = Device.cpu,
+    runner: Annotated[
+        str, typer.Option(help="local (processes here) or ray (tasks on a Ray cluster).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="The Ray cluster (default: $RAY_ADDRESS, else a local Ray)."),
+    ] = None,
 ) -> None:
     """Reproduce the paper: data -> base -> probes, controllers -> metacontrollers (full,
     beta1, cotrain) -> internal RL and baselines -> report. On ant the data come from the
@@ -100,7 +107,8 @@ def reproduce(
     settings = ReproduceSettings(
         env=env.value, preset=preset.value, seed=seed, rl_seeds=rl_seeds, rl_episodes=rl_episodes,
         pretrain_episodes=pretrain_episodes, clean_episodes=clean_episodes, workers=workers,
-        with_sweep=with_sweep, commit=commit, device=device.value,
+        with_sweep=with_sweep, commit=commit, device=device.value, runner=runner,
+        ray_address=ray_address,
     )  # fmt: skip
     resolve_device(device)  # --device cuda without one: one line, before any job starts
     run_pipeline(out, settings)

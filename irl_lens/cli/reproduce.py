@@ -52,6 +52,7 @@ from pathlib import Path
 
 from irl_lens import presets, runs
 from irl_lens.cli.progress import PipelineBar, TimeLeft, expected_seconds
+from irl_lens.cli.ray_runner import make_runner
 from irl_lens.cli.report import (
     _sweep_section,
     claims,
@@ -59,7 +60,7 @@ from irl_lens.cli.report import (
     installed_version,
     source_commit,
 )
-from irl_lens.cli.sweep import Job, JobResult, JobsFailed, LocalRunner
+from irl_lens.cli.sweep import Job, JobResult, JobsFailed
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ class ReproduceSettings:
     workers: int = 2
     with_sweep: bool = False
     sweep_seeds: int = 3
+    runner: str = "local"
+    """``local`` or ``ray`` (:mod:`irl_lens.cli.ray_runner`)."""
+    ray_address: str | None = None
     device: str = "cpu"
     """``auto``, ``cpu`` or ``cuda``: passed to every job whose command runs a model
     (:data:`DEVICE_COMMANDS`)."""
@@ -293,7 +297,8 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
         runs.write_json(timing_path, timing)
 
     with bar:
-        results = LocalRunner(s.workers, progress=progress).run(todo, bar=bar, on_result=save)
+        runner = make_runner(s.runner, s.workers, progress=progress, address=s.ray_address)
+        results = runner.run(todo, bar=bar, on_result=save)
     timing["total"] = total_before + time.perf_counter() - t0
     runs.write_json(timing_path, timing)
     failed = [r for r in results if r.returncode != 0 and r.blocked_by is None]

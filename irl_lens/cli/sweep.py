@@ -131,6 +131,26 @@ def job_progress(log: Path, tail_bytes: int = 4096) -> str:
     return ""
 
 
+def job_log(job: Job) -> Path:
+    """Where a job's output goes: ``OUT.log`` beside its folder."""
+    return job.out.parent / f"{job.out.name}.log"
+
+
+def run_job_process(args: Sequence[str], out: Path, threads: int) -> tuple[int, float]:
+    """Run ``irl-lens ARGS`` (with ``threads`` torch threads) as a subprocess of this Python,
+    its output to the job's log; ``(exit code, seconds)``. The one way a job runs, locally
+    or on a Ray worker."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.parent / f"{out.name}.log"
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "irl_lens.cli", "--threads", str(threads), "-q", *args]
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+    return rc, time.perf_counter() - t0
+
+
 class LocalRunner:
     """Runs jobs as local ``irl-lens`` subprocesses, ``workers`` at a time, one thread each.
 
@@ -148,21 +168,20 @@ class LocalRunner:
         self._lock = threading.Lock()
 
     def _one(self, job: Job) -> JobResult:  # run() records finished jobs without a worker
-        job.out.parent.mkdir(parents=True, exist_ok=True)
-        log = job.out.parent / f"{job.out.name}.log"
-        threads = str(job.threads)
-        env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        cmd = [sys.executable, "-m", "irl_lens.cli", "--threads", threads, "-q", *job.command()]
-        t0 = time.perf_counter()
-        with log.open("w") as fh:
+        log = job_log(job)
+        with self._lock:
+            self._running[job.out.name] = log
+        try:
+            rc, seconds = self._execute(job)
+        finally:
             with self._lock:
-                self._running[job.out.name] = log
-            try:
-                rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
-            finally:
-                with self._lock:
-                    self._running.pop(job.out.name, None)
-        return JobResult(job, rc, time.perf_counter() - t0, log=log)
+                self._running.pop(job.out.name, None)
+        return JobResult(job, rc, seconds, log=log)
+
+    def _execute(self, job: Job) -> tuple[int, float]:
+        """Run ``job`` to its end here: ``(exit code, seconds)`` (a subclass may run it
+        elsewhere, e.g. :class:`irl_lens.cli.ray_runner.RayRunner`)."""
+        return run_job_process(job.command(), job.out, job.threads)
 
     def running_progress(self) -> str:
         """``"base: pretrain 45% | mc-full: discover 3%"`` for the jobs running now."""
