@@ -283,6 +283,27 @@ def test_diverging_lr_stops_at_the_first_nonfinite_loss(made, tmp_path, capsys):
             assert np.isfinite(v).all()
 
 
+def test_discovery_that_diverges_stops_naming_the_step_and_saves_no_nan(made, tmp_path):
+    """The non-finite check reads the loss at log steps only (no sync per step), and still
+    names the first bad step and never writes NaN weights."""
+    import dataclasses
+
+    from safetensors.numpy import load_file
+
+    from irl_lens import presets, runs
+    from irl_lens.data.dataset import load_dataset
+    from irl_lens.train.discover import discover
+
+    cfg = dataclasses.replace(presets.get("tiny").discover, lr=1e30, steps=12)
+    out = tmp_path / "mc"
+    with pytest.raises(runs.NonFiniteError, match=r"discover: the loss is .* at step \d+"):
+        discover(made["base"], load_dataset(made["data"]), out, cfg, progress=False)
+    assert not (out / "metacontroller.safetensors").exists()
+    for ckpt in (out / "checkpoints").glob("step_*"):
+        for v in load_file(ckpt / "model.safetensors").values():
+            assert np.isfinite(v).all()
+
+
 def test_summary_is_strict_json_and_names_what_is_missing(made, tmp_path, capsys):
     """A one-episode dataset leaves held-out metrics uncomputable: ``null``, never ``NaN``."""
     one = tmp_path / "one"

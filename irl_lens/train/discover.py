@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ from irl_lens.models.metacontroller import (
 from irl_lens.rollout.kit import env_kit, run_batches
 from irl_lens.rollout.switchers import MetacontrollerDriver
 from irl_lens.train.controllers import frozen
-from irl_lens.train.loop import guarded
+from irl_lens.train.loop import FirstNonFinite, guarded
 
 logger = logging.getLogger(__name__)
 
@@ -171,13 +170,31 @@ def switch_counts(
 
 @dataclass
 class LossParts:
+    """One batch's loss and its parts as tensors on the run's device; :meth:`stats` reads
+    them back (a host sync: at log steps and in evaluations only)."""
+
     loss: torch.Tensor
-    action_nll: float
-    obs_nll: float
-    kl: float
-    mean_beta: float
-    switches: float
-    true_segments: float
+    action_nll: torch.Tensor
+    obs_nll: torch.Tensor
+    kl: torch.Tensor
+    beta: torch.Tensor
+    """``[batch, pos]`` switch gates (detached)."""
+    batch: Batch
+
+    def stats(self) -> dict[str, float]:
+        """``action_nll``, ``obs_nll``, ``kl``, ``mean_beta``, ``switches`` and
+        ``true_segments`` (per episode) as numbers."""
+        beta = self.beta.cpu().numpy()
+        m = self.batch.mask.cpu().numpy()
+        sw, true = switch_counts(beta, self.batch.subgoal.cpu().numpy(), m)
+        return {
+            "action_nll": float(self.action_nll),
+            "obs_nll": float(self.obs_nll),
+            "kl": float(self.kl),
+            "mean_beta": float((beta * m).sum() / max(m.sum(), 1.0)),
+            "switches": float(sw.mean()),
+            "true_segments": float(true.mean()),
+        }
 
 
 def _loss(
@@ -191,33 +208,22 @@ def _loss(
     sample: bool = True,
     alpha: float | None = None,
 ) -> LossParts:
-    device = next(mc.parameters()).device
-    mask = batch.mask.to(device)
+    batch = batch.to(next(mc.parameters()).device)
+    mask = batch.mask
     out, mo = run_with_metacontroller(
         model,
         mc,
         layer,
-        batch.obs.to(device),
+        batch.obs,
         mask,
         sample=sample,
         beta_override=1.0 if cfg.variant == "beta1" else None,
         generator=generator,
     )
-    nll_a, nll_o = model.losses(out, batch.action.to(device), batch.next_obs.to(device), mask)
+    nll_a, nll_o = model.losses(out, batch.action, batch.next_obs, mask)
     kl = (mo.kl * mask).sum() / mask.sum().clamp(min=1.0)
     loss = nll_a + lam * nll_o + (cfg.alpha if alpha is None else alpha) * kl
-    beta = mo.beta.detach().cpu().numpy()
-    m = batch.mask.numpy()
-    sw, true = switch_counts(beta, batch.subgoal.numpy(), m)
-    return LossParts(
-        loss,
-        nll_a.item(),
-        nll_o.item(),
-        kl.item(),
-        float((beta * m).sum() / max(m.sum(), 1.0)),
-        float(sw.mean()),
-        float(true.mean()),
-    )
+    return LossParts(loss, nll_a.detach(), nll_o.detach(), kl.detach(), mo.beta.detach(), batch)
 
 
 def evaluate(
@@ -237,12 +243,12 @@ def evaluate(
     with torch.no_grad():
         for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
             batch = make_batch(ds, chunk)
-            parts = _loss(model, mc, layer, batch, cfg, lam, None, sample=False)
+            stats = _loss(model, mc, layer, batch, cfg, lam, None, sample=False).stats()
             w = float(batch.mask.sum())
             for k in ("action_nll", "kl", "mean_beta"):
-                tot[k] = tot.get(k, 0.0) + getattr(parts, k) * w
+                tot[k] = tot.get(k, 0.0) + stats[k] * w
             for k in ("switches", "true_segments"):
-                tot[k] = tot.get(k, 0.0) + getattr(parts, k) * len(chunk)
+                tot[k] = tot.get(k, 0.0) + stats[k] * len(chunk)
             n_tok += w
     n_ep = float(len(episodes))
     return {
@@ -348,6 +354,7 @@ def discover(
                disable=not progress, dynamic_ncols=True)  # fmt: skip
     t0 = time.perf_counter()
     freeze = frozen(base) if cfg.variant != "cotrain" else nullcontext()
+    non_finite = FirstNonFinite(device, "discover")
     mc.train()
     with freeze, guarded(bar, step) as guard:
         while step < end:
@@ -363,30 +370,28 @@ def discover(
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 opt.step()
-                if not math.isfinite(parts.action_nll + parts.kl):
-                    raise runs.NonFiniteError(
-                        f"discover: the loss is not finite at step {step + 1}; stopped "
-                        f"without saving (last good checkpoint: step {guard.saved_at}); "
-                        "lower --lr or check the data"
-                    )
+                non_finite.record(step + 1, parts.action_nll + parts.kl)
                 step += 1
                 guard.at(step)
                 batch_in_epoch += 1
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == end:
+                    non_finite.check(guard.saved_at)
+                    stats = parts.stats()
                     rec = {
                         "step": step,
                         "train/loss": parts.loss.item(),
-                        "train/action_nll": parts.action_nll,
-                        "train/obs_nll": parts.obs_nll,
-                        "train/kl": parts.kl,
-                        "train/mean_beta": parts.mean_beta,
-                        "train/switches_per_episode": parts.switches,
-                        "train/true_segments_per_episode": parts.true_segments,
+                        "train/action_nll": stats["action_nll"],
+                        "train/obs_nll": stats["obs_nll"],
+                        "train/kl": stats["kl"],
+                        "train/mean_beta": stats["mean_beta"],
+                        "train/switches_per_episode": stats["switches"],
+                        "train/true_segments_per_episode": stats["true_segments"],
                     }
                     runs.append_metrics(metrics_path, rec)
-                    sw = f"{parts.switches:.1f}/{parts.true_segments:.1f}"
-                    bar.set_postfix(nll=f"{parts.action_nll:.3f}", kl=f"{parts.kl:.2f}", sw=sw)
+                    sw = f"{stats['switches']:.1f}/{stats['true_segments']:.1f}"
+                    bar.set_postfix(nll=f"{stats['action_nll']:.3f}", kl=f"{stats['kl']:.2f}",
+                                    sw=sw)  # fmt: skip
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     mc.eval()
                     ev = evaluate(base, mc, layer, ds, val_idx, cfg, lam)
@@ -394,6 +399,7 @@ def discover(
                     runs.append_metrics(metrics_path, {"step": step, **ev})
                     logger.info("step %d: %s", step, {k: round(v, 4) for k, v in ev.items()})
                 if guard.checkpoint_due(step, cfg.checkpoint_every, cfg.steps):
+                    non_finite.check(guard.saved_at)  # never a checkpoint of NaN weights
                     state = {
                         "optimizer": opt.state_dict(),
                         "step": step,
@@ -413,6 +419,7 @@ def discover(
         raise RuntimeError("the frozen base model's weights changed during discovery (bug)")
     if step < cfg.steps:
         return DiscoverResult(out, step, seconds, {})
+    non_finite.check(guard.saved_at)
     runs.save_weights(mc, out / "metacontroller.safetensors")
     if cfg.variant == "cotrain":
         runs.save_weights(base, out / "base.safetensors")

@@ -25,9 +25,10 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from tqdm.auto import tqdm
 
-from irl_lens import interrupts
+from irl_lens import interrupts, runs
 
 
 class Guard:
@@ -86,3 +87,27 @@ def lr_at(step: int, lr: float, steps: int, *, schedule: str = "cosine",
     progress = (step - warmup_steps) / max(1, steps - warmup_steps)
     cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * cos)
+
+
+class FirstNonFinite:
+    """The first step whose loss is not finite, tracked on the device (no host sync per
+    step); :meth:`check` reads it and raises :class:`~irl_lens.runs.NonFiniteError` naming
+    the step and the last good checkpoint (call it at log steps and before each save)."""
+
+    def __init__(self, device: torch.device | str, what: str) -> None:
+        self.what = what
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.loss = torch.zeros((), device=device)
+
+    def record(self, step: int, loss: torch.Tensor) -> None:
+        loss = loss.detach()
+        new = (self.step < 0) & ~torch.isfinite(loss)
+        self.step = torch.where(new, step, self.step)
+        self.loss = torch.where(new, loss, self.loss)
+
+    def check(self, saved_at: int) -> None:
+        if (bad := int(self.step)) >= 0:
+            raise runs.NonFiniteError(
+                f"{self.what}: the loss is {float(self.loss)} at step {bad}; stopped without "
+                f"saving (last good checkpoint: step {saved_at}); lower --lr or check the data"
+            )

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from irl_lens import runs
 from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batch
 from irl_lens.models.base import ActionModel, BaseModelConfig, build_model
-from irl_lens.train.loop import guarded, lr_at
+from irl_lens.train.loop import FirstNonFinite, guarded, lr_at
 
 logger = logging.getLogger(__name__)
 
@@ -110,27 +110,6 @@ def _train_step(
         grad_norm = torch.full((), float("nan"), device=loss.device)
     opt.step()
     return StepStats(loss.detach(), nll_a.detach(), nll_o.detach(), grad_norm.detach())
-
-
-class FirstNonFinite:
-    """The first step whose loss is not finite, tracked on the device (no host sync per
-    step); :meth:`check` reads it and raises :class:`~irl_lens.runs.NonFiniteError`."""
-
-    def __init__(self, device: torch.device | str) -> None:
-        self.step = torch.full((), -1, dtype=torch.long, device=device)
-        self.loss = torch.zeros((), device=device)
-
-    def record(self, step: int, loss: torch.Tensor) -> None:
-        new = (self.step < 0) & ~torch.isfinite(loss)
-        self.step = torch.where(new, step, self.step)
-        self.loss = torch.where(new, loss, self.loss)
-
-    def check(self, saved_at: int) -> None:
-        if (bad := int(self.step)) >= 0:
-            raise runs.NonFiniteError(
-                f"pretrain: the loss is {float(self.loss)} at step {bad}; stopped without "
-                f"saving (last good checkpoint: step {saved_at}); lower --lr or check the data"
-            )
 
 
 def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
@@ -239,7 +218,7 @@ def pretrain(
     tokens, t0 = 0, time.perf_counter()
     train_seconds = 0.0
     model.train()
-    non_finite = FirstNonFinite(device)
+    non_finite = FirstNonFinite(device, "pretrain")
     with guarded(bar, step) as guard:
         while step < end:
             order = bucketed_batches(
