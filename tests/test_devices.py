@@ -97,3 +97,33 @@ def test_a_batch_moves_to_a_device_with_every_tensor(tiny_dataset):
     for name in ("obs", "action", "next_obs", "subgoal", "target_colour", "mask"):
         assert getattr(moved, name).device.type == "meta", name
     assert (moved.episodes == batch.episodes).all()
+
+
+def test_bf16_autocast_trains_with_float32_weights_near_the_fp32_run(made, tmp_path):
+    """Issue 30: bf16 on the CPU (autocast works there too), against the same run in fp32."""
+    import json
+
+    from safetensors.torch import load_file
+
+    nll = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        main(["-q", "pretrain", f"{made}/data", "--out", str(out), "--preset", "tiny",
+              "--steps", "20", "--precision", precision])  # fmt: skip
+        weights = load_file(out / "model.safetensors")
+        assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+        config = json.loads((out / "config.json").read_text())
+        assert config["precision"] == precision
+        nll[precision] = json.loads((out / "summary.json").read_text())["eval/action_nll"]
+    assert abs(nll["bf16"] - nll["fp32"]) / nll["fp32"] < 0.05, nll
+    main(["-q", "discover", f"{made}/base", "--out", str(tmp_path / "mc16"), "--data",
+          f"{made}/clean", "--preset", "tiny", "--steps", "4", "--episodes", "2",
+          "--precision", "bf16"])  # fmt: skip
+    assert (tmp_path / "mc16" / "metacontroller.safetensors").is_file()
+
+
+def test_an_unknown_precision_is_refused():
+    from irl_lens.train.loop import autocast
+
+    with pytest.raises(ValueError, match="allowed: fp32, bf16"):
+        autocast("cpu", "fp8")

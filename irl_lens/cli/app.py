@@ -24,7 +24,9 @@ from irl_lens import interrupts
 from irl_lens.cli.common import (
     DEVICE_OPTION,
     MAX_COUNT,
+    PRECISION_OPTION,
     Device,
+    Precision,
     print_table,
     resolve_device,
 )
@@ -255,6 +257,7 @@ def pretrain(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seeds initialisation and data order.")] = 0,
     device: Annotated[Device, DEVICE_OPTION] = Device.cpu,
+    precision: Annotated[Precision, PRECISION_OPTION] = Precision.fp32,
 ) -> None:
     """Pretrain the base action model (HookedTransformer) on expert trajectories.
 
@@ -318,6 +321,7 @@ def pretrain(
             preset=preset.value,
             resume=resume,
             device=dev,
+            precision=precision.value,
             evaluate=make_evaluator(train_cfg.rollout_episodes, seed),
         )
         summary = {

@@ -29,6 +29,17 @@ MAX_COUNT = 1_000_000_000
 stage, ant expert PPO, takes ~2.6e8 env steps; a typo like 1e23 must not run until killed."""
 
 DEVICE_OPTION = typer.Option(help="auto, cpu or cuda.")
+PRECISION_OPTION = typer.Option(
+    help="Forward pass precision: fp32, or bf16 autocast (float32 master weights; for GPUs "
+    "with bfloat16; rollouts and evaluations stay float32)."
+)
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 SEED_OPTION = typer.Option(help="Seed; same seed, same numbers on a CPU.")
 
 

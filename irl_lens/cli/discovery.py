@@ -22,8 +22,10 @@ import typer
 from irl_lens.cli.common import (
     DEVICE_OPTION,
     MAX_COUNT,
+    PRECISION_OPTION,
     SEED_OPTION,
     Device,
+    Precision,
     clean_dataset,
     parse_rank,
     print_table,
@@ -142,6 +144,7 @@ def discover(
     ] = False,
     seed: Annotated[int, SEED_OPTION] = 0,
     device: Annotated[Device, DEVICE_OPTION] = Device.cpu,
+    precision: Annotated[Precision, PRECISION_OPTION] = Precision.fp32,
 ) -> None:
     """Discover temporal abstractions: train a metacontroller on the frozen base model.
 
@@ -193,6 +196,7 @@ def discover(
         )
         result = disc.discover(
             run, ds, out, cfg, layer=layer, mc_cfg=mc_cfg, data_path=data_path, device=dev,
+            precision=precision.value,
             resume=resume, progress=True,
         )  # fmt: skip
         train_summary = result.summary

@@ -57,7 +57,7 @@ from irl_lens.models.metacontroller import (
 from irl_lens.rollout.kit import env_kit, run_batches
 from irl_lens.rollout.switchers import MetacontrollerDriver
 from irl_lens.train.controllers import frozen
-from irl_lens.train.loop import FirstNonFinite, guarded
+from irl_lens.train.loop import FirstNonFinite, autocast, fast_matmuls, guarded
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class LossParts:
     def stats(self) -> dict[str, float]:
         """``action_nll``, ``obs_nll``, ``kl``, ``mean_beta``, ``switches`` and
         ``true_segments`` (per episode) as numbers."""
-        beta = self.beta.cpu().numpy()
+        beta = self.beta.float().cpu().numpy()
         m = self.batch.mask.cpu().numpy()
         sw, true = switch_counts(beta, self.batch.subgoal.cpu().numpy(), m)
         return {
@@ -284,16 +284,20 @@ def discover(
     mc_cfg: MetacontrollerConfig | None = None,
     data_path: str | None = None,
     device: str = "cpu",
+    precision: str = "fp32",
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
 ) -> DiscoverResult:
-    """Train a metacontroller on the frozen (or co-trained) base model of ``run``."""
+    """Train a metacontroller on the frozen (or co-trained) base model of ``run`` (the
+    forward pass in ``precision``: :func:`irl_lens.train.loop.autocast`)."""
     out = Path(out)
     if ds.meta.get("action_kind") != "discrete" and ds.meta.get("obs_kind") == "grid":
         raise ValueError("discover: the gridworld dataset must have discrete actions")
     if ds.meta.get("split") != "clean":
         logger.warning("training on a %r dataset; the paper uses clean data", ds.meta.get("split"))
+    autocast(device, precision)  # an unknown precision fails before anything is written
+    fast_matmuls(device)
     base = load_base_model(run)
     n_layers = base.cfg.n_layers
     layer = default_layer(n_layers) if layer is None else check_layer(layer, n_layers)
@@ -326,10 +330,12 @@ def discover(
         "layer": layer,
         "metacontroller": mc_cfg.to_dict(),
         "train": dataclasses.asdict(cfg),
+        "precision": precision,
     }
     step, epoch, batch_in_epoch = 0, 0, 0
-    # the base is checked by its weights' hash (base_run_ref), not by the path typed
-    same = [k for k in config if k not in ("base_run", "base_run_ref", "data")]
+    # the base is checked by its weights' hash (base_run_ref), not by the path typed; the
+    # precision, like the device, may change between a run and its resumption
+    same = [k for k in config if k not in ("base_run", "base_run_ref", "data", "precision")]
     ckpt = runs.start_run(out, config, resume=resume, compare=same)
     if resume:
         saved_sha = (runs.read_json(out / "config.json").get("base_run_ref") or {}).get("sha256")
@@ -364,7 +370,8 @@ def discover(
             while batch_in_epoch < len(order) and step < end:
                 batch = make_batch(train_ds, order[batch_in_epoch])
                 alpha = cfg.alpha_at(step)
-                parts = _loss(base, mc, layer, batch, cfg, lam, generator, alpha=alpha)
+                with autocast(device, precision):
+                    parts = _loss(base, mc, layer, batch, cfg, lam, generator, alpha=alpha)
                 opt.zero_grad(set_to_none=True)
                 parts.loss.backward()
                 if cfg.grad_clip > 0:

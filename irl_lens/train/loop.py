@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from tqdm.auto import tqdm
@@ -111,3 +111,25 @@ class FirstNonFinite:
                 f"{self.what}: the loss is {float(self.loss)} at step {bad}; stopped without "
                 f"saving (last good checkpoint: step {saved_at}); lower --lr or check the data"
             )
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device | str, precision: str) -> AbstractContextManager:
+    """The forward pass's precision: ``fp32``, or ``bf16`` autocast (matmuls and convolutions
+    in bfloat16, reductions and the weights in float32: the optimizer keeps float32 master
+    weights). The backward pass runs outside it, in the dtypes autocast chose."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def fast_matmuls(device: torch.device | str) -> None:
+    """On CUDA, TF32 for float32 matmuls and convolutions (10-bit mantissa products, float32
+    accumulation); a no-op on the CPU, whose numbers stay exactly reproducible."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

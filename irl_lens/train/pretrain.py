@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from irl_lens import runs
 from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batch
 from irl_lens.models.base import ActionModel, BaseModelConfig, build_model
-from irl_lens.train.loop import FirstNonFinite, guarded, lr_at
+from irl_lens.train.loop import FirstNonFinite, autocast, fast_matmuls, guarded, lr_at
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +95,15 @@ class StepStats:
 
 
 def _train_step(
-    model: ActionModel, opt: torch.optim.Optimizer, batch, cfg: PretrainConfig, lr: float
-) -> StepStats:
+    model: ActionModel, opt: torch.optim.Optimizer, batch, cfg: PretrainConfig, lr: float,
+    precision: str = "fp32",
+) -> StepStats:  # fmt: skip
     for group in opt.param_groups:
         group["lr"] = lr
-    out = model(batch.obs)
-    nll_a, nll_o = model.losses(out, batch.action, batch.next_obs, batch.mask)
-    loss = nll_a + model.model_cfg.obs_loss_weight * nll_o
+    with autocast(batch.obs.device, precision):
+        out = model(batch.obs)
+        nll_a, nll_o = model.losses(out, batch.action, batch.next_obs, batch.mask)
+        loss = nll_a + model.model_cfg.obs_loss_weight * nll_o
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:
@@ -154,11 +156,14 @@ def pretrain(
     resume: bool = False,
     evaluate: Callable[[ActionModel, TrajectoryDataset], dict] | None = None,
     device: str = "cpu",
+    precision: str = "fp32",
     stop_after: int | None = None,
     progress: bool = True,
 ) -> PretrainResult:
     """Train a base model on ``ds`` into run folder ``out`` (on ``device``: batches are
-    moved there as they are built, and the losses are read back only at log steps).
+    moved there as they are built, and the losses are read back only at log steps;
+    ``precision``: the forward pass in ``fp32`` or ``bf16`` autocast, see
+    :func:`irl_lens.train.loop.autocast`; recorded in the config, not compared on resume).
 
     ``evaluate(model, val_ds) -> {"eval/...": number}`` is called every ``eval_every``
     steps and at the end. ``stop_after`` ends the loop early after that many steps
@@ -174,7 +179,10 @@ def pretrain(
         "data_sha256": ds.fingerprint(),
         "data_meta": {k: ds.meta.get(k) for k in ("env", "split", "n_episodes", "seed", "eps")},
         "preset": preset,
+        "precision": precision,
     }
+    autocast(device, precision)  # an unknown precision fails before anything is written
+    fast_matmuls(device)
     model = build_model(model_cfg, seed=cfg.seed).to(device, print_details=False)
     opt = make_optimizer(model, cfg)
     train_idx, val_idx = split_train_val(ds, cfg.val_episodes)
@@ -227,7 +235,7 @@ def pretrain(
             while batch_in_epoch < len(order) and step < end:
                 episodes = order[batch_in_epoch]
                 batch = make_batch(train_ds, episodes).to(device)
-                stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step))
+                stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step), precision)
                 non_finite.record(step + 1, stats.loss)
                 step += 1
                 guard.at(step)
