@@ -12,6 +12,12 @@ run the codes in closed loop instead:
   completed it; their product is the chance that the initial policy solves the task, the
   exploration a sparse reward depends on (1/4 per segment is a uniform choice among 4
   subgoals);
+* **code swaps** (teacher forced, :func:`code_swaps`): action accuracy over the first steps
+  of each true segment with its own code, with the code the same subgoal got after a
+  *different* predecessor, and (later segments) with the code it got at the start of an
+  episode. Equal accuracies mean "go to subgoal k" whatever came before: an absolute code
+  (``clustering/previous_accuracy`` can be high while the decoder ignores the offsets it
+  reads);
 * **unseen transitions one at a time**: compositional steering on each two-subgoal task
   whose one transition no pretraining task contains (gridworld: 0-1-2-3, 2-3-4-5, 4-5-6-7,
   6-7-0-1; ``post`` chains all four).
@@ -32,6 +38,7 @@ from torch import Tensor
 
 from irl_lens.data.dataset import TrajectoryDataset, make_batch
 from irl_lens.envs.pinpad import PRETRAIN_TASKS, format_task
+from irl_lens.hooks import intervene
 from irl_lens.models.metacontroller import LoadedMetacontroller
 from irl_lens.rollout.kit import EnvKit, env_kit, run_batches
 from irl_lens.rollout.switchers import MetacontrollerDriver
@@ -60,6 +67,78 @@ def subgoal_codes(
     if missing:
         raise ValueError(f"no held-out segment of subgoal(s) {missing} to take a code from")
     return torch.stack([torch.stack(c).mean(0) for c in codes])
+
+
+def _segments(subgoal: Tensor, n: int) -> list[tuple[int, int, int, int]]:
+    """``(start, end, subgoal, predecessor)`` of each true segment of one episode's first
+    ``n`` steps (predecessor -1 for the first)."""
+    g = subgoal[:n].tolist()
+    out, start = [], 0
+    for t in range(1, n + 1):
+        if t == n or g[t] != g[start]:
+            out.append((start, t, g[start], g[out[-1][0]] if out else -1))
+            start = t
+    return out
+
+
+def code_swaps(
+    loaded: LoadedMetacontroller, ds: TrajectoryDataset, episodes: np.ndarray, first: int = 3
+) -> dict[str, float]:
+    """``codes/{own,swap,reuse}_first{first}_accuracy`` (see the module docstring) and the
+    number of steps each averages over (``codes/{swap,reuse}_steps``); gridworld (discrete
+    actions) only: an empty dict otherwise."""
+    if loaded.base.model_cfg.action_kind != "discrete":
+        return {}
+    device = next(loaded.mc.parameters()).device
+    chunks = np.array_split(episodes, max(1, len(episodes) // 64))
+    found = []  # per chunk: (batch, z, segments per episode)
+    by_kind: dict[tuple[int, int], list[Tensor]] = {}
+    with torch.no_grad():
+        for chunk in chunks:
+            batch = make_batch(ds, chunk).to(device)
+            e = loaded.base(batch.obs, stop_at_layer=loaded.layer)
+            z = loaded.mc(e, batch.mask, sample=False).z
+            segs = [_segments(batch.subgoal[i].cpu(), int(n))
+                    for i, n in enumerate(batch.mask.sum(1).tolist())]  # fmt: skip
+            for i, episode in enumerate(segs):
+                for _, end, k, prev in episode:
+                    by_kind.setdefault((k, prev), []).append(z[i, end - 1])
+            found.append((batch, z, segs))
+    mean = {kind: torch.stack(v).mean(0) for kind, v in by_kind.items()}
+
+    def swap_for(k: int, prev: int) -> Tensor | None:
+        others = [
+            (len(by_kind[(k, p)]), p) for (kk, p) in by_kind if kk == k and p not in (prev, -1)
+        ]
+        return mean[(k, max(others)[1])] if others and prev != -1 else None
+
+    def reuse_for(k: int, prev: int) -> Tensor | None:
+        return mean.get((k, -1)) if prev != -1 else None
+
+    hits = {"own": [0, 0], "swap": [0, 0], "reuse": [0, 0]}
+    with torch.no_grad():
+        for batch, z, segs in found:
+            for name, pick in (("own", None), ("swap", swap_for), ("reuse", reuse_for)):
+                zz, scored = z.clone(), torch.zeros_like(batch.mask, dtype=torch.bool)
+                for i, episode in enumerate(segs):
+                    for start, end, k, prev in episode:
+                        code = None if pick is None else pick(k, prev)
+                        if pick is not None and code is None:
+                            continue
+                        if code is not None:
+                            zz[i, start:end] = code
+                        scored[i, start : min(end, start + first)] = True
+                with intervene(loaded.base, loaded.layer,
+                               lambda e, zz=zz: loaded.mc.apply_code(e, zz)):  # fmt: skip
+                    logits = loaded.base.split(loaded.base(batch.obs)).action_params
+                right = (logits.argmax(-1) == batch.action) & scored
+                hits[name][0] += int(right.sum())
+                hits[name][1] += int(scored.sum())
+    out = {f"codes/{name}_first{first}_accuracy": h / t if t else float("nan")
+           for name, (h, t) in hits.items()}  # fmt: skip
+    out["codes/swap_steps"] = float(hits["swap"][1])
+    out["codes/reuse_steps"] = float(hits["reuse"][1])
+    return out
 
 
 def task_subgoals(kit: EnvKit, task) -> list[int]:
@@ -172,11 +251,12 @@ def analyse(
     task="post", n_episodes: int = 500, seed: int = 7,
 ) -> dict[str, float]:  # fmt: skip
     """``compose/...`` (ideal codes, own switching) on ``task`` and on each unseen single
-    transition (``compose/unseen/TASK``, their mean ``compose/unseen_mean``) and
-    ``prior_commit/...`` (prior codes) on ``task``, codes taken from the held-out
-    ``episodes`` of ``ds``."""
+    transition (``compose/unseen/TASK``, their mean ``compose/unseen_mean``),
+    ``prior_commit/...`` (prior codes) on ``task`` and ``codes/...`` (:func:`code_swaps`),
+    codes taken from the held-out ``episodes`` of ``ds``."""
     n_subgoals = int(ds.arrays["subgoal"].max()) + 1
     prior = summary("prior_commit", prior_commitment(loaded, task, n_episodes, seed))
+    prior |= code_swaps(loaded, ds, episodes)
     try:
         codes = subgoal_codes(loaded, ds, episodes, n_subgoals)
     except ValueError as e:  # too few held-out episodes: not computed (null in summary.json)

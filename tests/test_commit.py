@@ -91,7 +91,8 @@ def test_commit_refits_the_decoder_only(tmp_path, capsys, mode):
     assert code == 0, err
     assert "commit/val_action_nll" in out
     summary = json.loads((tmp_path / "mc-c" / "summary.json").read_text())
-    for key in ("compose/success", "compose/segment_0", "prior_commit/segment_product"):
+    for key in ("compose/success", "compose/segment_0", "prior_commit/segment_product",
+                "codes/own_first3_accuracy"):  # fmt: skip
         assert 0.0 <= summary[key] <= 1.0, key
     assert len([k for k in summary if k.startswith("compose/segment_") and k[-1].isdigit()]) == 6
     assert _sha(tmp_path / "mc" / "metacontroller.safetensors") == source  # source untouched
@@ -111,3 +112,11 @@ def test_commit_refits_the_decoder_only(tmp_path, capsys, mode):
          "--preset", "tiny", "--task", "0-1-2-3"], capsys,
     )  # fmt: skip
     assert code == 0, err
+
+
+def test_segments_name_each_true_segment_and_its_predecessor():
+    from analyses.composition import _segments
+
+    g = torch.tensor([2, 2, 0, 0, 0, 3, -1])  # padding after step 6
+    assert _segments(g, 6) == [(0, 2, 2, -1), (2, 5, 0, 2), (5, 6, 3, 0)]
+    assert _segments(g, 1) == [(0, 1, 2, -1)]

@@ -101,7 +101,10 @@ def _switch_and_code_claims(summary: dict) -> list[Claim]:
         f"{_fmt(g('mc:clustering/subgoal_chance'))}) and its target cell R2 "
         f"{_fmt(g('mc:clustering/target_cell_r2'))}; the subgoal before it "
         f"{_fmt(g('mc:clustering/previous_accuracy'))} (chance "
-        f"{_fmt(g('mc:clustering/previous_chance'))})",
+        f"{_fmt(g('mc:clustering/previous_chance'))}), yet swapping in the code learnt "
+        f"after another predecessor keeps the first-3-step action accuracy at "
+        f"{_fmt(g('mc:codes/swap_first3_accuracy'))} (own code "
+        f"{_fmt(g('mc:codes/own_first3_accuracy'))})",
         _verdict(nmi >= 0.8 if _known(nmi) else None,
                  steered >= free + 0.1 if _known(steered, free) else None),
         "mc-full/clusters.html"))  # fmt: skip
