@@ -26,13 +26,15 @@ def repro(tmp_path_factory):
 def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
     for path in ("data/meta.json", "base/model.safetensors", "base/probe/summary.json",
                  "base/controllers/summary.json", "mc-full/analysis.json",
-                 "mc-beta1/summary.json", "mc-cotrain/summary.json", "rl-full-s1/summary.json",
+                 "mc-beta1/summary.json", "mc-cotrain/summary.json",
+                 "rl-full-commit-s1/summary.json",
                  "rl-raw-s0/summary.json", "compare/success_log.html",
                  "mc-full-commit/summary.json", "mc-cotrain-commit/summary.json"):  # fmt: skip
         assert (repro / path).is_file(), path
     # the tiny preset commits (as quick does): RL and its baselines run on the refits
-    for rl_run, mc in (("rl-full-s1", "mc-full-commit"), ("rl-beta1-s0", "mc-beta1-commit"),
-                       ("rl-cotrain-s0", "mc-cotrain-commit")):  # fmt: skip
+    for rl_run, mc in (("rl-full-commit-s1", "mc-full-commit"),
+                       ("rl-beta1-commit-s0", "mc-beta1-commit"),
+                       ("rl-cotrain-commit-s0", "mc-cotrain-commit")):  # fmt: skip
         assert json.loads((repro / rl_run / "config.json").read_text())["metacontroller"].endswith(
             mc
         )
@@ -66,9 +68,9 @@ def test_a_rerun_skips_finished_stages_and_gives_the_same_numbers(repro):
     mtime = (repro / "base" / "model.safetensors").stat().st_mtime
     # as if interrupted: one RL run after a checkpoint, one before its first, controllers
     # part-way (each of these commands refuses to write into a non-empty folder by itself)
-    (repro / "rl-beta1-s0" / "summary.json").unlink()
-    (repro / "rl-cotrain-s0" / "summary.json").unlink()
-    shutil.rmtree(repro / "rl-cotrain-s0" / "checkpoints")
+    (repro / "rl-beta1-commit-s0" / "summary.json").unlink()
+    (repro / "rl-cotrain-commit-s0" / "summary.json").unlink()
+    shutil.rmtree(repro / "rl-cotrain-commit-s0" / "checkpoints")
     (repro / "base" / "controllers" / "summary.json").unlink()
     main(["reproduce", "gridworld", "--out", str(repro), *ARGS])
     assert (repro / "base" / "model.safetensors").stat().st_mtime == mtime  # not redone

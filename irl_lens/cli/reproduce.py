@@ -168,7 +168,7 @@ def _grid_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
         _discover_stage(base, discovery, mc, mc_args),
         *([_commit_stage(discovery, mc, rl_mc, ["--preset", p, "--seed", seed])]
           if s.commit else []),
-        _rl_stage(out, s, base, rl_mc, rl),
+        _rl_stage(out, s, base, rl_mc, rl, tag="-commit" if s.commit else ""),
     ]  # fmt: skip
     if s.with_sweep:
         # it runs its own worker processes: last, once everything else is done
@@ -224,19 +224,22 @@ def _commit_stage(data: Path, mc: dict[str, Path], committed: dict[str, Path],
 
 
 def _rl_stage(out: Path, s: ReproduceSettings, base: Path, mc: dict[str, Path],
-              rl: list[str]) -> Stage:  # fmt: skip
+              rl: list[str], tag: str = "") -> Stage:  # fmt: skip
     """Internal RL (``rl_seeds`` seeds) on ``full``; raw-action RL and internal RL on
-    ``beta1`` and ``cotrain``, one seed each, all on the same budget (``rl`` arguments)."""
+    ``beta1`` and ``cotrain``, one seed each, all on the same budget (``rl`` arguments).
+    Internal-RL folders are ``rl-VARIANT{tag}-sK``: RL on the commitment refits
+    (``tag="-commit"``) never mistakes a finished run on the metacontroller as discovered
+    for its own."""
     seed = str(s.seed)
     return Stage("rl", [
-        *[Job(["internal-rl", str(mc["full"]), "--out", str(out / f"rl-full-s{k}"), "--seed",
-               str(s.seed + k), *rl], out / f"rl-full-s{k}", leftover="resume",
+        *[Job(["internal-rl", str(mc["full"]), "--out", str(out / f"rl-full{tag}-s{k}"),
+               "--seed", str(s.seed + k), *rl], out / f"rl-full{tag}-s{k}", leftover="resume",
               needs=(mc["full"],))
           for k in range(s.rl_seeds)],
         Job(["raw-rl", str(base), "--out", str(out / "rl-raw-s0"), "--seed", seed, *rl],
             out / "rl-raw-s0", leftover="resume", needs=(base,)),
-        *[Job(["internal-rl", str(mc[v]), "--out", str(out / f"rl-{v}-s0"), "--seed", seed,
-               *rl], out / f"rl-{v}-s0", leftover="resume", needs=(mc[v],))
+        *[Job(["internal-rl", str(mc[v]), "--out", str(out / f"rl-{v}{tag}-s0"), "--seed",
+               seed, *rl], out / f"rl-{v}{tag}-s0", leftover="resume", needs=(mc[v],))
           for v in ("beta1", "cotrain")],
     ])  # fmt: skip
 
@@ -309,7 +312,9 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
             f"; {blocked} job(s) that need it were not started" if blocked else "") +
             ". Fix the cause and run the same command again: finished jobs are kept")  # fmt: skip
     compare_dir = out / "compare"
-    rl_dirs = sorted(str(d) for d in out.glob("rl-*") if (d / "summary.json").is_file())
+    # this pipeline's RL runs only (an earlier pipeline's rl-* folders may lie beside them)
+    rl_jobs = [j.out for j in jobs if j.args[0] in ("internal-rl", "raw-rl")]
+    rl_dirs = sorted(str(d) for d in rl_jobs if (d / "summary.json").is_file())
     if rl_dirs:
         cmd = [
             sys.executable,
