@@ -56,6 +56,22 @@ def hyper_hidden(dec: nn.Linear, z: Float[Tensor, "*lead n_z"]) -> Float[Tensor,
     return torch.cat([g, torch.ones_like(g[..., :1])], dim=-1)
 
 
+def hyper_delta(
+    module: nn.Module, e: Float[Tensor, "*lead d_model"], z: Float[Tensor, "*lead n_z"]
+) -> Float[Tensor, "*lead d_model"]:
+    """``U(z) e`` of the hypernetwork decoder on ``module`` (:func:`init_hyper_decoder`)
+    without building ``U``: ``A(z) e = sum_j g_j (W^A_j e)`` is one matmul of ``e`` against
+    every ``W^A_j`` and a weighted sum, and the same for ``B`` (or the full ``U``)."""
+    g = hyper_hidden(module.dec, z)  # [*lead, j]
+    if getattr(module, "dec_U", None) is not None:
+        per_j = torch.einsum("jab,...b->...ja", module.dec_U, e)  # [*lead, j, d]
+        return torch.einsum("...j,...ja->...a", g, per_j)
+    ae = torch.einsum("jrd,...d->...jr", module.dec_A, e)  # W^A_j e: [*lead, j, r]
+    v = torch.einsum("...j,...jr->...r", g, ae)  # A(z) e: [*lead, r]
+    gv = g.unsqueeze(-1) * v.unsqueeze(-2)  # [*lead, j, r]
+    return torch.einsum("...jr,jdr->...d", gv, module.dec_B)  # B(z) A(z) e
+
+
 def init_hyper_decoder(
     module: nn.Module, n_z: int, d_dec: int, d_model: int, rank: int | None
 ) -> None:

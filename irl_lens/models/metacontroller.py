@@ -53,6 +53,7 @@ from irl_lens import runs
 from irl_lens.models.base import load_base_model
 from irl_lens.models.common import DictConfig, build_seeded, noise
 from irl_lens.models.controller import (
+    hyper_delta,
     hyper_factors,
     hyper_full,
     hyper_hidden,
@@ -209,14 +210,7 @@ class Metacontroller(HookedRootModule):
         self, e: Float[Tensor, "*lead d_model"], z: Float[Tensor, "*lead n_z"]
     ) -> Float[Tensor, "*lead d_model"]:
         """``U(z) e`` without building ``U`` (see the module docstring)."""
-        g = self.decoder_hidden(z)  # [*lead, j]
-        if self.cfg.rank is None:
-            per_j = torch.einsum("jab,...b->...ja", self.dec_U, e)  # [*lead, j, d]
-            return torch.einsum("...j,...ja->...a", g, per_j)
-        ae = torch.einsum("jrd,...d->...jr", self.dec_A, e)  # W^A_j e: [*lead, j, r]
-        v = torch.einsum("...j,...jr->...r", g, ae)  # A(z) e: [*lead, r]
-        gv = g.unsqueeze(-1) * v.unsqueeze(-2)  # [*lead, j, r]
-        return torch.einsum("...jr,jdr->...d", gv, self.dec_B)  # B(z) A(z) e
+        return hyper_delta(self, e, z)
 
     def matrices(self, z: Float[Tensor, "*lead n_z"]) -> Float[Tensor, "*lead d_model d_model"]:
         """``U(z)`` built explicitly (for analyses and tests; training never builds it)."""
