@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from irl_lens.models.base import BaseModelConfig
 from irl_lens.train.commit import CommitConfig
+from irl_lens.train.compile_fit import CompileFitConfig
 from irl_lens.train.controllers import ControllerTrainConfig
 from irl_lens.train.discover import DiscoverConfig
 from irl_lens.train.pretrain import PretrainConfig
@@ -46,6 +47,8 @@ class Preset:
     """Internal RL and raw-action RL."""
     eval_episodes: int | None = None
     """Episodes of each closed-loop evaluation in the pipeline (``None``: each command's)."""
+    compile_fit: CompileFitConfig = CompileFitConfig()
+    """The CompILE baseline (``irl-lens compile``; issue 31): the discovery batch and rate."""
     commit: CommitConfig | None = None
     """The commitment refit of each metacontroller before internal RL (``irl-lens commit``,
     an addition to the paper: issue 29); ``None``: RL on the metacontrollers as discovered,
@@ -113,6 +116,9 @@ _GRID = {
             sample_episodes=4,
         ),
         commit=CommitConfig(steps=4, tokens_per_batch=1024, cell_batches=2, val_episodes=16),
+        compile_fit=CompileFitConfig(
+            steps=12, tokens_per_batch=1024, val_episodes=16, log_every=3, checkpoint_every=6
+        ),
     ),
 }  # fmt: skip
 

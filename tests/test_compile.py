@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,7 +82,7 @@ def test_the_loss_equals_a_hand_computation(tiny_model, tiny_dataset):
     total = float(mask.sum())
     kl_z = float(gaussian_kl(out.mu, out.logvar).sum())
     want = nll / total + 0.3 * kl_z / total + 0.7 * kl_b / total
-    assert float(got.loss) == pytest.approx(want, rel=1e-4)
+    assert float(got.loss.detach()) == pytest.approx(want, rel=1e-4)
     assert float(got.nll) == pytest.approx(nll / total, rel=1e-4)
 
 
@@ -123,3 +124,34 @@ def test_a_tiny_fit_lowers_its_loss(tiny_model, tiny_dataset):
     model = build_compile(CompILEConfig(d_model=tiny_model.cfg.d_model, n_segments=3), seed=0)
     losses = fit_compile(tiny_model, model, 1, tiny_dataset, steps=40, tokens_per_batch=1024)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_the_compile_command_fits_and_scores_boundaries_and_latents(tmp_path, capsys):
+    import json
+
+    from irl_lens.cli import main
+    from irl_lens.train.compile_fit import load_compile
+    from tests.cli_helpers import run_cli
+
+    main(["-q", "data", "gridworld", "--episodes", "80", "--out", str(tmp_path / "data")])
+    main(["-q", "data", "gridworld", "--split", "clean", "--episodes", "60",
+          "--out", str(tmp_path / "clean")])  # fmt: skip
+    main(["-q", "pretrain", str(tmp_path / "data"), "--out", str(tmp_path / "base"),
+          "--preset", "tiny", "--steps", "4"])  # fmt: skip
+    code, out, err = run_cli(
+        ["-q", "compile", str(tmp_path / "base"), "--out", str(tmp_path / "c"), "--data",
+         str(tmp_path / "clean"), "--preset", "tiny", "--segments", "3"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    for key in ("switching/f1_tol1", "switching/switches_per_episode", "clustering/nmi"):
+        assert key in summary and summary[key] == summary[key], key  # present, not NaN
+    assert summary["switching/switches_per_episode"] <= 2.0  # at most M - 1 boundaries
+    loaded = load_compile(tmp_path / "c")
+    assert loaded.model.cfg.n_segments == 3 and loaded.layer == 1
+    rows = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 12 and all(np.isfinite(r["train/loss"]) for r in rows)
+    again = ["-q", "compile", str(tmp_path / "base"), "--out", str(tmp_path / "c"), "--data",
+             str(tmp_path / "clean")]  # fmt: skip
+    code, _, err = run_cli(again, capsys)
+    assert code == 2 and "error:" in err  # never over a finished run
