@@ -91,7 +91,8 @@ def compile_loss(
         nll = nll - (out.masks[i] * logp * mask).sum()
     n = mask.sum().clamp(min=1.0)
     kl_z, kl_b = out.kl_z.sum() / n, out.kl_b.sum() / n
-    return CompILELoss(nll / n + beta_z * kl_z + beta_b * kl_b, nll / n, kl_z, kl_b)
+    loss = nll / n + beta_z * kl_z + beta_b * kl_b
+    return CompILELoss(loss, (nll / n).detach(), kl_z.detach(), kl_b.detach())
 
 
 def fit_compile(base, model: CompILE, layer: int, ds: TrajectoryDataset, *, steps: int,
