@@ -112,7 +112,7 @@ def fit_compile(base, model: CompILE, layer: int, ds: TrajectoryDataset, *, step
             parts.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            losses.append(float(parts.loss))
+            losses.append(float(parts.loss.detach()))
     model.eval()
     return losses
 
@@ -173,7 +173,7 @@ def train_compile(
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 non_finite.check(guard.saved_at)
-                rec = {"step": step, "train/loss": float(parts.loss),
+                rec = {"step": step, "train/loss": float(parts.loss.detach()),
                        "train/action_nll": float(parts.nll), "train/kl_z": float(parts.kl_z),
                        "train/kl_b": float(parts.kl_b)}  # fmt: skip
                 runs.append_metrics(metrics, rec)
