@@ -55,8 +55,8 @@ class Comparison:
 
 def run_label(config: dict) -> str:
     method = config.get("method", "?")
-    if method.startswith("internal_rl") and config.get("variant") == "cotrain":
-        return "internal_rl (cotrain)"
+    if method.startswith("internal_rl") and config.get("variant") in ("cotrain", "compile"):
+        return f"internal_rl ({config['variant']})"
     return method
 
 

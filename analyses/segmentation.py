@@ -45,9 +45,13 @@ def episode_segments(
 def analyse(
     loaded: LoadedCompile, ds: TrajectoryDataset, episodes: np.ndarray, seed: int = 0
 ) -> dict[str, float]:
-    """``switching/...`` (boundary alignment) and ``clustering/...`` (latents) numbers."""
+    """``switching/...`` (boundary alignment), ``clustering/...`` (latents) and
+    ``segments/mean_steps`` (raw steps per inferred segment: the segment length internal RL
+    over CompILE's latents uses) numbers."""
     starts, subgoals, codes = episode_segments(loaded, ds, episodes)
     out = switching.summary(switching.alignment_result(starts, subgoals))
+    n_segments = sum(float(s.sum()) + 1.0 for s in starts)
+    out["segments/mean_steps"] = sum(len(s) for s in starts) / max(n_segments, 1.0)
     z, truth = clustering.segment_codes(codes, subgoals)
     if len(z) >= 2:
         out |= clustering.clusters_summary(clustering.cluster_codes(z, truth, seed=seed))

@@ -151,6 +151,17 @@ def test_the_compile_command_fits_and_scores_boundaries_and_latents(tmp_path, ca
     assert loaded.model.cfg.n_segments == 3 and loaded.layer == 1
     rows = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 12 and all(np.isfinite(r["train/loss"]) for r in rows)
+    assert summary["segments/mean_steps"] >= 1.0
+    # internal RL over its latents: a code every segments/mean_steps raw steps
+    code, _, err = run_cli(["-q", "internal-rl", str(tmp_path / "c"), "--out", str(tmp_path / "rl"),
+                            "--preset", "tiny", "--task", "0-1-2-3"], capsys)  # fmt: skip
+    assert code == 0, err
+    rl_config = json.loads((tmp_path / "rl" / "config.json").read_text())
+    assert rl_config["variant"] == "compile" and rl_config["segment_steps"] == max(
+        1, round(summary["segments/mean_steps"]))  # fmt: skip
+    from analyses.rl_curves import run_label
+
+    assert run_label(rl_config) == "internal_rl (compile)"
     again = ["-q", "compile", str(tmp_path / "base"), "--out", str(tmp_path / "c"), "--data",
              str(tmp_path / "clean")]  # fmt: skip
     code, _, err = run_cli(again, capsys)

@@ -64,7 +64,13 @@ def _print(out: Path, summary: dict) -> None:
 
 
 def internal_rl(
-    mc: Annotated[Path, typer.Argument(metavar="MC", help="Metacontroller folder (discover).")],
+    mc: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MC",
+            help="Metacontroller folder (discover, commit) or CompILE folder (compile).",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     task: Annotated[str, _TASK] = "post",
     episodes: Annotated[int | None, _EPISODES] = None,
@@ -79,9 +85,11 @@ def internal_rl(
     """Internal RL: PPO over the metacontroller's latent codes on the switching timescale.
 
     The frozen base model, switching unit and decoder are the environment; the policy picks
-    a code whenever beta crosses the threshold. Writes metrics.jsonl (per batch: success,
-    abstract and raw steps, clip fraction, approx KL, episodes/s), summary.json and
-    episodes.json (sampled episodes with beta, codes and true subgoals).
+    a code whenever beta crosses the threshold. On a CompILE folder (the baseline) it picks
+    a code every `segments/mean_steps` raw steps of the trained CompILE (its boundary
+    network reads whole episodes, so it cannot end a segment online). Writes metrics.jsonl
+    (per batch: success, abstract and raw steps, clip fraction, approx KL, episodes/s),
+    summary.json and episodes.json (sampled episodes with beta, codes and true subgoals).
 
     Example: irl-lens internal-rl runs/q/mc --out runs/q/rl-0 --task post --seed 0
     """

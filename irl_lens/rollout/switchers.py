@@ -128,9 +128,17 @@ class MetacontrollerDriver:
         z = torch.randn(len(sel), self.mc.cfg.n_z, generator=self.generator)
         return z.to(state.resid.device)
 
+    def _switch_probability(self, state: StepState, e: Tensor, carry: StepCarry) -> Tensor:
+        """``beta_t`` per row: the metacontroller's switching unit."""
+        return self.mc.switch_probability(e, carry)
+
+    def _history(self, e: Tensor, h: Tensor) -> Tensor:
+        """``h_t`` from ``h_{t-1}``: the metacontroller's GRU."""
+        return self.mc.gru_step(e, h)
+
     def reset(self, env: BatchedEnv, device) -> None:
         n = env.n_envs
-        self.h = torch.zeros(n, self.mc.cfg.n_h, device=device)
+        self.h = torch.zeros(n, getattr(self.mc.cfg, "n_h", 1), device=device)
         self.z = torch.zeros(n, self.mc.cfg.n_z, device=device)
         self.beta = np.full((n, self.max_steps), np.nan, dtype=np.float32)
         self.switched = np.zeros((n, self.max_steps), dtype=bool)
@@ -143,7 +151,7 @@ class MetacontrollerDriver:
         idx = torch.from_numpy(rows).to(state.resid.device)
         e = state.resid  # [rows, d_model]
         carry = StepCarry(self.h[idx], self.z[idx])
-        beta = self.mc.switch_probability(e, carry)
+        beta = self._switch_probability(state, e, carry)
         switch = (beta >= self.threshold) | (state.t == 0) | self.always_switch
         live_np = ~state.env.done[rows]  # finished rows wait in the batch until compaction
         switch &= torch.from_numpy(live_np).to(switch.device)
@@ -153,10 +161,31 @@ class MetacontrollerDriver:
             z = z.clone()
             z[sel] = self.propose(state, sel)
         self.z[idx] = z
-        self.h[idx] = self.mc.gru_step(e, carry.h)
+        self.h[idx] = self._history(e, carry.h)
         live_rows = rows[live_np]
         self.beta[live_rows, state.t] = beta.cpu().numpy()[live_np]
         self.switched[live_rows, state.t] = switch.cpu().numpy()[live_np]
         self.codes[live_rows, state.t] = z.cpu().numpy()[live_np]
         mc = self.mc
         return lambda e3: mc.apply_code(e3, z.unsqueeze(1))
+
+
+class FixedIntervalDriver(MetacontrollerDriver):
+    """A code model without a switching unit (CompILE, issue 31) in the engine: a new code
+    every ``every`` raw steps (``t = 0, every, 2 * every, ...``), written with the model's
+    ``apply_code``; ``beta_t`` is recorded as 1 at those steps and 0 elsewhere. The segment
+    length is the trained model's (``irl-lens compile`` stores it as
+    ``segments/mean_steps``): CompILE's boundary network reads the whole episode, so it
+    cannot decide online when a segment ends."""
+
+    def __init__(self, model, *, every: int, **kw) -> None:
+        if every < 1:
+            raise ValueError(f"every={every!r} must be >= 1")
+        super().__init__(model, **kw)
+        self.every = every
+
+    def _switch_probability(self, state: StepState, e: Tensor, carry: StepCarry) -> Tensor:
+        return torch.full((len(e),), float(state.t % self.every == 0), device=e.device)
+
+    def _history(self, e: Tensor, h: Tensor) -> Tensor:
+        return h

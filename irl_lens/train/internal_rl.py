@@ -34,14 +34,17 @@ import torch
 from irl_lens import runs
 from irl_lens.envs.gridworld_batch import BatchedGridPinpad
 from irl_lens.envs.pinpad import format_task, parse_task
+from irl_lens.models.compile_model import KIND as COMPILE_KIND
 from irl_lens.models.metacontroller import StepCarry
 from irl_lens.models.policy import InternalPolicy, PolicyConfig, build_policy
 from irl_lens.rollout.engine import StepState
 from irl_lens.rollout.grid import GridRolloutEngine as RolloutEngine
 from irl_lens.rollout.grid import obs_tokens
 from irl_lens.rollout.kit import EnvKit, env_kit
-from irl_lens.rollout.switchers import MetacontrollerDriver
+from irl_lens.rollout.switchers import FixedIntervalDriver, MetacontrollerDriver
 from irl_lens.train import rl
+from irl_lens.train.compile_fit import WEIGHTS as COMPILE_WEIGHTS
+from irl_lens.train.compile_fit import load_compile
 from irl_lens.train.discover import load_metacontroller
 
 logger = logging.getLogger(__name__)
@@ -110,18 +113,22 @@ def collect(
     threshold: float,
     always_switch: bool,
     n_sample: int = 0,
+    every: int | None = None,
 ) -> Batch:
     """Run ``n_episodes`` of internal RL with the current policy (no gradients), all in one
-    batch of ``kit``'s environment (gridworld or ant)."""
+    batch of ``kit``'s environment (gridworld or ant). ``every``: a code model without a
+    switching unit (CompILE) takes a new code every ``every`` raw steps."""
     engine = kit.engine
     device = engine.device
     env = kit.make_env(n_episodes, task=task, seed=seed, stream=stream)
     gen = rl.stream_generator(seed, stream)
     recorder = AbstractRecorder(policy, n_episodes, engine.model.cfg.n_ctx, gen, device)
-    driver = MetacontrollerDriver(
-        mc, threshold=threshold, propose=recorder, generator=gen, always_switch=always_switch,
-        max_steps=kit.max_steps,
-    )  # fmt: skip
+    kw = dict(threshold=threshold, propose=recorder, generator=gen,
+              always_switch=always_switch, max_steps=kit.max_steps)  # fmt: skip
+    if every is None:
+        driver = MetacontrollerDriver(mc, **kw)
+    else:
+        driver = FixedIntervalDriver(mc, every=every, **kw)
     with torch.no_grad():
         ro = engine.run(env, controller_fn=driver, generator=gen)
     k_max = max(1, int(recorder.k.max()))
@@ -180,7 +187,15 @@ def internal_rl(
 ) -> dict[str, float]:
     """Train an internal-RL policy over the codes of the metacontroller in ``mc_path``."""
     out = Path(out)
-    base, mc, mc_config = load_metacontroller(mc_path, device=device)
+    every, weights = None, "metacontroller.safetensors"
+    if runs.read_json(Path(mc_path) / "config.json", "run config").get("kind") == COMPILE_KIND:
+        loaded = load_compile(mc_path, device=device)  # CompILE (issue 31)
+        base, mc, mc_config = loaded.base, loaded.model, loaded.config
+        summary = runs.read_json(Path(mc_path) / "summary.json", "CompILE summary")
+        every, weights = max(1, round(summary["segments/mean_steps"])), COMPILE_WEIGHTS
+        mc_config = mc_config | {"train": mc_config["train"] | {"variant": "compile"}}
+    else:
+        base, mc, mc_config = load_metacontroller(mc_path, device=device)
     layer = int(mc_config["layer"])
     always_switch = mc_config["train"]["variant"] == "beta1"
     pcfg = PolicyConfig(d_model=base.cfg.d_model, n_z=mc.cfg.n_z, d_policy=cfg.d_policy)
@@ -192,9 +207,10 @@ def internal_rl(
         "kind": rl.KIND,
         "version": runs.RUN_VERSION,
         "metacontroller": str(mc_path),
-        "metacontroller_ref": runs.run_ref(mc_path, out, "metacontroller.safetensors"),
+        "metacontroller_ref": runs.run_ref(mc_path, out, weights),
         "method": "internal_rl" + ("_beta1" if always_switch else ""),
         "variant": mc_config["train"]["variant"],
+        "segment_steps": every,
         "layer": layer,
         "task": format_task(task),
         "policy": pcfg.to_dict(),
@@ -206,6 +222,7 @@ def internal_rl(
         collect_fn=lambda b, n_sample: collect(
             kit, mc, policy, task, cfg.batch_size, seed=cfg.seed,
             stream=b, threshold=cfg.threshold, always_switch=always_switch, n_sample=n_sample,
+            every=every,
         ),
         update_fn=lambda batch: ppo_update(policy, opt, batch, cfg),
         stop_after=stop_after, progress=progress, desc="internal RL",
