@@ -366,7 +366,8 @@ def compile_command(
 
     Reports, on the held-out episodes, its boundary alignment with the true subgoal
     switches (F1 at tolerances 0-2, as discover does) and the clustering of its latents by
-    subgoal (NMI). Internal RL over CompILE's latents is not built yet (issue 31).
+    subgoal (NMI), and the raw steps per inferred segment (`segments/mean_steps`), the
+    segment length `irl-lens internal-rl` uses on this folder.
 
     Example: irl-lens compile runs/q/base --out runs/q/compile --data runs/q/data-discovery
     """

@@ -7,8 +7,8 @@ boundaries) are added per real step. The reconstruction is the action term only 
 reconstructs actions; the base's next-observation head is not used). :func:`fit_compile`
 runs the optimizer on it; :func:`train_compile` trains into a run folder (``kind =
 "compile"``: ``config.json``, ``compile.safetensors``, ``metrics.jsonl``, ``checkpoints/``,
-resumable, interrupt-safe like discovery). Internal RL over CompILE's latents is still to
-come (issue 31).
+resumable, interrupt-safe like discovery); ``irl-lens internal-rl`` takes such a folder
+(:class:`irl_lens.rollout.switchers.FixedIntervalDriver`).
 """
 
 from __future__ import annotations
