@@ -46,9 +46,10 @@ MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
         "controllers": Measured(846),
         "discover": Measured(927),  # full 883, beta1 770, cotrain 1,129
         # on a committed metacontroller (issue 29): episodes run longer once the policy
-        # completes segments; 300,032 episodes on `full`: 1,070-1,300 s (3 seeds, one thread)
+        # completes segments; 300,032 episodes on `full`: 1,070-1,489 s (3 seeds, one thread);
+        # on the beta1 / cotrain refits, which fail early: 1,122 / 474 s
         "internal-rl": Measured(1_200, 300_032),
-        "raw-rl": Measured(754, 100_352),  # the quick RL preset then: 98 batches of 1,024
+        "raw-rl": Measured(3_294, 300_032),  # 2026-12-06, beside another RL run
         "commit": Measured(270),  # 400 steps ~240 s, then the composition analyses
     },
     # README "ant-pinpad (quick preset, this machine)", 2026-12-02, two jobs at a time
