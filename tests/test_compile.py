@@ -129,15 +129,10 @@ def test_a_tiny_fit_lowers_its_loss(tiny_model, tiny_dataset):
 def test_the_compile_command_fits_and_scores_boundaries_and_latents(tmp_path, capsys):
     import json
 
-    from irl_lens.cli import main
     from irl_lens.train.compile_fit import load_compile
-    from tests.cli_helpers import run_cli
+    from tests.cli_helpers import run_cli, tiny_runs
 
-    main(["-q", "data", "gridworld", "--episodes", "80", "--out", str(tmp_path / "data")])
-    main(["-q", "data", "gridworld", "--split", "clean", "--episodes", "60",
-          "--out", str(tmp_path / "clean")])  # fmt: skip
-    main(["-q", "pretrain", str(tmp_path / "data"), "--out", str(tmp_path / "base"),
-          "--preset", "tiny", "--steps", "4"])  # fmt: skip
+    tiny_runs(tmp_path)
     code, out, err = run_cli(
         ["-q", "compile", str(tmp_path / "base"), "--out", str(tmp_path / "c"), "--data",
          str(tmp_path / "clean"), "--preset", "tiny", "--segments", "3"], capsys,

@@ -10,19 +10,14 @@ import pytest
 import torch
 
 from irl_lens.cli import main
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import run_cli, tiny_runs
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dev")
-    main(["-q", "data", "gridworld", "--episodes", "80", "--out", str(root / "data")])
-    main(["-q", "data", "gridworld", "--split", "clean", "--episodes", "60",
-          "--out", str(root / "clean")])  # fmt: skip
-    main(["-q", "pretrain", str(root / "data"), "--out", str(root / "base"), "--preset", "tiny",
-          "--steps", "4"])  # fmt: skip
+    root = tiny_runs(tmp_path_factory.mktemp("dev"))
     main(["-q", "discover", str(root / "base"), "--out", str(root / "mc"), "--data",
           str(root / "clean"), "--preset", "tiny", "--steps", "2", "--episodes", "2"])  # fmt: skip
     return root

@@ -9,6 +9,7 @@ import pytest
 
 from irl_lens.cli.ray_runner import gpus_wanted, make_runner
 from irl_lens.cli.sweep import LocalRunner, rate_distortion_jobs
+from tests.cli_helpers import tiny_runs
 
 if os.environ.get("CI") != "true":  # CI installs the dev extra, which brings Ray
     pytest.importorskip("ray", reason="Ray is not installed: pip install 'irl-lens[ray]'")
@@ -16,15 +17,7 @@ if os.environ.get("CI") != "true":  # CI installs the dev extra, which brings Ra
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from irl_lens.cli import main
-
-    root = tmp_path_factory.mktemp("ray")
-    main(["-q", "data", "gridworld", "--episodes", "80", "--out", str(root / "data")])
-    main(["-q", "data", "gridworld", "--split", "clean", "--episodes", "60",
-          "--out", str(root / "clean")])  # fmt: skip
-    main(["-q", "pretrain", str(root / "data"), "--out", str(root / "base"), "--preset", "tiny",
-          "--steps", "6"])  # fmt: skip
-    return root
+    return tiny_runs(tmp_path_factory.mktemp("ray"), base_steps=6)
 
 
 def _sweep(root, name, runner):
