@@ -157,6 +157,12 @@ def test_the_compile_command_fits_and_scores_boundaries_and_latents(tmp_path, ca
     from analyses.rl_curves import run_label
 
     assert run_label(rl_config) == "internal_rl (compile)"
+    stale = json.loads((tmp_path / "c" / "summary.json").read_text())
+    del stale["segments/mean_steps"]  # a folder analysed before the key existed
+    (tmp_path / "c" / "summary.json").write_text(json.dumps(stale))
+    code, _, err = run_cli(["-q", "internal-rl", str(tmp_path / "c"), "--out",
+                            str(tmp_path / "rl2"), "--preset", "tiny"], capsys)  # fmt: skip
+    assert code == 2 and "segments/mean_steps" in err and "Traceback" not in err, err
     again = ["-q", "compile", str(tmp_path / "base"), "--out", str(tmp_path / "c"), "--data",
              str(tmp_path / "clean")]  # fmt: skip
     code, _, err = run_cli(again, capsys)

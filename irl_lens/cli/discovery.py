@@ -356,7 +356,10 @@ def compile_command(
     preset: Annotated[DiscoverPreset, typer.Option(help="quick, paper or tiny.")] = (
         DiscoverPreset.quick
     ),
-    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue from the last checkpoint (on a finished run: analyse again)."),
+    ] = False,
     seed: Annotated[int, SEED_OPTION] = 0,
     device: Annotated[Device, DEVICE_OPTION] = Device.cpu,
 ) -> None:

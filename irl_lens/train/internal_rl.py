@@ -191,7 +191,13 @@ def internal_rl(
     if runs.read_json(Path(mc_path) / "config.json", "run config").get("kind") == COMPILE_KIND:
         loaded = load_compile(mc_path, device=device)  # CompILE (issue 31)
         base, mc, mc_config = loaded.base, loaded.model, loaded.config
-        summary = runs.read_json(Path(mc_path) / "summary.json", "CompILE summary")
+        summary_path = Path(mc_path) / "summary.json"
+        summary = runs.read_json(summary_path, "CompILE summary") if summary_path.is_file() else {}
+        if not isinstance(summary.get("segments/mean_steps"), int | float):
+            raise runs.RunError(
+                f"{mc_path}: its summary.json has no segments/mean_steps (the segment length "
+                "internal RL uses); re-analyse it: its irl-lens compile command with --resume"
+            )
         every, weights = max(1, round(summary["segments/mean_steps"])), COMPILE_WEIGHTS
         mc_config = mc_config | {"train": mc_config["train"] | {"variant": "compile"}}
     else:
