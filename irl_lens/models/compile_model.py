@@ -61,9 +61,7 @@ from irl_lens.envs.gridworld_layout import N_CELL_CODES, N_CELLS
 from irl_lens.models.common import DictConfig, build_seeded, noise
 from irl_lens.models.controller import (
     hyper_delta,
-    hyper_factors,
-    hyper_full,
-    hyper_hidden,
+    hyper_matrices,
     init_hyper_decoder,
 )
 from irl_lens.models.metacontroller import gaussian_kl
@@ -229,11 +227,7 @@ class CompILE(HookedRootModule):
 
     def matrices(self, z: Tensor) -> Tensor:
         """``U(z)`` built explicitly (for tests and analyses)."""
-        g = hyper_hidden(self.dec, z)
-        if self.cfg.rank is None:
-            return hyper_full(g, self.dec_U)
-        a, b = hyper_factors(g, self.dec_A, self.dec_B)
-        return b @ a
+        return hyper_matrices(self, z)
 
     def apply_code(self, e: Tensor, z: Tensor) -> Tensor:
         """``e + U(z) e`` (through the controller hooks, as the metacontroller writes it)."""

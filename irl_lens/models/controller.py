@@ -72,6 +72,16 @@ def hyper_delta(
     return torch.einsum("...jr,jdr->...d", gv, module.dec_B)  # B(z) A(z) e
 
 
+def hyper_matrices(module: nn.Module, z: Float[Tensor, "*lead n_z"]) -> Tensor:
+    """``U(z)`` of the hypernetwork decoder on ``module``, built explicitly (analyses and
+    tests; training uses :func:`hyper_delta`)."""
+    g = hyper_hidden(module.dec, z)
+    if getattr(module, "dec_U", None) is not None:
+        return hyper_full(g, module.dec_U)
+    a, b = hyper_factors(g, module.dec_A, module.dec_B)
+    return b @ a
+
+
 def init_hyper_decoder(
     module: nn.Module, n_z: int, d_dec: int, d_model: int, rank: int | None
 ) -> None:

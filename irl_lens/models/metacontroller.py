@@ -54,9 +54,8 @@ from irl_lens.models.base import load_base_model
 from irl_lens.models.common import DictConfig, build_seeded, noise
 from irl_lens.models.controller import (
     hyper_delta,
-    hyper_factors,
-    hyper_full,
     hyper_hidden,
+    hyper_matrices,
     init_hyper_decoder,
 )
 from irl_lens.models.ssm import RGLRU
@@ -214,11 +213,7 @@ class Metacontroller(HookedRootModule):
 
     def matrices(self, z: Float[Tensor, "*lead n_z"]) -> Float[Tensor, "*lead d_model d_model"]:
         """``U(z)`` built explicitly (for analyses and tests; training never builds it)."""
-        g = self.decoder_hidden(z)
-        if self.cfg.rank is None:
-            return hyper_full(g, self.dec_U)
-        A, B = hyper_factors(g, self.dec_A, self.dec_B)
-        return B @ A
+        return hyper_matrices(self, z)
 
     def apply_code(
         self, e: Float[Tensor, "*lead d_model"], z: Float[Tensor, "*lead n_z"]
