@@ -43,6 +43,17 @@ def test_data_then_pretrain_tiny(tmp_path, capsys):
     )  # fmt: skip
     assert code == 0, err
     assert json.loads((paths / "config.json").read_text())["model"]["path_features"] is True
+    pooled = tmp_path / "run-objects"
+    code, _, err = _run(
+        ["-q", "pretrain", str(data), "--out", str(pooled), "--preset", "tiny", "--steps", "5",
+         "--encoder", "objects"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((pooled / "config.json").read_text())["model"]["encoder"] == "objects"
+    from irl_lens.models.base import PooledObjectEncoder, load_base_model
+
+    assert isinstance(load_base_model(pooled).obs_encoder, PooledObjectEncoder)
 
 
 def test_quick_preset_has_path_features_and_paper_does_not():

@@ -177,6 +177,40 @@ def test_path_features_change_the_embedding_and_keep_the_step_equality(tiny_data
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
 
 
+def test_pooled_object_encoder_has_no_colour_slots_and_keeps_the_step_equality(tiny_dataset):
+    """The ``objects`` encoder (issue 29, Fig 4): its pooled part is one function of the set
+    of objects, so it has no per-colour slot (swapping two colours' object tokens changes
+    nothing but what the tokens themselves say), gradients reach the queries, and stepping
+    with a KV cache equals the full pass."""
+    from irl_lens.models.base import PooledObjectEncoder
+
+    model = build_model(tiny_model_config(path_features=True, encoder="objects"), seed=0).eval()
+    enc = model.obs_encoder
+    assert isinstance(enc, PooledObjectEncoder) and enc.heads == 4
+    assert enc.out.in_features == 4 * model.model_cfg.d_cell  # heads, not colours + 1
+    obs = make_batch(tiny_dataset, np.arange(3)).obs
+    # the object pooling is invariant to the order of the objects: reverse them
+    feats = torch.randn(2, 5, 9, model.model_cfg.d_cell).relu()
+    keep = torch.ones(2, 5, 9, 1, dtype=torch.bool)
+    keep[:, :, -1] = False
+    codes = torch.randint(1, 9, (2, 5, 9))
+    order = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0, 8])
+    torch.testing.assert_close(
+        enc._pool(feats, codes, keep), enc._pool(feats[:, :, order], codes[:, :, order], keep)
+    )
+    # a masked object (an empty slot) does not count, whatever its features
+    junk = feats.clone()
+    junk[:, :, -1] = 100.0
+    torch.testing.assert_close(enc._pool(feats, codes, keep), enc._pool(junk, codes, keep))
+    full = model(obs)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, obs.shape[0])
+    steps = [model(obs[:, t : t + 1], past_kv_cache=cache) for t in range(obs.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
+    model.train()
+    model(obs).sum().backward()
+    assert enc.queries.grad is not None and enc.queries.grad.abs().sum() > 0
+
+
 def test_path_memo_gives_the_same_features(tiny_dataset):
     from irl_lens.models.base import PathMemo, path_features
 

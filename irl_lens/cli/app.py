@@ -75,6 +75,11 @@ class Preset(str, Enum):
     tiny = "tiny"
 
 
+class Encoder(str, Enum):
+    slots = "slots"
+    objects = "objects"
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
@@ -245,6 +250,14 @@ def pretrain(
             "it (default: the preset's; quick on, paper off).",
         ),
     ] = None,
+    encoder: Annotated[
+        Encoder | None,
+        typer.Option(
+            help="Gridworld encoder: slots (one slot per colour, the default) or objects "
+            "(objects pooled by a few learned queries, no colour indexing: issue 29's "
+            "mid-depth controllability experiment).",
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue from the run's last checkpoint, exactly.")
     ] = False,
@@ -290,6 +303,7 @@ def pretrain(
             ("d_model", d_model),
             ("obs_loss_weight", obs_loss_weight),
             ("path_features", path_features),
+            ("encoder", encoder.value if encoder is not None else None),
         )
         if v is not None
     }
@@ -298,6 +312,8 @@ def pretrain(
         for k, v in (("steps", steps), ("lr", lr), ("weight_decay", weight_decay))
         if v is not None
     }
+    if ds.meta["env"] == "ant" and encoder is Encoder.objects:
+        raise ValueError("--encoder objects: only gridworld data has objects on a board")
     if ds.meta["env"] == "ant" and path_features:
         raise ValueError("--path-features: only gridworld data has a board to find paths on")
     model_cfg = dataclasses.replace(

@@ -88,9 +88,17 @@ class BaseModelConfig(DictConfig):
     and its path distance (a fixed function of the observation, see
     :func:`path_features`). The quick preset turns it on; the paper's encoder is off."""
 
+    encoder: Literal["slots", "objects"] = "slots"
+    """Gridworld encoder: ``slots`` (:class:`GridObservationEncoder`, one slot per colour)
+    or ``objects`` (:class:`PooledObjectEncoder`, objects pooled by ``pool_heads`` learned
+    queries, no colour indexing)."""
+    pool_heads: int = 4
+    """``objects`` encoder: learned-query heads (fewer than the 8 colours)."""
+
     def __post_init__(self) -> None:
         runs.check_finite_fields(self)
         checks = {
+            "pool_heads": self.pool_heads >= 1,
             "d_model": self.d_model >= 8,
             "n_layers": self.n_layers >= 1,
             "n_heads": self.n_heads >= 1 and self.d_model % max(self.n_heads, 1) == 0,
@@ -115,6 +123,10 @@ class BaseModelConfig(DictConfig):
             )
         if self.obs_kind == "grid" and self.obs_dim != GRID_OBS_WIDTH:
             raise ValueError(f"BaseModelConfig.obs_dim must be {GRID_OBS_WIDTH} for grid obs")
+        if self.encoder not in ("slots", "objects"):
+            raise ValueError(f"BaseModelConfig.encoder={self.encoder!r}: use 'slots' or 'objects'")
+        if self.encoder == "objects" and self.obs_kind != "grid":
+            raise ValueError("BaseModelConfig.encoder='objects' needs obs_kind='grid'")
         if self.path_features and self.obs_kind != "grid":
             raise ValueError("BaseModelConfig.path_features=True needs obs_kind='grid'")
 
@@ -282,6 +294,14 @@ class GridObservationEncoder(nn.Module):
         )
         return extra * is_colour
 
+    def _pool(self, feats: Tensor, obj_codes: Tensor, keep: Tensor) -> Tensor:
+        """The objects' features ``[batch, pos, k, d_cell]`` -> ``[batch, pos, d_model]``:
+        each colour into its own slot, the walls summed into the last one."""
+        slot = (obj_codes - 1).clamp(0, N_COLOURS)  # [batch, pos, k]
+        slots = feats.new_zeros(*feats.shape[:-2], N_COLOURS + 1, feats.shape[-1])
+        slots.scatter_add_(-2, slot.unsqueeze(-1).expand_as(feats), feats)
+        return self.out(slots.flatten(-2))
+
     def forward(self, obs: Int[Tensor, "batch pos obs"]) -> Float[Tensor, "batch pos d_model"]:
         codes = obs[..., : self.n_cells]  # [batch, pos, cells]
         agent = obs[..., self.n_cells]  # [batch, pos]
@@ -297,17 +317,58 @@ class GridObservationEncoder(nn.Module):
         if self.with_paths:
             feats = feats + self._path_features(codes, agent, obj_codes)
         feats = torch.relu(feats) * keep
-        # slot of an object: colour c -> c, every wall -> the shared last slot
-        slot = (obj_codes - 1).clamp(0, N_COLOURS)  # [batch, pos, k]
-        slots = feats.new_zeros(*feats.shape[:-2], N_COLOURS + 1, feats.shape[-1])
-        slots.scatter_add_(-2, slot.unsqueeze(-1).expand_as(feats), feats)
         # the paper's linear embedding of the one-hot grid; empty cells only add a
         # constant, absorbed by the bias, so summing the occupied cells is the same map
         linear = (self.grid_embed(self.cell_base[cells] + obj_codes) * keep).sum(-2)
         under = torch.gather(codes, -1, agent.unsqueeze(-1)).squeeze(-1)  # [batch, pos]
         return (
-            self.out(slots.flatten(-2)) + linear + self.under_embed(under) + self.agent_embed(agent)
+            self._pool(feats, obj_codes, keep)
+            + linear
+            + self.under_embed(under)
+            + self.agent_embed(agent)
         )
+
+
+class PooledObjectEncoder(GridObservationEncoder):
+    """:class:`GridObservationEncoder` without the colour-indexed slots (issue 29, Fig 4).
+
+    Every object (colour or wall) keeps its token, built by the same network from its code,
+    its offset from the agent and, with ``with_paths``, its own shortest-path moves and
+    distance. Instead of a slot per colour, ``heads`` learned queries attend over the
+    objects and their value vectors are concatenated:
+
+        a_h = softmax_k(q_h . W_k f_k / sqrt(d_cell)),  pooled_h = sum_k a_h,k W_v^h f_k,
+        e_0 = W_out . concat(pooled_1, ..., pooled_H) + (the linear, under and agent terms)
+
+    With fewer heads than colours, no fixed linear map of ``e_0`` can pick "the moves toward
+    colour c" for every c: the information is there (in superposition over the objects) but
+    not indexed by colour. Selecting the goal's moves then needs the goal, which the model
+    infers from the history, so the hypothesis is that controllability moves past layer 0.
+    """
+
+    def __init__(
+        self,
+        d_cell: int,
+        d_model: int,
+        grid: int = GRID_SIZE,
+        with_paths: bool = False,
+        heads: int = 4,
+    ) -> None:
+        super().__init__(d_cell, d_model, grid=grid, with_paths=with_paths)
+        self.heads = heads
+        self.queries = nn.Parameter(torch.randn(heads, d_cell) * d_cell**-0.5)
+        self.keys = nn.Linear(d_cell, d_cell, bias=False)
+        self.values = nn.Linear(d_cell, heads * d_cell, bias=False)
+        self.out = nn.Linear(heads * d_cell, d_model)
+
+    def _pool(self, feats: Tensor, obj_codes: Tensor, keep: Tensor) -> Tensor:
+        d_cell = feats.shape[-1]
+        scores = self.keys(feats) @ self.queries.T / d_cell**0.5  # [batch, pos, k, heads]
+        scores = scores.masked_fill(~keep, float("-inf"))
+        attn = torch.softmax(scores, dim=-2)  # over the objects
+        values = self.values(feats).unflatten(-1, (self.heads, d_cell))  # [.., k, heads, d]
+        pooled = torch.einsum("...kh,...khd->...hd", attn, values)
+        return self.out(pooled.flatten(-2))
 
 
 class VectorObservationEncoder(nn.Module):
@@ -365,8 +426,12 @@ class ActionModel(HookedTransformer):
             warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
             super().__init__(tl_cfg)
         self.model_cfg = cfg
-        if cfg.obs_kind == "grid":
-            self.obs_encoder: nn.Module = GridObservationEncoder(
+        if cfg.obs_kind == "grid" and cfg.encoder == "objects":
+            self.obs_encoder: nn.Module = PooledObjectEncoder(
+                cfg.d_cell, cfg.d_model, with_paths=cfg.path_features, heads=cfg.pool_heads
+            )
+        elif cfg.obs_kind == "grid":
+            self.obs_encoder = GridObservationEncoder(
                 cfg.d_cell, cfg.d_model, with_paths=cfg.path_features
             )
         else:
