@@ -5,7 +5,9 @@ rate = validation KL per step, distortion = validation action NLL per step, plus
 switch F1 (tolerance 1) and switches per episode. Frozen-base (``full``) and co-trained
 runs are drawn in different colours; runs with F1 >= 0.9 are starred. The paper's finding:
 with a frozen base the curve has a gap where subgoal-aligned switching appears; co-trained
-runs show no such structure.
+runs show no such structure. CompILE folders (``irl-lens sweep compile-kl``, issue 31) give
+points the same way, their KL weight ``beta_z`` in the ``alpha`` column and their rate the
+latents' held-out KL, so the baseline's curve reads like the metacontroller's.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def sweep_points(sweep: str | Path) -> list[RDPoint]:
 
 def label(variant: str) -> str:
     """A variant's name in tables and legends."""
-    return "frozen base" if variant == "full" else variant
+    return {"full": "frozen base", "compile": "CompILE"}.get(variant, variant)
 
 
 def load_points(folders: list[str | Path]) -> list[RDPoint]:
@@ -52,13 +54,18 @@ def load_points(folders: list[str | Path]) -> list[RDPoint]:
             continue
         s = runs.read_json(folder / "summary.json", "metacontroller summary")
         c = runs.read_json(folder / "config.json", "metacontroller config")
+        # a CompILE folder (``irl-lens sweep compile-kl``): its KL weight is beta_z and its
+        # rate the latents' held-out KL (analyses.segmentation.held_out_losses)
+        is_compile = c.get("kind") == "compile"
         points.append(RDPoint(
             path=str(folder),
-            variant=c["train"]["variant"],
-            alpha=float(c["train"]["alpha"]),
+            variant="compile" if is_compile else c["train"]["variant"],
+            alpha=float(c["train"]["beta_z" if is_compile else "alpha"]),
             seed=int(c["train"]["seed"]),
-            rate=runs.number(s, "discover/kl"),
-            distortion=runs.number(s, "discover/action_nll"),
+            rate=runs.number(s, "compile/kl_z" if is_compile else "discover/kl"),
+            distortion=runs.number(
+                s, "compile/action_nll" if is_compile else "discover/action_nll"
+            ),
             f1=runs.number(s, "switching/f1_tol1"),
             switches_per_episode=runs.number(s, "switching/switches_per_episode"),
         ))  # fmt: skip
@@ -153,7 +160,7 @@ def rd_figure(points: list[RDPoint], rate_floor: float = 1e-3):
     code, KL ~ 0) are drawn at the floor, which the axis title says.
     """
 
-    colours = {"full": "#1f77b4", "cotrain": "#d62728", "beta1": "#2ca02c"}
+    colours = {"full": "#1f77b4", "cotrain": "#d62728", "beta1": "#2ca02c", "compile": "#ff7f0e"}
     fig = go.Figure()
     for variant in sorted({p.variant for p in points}):
         ps = [p for p in points if p.variant == variant]

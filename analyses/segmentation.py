@@ -17,7 +17,7 @@ import torch
 
 from analyses import clustering, switching
 from irl_lens.data.dataset import TrajectoryDataset, make_batch
-from irl_lens.train.compile_fit import LoadedCompile
+from irl_lens.train.compile_fit import LoadedCompile, compile_loss
 
 
 def episode_segments(
@@ -45,14 +45,41 @@ def episode_segments(
 def analyse(
     loaded: LoadedCompile, ds: TrajectoryDataset, episodes: np.ndarray, seed: int = 0
 ) -> dict[str, float]:
-    """``switching/...`` (boundary alignment), ``clustering/...`` (latents) and
-    ``segments/mean_steps`` (raw steps per inferred segment: the segment length internal RL
-    over CompILE's latents uses) numbers."""
+    """``switching/...`` (boundary alignment), ``clustering/...`` (latents), ``compile/...``
+    (held-out rate and distortion, :func:`held_out_losses`) and ``segments/mean_steps``
+    (raw steps per inferred segment: the segment length internal RL over CompILE's latents
+    uses) numbers."""
     starts, subgoals, codes = episode_segments(loaded, ds, episodes)
-    out = switching.summary(switching.alignment_result(starts, subgoals))
+    out = switching.summary(switching.alignment_result(starts, subgoals)) | held_out_losses(
+        loaded, ds, episodes
+    )
     n_segments = sum(float(s.sum()) + 1.0 for s in starts)
     out["segments/mean_steps"] = sum(len(s) for s in starts) / max(n_segments, 1.0)
     z, truth = clustering.segment_codes(codes, subgoals)
     if len(z) >= 2:
         out |= clustering.clusters_summary(clustering.cluster_codes(z, truth, seed=seed))
     return out
+
+
+def held_out_losses(
+    loaded: LoadedCompile, ds: TrajectoryDataset, episodes: np.ndarray
+) -> dict[str, float]:
+    """Per real step on ``episodes``: ``compile/kl_z`` (the rate, the latents' KL to the
+    prior), ``compile/kl_b`` (the boundaries' KL) and ``compile/action_nll`` (the
+    distortion), each the step-weighted mean over chunks of the training objective's own
+    terms. Deterministic: the latents are the posterior means and the masks the relaxed
+    boundaries' expectations (no sampling), so one folder always gives the same point of the
+    KL-weight sweep (``irl-lens sweep compile-kl``)."""
+    model, base = loaded.model, loaded.base
+    device = next(model.parameters()).device
+    beta_z, beta_b = (float(loaded.config["train"][k]) for k in ("beta_z", "beta_b"))
+    totals, steps = np.zeros(3), 0.0
+    with torch.no_grad():
+        for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
+            batch = make_batch(ds, chunk).to(device)
+            n = float(batch.mask.sum())
+            parts = compile_loss(base, model, loaded.layer, batch, beta_z, beta_b, sample=False)
+            totals += n * np.array([float(parts.nll), float(parts.kl_z), float(parts.kl_b)])
+            steps += n
+    nll, kl_z, kl_b = totals / max(steps, 1.0)
+    return {"compile/action_nll": nll, "compile/kl_z": kl_z, "compile/kl_b": kl_b}

@@ -167,3 +167,55 @@ def test_the_compile_command_fits_and_scores_boundaries_and_latents(tmp_path, ca
              str(tmp_path / "clean")]  # fmt: skip
     code, _, err = run_cli(again, capsys)
     assert code == 2 and "error:" in err  # never over a finished run
+
+
+def test_held_out_rate_and_distortion_are_the_objectives_terms(tiny_model, tiny_dataset):
+    """``compile/kl_z``, ``compile/kl_b`` and ``compile/action_nll`` are the step-weighted
+    means of the objective's own terms over the held-out episodes, without sampling."""
+    from analyses.segmentation import held_out_losses
+    from irl_lens.train.compile_fit import LoadedCompile, compile_loss
+
+    model = build_compile(CompILEConfig(d_model=32, n_segments=3), seed=0).eval()
+    config = {"train": {"beta_z": 0.1, "beta_b": 0.1}}
+    loaded = LoadedCompile(base=tiny_model, model=model, layer=1, config=config)
+    episodes = np.arange(5)
+    got = held_out_losses(loaded, tiny_dataset, episodes)
+    with torch.no_grad():
+        parts = compile_loss(tiny_model, model, 1, make_batch(tiny_dataset, episodes), 0.1, 0.1,
+                             sample=False)  # fmt: skip
+    assert got["compile/action_nll"] == pytest.approx(float(parts.nll), rel=1e-5)
+    assert got["compile/kl_z"] == pytest.approx(float(parts.kl_z), rel=1e-5)
+    assert got["compile/kl_b"] == pytest.approx(float(parts.kl_b), rel=1e-5)
+    assert got == held_out_losses(loaded, tiny_dataset, episodes)  # deterministic
+
+
+def test_the_kl_sweep_runs_compile_through_the_sweep_runner(tmp_path, capsys):
+    """``irl-lens sweep compile-kl``: one CompILE per beta_z, each a point of the
+    rate-distortion table (rate: the latents' held-out KL)."""
+    import json
+    from pathlib import Path
+
+    from analyses import rate_distortion as rd
+    from tests.cli_helpers import run_cli, tiny_runs
+
+    tiny_runs(tmp_path)
+    code, out, err = run_cli(
+        ["sweep", "compile-kl", str(tmp_path / "base"), "--out", str(tmp_path / "kl"),
+         "--data", str(tmp_path / "clean"), "--betas", "0.01,1", "--seeds", "1", "--preset",
+         "tiny", "--workers", "2"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    points = rd.sweep_points(tmp_path / "kl")
+    assert sorted(p.alpha for p in points) == [0.01, 1.0]
+    assert {p.variant for p in points} == {"compile"} and all(p.rate >= 0 for p in points)
+    for p in points:
+        config = json.loads((Path(p.path) / "config.json").read_text())
+        assert config["kind"] == "compile" and config["train"]["beta_z"] == p.alpha
+    summary = json.loads((tmp_path / "kl" / "summary.json").read_text())
+    assert summary["sweep/finished"] == 2.0 and "rd/compile/a0.01/rate" in summary
+    assert rd.markdown_table(rd.rd_table(points))[2].startswith("| CompILE | 0.01 | 1 |")
+    assert (tmp_path / "kl" / "rate_distortion.html").is_file() and "compile" in out
+    code, _, err = run_cli(["sweep", "compile-kl", str(tmp_path / "base"), "--out",
+                            str(tmp_path / "kl2"), "--data", str(tmp_path / "clean"),
+                            "--betas", "0.1,-1"], capsys)  # fmt: skip
+    assert code == 2 and "--betas" in err and "Traceback" not in err

@@ -29,8 +29,15 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
                  "mc-beta1/summary.json", "mc-cotrain/summary.json",
                  "rl-full-commit-s1/summary.json",
                  "rl-raw-s0/summary.json", "compare/success_log.html",
-                 "mc-full-commit/summary.json", "mc-cotrain-commit/summary.json"):  # fmt: skip
+                 "mc-full-commit/summary.json", "mc-cotrain-commit/summary.json",
+                 "compile/summary.json", "rl-compile-s0/summary.json"):  # fmt: skip
         assert (repro / path).is_file(), path
+    # the CompILE baseline (issue 31): on the discovery data, its RL in the comparison
+    assert json.loads((repro / "compile" / "config.json").read_text())["data"].endswith(
+        "data-discovery"
+    )
+    compared = json.loads((repro / "compare" / "summary.json").read_text())
+    assert "compare/internal_rl (compile)/final_success" in compared
     # the tiny preset commits (as quick does): RL and its baselines run on the refits
     for rl_run, mc in (("rl-full-commit-s1", "mc-full-commit"),
                        ("rl-beta1-commit-s0", "mc-beta1-commit"),
@@ -50,6 +57,8 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
         timing["jobs"]
     )
     assert "| rl | rl-raw-s0 |" in report
+    assert "CompILE, inferring segments from the raw inputs" in report
+    assert "internal_rl (compile)" in report and "| discover | compile |" in report
 
 
 def test_the_report_tables_a_rate_distortion_sweep_when_there_is_one(repro, tmp_path):
@@ -130,8 +139,9 @@ def test_quick_discovery_runs_at_layer_1_with_the_gumbel_switch_on_deterministic
     for job in [*by_name["discover"].jobs, *by_name["sweep"].jobs]:
         args = job.args
         assert args[args.index("--layer") + 1] == "1", args
-        assert args[args.index("--switch") + 1] == "gumbel", args
         assert args[args.index("--data") + 1] == str(tmp_path / "data-discovery"), args
+        if args[0] != "compile":  # CompILE has its own segmentation, no switching unit
+            assert args[args.index("--switch") + 1] == "gumbel", args
     tiny = {s.name: s for s in stages(tmp_path, ReproduceSettings(preset="tiny"))}
     assert all("--switch" not in j.args for j in tiny["discover"].jobs)  # other presets: L/2
 
@@ -191,6 +201,17 @@ def test_each_claim_is_judged_against_the_issue_targets():
     committed = claims(good | {"commit:compose/success": 0.62}, n_layers=4)
     assert [c.met for c in committed] == ["yes"] * 6 and "0.620" in committed[4].ours
     assert claims(good | {"commit:compose/success": 0.5}, n_layers=4)[4].met == "no"
+    # the CompILE baseline (issue 31): its row is reported without a bar of its own, and its
+    # RL joins Fig 8's bars
+    with_compile = good | {"compile:switching/f1_tol1": 0.316, "compile:clustering/nmi": 0.003,
+                           "compare:compare/internal_rl (compile)/final_success": 0.0}  # fmt: skip
+    rows = claims(with_compile, n_layers=4)
+    assert [c.met for c in rows] == ["yes"] * 4 + ["-", "yes"]
+    assert "CompILE F1@1 0.316, NMI 0.003" in rows[4].ours and "metacontroller F1@1 0.950" in (
+        rows[4].ours
+    )
+    failing = with_compile | {"compare:compare/internal_rl (compile)/final_success": 0.2}
+    assert claims(failing, n_layers=4)[-1].met == "no"
 
 
 def _fake_runner(workers: int, fail: tuple[str, ...] = ()):
@@ -278,7 +299,7 @@ def test_a_failed_job_ends_reproduce_with_one_line_naming_its_log(tmp_path, monk
         main(["reproduce", "gridworld", "--out", str(tmp_path / "r"), *ARGS])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (after the progress bar)
     assert e.value.code == 1 and err.startswith("error: reproduce: "), err
-    assert "data.log) failed; 16 job(s) that need it were not started" in err
+    assert "data.log) failed; 18 job(s) that need it were not started" in err
     assert "run the same command again" in err
 
 
@@ -389,9 +410,9 @@ def test_early_data_jobs_do_not_make_an_hour_look_like_a_minute(tmp_path):
     s = ReproduceSettings()
     jobs = [j for stage in stages(tmp_path, s) for j in stage.jobs]
     clock = TimeLeft(jobs, {j.out: expected_seconds(j, s) for j in jobs}, s.workers)
-    # the measured jobs, two at a time: ~2 h 10 min since the commitment refit and the 300k
-    # RL budget (before them the measured run took 3,539 s)
-    assert 7000 < clock.seconds_left(0.0) < 8600
+    # the measured jobs, two at a time: ~2 h 50 min since the commitment refit, the 300k
+    # RL budget and the CompILE baseline (before them the measured run took 3,539 s)
+    assert 9500 < clock.seconds_left(0.0) < 11500
     for job in jobs[:3]:  # the data jobs, quicker than measured
         clock.record(JobResult(job, 0, 2.0))
     assert clock.seconds_left(120.0) > 5000

@@ -41,6 +41,12 @@ class Precision(StrEnum):
 
 
 SEED_OPTION = typer.Option(help="Seed; same seed, same numbers on a CPU.")
+RUNNER_OPTION = typer.Option(help="local (processes here) or ray (tasks on a Ray cluster).")
+RAY_ADDRESS_OPTION = typer.Option(help="The Ray cluster (default: $RAY_ADDRESS, else a local Ray).")
+SWEEP_WORKERS_OPTION = typer.Option(
+    help="Parallel worker processes (default: one per CPU core).", min=0
+)
+SWEEP_DEVICE_OPTION = typer.Option(help="auto, cpu or cuda, for every run.")
 
 
 def resolve_device(device: Device | str) -> str:

@@ -23,7 +23,11 @@ from irl_lens.cli.common import (
     DEVICE_OPTION,
     MAX_COUNT,
     PRECISION_OPTION,
+    RAY_ADDRESS_OPTION,
+    RUNNER_OPTION,
     SEED_OPTION,
+    SWEEP_DEVICE_OPTION,
+    SWEEP_WORKERS_OPTION,
     Device,
     Precision,
     clean_dataset,
@@ -471,20 +475,13 @@ def rate_distortion(
             help="Controller rank of every run: a number or full (default: 16 on grid).",
         ),
     ] = None,
-    workers: Annotated[
-        int, typer.Option(help="Parallel worker processes (default: one per CPU core).", min=0)
-    ] = 0,
+    workers: Annotated[int, SWEEP_WORKERS_OPTION] = 0,
     episodes: Annotated[
         int, typer.Option(help="Rollout episodes of each run's analyses.", min=1, max=MAX_COUNT)
     ] = 200,
-    device: Annotated[Device, typer.Option(help="auto, cpu or cuda, for every run.")] = Device.cpu,
-    runner: Annotated[
-        str, typer.Option(help="local (processes here) or ray (tasks on a Ray cluster).")
-    ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="The Ray cluster (default: $RAY_ADDRESS, else a local Ray)."),
-    ] = None,
+    device: Annotated[Device, SWEEP_DEVICE_OPTION] = Device.cpu,
+    runner: Annotated[str, RUNNER_OPTION] = "local",
+    ray_address: Annotated[str | None, RAY_ADDRESS_OPTION] = None,
 ) -> None:
     """Rate-distortion sweep: discover over alphas x seeds x variants, then the figure (Fig 7).
 
@@ -497,17 +494,10 @@ def rate_distortion(
     Example: irl-lens sweep rate-distortion runs/q/base --out runs/q/rd --data runs/q/data-clean
     """
     # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
-    from analyses import rate_distortion as rd
-    from irl_lens import runs
     from irl_lens.cli.ray_runner import make_runner
     from irl_lens.cli.sweep import rate_distortion_jobs
 
-    try:
-        alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
-    except ValueError:
-        raise ValueError(f"--alphas {alphas!r}: give numbers separated by commas") from None
-    if not alpha_list or min(alpha_list) < 0:
-        raise ValueError(f"--alphas {alphas!r}: give one or more numbers >= 0")
+    alpha_list = _weights("--alphas", alphas)
     variant_list = [v.strip() for v in variants.split(",") if v.strip()]
     bad = [v for v in variant_list if v not in Variant.__members__]
     if bad:
@@ -521,7 +511,27 @@ def rate_distortion(
               "--kl-warmup-steps": kl_warmup_steps}  # fmt: skip
     extra += [a for flag, v in passed.items() if v is not None for a in (flag, str(v))]
     jobs = rate_distortion_jobs(run, out, alpha_list, seeds, variant_list, extra)
-    results = make_runner(runner, workers or None, address=ray_address).run(jobs)
+    _run_kl_sweep(jobs, out, make_runner(runner, workers or None, address=ray_address))
+
+
+def _weights(flag: str, text: str) -> list[float]:
+    """``--alphas`` / ``--betas``: comma-separated numbers >= 0, or one line saying why not."""
+    try:
+        weights = [float(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: give numbers separated by commas") from None
+    if not weights or min(weights) < 0 or not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"{flag} {text!r}: give one or more finite numbers >= 0")
+    return weights
+
+
+def _run_kl_sweep(jobs: list, out: Path, runner) -> None:
+    """Run a KL-weight sweep's jobs, then its table, figure and ``OUT/summary.json``: one
+    point per finished folder (:mod:`analyses.rate_distortion`)."""
+    from analyses import rate_distortion as rd
+    from irl_lens import runs
+
+    results = runner.run(jobs)
     failed = [r for r in results if r.returncode != 0]
     points = rd.load_points([j.out for j in jobs])
     rows = rd.rd_table(points)
@@ -542,3 +552,55 @@ def rate_distortion(
     for r in failed:
         print(f"FAILED: {r.job.out} (exit {r.returncode}); log {r.log}")
     print(f"wrote {out / 'rate_distortion.html'}")
+
+
+@sweep_app.command("compile-kl")
+def compile_kl(
+    run: Annotated[Path, typer.Argument(metavar="BASE", help="Base-model run folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Sweep folder (one subfolder per run).")],
+    data: Annotated[
+        Path, typer.Option(help="Clean data with subgoal labels (as compile and discover).")
+    ],
+    betas: Annotated[
+        str, typer.Option(help="Comma-separated KL weights of CompILE's latents (beta_z).")
+    ] = "0.001,0.01,0.1,1",
+    seeds: Annotated[int, typer.Option(help="Seeds per beta.", min=1, max=MAX_COUNT)] = 3,
+    preset: Annotated[DiscoverPreset, typer.Option(help="Training preset of every run.")] = (
+        DiscoverPreset.quick
+    ),
+    steps: Annotated[
+        int | None, typer.Option(help="Override the training steps.", min=1, max=MAX_COUNT)
+    ] = None,
+    layer: Annotated[
+        int | None,
+        typer.Option(help="Layer every run's latents steer (default: the preset's).", min=0),
+    ] = None,
+    workers: Annotated[int, SWEEP_WORKERS_OPTION] = 0,
+    device: Annotated[Device, SWEEP_DEVICE_OPTION] = Device.cpu,
+    runner: Annotated[str, RUNNER_OPTION] = "local",
+    ray_address: Annotated[str | None, RAY_ADDRESS_OPTION] = None,
+) -> None:
+    """CompILE's KL-weight sweep (the paper sweeps it for its baseline): `irl-lens compile`
+    over betas x seeds, through the same runner as the rate-distortion sweep.
+
+    Each run is its own process with one torch thread; finished runs are skipped and
+    interrupted ones resumed. Prints every run (rate: the latents' held-out KL per step;
+    distortion: held-out action NLL per step; F1 of its boundaries at tolerance 1), then a
+    table per beta. Writes OUT/rate_distortion.html and OUT/summary.json
+    (`rd/compile/aBETA/...`). Pick the beta for the baseline from it (the boundaries'
+    F1 and the clustering NMI in each run's summary.json).
+
+    Example: irl-lens sweep compile-kl runs/q/base --out runs/q/ckl --data runs/q/data-discovery
+    """
+    from irl_lens.cli.ray_runner import make_runner
+    from irl_lens.cli.sweep import compile_kl_jobs
+
+    beta_list = _weights("--betas", betas)
+    resolve_device(device)  # --device cuda without one: one line, before any run starts
+    extra = ["--data", str(data), "--preset", preset.value]
+    if device != Device.cpu:
+        extra += ["--device", device.value]
+    passed = {"--layer": layer, "--steps": steps}
+    extra += [a for flag, v in passed.items() if v is not None for a in (flag, str(v))]
+    jobs = compile_kl_jobs(run, out, beta_list, seeds, extra)
+    _run_kl_sweep(jobs, out, make_runner(runner, workers or None, address=ray_address))

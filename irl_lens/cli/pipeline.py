@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 
-from irl_lens.cli.common import MAX_COUNT, SEED_OPTION, Device, resolve_device
+from irl_lens.cli.common import (
+    MAX_COUNT,
+    RAY_ADDRESS_OPTION,
+    RUNNER_OPTION,
+    SEED_OPTION,
+    Device,
+    resolve_device,
+)
 
 
 class ReproEnv(StrEnum):
@@ -72,13 +79,8 @@ def reproduce(
     device: Annotated[
         Device, typer.Option(help="auto, cpu or cuda, passed to every job that runs a model.")
     ] = Device.cpu,
-    runner: Annotated[
-        str, typer.Option(help="local (processes here) or ray (tasks on a Ray cluster).")
-    ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="The Ray cluster (default: $RAY_ADDRESS, else a local Ray)."),
-    ] = None,
+    runner: Annotated[str, RUNNER_OPTION] = "local",
+    ray_address: Annotated[str | None, RAY_ADDRESS_OPTION] = None,
 ) -> None:
     """Reproduce the paper: data -> base -> probes, controllers -> metacontrollers (full,
     beta1, cotrain) -> internal RL and baselines -> report. On ant the data come from the

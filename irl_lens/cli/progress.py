@@ -51,6 +51,9 @@ MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
         "internal-rl": Measured(1_200, 300_032),
         "raw-rl": Measured(3_294, 300_032),  # 2026-12-06, beside another RL run
         "commit": Measured(270),  # 400 steps ~240 s, then the composition analyses
+        # CompILE (issue 31): 1.5 s per step beside two other trainings (four steered base
+        # passes per step, one per segment), 2,000 steps
+        "compile": Measured(3_000),
     },
     # README "ant-pinpad (quick preset, this machine)", 2026-12-02, two jobs at a time
     ("ant", "quick"): {

@@ -257,6 +257,33 @@ class LocalRunner:
         return [finished[j.out] for j in jobs]
 
 
+def kl_sweep_jobs(
+    command: str,
+    run: Path,
+    out: Path,
+    flag: str,
+    weights: Sequence[float],
+    seeds: int,
+    variants: Sequence[str | None] = (None,),
+    extra: Sequence[str] = (),
+) -> list[Job]:
+    """One ``irl-lens COMMAND RUN`` per (variant, KL weight, seed) into
+    ``out/[VARIANT-]aWEIGHT-sSEED``, the weight passed as ``flag`` (a variant of None: the
+    command has none)."""
+    jobs = []
+    for variant in variants:
+        for weight in weights:
+            for seed in range(seeds):
+                name = f"a{weight:g}-s{seed}"
+                folder = out / (name if variant is None else f"{variant}-{name}")
+                chosen = ["--variant", variant] if variant else []
+                args = [command, str(run), "--out", str(folder), flag, f"{weight:g}", "--seed",
+                        str(seed), *chosen, *extra]  # fmt: skip
+                tags = {"variant": variant or command, "alpha": weight, "seed": seed}
+                jobs.append(Job(args, folder, tags, leftover="resume"))
+    return jobs
+
+
 def rate_distortion_jobs(
     run: Path,
     out: Path,
@@ -266,13 +293,11 @@ def rate_distortion_jobs(
     extra: Sequence[str] = (),
 ) -> list[Job]:
     """One ``irl-lens discover`` per (variant, alpha, seed) into ``out/VARIANT-aALPHA-sSEED``."""
-    jobs = []
-    for variant in variants:
-        for alpha in alphas:
-            for seed in range(seeds):
-                folder = out / f"{variant}-a{alpha:g}-s{seed}"
-                args = ["discover", str(run), "--out", str(folder), "--variant", variant,
-                        "--alpha", f"{alpha:g}", "--seed", str(seed), *extra]  # fmt: skip
-                tags = {"variant": variant, "alpha": alpha, "seed": seed}
-                jobs.append(Job(args, folder, tags, leftover="resume"))
-    return jobs
+    return kl_sweep_jobs("discover", run, out, "--alpha", alphas, seeds, variants, extra)
+
+
+def compile_kl_jobs(
+    run: Path, out: Path, betas: Sequence[float], seeds: int, extra: Sequence[str] = ()
+) -> list[Job]:
+    """One ``irl-lens compile`` per (beta_z, seed) into ``out/aBETA-sSEED`` (issue 31)."""
+    return kl_sweep_jobs("compile", run, out, "--beta-z", betas, seeds, extra=extra)
