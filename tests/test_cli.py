@@ -105,3 +105,35 @@ def test_console_script_help():
     ).stdout
     for cmd in ("data", "pretrain", "bench"):
         assert cmd in out
+
+
+def test_a_hawk_base_runs_every_stage_downstream(tmp_path, capsys):
+    """Issue 32: `pretrain --arch hawk` gives a recurrent base that probe, controllers,
+    discover, internal RL, raw-action RL and evaluate take unchanged."""
+    from irl_lens.models.base import load_base_model
+    from irl_lens.models.hawk import HawkActionModel
+    from tests.cli_helpers import tiny_runs
+
+    tiny_runs(tmp_path)
+    base = tmp_path / "hawk"
+    tiny = ["--preset", "tiny"]
+    steps = [
+        ["pretrain", str(tmp_path / "data"), "--out", str(base), *tiny, "--steps", "6",
+         "--arch", "hawk"],
+        ["probe", str(base), "--data", str(tmp_path / "clean")],
+        ["controllers", str(base), "--data", str(tmp_path / "clean"), *tiny],
+        ["discover", str(base), "--out", str(tmp_path / "mc"), "--data",
+         str(tmp_path / "clean"), *tiny],
+        ["internal-rl", str(tmp_path / "mc"), "--out", str(tmp_path / "rl"), *tiny],
+        ["raw-rl", str(base), "--out", str(tmp_path / "raw"), *tiny],
+        ["evaluate", str(base), "--episodes", "20"],
+    ]  # fmt: skip
+    for args in steps:
+        code, _, err = _run(["-q", *args], capsys)
+        assert code == 0, (args[0], err)
+    assert json.loads((base / "config.json").read_text())["model"]["arch"] == "hawk"
+    assert isinstance(load_base_model(base), HawkActionModel)
+    for summary in ("probe/summary.json", "controllers/summary.json"):
+        assert (base / summary).is_file()
+    for folder in ("mc", "rl", "raw"):
+        assert (tmp_path / folder / "summary.json").is_file(), folder

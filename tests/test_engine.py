@@ -50,6 +50,21 @@ def _full_forward(model, ro, layer, controller_index, bank):
 def test_engine_equals_full_forward(tiny_model, layer, fast, paths):
     if paths:  # the encoder's path features (and their memo, hit at every step)
         tiny_model = build_model(tiny_model_config(path_features=True), seed=0).eval()
+    _check_engine_equals_full_forward(tiny_model, layer, fast)
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_engine_equals_full_forward_on_a_hawk_base(layer):
+    """Issue 32: a recurrent base steps with each block's state instead of a key/value
+    cache (rows dropped as episodes end) and equals its full-sequence scan."""
+    from irl_lens.models.hawk import HawkActionModel
+
+    model = build_model(tiny_model_config(arch="hawk"), seed=0).eval()
+    assert isinstance(model, HawkActionModel) and _fast_path_problem(model) is not None
+    _check_engine_equals_full_forward(model, layer, fast=True)
+
+
+def _check_engine_equals_full_forward(tiny_model, layer: int, fast: bool) -> None:
     bank = _bank(tiny_model)
     switcher = GroundTruthSwitcher(bank.select)
     env = seeded_env(24, task="post", seed=1)

@@ -211,6 +211,41 @@ def test_pooled_object_encoder_has_no_colour_slots_and_keeps_the_step_equality(t
     assert enc.queries.grad is not None and enc.queries.grad.abs().sum() > 0
 
 
+def test_hawk_base_has_the_transformers_addressing_and_interventions(tiny_dataset):
+    """Issue 32: the Hawk base is a HookedRootModule with the same residual hook names; a
+    cached residual is the stream a split forward hands over, and an intervention at layer
+    ``l`` equals running the upper blocks on ``e + U e`` computed by hand."""
+    from irl_lens.hooks import intervene, layer_hook_name
+    from irl_lens.models.hawk import HawkActionModel
+
+    model = build_model(tiny_model_config(arch="hawk"), seed=0).eval()
+    assert isinstance(model, HawkActionModel) and model.cfg.n_layers == 2
+    obs = make_batch(tiny_dataset, np.arange(3)).obs
+    with torch.no_grad():
+        full, cache = model.run_with_cache(obs)
+        assert isinstance(cache, ActivationCache)
+        for layer in (0, 1, 2):
+            e = model(obs, stop_at_layer=layer)
+            torch.testing.assert_close(cache[layer_hook_name(model, layer)], e)
+            torch.testing.assert_close(model(e, start_at_layer=layer), full)
+        u = torch.randn(32, 32, generator=torch.Generator().manual_seed(0)) * 0.1
+        e1 = model(obs, stop_at_layer=1)
+        want = model(e1 + torch.einsum("ij,bpj->bpi", u, e1), start_at_layer=1)
+        with intervene(model, 1, lambda e: e + e @ u.T):
+            got = model(obs)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="recurrent state"):
+        model(obs, past_kv_cache=object())
+    model.train()
+    model.losses(model(obs), *_targets(tiny_dataset))[0].backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def _targets(tiny_dataset):
+    batch = make_batch(tiny_dataset, np.arange(3))
+    return batch.action.clamp(min=0), batch.next_obs.clamp(min=0), batch.mask.float()
+
+
 def test_path_memo_gives_the_same_features(tiny_dataset):
     from irl_lens.models.base import PathMemo, path_features
 

@@ -75,6 +75,11 @@ class Preset(str, Enum):
     tiny = "tiny"
 
 
+class Arch(str, Enum):
+    transformer = "transformer"
+    hawk = "hawk"
+
+
 class Encoder(str, Enum):
     slots = "slots"
     objects = "objects"
@@ -250,6 +255,13 @@ def pretrain(
             "it (default: the preset's; quick on, paper off).",
         ),
     ] = None,
+    arch: Annotated[
+        Arch | None,
+        typer.Option(
+            help="transformer (a TransformerLens HookedTransformer, the default) or hawk "
+            "(RG-LRU blocks, the paper's ant base; rollouts carry its recurrent state).",
+        ),
+    ] = None,
     encoder: Annotated[
         Encoder | None,
         typer.Option(
@@ -304,6 +316,7 @@ def pretrain(
             ("obs_loss_weight", obs_loss_weight),
             ("path_features", path_features),
             ("encoder", encoder.value if encoder is not None else None),
+            ("arch", arch.value if arch is not None else None),
         )
         if v is not None
     }

@@ -88,6 +88,10 @@ class BaseModelConfig(DictConfig):
     and its path distance (a fixed function of the observation, see
     :func:`path_features`). The quick preset turns it on; the paper's encoder is off."""
 
+    arch: Literal["transformer", "hawk"] = "transformer"
+    """``transformer`` (:class:`ActionModel`, a TransformerLens ``HookedTransformer``) or
+    ``hawk`` (:class:`irl_lens.models.hawk.HawkActionModel`: RG-LRU blocks, the paper's ant
+    base; ``n_heads`` is then unused)."""
     encoder: Literal["slots", "objects"] = "slots"
     """Gridworld encoder: ``slots`` (:class:`GridObservationEncoder`, one slot per colour)
     or ``objects`` (:class:`PooledObjectEncoder`, objects pooled by ``pool_heads`` learned
@@ -123,6 +127,8 @@ class BaseModelConfig(DictConfig):
             )
         if self.obs_kind == "grid" and self.obs_dim != GRID_OBS_WIDTH:
             raise ValueError(f"BaseModelConfig.obs_dim must be {GRID_OBS_WIDTH} for grid obs")
+        if self.arch not in ("transformer", "hawk"):
+            raise ValueError(f"BaseModelConfig.arch={self.arch!r}: use 'transformer' or 'hawk'")
         if self.encoder not in ("slots", "objects"):
             raise ValueError(f"BaseModelConfig.encoder={self.encoder!r}: use 'slots' or 'objects'")
         if self.encoder == "objects" and self.obs_kind != "grid":
@@ -394,82 +400,12 @@ class ActionModelOutput:
     """Next-cell logits (grid) or next-observation mean (vector)."""
 
 
-class ActionModel(HookedTransformer):
-    """The base sequence model: our observation encoder + a rotary, pre-LN ``HookedTransformer``.
+class ActionHeads:
+    """What every base model does with its unembed's outputs (``self.model_cfg`` is its
+    :class:`BaseModelConfig`): split them by meaning, read the policy, score the loss.
+    Shared by :class:`ActionModel` and :class:`irl_lens.models.hawk.HawkActionModel`."""
 
-    ``forward(obs)`` returns the raw unembed ``[batch, pos, n_action_outputs + n_obs_outputs]``;
-    :meth:`split` cuts it into an :class:`ActionModelOutput`. Pass ``start_at_layer`` /
-    ``stop_at_layer`` / ``past_kv_cache`` to run part of the stack (the rollout engine does);
-    with ``start_at_layer`` set, ``obs`` is the residual stream before that block.
-    """
-
-    def __init__(self, cfg: BaseModelConfig) -> None:
-        tl_cfg = HookedTransformerConfig(
-            n_layers=cfg.n_layers,
-            d_model=cfg.d_model,
-            n_ctx=cfg.n_ctx,
-            d_head=cfg.d_model // cfg.n_heads,
-            n_heads=cfg.n_heads,
-            d_mlp=cfg.d_mlp,
-            act_fn="relu",
-            normalization_type="LN",
-            positional_embedding_type="rotary",
-            d_vocab=1,  # unused: observations enter at start_at_layer=0
-            d_vocab_out=cfg.n_action_outputs + cfg.n_obs_outputs,
-            # weight std: variance init_scale / d_model (the paper's "init variance scale")
-            initializer_range=(cfg.init_scale / cfg.d_model) ** 0.5,
-            default_prepend_bos=False,
-            # NB: never pass seed= here: it reseeds torch, numpy and random globally.
-        )
-        with warnings.catch_warnings():
-            # 3.x announces HookedTransformer's removal in 4.0; we pin <4 on purpose.
-            warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
-            super().__init__(tl_cfg)
-        self.model_cfg = cfg
-        if cfg.obs_kind == "grid" and cfg.encoder == "objects":
-            self.obs_encoder: nn.Module = PooledObjectEncoder(
-                cfg.d_cell, cfg.d_model, with_paths=cfg.path_features, heads=cfg.pool_heads
-            )
-        elif cfg.obs_kind == "grid":
-            self.obs_encoder = GridObservationEncoder(
-                cfg.d_cell, cfg.d_model, with_paths=cfg.path_features
-            )
-        else:
-            self.obs_encoder = VectorObservationEncoder(cfg.obs_dim, cfg.d_model)
-        self.hook_obs_embed = HookPoint()  # [batch, pos, d_model]
-        self.setup()
-
-    def embed_obs(self, obs: Tensor) -> Float[Tensor, "batch pos d_model"]:
-        """The residual stream at layer 0 (before block 0) for a batch of observations."""
-        return self.hook_obs_embed(self.obs_encoder(obs))
-
-    def forward(  # type: ignore[override]
-        self,
-        obs: Tensor,
-        *,
-        start_at_layer: int | None = None,
-        stop_at_layer: int | None = None,
-        past_kv_cache=None,
-        return_type: str | None = "logits",
-    ) -> Tensor | None:
-        """Run the model on observations (or, with ``start_at_layer``, on a residual stream).
-
-        Returns the unembed output ``[batch, pos, d_vocab_out]``, or the residual stream
-        before block ``stop_at_layer`` when that is given.
-        """
-        if start_at_layer is None:
-            resid = self.embed_obs(obs)
-            start_at_layer = 0
-        else:
-            resid = obs
-        return HookedTransformer.forward(
-            self,
-            resid,
-            start_at_layer=start_at_layer,
-            stop_at_layer=stop_at_layer,
-            past_kv_cache=past_kv_cache,
-            return_type=return_type,
-        )
+    model_cfg: BaseModelConfig
 
     def split(self, out: Float[Tensor, "batch pos d_vocab_out"]) -> ActionModelOutput:
         n_a = self.model_cfg.n_action_outputs
@@ -515,9 +451,100 @@ class ActionModel(HookedTransformer):
         return (nll_a * mask).sum() / denom, (nll_o * mask).sum() / denom
 
 
+def make_obs_encoder(cfg: BaseModelConfig) -> nn.Module:
+    """The observation encoder ``cfg`` asks for (the same for every architecture)."""
+    if cfg.obs_kind == "grid" and cfg.encoder == "objects":
+        return PooledObjectEncoder(
+            cfg.d_cell, cfg.d_model, with_paths=cfg.path_features, heads=cfg.pool_heads
+        )
+    if cfg.obs_kind == "grid":
+        return GridObservationEncoder(cfg.d_cell, cfg.d_model, with_paths=cfg.path_features)
+    return VectorObservationEncoder(cfg.obs_dim, cfg.d_model)
+
+
+class ActionModel(ActionHeads, HookedTransformer):
+    """The base sequence model: our observation encoder + a rotary, pre-LN ``HookedTransformer``.
+
+    ``forward(obs)`` returns the raw unembed ``[batch, pos, n_action_outputs + n_obs_outputs]``;
+    :meth:`split` cuts it into an :class:`ActionModelOutput`. Pass ``start_at_layer`` /
+    ``stop_at_layer`` / ``past_kv_cache`` to run part of the stack (the rollout engine does);
+    with ``start_at_layer`` set, ``obs`` is the residual stream before that block.
+    """
+
+    def __init__(self, cfg: BaseModelConfig) -> None:
+        tl_cfg = HookedTransformerConfig(
+            n_layers=cfg.n_layers,
+            d_model=cfg.d_model,
+            n_ctx=cfg.n_ctx,
+            d_head=cfg.d_model // cfg.n_heads,
+            n_heads=cfg.n_heads,
+            d_mlp=cfg.d_mlp,
+            act_fn="relu",
+            normalization_type="LN",
+            positional_embedding_type="rotary",
+            d_vocab=1,  # unused: observations enter at start_at_layer=0
+            d_vocab_out=cfg.n_action_outputs + cfg.n_obs_outputs,
+            # weight std: variance init_scale / d_model (the paper's "init variance scale")
+            initializer_range=(cfg.init_scale / cfg.d_model) ** 0.5,
+            default_prepend_bos=False,
+            # NB: never pass seed= here: it reseeds torch, numpy and random globally.
+        )
+        with warnings.catch_warnings():
+            # 3.x announces HookedTransformer's removal in 4.0; we pin <4 on purpose.
+            warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
+            super().__init__(tl_cfg)
+        self.model_cfg = cfg
+        self.obs_encoder = make_obs_encoder(cfg)
+        self.hook_obs_embed = HookPoint()  # [batch, pos, d_model]
+        self.setup()
+
+    def embed_obs(self, obs: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream at layer 0 (before block 0) for a batch of observations."""
+        return self.hook_obs_embed(self.obs_encoder(obs))
+
+    def forward(  # type: ignore[override]
+        self,
+        obs: Tensor,
+        *,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+        past_kv_cache=None,
+        return_type: str | None = "logits",
+    ) -> Tensor | None:
+        """Run the model on observations (or, with ``start_at_layer``, on a residual stream).
+
+        Returns the unembed output ``[batch, pos, d_vocab_out]``, or the residual stream
+        before block ``stop_at_layer`` when that is given.
+        """
+        if start_at_layer is None:
+            resid = self.embed_obs(obs)
+            start_at_layer = 0
+        else:
+            resid = obs
+        return HookedTransformer.forward(
+            self,
+            resid,
+            start_at_layer=start_at_layer,
+            stop_at_layer=stop_at_layer,
+            past_kv_cache=past_kv_cache,
+            return_type=return_type,
+        )
+
+
+def _new_model(cfg: BaseModelConfig) -> ActionModel:
+    """An untrained base model of ``cfg.arch``."""
+    if cfg.arch == "hawk":
+        # lazy: hawk builds on this module's heads and encoders
+        from irl_lens.models.hawk import HawkActionModel
+
+        return HawkActionModel(cfg)  # type: ignore[return-value]
+    return ActionModel(cfg)
+
+
 def build_model(cfg: BaseModelConfig, seed: int = 0) -> ActionModel:
-    """Build an :class:`ActionModel` with a reproducible initialisation."""
-    return build_seeded(lambda: ActionModel(cfg), seed)
+    """Build a base model (:class:`ActionModel`, or the Hawk model for ``arch="hawk"``)
+    with a reproducible initialisation."""
+    return build_seeded(lambda: _new_model(cfg), seed)
 
 
 def load_base_model(run: str | Path, checkpoint: str | Path | None = None) -> ActionModel:
@@ -537,7 +564,7 @@ def load_base_model(run: str | Path, checkpoint: str | Path | None = None) -> Ac
         cfg = BaseModelConfig.from_dict(config["model"])
     except (KeyError, TypeError, ValueError) as e:
         raise runs.RunError(f"{run}/config.json: bad model config ({e})") from None
-    model = ActionModel(cfg)
+    model = _new_model(cfg)
     weights = Path(checkpoint) / "model.safetensors" if checkpoint else run / "model.safetensors"
     if not weights.is_file() and checkpoint is None:
         raise runs.RunError(

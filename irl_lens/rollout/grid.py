@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from irl_lens.envs.gridworld_batch import BatchedGridPinpad
 from irl_lens.envs.gridworld_layout import N_CELLS, NEXT_CELL, WALL
 from irl_lens.envs.pinpad import MAX_STEPS
 from irl_lens.models.base import ActionModel
 from irl_lens.rollout.engine import EnvAdapter, EpisodeBatch, RolloutEngine, Tape, reset_seeded
+from irl_lens.rollout.stepper import make_stepper
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +286,8 @@ def free_run_grid(
     """
     n = len(agent_pos)
     device = next(model.parameters()).device
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, n)
+    # the whole model on each new position (any architecture); the hooked forward, as before
+    stepper = make_stepper(model, model.cfg.n_layers, n, model.cfg.n_ctx, fast=False)
     layouts = np.asarray(layouts, dtype=np.int64)
     pos = np.asarray(agent_pos, dtype=np.int64).copy()
     rows = np.arange(n)
@@ -298,7 +299,7 @@ def free_run_grid(
         if (count >= max_colours).all():
             break
         tok[:, N_CELLS] = pos
-        out = model(torch.from_numpy(tok)[:, None, :].to(device), past_kv_cache=cache)[:, -1]
+        out = stepper.upper(stepper.lower(torch.from_numpy(tok)[:, None, :].to(device)))
         probs = torch.softmax(model.split(out).action_params.float(), -1)
         a = torch.multinomial(probs, 1, generator=generator)[:, 0].cpu().numpy()
         dest = NEXT_CELL[pos, a]

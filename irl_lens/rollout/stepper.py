@@ -17,7 +17,8 @@ history. Two implementations give the same numbers (tested in ``tests/test_engin
 
 Both share one length over all rows: a stepper serves one batch of episodes started
 together and holds at most ``max_len`` positions; ``select(rows)`` keeps only some rows
-(finished episodes dropped from the batch).
+(finished episodes dropped from the batch). A recurrent base (the Hawk model, issue 32)
+gets :class:`_RecurrentStepper`: each block's state ``h`` replaces the cache.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from irl_lens.hooks import hook_count
 from irl_lens.models.base import ActionModel
+from irl_lens.models.hawk import HawkActionModel, HawkState
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ def make_stepper(
 ) -> Stepper:
     """A stepper for ``n`` rows and at most ``max_len`` positions: the fast one when the
     model allows it (and ``fast``), else the hooked forward."""
+    if isinstance(model, HawkActionModel):
+        return _RecurrentStepper(model, layer)
     problem = _fast_path_problem(model) if fast else "fast=False"
     if problem is None:
         return _FastStepper(model, layer, n, max_len)
@@ -137,8 +141,30 @@ class _HookedStepper:
             entry.select(rows)
 
 
+class _RecurrentStepper:
+    """Steps a recurrent base (:class:`~irl_lens.models.hawk.HawkActionModel`) carrying each
+    block's state instead of a key/value cache; every hook on the model fires, on the new
+    position only (as with :class:`_HookedStepper`)."""
+
+    def __init__(self, model: HawkActionModel, layer: int) -> None:
+        self.model, self.layer = model, layer
+        self.state: HawkState = [None] * model.cfg.n_layers
+
+    def lower(self, tok: Tensor) -> Float[Tensor, "rows 1 d_model"]:
+        return self.model.step_blocks(self.model.embed_obs(tok), 0, self.layer, self.state)
+
+    def upper(self, e_hat: Tensor) -> Float[Tensor, "rows d_vocab_out"]:
+        x = self.model.step_blocks(e_hat, self.layer, self.model.cfg.n_layers, self.state)
+        return self.model.unembed_step(x)
+
+    def select(self, rows: Tensor) -> None:
+        self.state = [None if h is None else h.index_select(0, rows) for h in self.state]
+
+
 def _fast_path_problem(model: ActionModel) -> str | None:
     """Why :class:`_FastStepper` cannot stand in for the model's forward, or ``None``."""
+    if isinstance(model, HawkActionModel):
+        return "a recurrent (Hawk) base: stepped with its state, not a key/value cache"
     c = model.cfg
     wanted = {
         "normalization_type": "LN",
