@@ -400,12 +400,20 @@ class ActionModelOutput:
     """Next-cell logits (grid) or next-observation mean (vector)."""
 
 
-class ActionHeads:
-    """What every base model does with its unembed's outputs (``self.model_cfg`` is its
-    :class:`BaseModelConfig`): split them by meaning, read the policy, score the loss.
-    Shared by :class:`ActionModel` and :class:`irl_lens.models.hawk.HawkActionModel`."""
+class ActionModelEnds:
+    """The two ends every base model shares, whatever its blocks: the observation encoder's
+    entry into the residual stream (``self.obs_encoder`` then ``self.hook_obs_embed``), and
+    what it does with its unembed's outputs (split them by meaning, read the policy, score
+    the loss; ``self.model_cfg`` is its :class:`BaseModelConfig`). Shared by
+    :class:`ActionModel` and :class:`irl_lens.models.hawk.HawkActionModel`."""
 
     model_cfg: BaseModelConfig
+    obs_encoder: nn.Module
+    hook_obs_embed: HookPoint
+
+    def embed_obs(self, obs: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream at layer 0 (before block 0) for a batch of observations."""
+        return self.hook_obs_embed(self.obs_encoder(obs))
 
     def split(self, out: Float[Tensor, "batch pos d_vocab_out"]) -> ActionModelOutput:
         n_a = self.model_cfg.n_action_outputs
@@ -462,7 +470,7 @@ def make_obs_encoder(cfg: BaseModelConfig) -> nn.Module:
     return VectorObservationEncoder(cfg.obs_dim, cfg.d_model)
 
 
-class ActionModel(ActionHeads, HookedTransformer):
+class ActionModel(ActionModelEnds, HookedTransformer):
     """The base sequence model: our observation encoder + a rotary, pre-LN ``HookedTransformer``.
 
     ``forward(obs)`` returns the raw unembed ``[batch, pos, n_action_outputs + n_obs_outputs]``;
@@ -497,10 +505,6 @@ class ActionModel(ActionHeads, HookedTransformer):
         self.obs_encoder = make_obs_encoder(cfg)
         self.hook_obs_embed = HookPoint()  # [batch, pos, d_model]
         self.setup()
-
-    def embed_obs(self, obs: Tensor) -> Float[Tensor, "batch pos d_model"]:
-        """The residual stream at layer 0 (before block 0) for a batch of observations."""
-        return self.hook_obs_embed(self.obs_encoder(obs))
 
     def forward(  # type: ignore[override]
         self,

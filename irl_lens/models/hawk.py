@@ -7,7 +7,7 @@ transformer base (:mod:`irl_lens.hooks`): ``blocks.{l}.hook_resid_pre`` holds th
 before block ``l`` and ``blocks.{L-1}.hook_resid_post`` the last block's output, so probes,
 supervised controllers, the metacontroller and every intervention address it unchanged.
 It keeps the transformer base's encoders (:func:`~irl_lens.models.base.make_obs_encoder`)
-and heads (:class:`~irl_lens.models.base.ActionHeads`): one position per timestep, the
+and heads (:class:`~irl_lens.models.base.ActionModelEnds`): one position per timestep, the
 action and next-observation outputs in one unembed.
 
 ``forward(obs, start_at_layer=, stop_at_layer=)`` runs part of the stack over whole
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from irl_lens.models.base import ActionHeads, BaseModelConfig, make_obs_encoder
+from irl_lens.models.base import ActionModelEnds, BaseModelConfig, make_obs_encoder
 from irl_lens.models.ssm import HawkBlock
 
 #: One recurrent state per block, ``[rows, d_model]`` each (None before the first step).
@@ -69,7 +69,7 @@ class HookedHawkBlock(nn.Module):
         return self.hook_resid_post(y[:, None]), h
 
 
-class HawkActionModel(ActionHeads, HookedRootModule):
+class HawkActionModel(ActionModelEnds, HookedRootModule):
     """The base action model on Hawk blocks (module docstring)."""
 
     def __init__(self, cfg: BaseModelConfig) -> None:
@@ -87,10 +87,6 @@ class HawkActionModel(ActionHeads, HookedRootModule):
         nn.init.normal_(self.unembed.weight, std=(cfg.init_scale / cfg.d_model) ** 0.5)
         nn.init.zeros_(self.unembed.bias)
         self.setup()
-
-    def embed_obs(self, obs: Tensor) -> Float[Tensor, "batch pos d_model"]:
-        """The residual stream at layer 0 (before block 0) for a batch of observations."""
-        return self.hook_obs_embed(self.obs_encoder(obs))
 
     def forward(
         self,
