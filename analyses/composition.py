@@ -54,7 +54,7 @@ def subgoal_codes(
     device = next(loaded.mc.parameters()).device
     with torch.no_grad():
         for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
-            batch = make_batch(ds, chunk).to(device)
+            batch = make_batch(ds, chunk, device)
             e = loaded.base(batch.obs, stop_at_layer=loaded.layer)
             z = loaded.mc(e, batch.mask, sample=False).z
             for i, n in enumerate(batch.mask.sum(1).long().tolist()):
@@ -95,7 +95,7 @@ def code_swaps(
     by_kind: dict[tuple[int, int], list[Tensor]] = {}
     with torch.no_grad():
         for chunk in chunks:
-            batch = make_batch(ds, chunk).to(device)
+            batch = make_batch(ds, chunk, device)
             e = loaded.base(batch.obs, stop_at_layer=loaded.layer)
             z = loaded.mc(e, batch.mask, sample=False).z
             segs = [_segments(batch.subgoal[i].cpu(), int(n))

@@ -29,7 +29,7 @@ def episode_segments(
     starts, subgoals, codes = [], [], []
     with torch.no_grad():
         for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
-            batch = make_batch(ds, chunk).to(device)
+            batch = make_batch(ds, chunk, device)
             out = loaded.model(batch.obs, batch.action, batch.mask, sample=False)
             segment = out.masks.argmax(0)  # [batch, pos]
             for i, n in enumerate(batch.mask.sum(1).long().tolist()):
@@ -76,7 +76,7 @@ def held_out_losses(
     totals, steps = np.zeros(3), 0.0
     with torch.no_grad():
         for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
-            batch = make_batch(ds, chunk).to(device)
+            batch = make_batch(ds, chunk, device)
             n = float(batch.mask.sum())
             parts = compile_loss(base, model, loaded.layer, batch, beta_z, beta_b, sample=False)
             totals += n * np.array([float(parts.nll), float(parts.kl_z), float(parts.kl_b)])

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from irl_lens.data.dataset import (
     DatasetError,
@@ -123,6 +124,31 @@ def test_make_batch_aligns_next_observation(tiny_dataset):
             b.next_obs[row, : n - 1].numpy(), a["agent_pos"][s + 1 : s + n]
         )
         assert b.next_obs[row, n - 1] == a["final_agent_pos"][ep]
+
+
+def test_batches_are_gathered_from_tensors_made_once_per_device(tiny_dataset):
+    """Issue 30: the dataset becomes tensors once per device (on the CPU without a copy)
+    and every batch is gathered there; labels are -1 and everything else 0 on padding."""
+    t = tiny_dataset.tensors()
+    assert t is tiny_dataset.tensors("cpu")  # made once
+    assert np.shares_memory(t["agent_pos"].numpy(), tiny_dataset.arrays["agent_pos"])
+    b = make_batch(tiny_dataset, np.array([3, 1, 7]), "cpu")
+    n = tiny_dataset.lengths[[3, 1, 7]]
+    pad = ~b.mask.bool()
+    assert pad.any() and (b.subgoal[pad] == -1).all() and (b.target_colour[pad] == -1).all()
+    assert (b.action[pad] == 0).all() and (b.next_obs[pad] == 0).all()
+    assert b.obs.dtype == torch.long and b.mask.dtype == torch.float32
+    assert b.mask.sum(1).tolist() == n.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batches_gathered_on_cuda_equal_the_cpus(tiny_dataset):
+    episodes = np.array([3, 1, 7])
+    cpu, gpu = make_batch(tiny_dataset, episodes), make_batch(tiny_dataset, episodes, "cuda")
+    for name in ("obs", "action", "next_obs", "subgoal", "target_colour", "mask"):
+        assert getattr(gpu, name).is_cuda
+        assert torch.equal(getattr(gpu, name).cpu(), getattr(cpu, name)), name
 
 
 def test_subset_keeps_episodes(tiny_dataset):

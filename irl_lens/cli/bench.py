@@ -143,7 +143,7 @@ def pretrain_throughput(seconds: float, seed: int = 0, preset: str = "quick",
     model = build_model(model_cfg, seed=seed).to(device, print_details=False)
     opt = make_optimizer(model, train_cfg)
     batches = [
-        make_batch(ds, e).to(device)
+        make_batch(ds, e, device)
         for e in bucketed_batches(
             ds.lengths, train_cfg.tokens_per_batch, np.random.default_rng(seed)
         )

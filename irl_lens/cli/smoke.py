@@ -92,7 +92,7 @@ def same_weights(out: Path, device: str) -> dict[str, float]:
         loaded = load_metacontroller(out / "cpu" / "mc", device=dev)
         with torch.no_grad():
             nll = heldout_metrics(loaded.base, held)["eval/action_nll"]
-            batch = make_batch(held, list(range(held.n_episodes))).to(dev)
+            batch = make_batch(held, list(range(held.n_episodes)), dev)
             e = loaded.base(batch.obs, stop_at_layer=loaded.layer)
             z = loaded.mc(e, batch.mask, sample=False).z.cpu()
         found[dev] = {"nll": nll, "z": z}

@@ -93,6 +93,7 @@ class TrajectoryDataset:
 
     meta: dict
     arrays: dict[str, np.ndarray] = field(repr=False)
+    _tensors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---- basic views -------------------------------------------------------------
     @property
@@ -110,6 +111,19 @@ class TrajectoryDataset:
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.arrays["episode_offsets"])
+
+    def tensors(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """The arrays :func:`make_batch` gathers from, as tensors on ``device`` (default: the
+        CPU, sharing the numpy memory), made once per device and kept."""
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        key = str(dev)
+        if key not in self._tensors:
+            self._tensors[key] = {
+                k: torch.from_numpy(np.ascontiguousarray(self.arrays[k])).to(dev)
+                for k in _BATCH_ARRAYS
+                if k in self.arrays
+            }
+        return self._tensors[key]
 
     def tasks(self) -> list[tuple[int, ...]]:
         t, n = self.arrays["task"], self.arrays["task_len"]
@@ -374,44 +388,54 @@ class Batch:
         return dataclasses.replace(self, **move)
 
 
-def make_batch(ds: TrajectoryDataset, episodes: np.ndarray) -> Batch:
-    """Pad the given episodes into one :class:`Batch` (length = longest episode)."""
-    a = ds.arrays
+#: The arrays a batch is gathered from (:func:`make_batch`).
+_BATCH_ARRAYS = ("episode_offsets", "agent_pos", "layout", "final_agent_pos", "obs",
+                 "final_obs", "action", "subgoal", "target_colour")  # fmt: skip
+
+
+def make_batch(
+    ds: TrajectoryDataset, episodes: np.ndarray, device: torch.device | str | None = None
+) -> Batch:
+    """Pad the given episodes into one :class:`Batch` (length = longest episode), gathered
+    on ``device`` (default: the CPU).
+
+    The dataset's arrays become tensors on ``device`` once (:meth:`TrajectoryDataset.tensors`;
+    on the CPU they share the numpy memory), and every batch is gathered there by index
+    arithmetic, so a GPU run moves no batch over the bus; the only host work is the batch's
+    length, read from the host-side offsets (no device sync).
+    """
+    t = ds.tensors(device)
+    dev = t["episode_offsets"].device
     episodes = np.asarray(episodes, dtype=np.int64)
-    starts = ds.offsets[episodes]
-    lengths = ds.lengths[episodes]
-    n_pos = int(lengths.max())
-    pos = np.arange(n_pos)
+    lengths_np = ds.lengths[episodes]
+    n_pos = int(lengths_np.max())
+    ep = torch.from_numpy(episodes).to(dev)
+    starts = t["episode_offsets"][ep]  # [batch]
+    lengths = torch.from_numpy(lengths_np).to(dev)
+    pos = torch.arange(n_pos, device=dev)
     valid = pos[None, :] < lengths[:, None]  # [batch, pos]
-    idx = np.where(valid, starts[:, None] + pos[None, :], 0)  # [batch, pos]
+    idx = torch.where(valid, starts[:, None] + pos[None, :], 0)  # [batch, pos]
     last = pos[None, :] == (lengths[:, None] - 1)  # [batch, pos]
+    after = (idx + 1).clamp(max=ds.n_steps - 1)
     if ds.meta["obs_kind"] == "grid":
-        agent = a["agent_pos"][idx].astype(np.int64)  # [batch, pos]
-        layout = a["layout"][episodes].astype(np.int64)  # [batch, 49]
-        obs = np.concatenate(
-            [
-                np.broadcast_to(layout[:, None, :], (len(episodes), n_pos, N_CELLS)),
-                agent[..., None],
-            ],
-            axis=-1,
+        agent = t["agent_pos"][idx].long()  # [batch, pos]
+        layout = t["layout"][ep].long()  # [batch, 49]
+        obs_t = torch.cat([layout[:, None, :].expand(-1, n_pos, -1), agent[..., None]], dim=-1)
+        nxt = torch.where(
+            last, t["final_agent_pos"][ep].long()[:, None], t["agent_pos"][after].long()
         )
-        nxt = a["agent_pos"][np.minimum(idx + 1, ds.n_steps - 1)].astype(np.int64)
-        nxt = np.where(last, a["final_agent_pos"][episodes][:, None], nxt)
-        obs_t = torch.from_numpy(obs)
-        next_t = torch.from_numpy(np.where(valid, nxt, 0))
+        next_t = torch.where(valid, nxt, 0)
     else:
-        obs = a["obs"][idx] * valid[..., None]
-        nxt = a["obs"][np.minimum(idx + 1, ds.n_steps - 1)]
-        nxt = np.where(last[..., None], a["final_obs"][episodes][:, None, :], nxt)
-        obs_t = torch.from_numpy(obs.astype(np.float32))
-        next_t = torch.from_numpy((nxt * valid[..., None]).astype(np.float32))
+        obs_t = (t["obs"][idx] * valid[..., None]).float()
+        nxt = torch.where(last[..., None], t["final_obs"][ep][:, None, :], t["obs"][after])
+        next_t = (nxt * valid[..., None]).float()
     if ds.meta["action_kind"] == "discrete":
-        action = torch.from_numpy(np.where(valid, a["action"][idx], 0).astype(np.int64))
+        action = torch.where(valid, t["action"][idx].long(), 0)
     else:
-        action = torch.from_numpy((a["action"][idx] * valid[..., None]).astype(np.float32))
+        action = (t["action"][idx] * valid[..., None]).float()
 
     def labels(key: str) -> torch.Tensor:
-        return torch.from_numpy(np.where(valid, a[key][idx], -1).astype(np.int64))
+        return torch.where(valid, t[key][idx].long(), -1)
 
     return Batch(
         obs=obs_t,
@@ -419,7 +443,7 @@ def make_batch(ds: TrajectoryDataset, episodes: np.ndarray) -> Batch:
         next_obs=next_t,
         subgoal=labels("subgoal"),
         target_colour=labels("target_colour"),
-        mask=torch.from_numpy(valid.astype(np.float32)),
+        mask=valid.float(),
         episodes=episodes,
     )
 
@@ -452,12 +476,17 @@ def bucketed_batches(
 
 
 def iterate_batches(
-    ds: TrajectoryDataset, tokens_per_batch: int, seed: int, start_epoch: int = 0
+    ds: TrajectoryDataset,
+    tokens_per_batch: int,
+    seed: int,
+    start_epoch: int = 0,
+    device: torch.device | str | None = None,
 ) -> Iterator[tuple[int, Batch]]:
-    """Endless stream of ``(epoch, batch)``; epoch ``k`` is shuffled with seed ``(seed, k)``."""
+    """Endless stream of ``(epoch, batch)`` gathered on ``device``; epoch ``k`` is shuffled
+    with seed ``(seed, k)``."""
     epoch = start_epoch
     while True:
         rng = np.random.default_rng([seed, epoch])
         for episodes in bucketed_batches(ds.lengths, tokens_per_batch, rng):
-            yield epoch, make_batch(ds, episodes)
+            yield epoch, make_batch(ds, episodes, device)
         epoch += 1

@@ -159,7 +159,7 @@ def _switch_means(base, mc: Metacontroller, layer: int, ds, order, n_batches: in
     at_switch, every = [], []
     with torch.no_grad():
         for episodes in order[:n_batches]:
-            batch = make_batch(ds, episodes).to(_device(mc))
+            batch = make_batch(ds, episodes, _device(mc))
             e = base(batch.obs, stop_at_layer=layer)
             mo = mc(e, batch.mask, sample=False)
             valid = batch.mask.bool()
@@ -195,7 +195,7 @@ def _val_nll(base, mc, layer, ds, episodes) -> float:
     tot, n = 0.0, 0.0
     with torch.no_grad():
         for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
-            batch = make_batch(ds, chunk).to(_device(mc))
+            batch = make_batch(ds, chunk, _device(mc))
             mo = mc(base(batch.obs, stop_at_layer=layer), batch.mask, sample=False)
             with intervene(base, layer, lambda e, z=mo.z: mc.apply_code(e, z)):
                 out = base(batch.obs)
@@ -251,7 +251,7 @@ def commit(
         for p in params:
             p.requires_grad_(True)
         for step in tqdm(range(cfg.steps), desc=f"commit ({cfg.mode})", disable=not progress):
-            batch = make_batch(train_ds, order[step % len(order)]).to(device)
+            batch = make_batch(train_ds, order[step % len(order)], device)
             z = _codes(base, mc, layer, batch, cfg, centroids, generator)
             with intervene(base, layer, lambda e, z=z: e + mc.delta(e, z)):
                 out_ = base(batch.obs)

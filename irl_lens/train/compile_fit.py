@@ -161,7 +161,7 @@ def train_compile(
     model.train()
     with frozen(base), guarded(bar, step) as guard:
         while step < cfg.steps:
-            batch = make_batch(train_ds, order[step % len(order)])
+            batch = make_batch(train_ds, order[step % len(order)], device)
             parts = compile_loss(base, model, layer, batch, cfg.beta_z, cfg.beta_b, generator)
             opt.zero_grad(set_to_none=True)
             parts.loss.backward()

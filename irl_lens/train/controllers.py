@@ -160,7 +160,7 @@ def train_layer(
     bank = build_controller_bank(bank_config(model, cfg), seed=cfg.seed + layer).to(device)
     opt = torch.optim.AdamW(bank.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_ds = ds.subset(train_episodes)
-    stream = iterate_batches(train_ds, cfg.tokens_per_batch, seed=cfg.seed)
+    stream = iterate_batches(train_ds, cfg.tokens_per_batch, seed=cfg.seed, device=device)
     t0 = time.perf_counter()
     loss_ema = float("nan")
     bar = tqdm(

@@ -368,7 +368,7 @@ def discover(
                 train_ds.lengths, cfg.tokens_per_batch, np.random.default_rng([cfg.seed, epoch])
             )
             while batch_in_epoch < len(order) and step < end:
-                batch = make_batch(train_ds, order[batch_in_epoch])
+                batch = make_batch(train_ds, order[batch_in_epoch], device)
                 alpha = cfg.alpha_at(step)
                 with autocast(device, precision):
                     parts = _loss(base, mc, layer, batch, cfg, lam, generator, alpha=alpha)

@@ -102,7 +102,7 @@ def heldout_metrics_continuous(
     n_tok = 0.0
     device = next(model.parameters()).device
     for episodes in bucketed_batches(ds.lengths, tokens_per_batch, np.random.default_rng(0)):
-        b = make_batch(ds, episodes).to(device)
+        b = make_batch(ds, episodes, device)
         out = model(b.obs)
         parts = model.split(out)
         m = b.mask

@@ -234,7 +234,7 @@ def pretrain(
             )
             while batch_in_epoch < len(order) and step < end:
                 episodes = order[batch_in_epoch]
-                batch = make_batch(train_ds, episodes).to(device)
+                batch = make_batch(train_ds, episodes, device)
                 stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step), precision)
                 non_finite.record(step + 1, stats.loss)
                 step += 1
