@@ -164,3 +164,28 @@ def test_steered_ant_episode_forces_the_code_from_the_chosen_step(ant_model):
     np.testing.assert_array_equal(free["xy"][:6], late["xy"][:6])  # identical until step 5
     assert free["xy"][:n] != late["xy"][:n]  # the forced code changes the torques after it
     assert isinstance(late["entered"], list) and late["reached"] in (-1, 0, 1, 2, 3)
+
+
+def test_next_colour_rates_read_the_first_wrong_colour_off_the_episode_ends():
+    """After k colours, the next one entered was the task's in the episodes that completed
+    more than k, and wrong in those that ended at k on a wrong colour (issue 32)."""
+    from irl_lens.train.evaluate import next_colour_rates
+
+    final = np.array([0, 0, 1, 1, 2, 3, 0])
+    wrong = np.array([True, False, True, False, True, False, False])  # others: fell, timeout
+    rates = next_colour_rates(final, wrong, 4)
+    assert rates["rollout/next_correct_after_0"] == pytest.approx(4 / 5)  # 4 went on, 1 wrong
+    assert rates["rollout/next_correct_after_1"] == pytest.approx(2 / 3)
+    assert rates["rollout/next_correct_after_2"] == pytest.approx(1 / 2)
+    assert rates["rollout/next_correct_after_3"] != rates["rollout/next_correct_after_3"]  # nan
+
+
+def test_free_running_ant_evaluation_reports_colours_and_end_reasons(ant_model):
+    from irl_lens.train.evaluate import ant_free_running_metrics
+
+    m = ant_free_running_metrics(ant_model, n_episodes=3, seed=0)
+    assert 0.0 <= m["rollout/success"] <= 1.0 and m["rollout/colours_per_episode"] >= 0.0
+    ends = [v for k, v in m.items() if k.startswith("rollout/end/")]
+    assert len(ends) == 7 and sum(ends) == pytest.approx(1.0)
+    again = ant_free_running_metrics(ant_model, n_episodes=3, seed=0)  # same seed, same numbers
+    np.testing.assert_equal([m[k] for k in sorted(m)], [again[k] for k in sorted(again)])

@@ -372,14 +372,19 @@ def evaluate_base(
         typer.Option("--data", help="Held-out dataset (default: the run's own held-out episodes)."),
     ] = None,
     episodes: Annotated[
-        int, typer.Option(help="Free-running episodes.", min=1, max=MAX_COUNT)
-    ] = 1000,
+        int | None,
+        typer.Option(
+            help="Free-running episodes (default: gridworld 1000, ant 200).", min=1, max=MAX_COUNT
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the free-running episodes.")] = 0,
     device: Annotated[Device, DEVICE_OPTION] = Device.cpu,
 ) -> None:
-    """Evaluate a base model: held-out accuracy vs the known-task ceiling (split into
-    first- and second-colour steps) and free-running pair completion. Updates
-    RUN/summary.json.
+    """Evaluate a base model. Gridworld: held-out accuracy vs the known-task ceiling (split
+    into first- and second-colour steps), free-running pair completion and success. Ant:
+    held-out action NLL and MSE (vs the expert actions' variance), and free-running success
+    on the pretraining tasks, colours completed per episode and, after k colours, how often
+    the next colour entered is the task's. Updates RUN/summary.json.
 
     Example: irl-lens evaluate runs/q/base
     """
@@ -389,7 +394,7 @@ def evaluate_base(
     from irl_lens import runs
     from irl_lens.data.dataset import load_dataset
     from irl_lens.models.base import load_base_model
-    from irl_lens.train.evaluate import free_running_metrics, heldout_metrics
+    from irl_lens.train.evaluate import base_metrics
     from irl_lens.train.pretrain import split_train_val
 
     dev = resolve_device(device)
@@ -404,7 +409,8 @@ def evaluate_base(
         _, val = split_train_val(ds, int(config["train"]["val_episodes"]))
         ds = ds.subset(val)
     with torch.no_grad():
-        metrics = heldout_metrics(model, ds) | free_running_metrics(model, episodes, seed=seed)
+        n_free = episodes or (200 if ds.meta.get("env") == "ant" else 1000)
+        metrics = base_metrics(model, ds, n_free, seed=seed)
     summary_path = run / "summary.json"
     summary = runs.read_json(summary_path, "summary") if summary_path.is_file() else {}
     runs.write_json(summary_path, summary | metrics)

@@ -15,7 +15,8 @@ The leading indicator of history use is the split by colour position within a pa
 
 Free-running metric: the model drives the batched env itself (sampled actions) on the
 pretraining tasks; among colours entered right after entering an even colour 2k, the
-fraction that are 2k+1.
+fraction that are 2k+1. On ant-pinpad (:func:`ant_free_running_metrics`): success,
+colours completed per episode, and after ``k`` colours how often the next is the task's.
 """
 
 from __future__ import annotations
@@ -156,6 +157,62 @@ def free_running_metrics(
         "rollout/success": float(ro.success.mean()),
         "rollout/mean_length": float(ro.length.mean()),
     }
+
+
+def next_colour_rates(final_n_done: np.ndarray, wrong: np.ndarray, n_colours: int) -> dict:
+    """In a task-enforcing env an episode ends at the first wrong colour, so after
+    completing ``k`` colours the next colour it entered was the task's in the episodes that
+    completed more than ``k``, and another one in those that stopped at ``k`` on a wrong
+    colour. Per ``k``: correct / (correct + wrong) (nan where none entered one)."""
+    out = {}
+    for k in range(n_colours):
+        correct = int((final_n_done > k).sum())
+        entered = correct + int(((final_n_done == k) & wrong).sum())
+        out[f"rollout/next_correct_after_{k}"] = correct / entered if entered else float("nan")
+    return out
+
+
+@torch.no_grad()
+def ant_free_running_metrics(
+    model: ActionModel, n_episodes: int = 200, seed: int = 0, task: str | None = None
+) -> dict[str, float]:
+    """Free-running behaviour of an ant base (issue 32): the model drives the ant (sampled
+    torques) in the task-enforcing env on the pretraining tasks (or ``task``).
+
+    ``rollout/success`` (the expert: 0.89), ``rollout/colours_per_episode`` (colours
+    completed), ``rollout/next_correct_after_K`` (:func:`next_colour_rates`: after ``K``
+    colours, how often the next colour entered is the task's; K = 0 is the first colour)
+    and the share of episodes ending each way (``rollout/end/REASON``).
+    """
+    # lazy: MuJoCo loads only for an ant base
+    from irl_lens.envs.ant_batch import END_REASONS
+    from irl_lens.envs.pinpad import ANT_N_COLOURS
+    from irl_lens.rollout.ant import AntRolloutEngine, seeded_ant_env
+
+    env = seeded_ant_env(n_episodes, task=task, seed=seed, stream=7)
+    gen = torch.Generator().manual_seed(seed)
+    ro = AntRolloutEngine(model, layer=model.cfg.n_layers).run(env, generator=gen)
+    wrong = ro.end_reason == END_REASONS.index("wrong_colour")
+    task_len = int((ro.task >= 0).sum(1).max())
+    return {
+        "rollout/success": float(ro.success.mean()),
+        "rollout/colours_per_episode": float(ro.final_n_done.mean()),
+        "rollout/mean_length": float(ro.length.mean()),
+        **next_colour_rates(ro.final_n_done, wrong, min(task_len, ANT_N_COLOURS)),
+        **{f"rollout/end/{k}": v for k, v in ro.end_reasons().items()},
+    }
+
+
+def base_metrics(
+    model: ActionModel, ds: TrajectoryDataset, episodes: int, seed: int = 0
+) -> dict[str, float]:
+    """Everything ``irl-lens evaluate`` reports for a base model of either environment:
+    held-out metrics on ``ds``, then ``episodes`` free-running episodes."""
+    if ds.meta.get("action_kind") == "continuous":
+        return heldout_metrics_continuous(model, ds) | ant_free_running_metrics(
+            model, episodes, seed=seed
+        )
+    return heldout_metrics(model, ds) | free_running_metrics(model, episodes, seed=seed)
 
 
 def make_evaluator(rollout_episodes: int, seed: int):
