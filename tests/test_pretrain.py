@@ -89,3 +89,20 @@ def test_lr_schedule():
     assert cfg.lr_at(99) == pytest.approx(0.1, abs=1e-3)
     with pytest.raises(ValueError, match="steps"):
         PretrainConfig(steps=0)
+
+
+@pytest.mark.slow  # compiling takes ~100 s on the 2-core CPU
+def test_a_compiled_forward_trains_the_same_model(tmp_path, tiny_dataset):
+    """Issue 30: `--compile` trains through torch.compile; the saved model is the one
+    trained, and its losses follow the eager run's within float tolerance."""
+    cfg = _cfg(steps=6, eval_every=6, checkpoint_every=6, rollout_episodes=0)
+    pretrain(tiny_dataset, tmp_path / "eager", tiny_model_config(), cfg, progress=False)
+    pretrain(tiny_dataset, tmp_path / "comp", tiny_model_config(), cfg, progress=False,
+             compile_model=True)  # fmt: skip
+    eager, comp = (runs.read_metrics(tmp_path / d / "metrics.jsonl") for d in ("eager", "comp"))
+    for a, b in zip(eager, comp, strict=True):
+        if "train/loss" in a:
+            assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4)
+    a, b = load_base_model(tmp_path / "eager"), load_base_model(tmp_path / "comp")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(va, vb, rtol=1e-3, atol=1e-5, msg=k)

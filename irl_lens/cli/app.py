@@ -283,6 +283,13 @@ def pretrain(
     seed: Annotated[int, typer.Option(help="Seeds initialisation and data order.")] = 0,
     device: Annotated[Device, DEVICE_OPTION] = Device.cpu,
     precision: Annotated[Precision, PRECISION_OPTION] = Precision.fp32,
+    compile_model: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile",
+            help="Train through torch.compile (opt-in, for a GPU; compiling takes minutes).",
+        ),
+    ] = False,
 ) -> None:
     """Pretrain the base action model (HookedTransformer) on expert trajectories.
 
@@ -351,6 +358,7 @@ def pretrain(
             resume=resume,
             device=dev,
             precision=precision.value,
+            compile_model=compile_model,
             evaluate=make_evaluator(train_cfg.rollout_episodes, seed),
         )
         summary = {

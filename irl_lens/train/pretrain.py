@@ -96,12 +96,13 @@ class StepStats:
 
 def _train_step(
     model: ActionModel, opt: torch.optim.Optimizer, batch, cfg: PretrainConfig, lr: float,
-    precision: str = "fp32",
+    precision: str = "fp32", forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> StepStats:  # fmt: skip
+    """One optimizer step; ``forward`` (default: the model) runs the model, e.g. compiled."""
     for group in opt.param_groups:
         group["lr"] = lr
     with autocast(batch.obs.device, precision):
-        out = model(batch.obs)
+        out = (model if forward is None else forward)(batch.obs)
         nll_a, nll_o = model.losses(out, batch.action, batch.next_obs, batch.mask)
         loss = nll_a + model.model_cfg.obs_loss_weight * nll_o
     opt.zero_grad(set_to_none=True)
@@ -157,6 +158,7 @@ def pretrain(
     evaluate: Callable[[ActionModel, TrajectoryDataset], dict] | None = None,
     device: str = "cpu",
     precision: str = "fp32",
+    compile_model: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
 ) -> PretrainResult:
@@ -164,6 +166,9 @@ def pretrain(
     moved there as they are built, and the losses are read back only at log steps;
     ``precision``: the forward pass in ``fp32`` or ``bf16`` autocast, see
     :func:`irl_lens.train.loop.autocast`; recorded in the config, not compared on resume).
+    ``compile_model``: the training forward through ``torch.compile(model, dynamic=True)``
+    (opt-in, meant for a GPU: compiling the tiny model's forward and backward took ~100 s
+    on the 2-core CPU), evaluations and checkpoints on the plain model.
 
     ``evaluate(model, val_ds) -> {"eval/...": number}`` is called every ``eval_every``
     steps and at the end. ``stop_after`` ends the loop early after that many steps
@@ -180,6 +185,7 @@ def pretrain(
         "data_meta": {k: ds.meta.get(k) for k in ("env", "split", "n_episodes", "seed", "eps")},
         "preset": preset,
         "precision": precision,
+        "compiled": compile_model,
     }
     autocast(device, precision)  # an unknown precision fails before anything is written
     fast_matmuls(device)
@@ -226,6 +232,8 @@ def pretrain(
     tokens, t0 = 0, time.perf_counter()
     train_seconds = 0.0
     model.train()
+    # the same parameters: the compiled forward trains the model that is saved
+    forward = torch.compile(model, dynamic=True) if compile_model else model
     non_finite = FirstNonFinite(device, "pretrain")
     with guarded(bar, step) as guard:
         while step < end:
@@ -235,7 +243,7 @@ def pretrain(
             while batch_in_epoch < len(order) and step < end:
                 episodes = order[batch_in_epoch]
                 batch = make_batch(train_ds, episodes, device)
-                stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step), precision)
+                stats = _train_step(model, opt, batch, cfg, cfg.lr_at(step), precision, forward)
                 non_finite.record(step + 1, stats.loss)
                 step += 1
                 guard.at(step)
