@@ -246,6 +246,34 @@ def _targets(tiny_dataset):
     return batch.action.clamp(min=0), batch.next_obs.clamp(min=0), batch.mask.float()
 
 
+def test_path_tables_relaxed_on_the_device_equal_the_bfs(tiny_dataset):
+    """Issue 30: the accelerator's path tables (relaxation as tensor ops, no host round
+    trip) equal the expert's BFS, also on boards that lack a colour or wall a colour in."""
+    from irl_lens.models.base import _layout_paths, _layout_paths_on_device
+
+    layouts = torch.from_numpy(tiny_dataset.arrays["layout"].astype(np.int64))
+    odd = layouts[:3].clone()
+    odd[0][odd[0] == 3] = 0  # colour 3 missing: unreachable everywhere
+    c = int(torch.nonzero(odd[1] == 5)[0])
+    for d in (-7, 7, -1, 1):  # colour 5 walled in (walls off the board are skipped)
+        if 0 <= c + d < 49 and odd[1][c + d] == 0:
+            odd[1][c + d] = 9
+    boards = torch.cat([layouts, odd])
+    torch.testing.assert_close(_layout_paths_on_device(boards), _layout_paths(boards))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_path_features_on_cuda_equal_the_cpus(tiny_dataset):
+    from irl_lens.models.base import path_features
+
+    obs = make_batch(tiny_dataset, np.arange(4)).obs
+    want = path_features(obs[..., :49], obs[..., 49])
+    got = path_features(obs[..., :49].cuda(), obs[..., 49].cuda())
+    for w, g in zip(want, got, strict=True):
+        assert g.is_cuda and torch.equal(g.cpu(), w)
+
+
 def test_path_memo_gives_the_same_features(tiny_dataset):
     from irl_lens.models.base import PathMemo, path_features
 

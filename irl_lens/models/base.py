@@ -43,7 +43,7 @@ from transformer_lens.hook_points import HookPoint
 
 from irl_lens import runs
 from irl_lens.envs.expert import UNREACHABLE, distance_maps, shortest_moves
-from irl_lens.envs.gridworld_layout import N_CELL_CODES, NEXT_CELL
+from irl_lens.envs.gridworld_layout import EMPTY, N_CELL_CODES, NEXT_CELL
 from irl_lens.envs.pinpad import GRID_SIZE, N_COLOURS, N_WALLS
 from irl_lens.models.common import DictConfig, build_seeded
 
@@ -174,6 +174,33 @@ def _layout_paths(layouts: Int[Tensor, "n cells"]) -> Int[Tensor, "2 n colours c
     return torch.from_numpy(np.stack([moves, steps]).astype(np.int64))
 
 
+def _layout_paths_on_device(layouts: Int[Tensor, "n cells"]) -> Int[Tensor, "2 n colours cells"]:
+    """:func:`_layout_paths` as tensor ops on the layouts' own device (no host round trip):
+    the distance maps by ``N_CELLS - 1`` rounds of relaxation over the move table (an empty
+    cell's distance is one more than its nearest neighbour's; walls and the other colours
+    never get one), then the same moves and buckets. Equal to the BFS (tested); for a GPU,
+    where it replaces a copy to the host at every forward pass."""
+    dev = layouts.device
+    colours = torch.arange(1, N_COLOURS + 1, device=dev)
+    target = layouts[:, None, :] == colours[None, :, None]  # [n, colours, cells]
+    # a layout without every colour (never in real data): unreachable everywhere, as the BFS
+    target &= target.any(-1).all(-1)[:, None, None]
+    free = (layouts == EMPTY)[:, None, :]  # [n, 1, cells]
+    unreachable = torch.full((), UNREACHABLE, dtype=torch.long, device=dev)
+    dist = torch.where(target, 0, unreachable)  # [n, colours, cells]
+    nxt = torch.from_numpy(NEXT_CELL.copy()).to(dev)  # [cells, 4]
+    for _ in range(N_CELLS - 1):  # a path visits each cell at most once
+        via = dist[..., nxt].amin(-1) + 1  # [n, colours, cells]: best neighbour + 1
+        dist = torch.where(free, torch.minimum(dist, via.clamp(max=UNREACHABLE)), dist)
+    best = dist[..., nxt].amin(-1)  # [n, colours, agent cell]: the best move's destination
+    good = dist[..., nxt] == best[..., None]  # [n, colours, agent cell, 4]
+    reachable = best < UNREACHABLE
+    bits = torch.tensor([1, 2, 4, 8], device=dev)
+    moves = torch.where(reachable, (good * bits).sum(-1), 0)
+    steps = torch.where(reachable, (best + 1).clamp(max=MAX_PATH_BUCKET), MAX_PATH_BUCKET + 1)
+    return torch.stack([moves, steps]).long()
+
+
 class PathMemo:
     """The last batch of layouts and their path tables: a step-by-step rollout asks for
     the same boards at every step, so one equality check replaces the BFS."""
@@ -204,10 +231,21 @@ def path_features(
       or ``MAX_PATH_BUCKET + 1`` when unreachable.
 
     Rows whose layout lacks a colour (never in real data) get "unreachable" everywhere.
-    Runs of equal layouts are deduplicated first, so a batch of whole episodes costs one
-    BFS per episode; ``memo`` skips even that when the boards are those of the last call.
+    On the CPU, runs of equal layouts are deduplicated first, so a batch of whole episodes
+    costs one BFS per episode, and ``memo`` skips even that when the boards are those of
+    the last call. On any other device the maps are relaxed there
+    (:func:`_layout_paths_on_device`, the same numbers), so the forward pass never waits on
+    the host.
     """
     lead = codes.shape[:-1]
+    if codes.device.type != "cpu":
+        # on an accelerator: no copy to the host, no memo (its equality test would sync);
+        # every row's own layout, relaxed on the device
+        paths = _layout_paths_on_device(codes.reshape(-1, codes.shape[-1]))
+        rows = torch.arange(paths.shape[1], device=codes.device)
+        per_token = paths.permute(1, 3, 0, 2)[rows, agent.reshape(-1)]  # [n, 2, colours]
+        per_token = per_token.reshape(*lead, 2, N_COLOURS)
+        return per_token[..., 0, :], per_token[..., 1, :]
     flat = codes.reshape(-1, codes.shape[-1]).cpu()
     # an episode's tokens share one layout and sit next to each other: O(n), no sort
     layouts, inverse = torch.unique_consecutive(flat, dim=0, return_inverse=True)
