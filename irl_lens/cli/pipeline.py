@@ -93,7 +93,7 @@ def reproduce(
     resume from their checkpoints, so after an interruption run the same command again.
     Writes OUT/report.md (each claim of the paper next to our number, the target it must
     meet and whether it does; the wall-clock and command of every job), OUT/summary.json
-    and OUT/timing.json. The quick gridworld preset takes about two hours on a 2-core CPU
+    and OUT/timing.json. The quick gridworld preset takes about three hours on a 2-core CPU
     (the progress bar estimates the time left from each job's measured wall-clock).
 
     Example: irl-lens reproduce gridworld --out runs/demo --preset quick
