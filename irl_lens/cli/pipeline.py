@@ -83,7 +83,8 @@ def reproduce(
     ray_address: Annotated[str | None, RAY_ADDRESS_OPTION] = None,
 ) -> None:
     """Reproduce the paper: data -> base -> probes, controllers -> metacontrollers (full,
-    beta1, cotrain) -> internal RL and baselines -> report. On ant the data come from the
+    beta1, cotrain) and the CompILE baseline (gridworld) -> their commitment refits
+    (--commit) -> internal RL and baselines -> report. On ant the data come from the
     shipped PPO expert, everything runs in the ant rollout engine (MuJoCo), co-training
     starts from the pretrained base (the paper's ant ablation) and each RL run has a
     smaller budget (an ant episode is up to 500 simulated steps).
