@@ -30,8 +30,13 @@ def _bank(model, seed=0, scale=0.5):
     return bank
 
 
+@pytest.mark.parametrize("paths", [False, True])
 @pytest.mark.parametrize("fast", [True, False])
-def test_ant_engine_equals_full_forward(ant_model, fast):
+def test_ant_engine_equals_full_forward(ant_model, fast, paths):
+    if paths:  # issue 32's path features, computed inside the encoder at every step
+        cfg = tiny_model_config(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
+                                n_actions=8, n_ctx=500, path_features=True)  # fmt: skip
+        ant_model = build_model(cfg, seed=0).eval()
     bank = _bank(ant_model)
     switcher = ColourSwitcher(bank.select)
     env = seeded_ant_env(6, task="post", seed=1)
@@ -189,3 +194,41 @@ def test_free_running_ant_evaluation_reports_colours_and_end_reasons(ant_model):
     assert len(ends) == 7 and sum(ends) == pytest.approx(1.0)
     again = ant_free_running_metrics(ant_model, n_episodes=3, seed=0)  # same seed, same numbers
     np.testing.assert_equal([m[k] for k in sorted(m)], [again[k] for k in sorted(again)])
+
+
+def test_ant_path_features_are_the_experts_paths_in_the_torsos_frame():
+    """Issue 32: the layout read back from the observation, every colour's first move and
+    distance equal to the expert's direction_map, and the heading equal to the torso's yaw
+    (the features are a fixed function of the observation)."""
+    from irl_lens.envs.ant_layout import ANT_PRETRAIN_TASKS, direction_map, sample_ant_layout
+    from irl_lens.models.ant_features import ant_layouts, ant_path_features, ant_paths
+
+    rng = np.random.default_rng(0)
+    layouts = np.stack([sample_ant_layout(rng, ANT_PRETRAIN_TASKS[i % 4])[0] for i in range(60)])
+    direction, distance = ant_paths(torch.from_numpy(layouts.astype(np.int64)))
+    for i, layout in enumerate(layouts):
+        for c in range(4):
+            want_dir, want_dist = direction_map(layout, c)
+            np.testing.assert_array_equal(direction[i, c].numpy(), want_dir)
+            np.testing.assert_array_equal(distance[i, c].numpy(), want_dist)
+    env = seeded_ant_env(5, seed=3)
+    for _ in range(10):
+        env.step(rng.uniform(-1, 1, (5, 8)))
+    obs = torch.from_numpy(env.observations())
+    np.testing.assert_array_equal(ant_layouts(obs).numpy(), env.layout.astype(np.int64))
+    w, x, y, z = env.qpos[:, 3:7].T
+    yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+    feats = ant_path_features(obs)
+    np.testing.assert_allclose(feats[:, -2:].numpy(), np.c_[np.cos(yaw), np.sin(yaw)], atol=1e-5)
+    # each colour's first move from the torso's cell, world direction d (0 east, 1 north,
+    # ...), read in the torso's frame: the angle d * 90 degrees - yaw
+    from irl_lens.envs.ant_layout import cell_of
+
+    cells = cell_of(env.qpos[:, :2])
+    for row in range(5):
+        for c in range(4):
+            d = int(direction_map(env.layout[row], c)[0][cells[row]])
+            angle = d * np.pi / 2 - yaw[row]
+            want = (np.cos(angle), np.sin(angle)) if d >= 0 else (0.0, 0.0)
+            got = (float(feats[row, c]), float(feats[row, 4 + c]))
+            np.testing.assert_allclose(got, want, atol=1e-5)

@@ -252,7 +252,9 @@ def pretrain(
         typer.Option(
             "--path-features/--no-path-features",
             help="Gridworld: give each colour's encoder slot the shortest-path moves toward "
-            "it (default: the preset's; quick on, paper off).",
+            "it (default: the preset's; quick on, paper off). Ant: the encoder also reads "
+            "each colour's shortest-path direction in the torso's frame and the heading "
+            "(default off).",
         ),
     ] = None,
     arch: Annotated[
@@ -334,8 +336,6 @@ def pretrain(
     }
     if ds.meta["env"] == "ant" and encoder is Encoder.objects:
         raise ValueError("--encoder objects: only gridworld data has objects on a board")
-    if ds.meta["env"] == "ant" and path_features:
-        raise ValueError("--path-features: only gridworld data has a board to find paths on")
     model_cfg = dataclasses.replace(
         model_cfg,
         **model_over,

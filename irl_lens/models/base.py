@@ -42,9 +42,11 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.hook_points import HookPoint
 
 from irl_lens import runs
+from irl_lens.envs.ant_layout import ANT_OBS_DIM
 from irl_lens.envs.expert import UNREACHABLE, distance_maps, shortest_moves
 from irl_lens.envs.gridworld_layout import EMPTY, N_CELL_CODES, NEXT_CELL
 from irl_lens.envs.pinpad import GRID_SIZE, N_COLOURS, N_WALLS
+from irl_lens.models.ant_features import N_ANT_PATH_FEATURES, ant_path_features
 from irl_lens.models.common import DictConfig, build_seeded
 
 logger = logging.getLogger(__name__)
@@ -84,9 +86,11 @@ class BaseModelConfig(DictConfig):
     init_scale: float = 0.1
     """Weights start with variance ``init_scale / d_model`` (the paper's variance scale 0.1)."""
     path_features: bool = False
-    """Gridworld encoder only: add to each colour's slot the shortest-path moves toward it
-    and its path distance (a fixed function of the observation, see
-    :func:`path_features`). The quick preset turns it on; the paper's encoder is off."""
+    """Gridworld: add to each colour's slot the shortest-path moves toward it and its path
+    distance (a fixed function of the observation, see :func:`path_features`). The quick
+    preset turns it on; the paper's encoder is off. Ant-pinpad: the encoder also reads
+    :func:`~irl_lens.models.ant_features.ant_path_features` (off in every preset until
+    measured on a trained ant base)."""
 
     arch: Literal["transformer", "hawk"] = "transformer"
     """``transformer`` (:class:`ActionModel`, a TransformerLens ``HookedTransformer``) or
@@ -133,8 +137,10 @@ class BaseModelConfig(DictConfig):
             raise ValueError(f"BaseModelConfig.encoder={self.encoder!r}: use 'slots' or 'objects'")
         if self.encoder == "objects" and self.obs_kind != "grid":
             raise ValueError("BaseModelConfig.encoder='objects' needs obs_kind='grid'")
-        if self.path_features and self.obs_kind != "grid":
-            raise ValueError("BaseModelConfig.path_features=True needs obs_kind='grid'")
+        if self.path_features and self.obs_kind != "grid" and self.obs_dim != ANT_OBS_DIM:
+            raise ValueError(
+                "BaseModelConfig.path_features=True needs gridworld or ant-pinpad observations"
+            )
 
     @property
     def n_action_outputs(self) -> int:
@@ -416,15 +422,25 @@ class PooledObjectEncoder(GridObservationEncoder):
 
 
 class VectorObservationEncoder(nn.Module):
-    """Embeds a float observation vector with a small MLP (continuous envs such as ant)."""
+    """Embeds a float observation vector with a small MLP (continuous envs such as ant).
 
-    def __init__(self, obs_dim: int, d_model: int) -> None:
+    With ``with_paths`` (ant-pinpad's 41-number observation only) the MLP also reads
+    :func:`~irl_lens.models.ant_features.ant_path_features`: per colour, the first move of
+    a grid-level shortest path in the torso's frame and its length, and the heading, a
+    fixed function of the observation (issue 32's CPU-budget aid, like the gridworld's).
+    """
+
+    def __init__(self, obs_dim: int, d_model: int, with_paths: bool = False) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(obs_dim, d_model), nn.ReLU(), nn.Linear(d_model, d_model)
-        )
+        if with_paths and obs_dim != ANT_OBS_DIM:
+            raise ValueError(f"ant path features need the {ANT_OBS_DIM}-number ant observation")
+        self.with_paths = with_paths
+        width = obs_dim + (N_ANT_PATH_FEATURES if with_paths else 0)
+        self.net = nn.Sequential(nn.Linear(width, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
 
     def forward(self, obs: Float[Tensor, "batch pos obs"]) -> Float[Tensor, "batch pos d_model"]:
+        if self.with_paths:
+            obs = torch.cat([obs, ant_path_features(obs).to(obs.dtype)], dim=-1)
         return self.net(obs)
 
 
@@ -505,7 +521,7 @@ def make_obs_encoder(cfg: BaseModelConfig) -> nn.Module:
         )
     if cfg.obs_kind == "grid":
         return GridObservationEncoder(cfg.d_cell, cfg.d_model, with_paths=cfg.path_features)
-    return VectorObservationEncoder(cfg.obs_dim, cfg.d_model)
+    return VectorObservationEncoder(cfg.obs_dim, cfg.d_model, with_paths=cfg.path_features)
 
 
 class ActionModel(ActionModelEnds, HookedTransformer):

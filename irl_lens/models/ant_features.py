@@ -1,0 +1,119 @@
+"""Path features of an ant-pinpad observation: a CPU-budget aid for the ant base (issue 32).
+
+Like the gridworld's path features (:func:`irl_lens.models.base.path_features`) these are a
+fixed function of the paper's observation, adding no information: the 41 numbers
+(:func:`irl_lens.envs.ant_layout.ant_observations`) already hold the torso's position, its
+orientation (the symlogged quaternion) and every object's offset, hence the layout. From
+them, per colour ``c``:
+
+* the first move of a grid-level shortest path from the torso's cell to ``c``'s cell,
+  walking over empty cells (the wall and the other colours are obstacles: the expert's
+  :func:`~irl_lens.envs.ant_layout.direction_map`, ties to the lowest direction), as the
+  angle of that move **in the torso's frame**: ``(cos, sin)`` of the world direction minus
+  the torso's yaw, ``(0, 0)`` on ``c``'s own cell or with no path;
+* that path's length in moves (divided by the grid's 6-move diameter; 0 on the cell) and
+  whether one exists;
+
+then the torso's heading ``(cos yaw, sin yaw)``: :data:`N_ANT_PATH_FEATURES` numbers. All
+tensor ops (a 15-round relaxation on the 4 x 4 grid), on the observation's own device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from irl_lens.envs.ant_layout import ANT_EMPTY, ANT_GRID_SIZE, ANT_N_CELLS, ANT_WALL, CELL_SIZE
+from irl_lens.envs.pinpad import ANT_N_COLOURS
+
+N_ANT_PATH_FEATURES = 4 * ANT_N_COLOURS + 2
+_QUAT = slice(1, 5)  # symlog(qpos[3:7]): the torso's quaternion (w, x, y, z)
+_XY = slice(27, 29)  # xy / (side / 2)
+_REL = slice(29, 39)  # (object centre - xy) / side for colours 0..3, then the wall
+_UNREACHED = 1_000
+
+
+def _neighbour_table() -> Tensor:
+    """``[16, 4]``: the cell each direction (east, north, west, south) leads to, or -1."""
+    table = torch.full((ANT_N_CELLS, 4), -1, dtype=torch.long)
+    for cell in range(ANT_N_CELLS):
+        col, row = cell % ANT_GRID_SIZE, cell // ANT_GRID_SIZE
+        for d, (dc, dr) in enumerate(((1, 0), (0, 1), (-1, 0), (0, -1))):
+            c, r = col + dc, row + dr
+            if 0 <= c < ANT_GRID_SIZE and 0 <= r < ANT_GRID_SIZE:
+                table[cell, d] = r * ANT_GRID_SIZE + c
+    return table
+
+
+_NEIGHBOURS = _neighbour_table()
+
+
+def _cells(xy: Tensor, cell_size: float) -> Tensor:
+    """Cell index of world positions ``[..., 2]`` (clipped to the arena), as ``cell_of``."""
+    rc = torch.floor((xy + ANT_GRID_SIZE * cell_size / 2) / cell_size).long()
+    rc = rc.clamp(0, ANT_GRID_SIZE - 1)
+    return rc[..., 1] * ANT_GRID_SIZE + rc[..., 0]
+
+
+def ant_layouts(obs: Float[Tensor, "n 41"], cell_size: float = CELL_SIZE) -> Tensor:
+    """``[n, 16]`` cell codes recovered from observations (the objects' offsets)."""
+    side = ANT_GRID_SIZE * cell_size
+    xy = obs[:, _XY] * (side / 2)
+    centres = xy[:, None, :] + obs[:, _REL].reshape(-1, ANT_N_COLOURS + 1, 2) * side
+    cells = _cells(centres, cell_size)  # [n, 5]
+    codes = torch.tensor([*range(1, ANT_N_COLOURS + 1), ANT_WALL], device=obs.device)
+    layout = torch.full((obs.shape[0], ANT_N_CELLS), ANT_EMPTY, dtype=torch.long,
+                        device=obs.device)  # fmt: skip
+    return layout.scatter(1, cells, codes.expand_as(cells))
+
+
+def ant_paths(layouts: Tensor) -> tuple[Tensor, Tensor]:
+    """``(direction, distance)``, each ``[n, colours, 16]``: :func:`direction_map` for every
+    colour of every layout at once (-1: none)."""
+    nb = _NEIGHBOURS.to(layouts.device)
+    inside = nb >= 0  # [16, 4]
+    colours = torch.arange(1, ANT_N_COLOURS + 1, device=layouts.device)
+    goal = layouts[:, None, :] == colours[None, :, None]  # [n, colours, 16]
+    free = (layouts == ANT_EMPTY)[:, None, :]
+    dist = torch.where(goal, 0, _UNREACHED)
+    for _ in range(ANT_N_CELLS - 1):  # BFS from the goal through free cells
+        via = torch.where(inside, dist[..., nb.clamp(min=0)], _UNREACHED).amin(-1) + 1
+        dist = torch.where(free, torch.minimum(dist, via), dist)
+    reached = torch.where(dist < _UNREACHED, dist, _UNREACHED)  # [n, colours, 16]
+    around = torch.where(inside, reached[..., nb.clamp(min=0)], _UNREACHED)  # [.., 16, 4]
+    best, direction = around.min(-1)  # ties: the first (lowest) direction
+    has = best < _UNREACHED
+    direction = torch.where(has & ~goal, direction, -1)
+    # a blocked cell (the wall, a colour just entered) borrows its best neighbour's distance
+    distance = torch.where(reached < _UNREACHED, reached, torch.where(has, best + 1, -1))
+    return direction, distance
+
+
+def ant_path_features(
+    obs: Float[Tensor, "... 41"], cell_size: float = CELL_SIZE
+) -> Float[Tensor, "... f"]:
+    """The module docstring's :data:`N_ANT_PATH_FEATURES` features of each observation."""
+    lead = obs.shape[:-1]
+    flat = obs.reshape(-1, obs.shape[-1]).float()
+    y = flat[:, _QUAT]
+    w, qx, qy, qz = (torch.sign(y) * torch.expm1(y.abs())).unbind(-1)  # undo symlog
+    yaw = torch.atan2(2 * (w * qz + qx * qy), 1 - 2 * (qy * qy + qz * qz))
+    side = ANT_GRID_SIZE * cell_size
+    here = _cells(flat[:, _XY] * (side / 2), cell_size)  # [n]
+    direction, distance = ant_paths(ant_layouts(flat, cell_size))
+    rows = torch.arange(flat.shape[0], device=obs.device)
+    d = direction[rows, :, here]  # [n, colours]
+    dist = distance[rows, :, here]
+    angle = d.float() * (math.pi / 2) - yaw[:, None]
+    has_move = d >= 0
+    feats = torch.cat([
+        torch.where(has_move, torch.cos(angle), 0.0),
+        torch.where(has_move, torch.sin(angle), 0.0),
+        dist.clamp(min=0).float() / (2 * (ANT_GRID_SIZE - 1)),
+        (dist >= 0).float(),
+        torch.stack([torch.cos(yaw), torch.sin(yaw)], -1),
+    ], dim=-1)  # fmt: skip
+    return feats.reshape(*lead, N_ANT_PATH_FEATURES)
