@@ -293,7 +293,7 @@ def pretrain(
         ),
     ] = False,
 ) -> None:
-    """Pretrain the base action model (HookedTransformer) on expert trajectories.
+    """Pretrain the base action model (a HookedTransformer, or --arch hawk) on expert trajectories.
 
     Writes RUN/config.json, RUN/model.safetensors, RUN/checkpoints/step_N, RUN/metrics.jsonl
     and RUN/summary.json with held-out accuracy against the known-task ceiling.
