@@ -57,7 +57,7 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
         timing["jobs"]
     )
     assert "| rl | rl-raw-s0 |" in report
-    assert "CompILE, inferring segments from the raw inputs" in report
+    assert "CompILE baseline: segments and latents inferred from the raw inputs" in report
     assert "internal_rl (compile)" in report and "| discover | compile |" in report
 
 

@@ -185,8 +185,8 @@ def _compile_claims(summary: dict) -> list[Claim]:
     g = summary.get
     f1, nmi = g("compile:switching/f1_tol1"), g("compile:clustering/nmi")
     return [Claim(
-        "CompILE, inferring segments from the raw inputs, finds a weaker abstraction than the "
-        "residual stream gives (baseline of Fig 8)",
+        "CompILE baseline: segments and latents inferred from the raw inputs, not the "
+        "residual stream (Fig 8's fourth baseline)",
         "its internal RL fails on post",
         "reported next to the metacontroller (F1@1, NMI); no bar of its own",
         f"CompILE F1@1 {_fmt(f1)}, NMI {_fmt(nmi)}, {_fmt(g('compile:segments/mean_steps'), 1)} "
