@@ -62,6 +62,28 @@ def test_quick_preset_has_path_features_and_paper_does_not():
     assert PRESETS["quick"][0].path_features and not PRESETS["paper"][0].path_features
 
 
+def test_the_paper_ant_preset_is_the_papers_hawk_base():
+    """Section 2: a Hawk SSM, 256 units, 8 heads, MLP 512, depth 8; 204.8k steps of 512
+    episodes. It builds as the Hawk model (the quick ant preset keeps the transformer)."""
+    import dataclasses
+
+    from irl_lens import presets
+    from irl_lens.envs.ant_layout import ANT_OBS_DIM
+    from irl_lens.models.base import build_model
+    from irl_lens.models.hawk import HawkActionModel
+
+    paper = presets.get("paper", "ant")
+    base = paper.base
+    assert (base.arch, base.d_model, base.n_heads, base.d_mlp, base.n_layers) == (
+        "hawk", 256, 8, 512, 8)  # fmt: skip
+    assert (paper.pretrain.steps, paper.pretrain.tokens_per_batch) == (204_800, 256_000)
+    assert presets.get("quick", "ant").base.arch == "transformer"
+    cfg = dataclasses.replace(base, obs_kind="vector", obs_dim=ANT_OBS_DIM,
+                              action_kind="continuous", n_actions=8)  # fmt: skip
+    model = build_model(cfg)
+    assert isinstance(model, HawkActionModel) and len(model.blocks) == 8
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [

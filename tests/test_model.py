@@ -241,6 +241,23 @@ def test_hawk_base_has_the_transformers_addressing_and_interventions(tiny_datase
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_hawk_gates_are_block_diagonal_with_one_block_per_head():
+    """Griffin's gates: ``heads`` independent maps, equal to one matrix whose off-diagonal
+    blocks are zero (an explicit matmul); the Hawk base builds them from ``n_heads``."""
+    from irl_lens.models.ssm import BlockDiagonalLinear
+
+    torch.manual_seed(0)
+    lin = BlockDiagonalLinear(8, 6, heads=2)
+    full = torch.zeros(8, 6)
+    full[:4, :3], full[4:, 3:] = lin.weight[0].detach(), lin.weight[1].detach()
+    x = torch.randn(5, 3, 8)
+    torch.testing.assert_close(lin(x), x @ full + lin.bias.detach())
+    with pytest.raises(ValueError, match="divide"):
+        BlockDiagonalLinear(8, 6, heads=4)
+    model = build_model(tiny_model_config(arch="hawk", n_heads=2), seed=0)
+    assert model.blocks[0].hawk.rnn.gates.r.weight.shape == (2, 16, 16)
+
+
 def _targets(tiny_dataset):
     batch = make_batch(tiny_dataset, np.arange(3))
     return batch.action.clamp(min=0), batch.next_obs.clamp(min=0), batch.mask.float()

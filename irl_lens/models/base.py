@@ -95,7 +95,7 @@ class BaseModelConfig(DictConfig):
     arch: Literal["transformer", "hawk"] = "transformer"
     """``transformer`` (:class:`ActionModel`, a TransformerLens ``HookedTransformer``) or
     ``hawk`` (:class:`irl_lens.models.hawk.HawkActionModel`: RG-LRU blocks, the paper's ant
-    base; ``n_heads`` is then unused)."""
+    base; ``n_heads`` is then the gates' blocks)."""
     encoder: Literal["slots", "objects"] = "slots"
     """Gridworld encoder: ``slots`` (:class:`GridObservationEncoder`, one slot per colour)
     or ``objects`` (:class:`PooledObjectEncoder`, objects pooled by ``pool_heads`` learned

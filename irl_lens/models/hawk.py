@@ -14,10 +14,11 @@ action and next-observation outputs in one unembed.
 sequences, as the transformer's does. Rollouts step it one position at a time carrying
 each block's recurrent state ``h`` instead of a key/value cache (:meth:`step_blocks`, used by
 :mod:`irl_lens.rollout.stepper`), with the same arithmetic as the full-sequence scan
-(tested equal). Adaptations, each stated: no temporal convolution (a step then needs
-nothing but ``h``, :class:`~irl_lens.models.ssm.HawkBlock`), full rather than
-block-diagonal gate matrices (``n_heads`` is unused), and the blocks' own PyTorch
-initialisation except the unembed, which starts at the transformer base's scale.
+(tested equal). The RG-LRU's gate matrices are block-diagonal with ``n_heads`` blocks, as
+Griffin's (the paper's ant base: 8 heads). Adaptations, each stated: no temporal
+convolution (a step then needs nothing but ``h``, :class:`~irl_lens.models.ssm.HawkBlock`),
+and the blocks' own PyTorch initialisation except the unembed, which starts at the
+transformer base's scale.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class HawkShape:
 class HookedHawkBlock(nn.Module):
     """One Hawk block with the transformer blocks' residual hook points."""
 
-    def __init__(self, d_model: int, d_mlp: int) -> None:
+    def __init__(self, d_model: int, d_mlp: int, heads: int = 1) -> None:
         super().__init__()
-        self.hawk = HawkBlock(d_model, d_rnn=d_model, d_mlp=d_mlp)
+        self.hawk = HawkBlock(d_model, d_rnn=d_model, d_mlp=d_mlp, heads=heads)
         self.hook_resid_pre = HookPoint()
         self.hook_resid_post = HookPoint()
 
@@ -80,7 +81,7 @@ class HawkActionModel(ActionModelEnds, HookedRootModule):
         self.obs_encoder = make_obs_encoder(cfg)
         self.hook_obs_embed = HookPoint()
         self.blocks = nn.ModuleList(
-            [HookedHawkBlock(cfg.d_model, cfg.d_mlp) for _ in range(cfg.n_layers)]
+            [HookedHawkBlock(cfg.d_model, cfg.d_mlp, cfg.n_heads) for _ in range(cfg.n_layers)]
         )
         self.ln_final = nn.LayerNorm(cfg.d_model)
         self.unembed = nn.Linear(cfg.d_model, d_out)

@@ -83,13 +83,35 @@ def _doubling_scan(a: Tensor, b: Tensor) -> Tensor:
     return b
 
 
-class RGLRU(nn.Module):
-    """Real-gated linear recurrent unit over ``d`` channels (see the module docstring)."""
+class BlockDiagonalLinear(nn.Module):
+    """``heads`` independent linear maps on consecutive slices of the input, outputs
+    concatenated: Griffin's block-diagonal gate matrices (``heads = 1``: one full matrix)."""
 
-    def __init__(self, d: int) -> None:
+    def __init__(self, d_in: int, d_out: int, heads: int) -> None:
+        super().__init__()
+        if d_in % heads or d_out % heads:
+            raise ValueError(f"{heads} heads must divide the widths {d_in} and {d_out}")
+        self.heads = heads
+        bound = (heads / d_in) ** 0.5  # nn.Linear's default init, per block
+        self.weight = nn.Parameter(
+            torch.empty(heads, d_in // heads, d_out // heads).uniform_(-bound, bound)
+        )
+        self.bias = nn.Parameter(torch.empty(d_out).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        blocks = x.unflatten(-1, (self.heads, -1))  # [..., heads, d_in / heads]
+        return torch.einsum("...hi,hio->...ho", blocks, self.weight).flatten(-2) + self.bias
+
+
+class RGLRU(nn.Module):
+    """Real-gated linear recurrent unit over ``d`` channels (see the module docstring);
+    ``heads > 1``: block-diagonal gate matrices, one block per head, as in Griffin."""
+
+    def __init__(self, d: int, heads: int = 1) -> None:
         super().__init__()
         self.d = d
-        self.gates = nn.Linear(d, 2 * d)  # recurrence gate r_t and input gate i_t
+        # recurrence gate r_t and input gate i_t
+        self.gates = nn.Linear(d, 2 * d) if heads == 1 else _GatePair(d, heads)
         # Lambda initialised so that a = sigmoid(Lambda) ** c lies in [0.9, 0.999] (Griffin)
         a_c = torch.empty(d).uniform_(0.9**2, 0.999**2).sqrt()  # a ** c, sampled as in Griffin
         self.log_lambda_inv = nn.Parameter(torch.logit(a_c ** (1.0 / _C)))
@@ -117,17 +139,33 @@ class RGLRU(nn.Module):
         return b if h is None else torch.exp(log_a) * h + b
 
 
-class HawkBlock(nn.Module):
-    """Residual recurrent block + residual MLP (Hawk, without the temporal convolution)."""
+class _GatePair(nn.Module):
+    """The recurrence and input gates as two block-diagonal maps, laid out as the full
+    ``nn.Linear(d, 2 d)``'s output: ``[r | i]``."""
 
-    def __init__(self, d_model: int, d_rnn: int | None = None, d_mlp: int | None = None) -> None:
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.r = BlockDiagonalLinear(d, d, heads)
+        self.i = BlockDiagonalLinear(d, d, heads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.r(x), self.i(x)], dim=-1)
+
+
+class HawkBlock(nn.Module):
+    """Residual recurrent block + residual MLP (Hawk, without the temporal convolution);
+    ``heads``: the RG-LRU's gate blocks (1: full gate matrices)."""
+
+    def __init__(
+        self, d_model: int, d_rnn: int | None = None, d_mlp: int | None = None, heads: int = 1
+    ) -> None:
         super().__init__()
         d_rnn = d_rnn or d_model
         d_mlp = d_mlp or 2 * d_model
         self.norm1 = nn.LayerNorm(d_model)
         self.gate = nn.Linear(d_model, d_rnn)
         self.inp = nn.Linear(d_model, d_rnn)
-        self.rnn = RGLRU(d_rnn)
+        self.rnn = RGLRU(d_rnn, heads)
         self.out = nn.Linear(d_rnn, d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, d_mlp), nn.GELU(), nn.Linear(d_mlp, d_model))
