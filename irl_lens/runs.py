@@ -158,7 +158,7 @@ def check_output(
         )
     if found != kind:
         raise RunError(
-            f"{option} {str(out)!r} is a {found} folder, not a {kind}; choose a new folder"
+            f"{option} {str(out)!r} holds a run of kind {found}, not {kind}; choose a new folder"
         )
     if not (resume or overwrite):
         how = exists_hint or (
@@ -167,7 +167,7 @@ def check_output(
             else "pass --resume to continue it (or --overwrite, where offered, to replace it), "
             "or choose a new folder"
         )
-        raise RunError(f"{option} {str(out)!r} is already a {kind} folder; {how}")
+        raise RunError(f"{option} {str(out)!r} already holds a run of kind {kind}; {how}")
     return path
 
 

@@ -77,7 +77,7 @@ def test_resume_continues_and_checks_config(tmp_path):
     other = ppo.PPOConfig(total_steps=4 * 16 * 8, n_envs=4, n_steps=16, n_minibatches=2)
     with pytest.raises(RunError, match="differs"):
         ppo.train_ant_expert(out, other, seed=0, resume=True, progress=False)
-    with pytest.raises(RunError, match="already a ant_expert"):
+    with pytest.raises(RunError, match="already holds a run of kind ant_expert"):
         ppo.train_ant_expert(out, cfg, seed=0, progress=False)
     agent = ant_model.load_expert(out)
     assert isinstance(agent, ant_model.GaussianAgent)

@@ -102,7 +102,7 @@ def test_folder_round_trip(trained, base_run):
         torch.testing.assert_close(banks[res.layer].matrices(), res.bank.matrices())
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {m["layer"] for m in metrics} == {0, 2}
-    with pytest.raises(RunError, match="already a supervised_controllers"):
+    with pytest.raises(RunError, match="already holds a run of kind supervised_controllers"):
         train_supervised_controllers(
             base_run,
             generate_gridworld(20, "clean", progress=False),

@@ -58,7 +58,7 @@ def test_training_keeps_the_base_bit_identical_and_writes_a_loadable_folder(mc_r
 def test_resume_ends_with_the_same_weights(base_run, clean_ds, tmp_path, mc_run):
     cfg = DISCOVER_PRESETS["tiny"]
     disc.discover(base_run, clean_ds, tmp_path / "r", cfg, stop_after=7, progress=False)
-    with pytest.raises(RunError, match="already a metacontroller"):
+    with pytest.raises(RunError, match="already holds a run of kind metacontroller"):
         disc.discover(base_run, clean_ds, tmp_path / "r", cfg, progress=False)
     disc.discover(base_run, clean_ds, tmp_path / "r", cfg, resume=True, progress=False)
     _, a, _ = disc.load_metacontroller(mc_run)

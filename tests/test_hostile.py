@@ -152,7 +152,7 @@ CASES: list[tuple[str, Callable | None, list[str], str]] = [
     ("pretrain-out-user-folder-overwrite", lambda t, m: _user_folder(t),
      ["pretrain", "{data}", "--out", "mine", "--overwrite", *TINY], "did not write"),
     ("pretrain-out-dataset", lambda t, m: _copy(m["other"], t / "d"),
-     ["pretrain", "{data}", "--out", "d", *TINY], "dataset folder, not a base_model"),
+     ["pretrain", "{data}", "--out", "d", *TINY], "run of kind dataset, not base_model"),
     ("pretrain-out-existing-run", lambda t, m: _copy(m["base"], t / "r"),
      ["pretrain", "{data}", "--out", "r", *TINY], "--resume"),
     ("pretrain-out-file", _user_file, ["pretrain", "{data}", "--out", "file.txt", *TINY],
