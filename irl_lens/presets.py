@@ -79,6 +79,9 @@ _GRID = {
         rl=RLConfig(episodes=300_000, batch_size=1024, lr=1e-3, d_policy=64),
         # the commitment refit (voronoi): compositional steering on `post` 0.000 -> ~0.5-0.76
         commit=CommitConfig(),
+        # the CompILE baseline at the KL weight its sweep chose: at 0.01 and 0.1 the latents
+        # carry ~nothing (0.05 and 0.0006 nats/step; docs/experiments-log.md)
+        compile_fit=CompileFitConfig(beta_z=0.001),
     ),
     # Paper, Table A4/A16: d_model 256, 6 layers, 4 heads of 64, MLP 512, lr 3e-4 constant,
     # wd 0.03, batch 1024 sequences (~40k tokens), 256k steps; RL: C.5.2 (grid), batch

@@ -347,7 +347,8 @@ def compile_command(
     ] = None,
     segments: Annotated[int, typer.Option(help="M, segments per episode.", min=1, max=64)] = 4,
     beta_z: Annotated[
-        float | None, typer.Option(help="KL weight of the latents (default: preset's, 0.1).", min=0)
+        float | None,
+        typer.Option(help="KL weight of the latents (default: preset's; quick 0.001).", min=0),
     ] = None,
     beta_b: Annotated[
         float | None,
