@@ -82,7 +82,7 @@ def ant_paths(layouts: Tensor) -> tuple[Tensor, Tensor]:
     for _ in range(ANT_N_CELLS - 1):  # BFS from the goal through free cells
         via = torch.where(inside, dist[..., nb.clamp(min=0)], _UNREACHED).amin(-1) + 1
         dist = torch.where(free, torch.minimum(dist, via), dist)
-    reached = torch.where(dist < _UNREACHED, dist, _UNREACHED)  # [n, colours, 16]
+    reached = dist  # [n, colours, 16]: never above _UNREACHED (each round takes a minimum)
     around = torch.where(inside, reached[..., nb.clamp(min=0)], _UNREACHED)  # [.., 16, 4]
     best, direction = around.min(-1)  # ties: the first (lowest) direction
     has = best < _UNREACHED

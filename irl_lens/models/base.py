@@ -200,8 +200,9 @@ def _layout_paths_on_device(layouts: Int[Tensor, "n cells"]) -> Int[Tensor, "2 n
     for _ in range(N_CELLS - 1):  # a path visits each cell at most once
         via = dist[..., nxt].amin(-1) + 1  # [n, colours, cells]: best neighbour + 1
         dist = torch.where(free, torch.minimum(dist, via.clamp(max=UNREACHABLE)), dist)
-    best = dist[..., nxt].amin(-1)  # [n, colours, agent cell]: the best move's destination
-    good = dist[..., nxt] == best[..., None]  # [n, colours, agent cell, 4]
+    dest = dist[..., nxt]  # [n, colours, agent cell, 4]: each move's destination distance
+    best = dest.amin(-1)  # [n, colours, agent cell]: the best move's destination
+    good = dest == best[..., None]
     reachable = best < UNREACHABLE
     bits = torch.tensor([1, 2, 4, 8], device=dev)
     moves = torch.where(reachable, (good * bits).sum(-1), 0)
