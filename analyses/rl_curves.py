@@ -31,6 +31,8 @@ class RunCurve:
     episodes: list[int]
     success: list[float]
     rollout_episodes_per_s: float
+    task: str = "?"
+    """The task the run's env enforced, as colours (``config.json``)."""
 
 
 @dataclass
@@ -75,6 +77,7 @@ def load_curve(path: str | Path) -> RunCurve:
         episodes=[int(r["episodes"]) for r in recs],
         success=[float(r["success"]) for r in recs],
         rollout_episodes_per_s=float(np.mean([r["rollout_episodes_per_s"] for r in recs])),
+        task=str(config.get("task", config.get("train", {}).get("task", "?"))),
     )
 
 
@@ -113,6 +116,13 @@ def compare_runs(paths: list[str | Path]) -> Comparison:
     if not paths:
         raise ValueError("give at least one RL run folder")
     curves = [load_curve(p) for p in paths]
+    tasks = sorted({c.task for c in curves})
+    if len(tasks) > 1:  # a success rate means nothing next to one on another task
+        by_task = "; ".join(
+            f"{t}: {', '.join(c.path for c in curves if c.task == t)}" for t in tasks
+        )
+        raise ValueError(f"compare: the runs were trained on different tasks ({by_task}); "
+                         "compare one task at a time")  # fmt: skip
     labels = sorted({c.label for c in curves})
     return Comparison(curves, [_group(lb, [c for c in curves if c.label == lb]) for lb in labels])
 

@@ -422,7 +422,10 @@ def page_internal_rl(found: list[dict]) -> None:
     ]
     if not items:
         return missing("RL runs", "internal_rl")
-    paths = [r["path"] for r in items]
+    # success rates compare within one task only (post, and the seen-transition control)
+    tasks = sorted({str(r["config"].get("task", "?")) for r in items})
+    task = st.selectbox("Task", tasks, key="rl_task") if len(tasks) > 1 else tasks[0]
+    paths = [r["path"] for r in items if str(r["config"].get("task", "?")) == task]
     chosen = st.multiselect("Runs to compare", paths, default=paths, key="rl_runs")
     if chosen:
         comp = rl_curves.compare_runs(chosen)

@@ -49,6 +49,9 @@ class Preset:
     """Episodes of each closed-loop evaluation in the pipeline (``None``: each command's)."""
     compile_fit: CompileFitConfig = CompileFitConfig()
     """The CompILE baseline (``irl-lens compile``; issue 31): the discovery batch and rate."""
+    seen_rl_episodes: int | None = None
+    """The budget of each RL run on the seen-transition control task
+    (:data:`~irl_lens.envs.pinpad.SEEN_TASK`; ``reproduce``, gridworld); ``None``: ``rl``'s."""
     commit: CommitConfig | None = None
     """The commitment refit of each metacontroller before internal RL (``irl-lens commit``,
     an addition to the paper: issue 29); ``None``: RL on the metacontrollers as discovered,
@@ -77,6 +80,8 @@ _GRID = {
         # 300k: internal RL on the committed `full` reaches 0.5 on `post` after ~175k
         # episodes (median of 3 seeds, docs/experiments-log.md)
         rl=RLConfig(episodes=300_000, batch_size=1024, lr=1e-3, d_policy=64),
+        # on the seen-transition task the committed `full` reaches 0.5 after ~69k episodes
+        seen_rl_episodes=102_400,
         # the commitment refit (voronoi): compositional steering on `post` 0.000 -> ~0.5-0.76
         commit=CommitConfig(),
         # the CompILE baseline at the KL weight its sweep chose: at 0.01 and 0.1 the latents
@@ -169,6 +174,7 @@ def _ant(grid: Preset) -> Preset:
         eval_episodes=_ANT_EVAL_EPISODES[grid.name],
         # the refit is measured on the gridworld only; ant's metacontroller does not switch yet
         commit=None,
+        seen_rl_episodes=None,  # the seen-transition control runs on the gridworld only
     )
 
 

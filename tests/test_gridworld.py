@@ -24,6 +24,7 @@ from irl_lens.envs import (
     NEXT_CELL,
     POST_TASK,
     PRETRAIN_TASKS,
+    SEEN_TASK,
     WALL,
     BatchedGridPinpad,
     GridPinpadEnv,
@@ -345,6 +346,18 @@ def test_parse_task():
     assert parse_task([2, 3]) == (2, 3)
     assert parse_task(np.array([6, 7])) == (6, 7)
     assert parse_task(format_task(POST_TASK)) == POST_TASK
+    assert parse_task("seen") == SEEN_TASK == parse_task("0-1-4-5-2-3-6-7-4-5-0-1")
+
+
+def test_the_seen_task_chains_only_pretraining_transitions_and_post_only_new_ones():
+    def transitions(task):
+        sub = [subgoal_of_colour(c) for c in task[::2]]
+        return set(zip(sub[:-1], sub[1:], strict=True))
+
+    seen_in_pretraining = set().union(*(transitions(t) for t in PRETRAIN_TASKS))
+    assert len(SEEN_TASK) == len(POST_TASK) and SEEN_TASK not in PRETRAIN_TASKS
+    assert transitions(SEEN_TASK) <= seen_in_pretraining
+    assert not transitions(POST_TASK) & seen_in_pretraining
     cases = {
         "0-9": "colour 9 is out of range 0..7",
         "": "empty",

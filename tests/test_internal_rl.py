@@ -158,6 +158,17 @@ def test_raw_rl_finetunes_the_base_and_compare_groups_methods(runs_dir, tmp_path
           "--out", str(tmp_path / "cmp")])  # fmt: skip
     assert "internal_rl" in capsys.readouterr().out
     assert (tmp_path / "cmp" / "success_log.html").stat().st_size > 1000
+    # success rates on different tasks are not compared: one line naming each run's task
+    import shutil
+
+    from tests.cli_helpers import run_cli
+
+    shutil.copytree(tmp_path / "int1", tmp_path / "seen")
+    config = json.loads((tmp_path / "seen" / "config.json").read_text())
+    (tmp_path / "seen" / "config.json").write_text(json.dumps(config | {"task": "0-1-4-5"}))
+    code, _, err = run_cli(["compare", str(tmp_path / "int0"), str(tmp_path / "seen")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "different tasks" in err and f"0-1-4-5: {tmp_path / 'seen'}" in err
 
 
 def test_bench_times_internal_rl(runs_dir):

@@ -30,7 +30,9 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
                  "rl-full-commit-s1/summary.json",
                  "rl-raw-s0/summary.json", "compare/success_log.html",
                  "mc-full-commit/summary.json", "mc-cotrain-commit/summary.json",
-                 "compile/summary.json", "rl-compile-s0/summary.json"):  # fmt: skip
+                 "compile/summary.json", "rl-compile-s0/summary.json",
+                 "rl-compile-s1/summary.json", "rl-full-commit-seen-s1/summary.json",
+                 "rl-compile-seen-s1/summary.json", "compare-seen/summary.json"):  # fmt: skip
         assert (repro / path).is_file(), path
     # the CompILE baseline (issue 31): on the discovery data, its RL in the comparison
     assert json.loads((repro / "compile" / "config.json").read_text())["data"].endswith(
@@ -38,6 +40,14 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
     )
     compared = json.loads((repro / "compare" / "summary.json").read_text())
     assert "compare/internal_rl (compile)/final_success" in compared
+    # the seen-transition control (issue 31): both abstractions, compared apart from post
+    seen = json.loads((repro / "compare-seen" / "summary.json").read_text())
+    assert set(seen) == {f"compare/{m}/{k}" for m in ("internal_rl", "internal_rl (compile)")
+                         for k in ("final_success", "episodes_to_0.5")}  # fmt: skip
+    for rl_run in ("rl-full-commit-seen-s0", "rl-compile-seen-s1"):
+        assert json.loads((repro / rl_run / "config.json").read_text())["task"] == (
+            "0-1-4-5-2-3-6-7-4-5-0-1"
+        )
     # the tiny preset commits (as quick does): RL and its baselines run on the refits
     for rl_run, mc in (("rl-full-commit-s1", "mc-full-commit"),
                        ("rl-beta1-commit-s0", "mc-beta1-commit"),
@@ -59,6 +69,7 @@ def test_every_stage_writes_its_outputs_and_the_report(repro, capsys):
     assert "| rl | rl-raw-s0 |" in report
     assert "CompILE baseline: segments and latents inferred from the raw inputs" in report
     assert "internal_rl (compile)" in report and "| discover | compile |" in report
+    assert "Internal RL on a task of seen subgoal transitions" in report
 
 
 def test_the_report_tables_a_rate_distortion_sweep_when_there_is_one(repro, tmp_path):
@@ -212,6 +223,17 @@ def test_each_claim_is_judged_against_the_issue_targets():
     )
     failing = with_compile | {"compare:compare/internal_rl (compile)/final_success": 0.2}
     assert claims(failing, n_layers=4)[-1].met == "no"
+    # the seen-transition control: a row after Fig 8's, without a bar
+    with_seen = with_compile | {
+        "seen:compare/internal_rl/final_success": 0.596,
+        "seen:compare/internal_rl/episodes_to_0.5": 68608.0,
+        "seen:compare/internal_rl (compile)/final_success": 0.005,
+        "seen:compare/internal_rl (compile)/episodes_to_0.5": float("nan"),
+    }
+    rows = claims(with_seen, n_layers=4)
+    assert [c.met for c in rows] == ["yes"] * 4 + ["-", "yes", "-"]
+    assert rows[-1].ours == ("internal_rl 0.596 (0.5 after 68,608 episodes); "
+                             "internal_rl (compile) 0.005")  # fmt: skip
 
 
 def _fake_runner(workers: int, fail: tuple[str, ...] = ()):

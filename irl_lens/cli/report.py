@@ -44,7 +44,8 @@ def collect_summary(out: Path, env: str = "gridworld") -> dict:
                        ("mc", out / "mc-full/summary.json"),
                        ("commit", out / "mc-full-commit/summary.json"),
                        ("compile", out / "compile/summary.json"),
-                       ("compare", out / "compare/summary.json")):  # fmt: skip
+                       ("compare", out / "compare/summary.json"),
+                       ("seen", out / "compare-seen/summary.json")):  # fmt: skip
         for k, v in _summary(path).items():
             if isinstance(v, int | float):
                 flat[f"{name}:{k}"] = float(v)
@@ -174,7 +175,28 @@ def claims(summary: dict, n_layers: int | None, env: str = "gridworld") -> list[
         _verdict(*[bar(rl[m]) if _known(rl.get(m)) else None for m, bar in bars.items()
                    if m != "internal_rl (compile)" or m in rl]),
         "compare/success_linear.html"))  # fmt: skip
+    out += _seen_claims(summary)
     return out
+
+
+def _seen_claims(summary: dict) -> list[Claim]:
+    """Internal RL over the metacontroller's and CompILE's codes on the control task of seen
+    transitions (``compare-seen``; issue 31), when it ran: it tells a failure to compose
+    (post only) from codes that cannot drive RL at all (both tasks)."""
+    rl = {k.split("/")[1]: v for k, v in summary.items()
+          if k.startswith("seen:") and k.endswith("/final_success")}  # fmt: skip
+    if not rl:
+        return []
+    to_half = {m: summary.get(f"seen:compare/{m}/episodes_to_0.5") for m in rl}
+    return [Claim(
+        "Internal RL on a task of seen subgoal transitions (0-1-4-5-2-3-6-7-4-5-0-1), over "
+        "each abstraction",
+        "not in the paper (the control for post)",
+        "reported side by side; no bar",
+        "; ".join(f"{m} {_fmt(v)}" + (f" (0.5 after {to_half[m]:,.0f} episodes)"
+                                       if _known(to_half[m]) else "")
+                  for m, v in rl.items()),
+        "-", "compare-seen/success_linear.html")]  # fmt: skip
 
 
 def _compile_claims(summary: dict) -> list[Claim]:

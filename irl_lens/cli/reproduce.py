@@ -26,8 +26,11 @@ Stages, in dependency order (quick preset; ``paper`` uses the paper's sizes, for
    29): each metacontroller's decoder refitted so that its codes command the base
    (``irl-lens commit`` into ``mc-{full,beta1,cotrain}-commit``), with compositional
    steering on ``post`` in its summary; every RL run on a metacontroller then uses the refit
-6. rl: internal RL (3 seeds) on ``full``; raw-action RL and internal RL on ``beta1``,
-   ``cotrain`` and CompILE's latents (``rl-compile-s0``; gridworld) on the same budget
+6. rl: internal RL (3 seeds) on ``full`` and on CompILE's latents (``rl-compile-sK``;
+   gridworld); raw-action RL and internal RL on ``beta1`` and ``cotrain``, all on the same
+   budget. On the gridworld also the control task of seen transitions (``--task seen``,
+   :data:`irl_lens.envs.pinpad.SEEN_TASK`): internal RL on ``full`` and on CompILE, 3 seeds
+   each, into ``rl-{full-commit,compile}-seen-sK``, compared in ``compare-seen/``
 7. (``--with-sweep``) the rate-distortion sweep
 
 On ant-pinpad (:func:`ant_stages`) the same stages run in the ant rollout engine
@@ -157,16 +160,23 @@ def _grid_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     rl_stage = _rl_stage(out, s, base, rl_mc, rl, tag="-commit" if s.commit else "")
     # the CompILE baseline (issue 31): fitted on the same data at the same layer as the
     # metacontrollers (quick: 1; else the default L/2), then internal RL over its latents
-    # on the same budget
+    # on the same budget and seeds as on `full`
     compile_dir = out / "compile"
     discover.jobs.append(
         Job(["compile", str(base), "--out", str(compile_dir), "--data", str(discovery),
              "--preset", p, "--seed", seed, *switching[:2]], compile_dir, leftover="resume",
             needs=(base, discovery)))  # fmt: skip
-    rl_compile = out / "rl-compile-s0"
-    rl_stage.jobs.append(
-        Job(["internal-rl", str(compile_dir), "--out", str(rl_compile), "--seed", seed, *rl],
-            rl_compile, leftover="resume", needs=(compile_dir,)))  # fmt: skip
+    rl_stage.jobs += _internal_rl_jobs(out, s, compile_dir, "compile", rl)
+    # the control task of seen transitions (SEEN_TASK): where the base needs no composing,
+    # both abstractions side by side, on the preset's (shorter) budget
+    seen_episodes = s.rl_episodes or presets.get(p).seen_rl_episodes
+    seen = ["--preset", p, "--task", "seen",
+            *(["--episodes", str(seen_episodes)] if seen_episodes else [])]  # fmt: skip
+    rl_stage.jobs += [
+        *_internal_rl_jobs(out, s, rl_mc["full"], f"full{'-commit' if s.commit else ''}",
+                           seen, task="seen"),
+        *_internal_rl_jobs(out, s, compile_dir, "compile", seen, task="seen"),
+    ]  # fmt: skip
     out_stages = [
         Stage("data", [
             Job(["data", "gridworld", "--split", "pretrain", "--episodes",
@@ -247,16 +257,26 @@ def _rl_stage(out: Path, s: ReproduceSettings, base: Path, mc: dict[str, Path],
     for its own."""
     seed = str(s.seed)
     return Stage("rl", [
-        *[Job(["internal-rl", str(mc["full"]), "--out", str(out / f"rl-full{tag}-s{k}"),
-               "--seed", str(s.seed + k), *rl], out / f"rl-full{tag}-s{k}", leftover="resume",
-              needs=(mc["full"],))
-          for k in range(s.rl_seeds)],
+        *_internal_rl_jobs(out, s, mc["full"], f"full{tag}", rl),
         Job(["raw-rl", str(base), "--out", str(out / "rl-raw-s0"), "--seed", seed, *rl],
             out / "rl-raw-s0", leftover="resume", needs=(base,)),
         *[Job(["internal-rl", str(mc[v]), "--out", str(out / f"rl-{v}{tag}-s0"), "--seed",
                seed, *rl], out / f"rl-{v}{tag}-s0", leftover="resume", needs=(mc[v],))
           for v in ("beta1", "cotrain")],
     ])  # fmt: skip
+
+
+def _internal_rl_jobs(out: Path, s: ReproduceSettings, source: Path, name: str,
+                      rl: list[str], task: str = "post") -> list[Job]:  # fmt: skip
+    """Internal RL over ``source``'s codes (a metacontroller or CompILE folder), seeds
+    ``seed .. seed + rl_seeds - 1``, into ``rl-{name}-sK`` (``rl-{name}-{task}-sK`` on
+    another task than ``post``)."""
+    stem = f"rl-{name}" + ("" if task == "post" else f"-{task}")
+    return [
+        Job(["internal-rl", str(source), "--out", str(out / f"{stem}-s{k}"), "--seed",
+             str(s.seed + k), *rl], out / f"{stem}-s{k}", leftover="resume", needs=(source,))
+        for k in range(s.rl_seeds)
+    ]  # fmt: skip
 
 
 def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
@@ -326,26 +346,28 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
         raise JobsFailed(f"reproduce: {names} failed" + (
             f"; {blocked} job(s) that need it were not started" if blocked else "") +
             ". Fix the cause and run the same command again: finished jobs are kept")  # fmt: skip
-    compare_dir = out / "compare"
-    # this pipeline's RL runs only (an earlier pipeline's rl-* folders may lie beside them)
-    rl_jobs = [j.out for j in jobs if j.args[0] in ("internal-rl", "raw-rl")]
-    rl_dirs = sorted(str(d) for d in rl_jobs if (d / "summary.json").is_file())
-    if rl_dirs:
-        cmd = [
-            sys.executable,
-            "-m",
-            "irl_lens.cli",
-            "-q",
-            "compare",
-            *rl_dirs,
-            "--out",
-            str(compare_dir),
-        ]  # the running interpreter: no reliance on PATH
-        subprocess.run(cmd, check=True, capture_output=True)
+    # this pipeline's RL runs only (an earlier pipeline's rl-* folders may lie beside them),
+    # one comparison per task: `compare` for post, `compare-seen` for the seen control
+    rl_jobs = [j for j in jobs if j.args[0] in ("internal-rl", "raw-rl")]
+    for task, compare_dir in COMPARE_DIRS.items():
+        rl_dirs = sorted(str(j.out) for j in rl_jobs if _task_of(j) == task
+                         and (j.out / "summary.json").is_file())  # fmt: skip
+        if rl_dirs:  # the running interpreter: no reliance on PATH
+            cmd = [sys.executable, "-m", "irl_lens.cli", "-q", "compare", *rl_dirs, "--out",
+                   str(out / compare_dir)]  # fmt: skip
+            subprocess.run(cmd, check=True, capture_output=True)
     summary = collect_summary(out, s.env)
     runs.write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report(out, s, summary, timing))
     return summary
+
+
+COMPARE_DIRS = {"post": "compare", "seen": "compare-seen"}
+"""Where ``run_pipeline`` compares the RL runs of each task (folders under the output)."""
+
+
+def _task_of(job: Job) -> str:
+    return job.args[job.args.index("--task") + 1] if "--task" in job.args else "post"
 
 
 def _job_name(job: Job, out: Path) -> str:

@@ -33,8 +33,9 @@ class RLPreset(StrEnum):
 
 
 _TASK = typer.Option(
-    help="Task the env enforces: post (gridworld 0-1-2-3-4-5-6-7-0-1-2-3, ant 0-1-2-3) or "
-    "colours like 0-1-2-3."
+    help="Task the env enforces: post (gridworld 0-1-2-3-4-5-6-7-0-1-2-3, ant 0-1-2-3), seen "
+    "(gridworld 0-1-4-5-2-3-6-7-4-5-0-1: only subgoal transitions of the pretraining tasks) "
+    "or colours like 0-1-2-3."
 )
 _EPISODES = typer.Option(help="Episode budget (default: the preset's).", min=1, max=MAX_COUNT)
 _BATCH = typer.Option(

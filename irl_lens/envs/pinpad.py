@@ -109,6 +109,12 @@ subgoal transitions 0-1 -> 2-3 -> 4-5 -> 6-7 in a row the way :data:`POST_TASK` 
 POST_TASK: Task = (0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3)
 """The post-training (RL) task ``0-1-2-3-4-5-6-7-0-1-2-3``: six subgoals in new orders."""
 
+SEEN_TASK: Task = (0, 1, 4, 5, 2, 3, 6, 7, 4, 5, 0, 1)
+"""``seen``: :data:`POST_TASK`'s control, ``0-1-4-5-2-3-6-7-4-5-0-1``. As long (six subgoals),
+but each of its subgoal transitions (0-1 -> 4-5 -> 2-3 -> 6-7 -> 4-5 -> 0-1) occurs in
+:data:`PRETRAIN_TASKS`, though the whole sequence is none of them: RL on it needs the
+abstraction to chain segments, not to compose transitions the base never saw."""
+
 
 def subgoal_of_colour(colour: int) -> int:
     """Return the abstract subgoal label (``0..N_SUBGOALS-1``) of a colour: ``colour // 2``."""
@@ -120,14 +126,16 @@ def format_task(task: Sequence[int]) -> str:
     return "-".join(str(int(c)) for c in task)
 
 
-_HOW = "write a task as colours joined by '-', e.g. 0-1-2-3, or 'post'"
+_HOW = "write a task as colours joined by '-', e.g. 0-1-2-3, or 'post' or 'seen'"
+_NAMED = {"post": POST_TASK, "seen": SEEN_TASK}
 
 
 def parse_task(spec: TaskSpec, n_colours: int = N_COLOURS) -> Task:
     """Parse and validate a task.
 
     Args:
-        spec: ``"post"`` (the post-training task :data:`POST_TASK`), a string of colours
+        spec: ``"post"`` (the post-training task :data:`POST_TASK`), ``"seen"``
+            (:data:`SEEN_TASK`, its control of pretraining transitions), a string of colours
             joined by ``-`` such as ``"0-1-4-5"``, or a sequence of ints.
         n_colours: colours must lie in ``0..n_colours-1``.
 
@@ -145,8 +153,8 @@ def parse_task(spec: TaskSpec, n_colours: int = N_COLOURS) -> Task:
         text = spec
         if text != text.strip():
             raise ValueError(f"invalid task {spec!r}: remove the spaces around it; {_HOW}")
-        if text.lower() == "post":
-            return POST_TASK
+        if text.lower() in _NAMED:
+            return _NAMED[text.lower()]
         if not text:
             raise ValueError(f"invalid task {spec!r}: the task is empty; {_HOW}")
         colours: list[int] = []
