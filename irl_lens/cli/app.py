@@ -387,6 +387,14 @@ def evaluate_base(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the free-running episodes.")] = 0,
     device: Annotated[Device, DEVICE_OPTION] = Device.cpu,
+    ship: Annotated[
+        bool,
+        typer.Option(
+            help="Ant: then copy the base and a card (data, command, wall-clock, these "
+            "numbers) into the package (irl_lens/assets/ant_base/), where `irl-lens "
+            "reproduce ant` and `irl-lens unpack-base` find it."
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a base model. Gridworld: held-out accuracy vs the known-task ceiling (split
     into first- and second-colour steps), free-running pair completion and success. Ant:
@@ -395,6 +403,8 @@ def evaluate_base(
     the next colour entered is the task's. Updates RUN/summary.json.
 
     Example: irl-lens evaluate runs/q/base
+
+    Ship an ant base in the package: irl-lens evaluate runs/ant/base --ship
     """
     # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     import torch
@@ -408,6 +418,9 @@ def evaluate_base(
     dev = resolve_device(device)
     model = load_base_model(run).to(dev, print_details=False)
     config = runs.read_json(run / "config.json", "run config")
+    if ship and (config.get("data_meta") or {}).get("env") != "ant":
+        raise ValueError("--ship: the package ships an ant base only (a gridworld base "
+                         "pretrains in ~15 min on this CPU)")  # fmt: skip
     if data_dir is not None:
         ds = load_dataset(data_dir)
     else:
@@ -423,6 +436,33 @@ def evaluate_base(
     summary = runs.read_json(summary_path, "summary") if summary_path.is_file() else {}
     runs.write_json(summary_path, summary | metrics)
     print_table(metrics, title=f"evaluated {run} on {ds.n_episodes} held-out episodes")
+    if ship:
+        from irl_lens.models import shipped
+
+        shipped.ship_base(run, f"irl-lens evaluate {run} --ship --seed {seed}")
+        print(f"shipped {run} as {shipped.SHIPPED_ANT_BASE} (+ card.json)")
+
+
+@app.command("unpack-base")
+def unpack_base(
+    out: Annotated[Path, typer.Option(help="New run folder for the shipped base.")],
+) -> None:
+    """Copy the base model shipped in the package (the quick ant base) into a run folder,
+    with its card (data, pretraining command, wall-clock, numbers). Probes, controllers,
+    discover and internal RL then read it like any `irl-lens pretrain` run; `reproduce ant`
+    starts from it unless --from-scratch.
+
+    Example: irl-lens unpack-base --out runs/ant/base
+    """
+    # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
+    from irl_lens.models import shipped
+
+    card = shipped.unpack_base(out)
+    print_table(
+        {k: v for k, v in card["summary"].items()},
+        title=f"unpacked the shipped {card['env']} base ({card['preset']}) into {out}",
+    )
+    print(f"  trained with: {card['pretrain_command']}")
 
 
 @app.command()

@@ -75,6 +75,14 @@ def reproduce(
             "quick and tiny yes, paper no; gridworld only).",
         ),
     ] = None,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            help="Ant: pretrain the base instead of starting from the one shipped in the "
+            "package for this preset (quick; `irl-lens unpack-base`, its card says how it was "
+            "trained). The shipped base does not change with --seed."
+        ),
+    ] = False,
     seed: Annotated[int, SEED_OPTION] = 0,
     device: Annotated[
         Device, typer.Option(help="auto, cpu or cuda, passed to every job that runs a model.")
@@ -111,7 +119,7 @@ def reproduce(
         env=env.value, preset=preset.value, seed=seed, rl_seeds=rl_seeds, rl_episodes=rl_episodes,
         pretrain_episodes=pretrain_episodes, clean_episodes=clean_episodes, workers=workers,
         with_sweep=with_sweep, commit=commit, device=device.value, runner=runner,
-        ray_address=ray_address,
+        ray_address=ray_address, from_scratch=from_scratch,
     )  # fmt: skip
     resolve_device(device)  # --device cuda without one: one line, before any job starts
     run_pipeline(out, settings)

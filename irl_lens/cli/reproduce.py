@@ -36,10 +36,12 @@ Stages, in dependency order (quick preset; ``paper`` uses the paper's sizes, for
 On ant-pinpad (:func:`ant_stages`) the same stages run in the ant rollout engine
 (:mod:`irl_lens.rollout.ant`): the shipped expert's data (pretraining: sampled actions;
 clean: its mean action, the paper's discovery data, which the metacontrollers train on)
--> base -> probes and supervised controllers (post task 0-1-2-3) -> metacontrollers
-(``cotrain`` from the pretrained base, as in the paper's ant ablation) -> internal RL and
-the baselines on a smaller budget (:mod:`irl_lens.presets`: an ant episode is up to 500
-MuJoCo steps). The report adds the expert's success from its card.
+-> base (the one shipped in the package for the preset, :mod:`irl_lens.models.shipped`,
+unless ``--from-scratch``; it needs no pretraining data) -> probes and supervised
+controllers (post task 0-1-2-3) -> metacontrollers (``cotrain`` from the pretrained base,
+as in the paper's ant ablation) -> internal RL and the baselines on a smaller budget
+(:mod:`irl_lens.presets`: an ant episode is up to 500 MuJoCo steps). The report adds the
+expert's success from its card.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from irl_lens.cli.report import (
     source_commit,
 )
 from irl_lens.cli.sweep import Job, JobResult, JobsFailed
+from irl_lens.models.shipped import shipped_card
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,9 @@ class ReproduceSettings:
     commit: bool | None = None
     """Refit each metacontroller's decoder (``irl-lens commit``) before internal RL; None:
     the preset's choice (:attr:`irl_lens.presets.Preset.commit`)."""
+    from_scratch: bool = False
+    """Ant: pretrain the base even where the package ships one for the preset
+    (:mod:`irl_lens.models.shipped`)."""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -207,15 +213,21 @@ def _grid_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
 
 
 def _base_and_read_stages(s: ReproduceSettings, data: Path, clean: Path, base: Path,
-                          controller_args: tuple[str, ...] = ()) -> list[Stage]:  # fmt: skip
-    """The base model on ``data``, then probes and supervised controllers on ``clean``."""
+                          controller_args: tuple[str, ...] = (),
+                          shipped: bool = False) -> list[Stage]:  # fmt: skip
+    """The base model on ``data`` (``shipped``: the package's, unpacked), then probes and
+    supervised controllers on ``clean``."""
     p, seed = s.preset, str(s.seed)
+    make_base = (
+        Job(["unpack-base", "--out", str(base)], base, marker="model.safetensors",
+            leftover="clear")
+        if shipped else
+        Job(["pretrain", str(data), "--out", str(base), "--preset", p, "--seed", seed], base,
+            threads=max(1, s.workers), marker="model.safetensors", leftover="resume",
+            needs=(data,))
+    )  # fmt: skip
     return [
-        Stage("base", [
-            Job(["pretrain", str(data), "--out", str(base), "--preset", p, "--seed", seed], base,
-                threads=max(1, s.workers), marker="model.safetensors", leftover="resume",
-                needs=(data,)),
-        ]),
+        Stage("base", [make_base]),
         Stage("read", [
             Job(["probe", str(base), "--data", str(clean), "--seed", seed], base / "probe",
                 leftover="clear", needs=(base, clean)),
@@ -266,6 +278,12 @@ def _rl_stage(out: Path, s: ReproduceSettings, base: Path, mc: dict[str, Path],
     ])  # fmt: skip
 
 
+def shipped_base_for(preset: str) -> bool:
+    """Whether the package ships an ant base pretrained with ``preset``."""
+    card = shipped_card()
+    return card is not None and card.get("preset") == preset and card.get("env") == "ant"
+
+
 def _internal_rl_jobs(out: Path, s: ReproduceSettings, source: Path, name: str,
                       rl: list[str], task: str = "post") -> list[Job]:  # fmt: skip
     """Internal RL over ``source``'s codes (a metacontroller or CompILE folder), seeds
@@ -294,15 +312,18 @@ def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     mc_args = ["--data", str(clean), "--preset", p, "--seed", seed, *episodes,
                *steps["discover"]]  # fmt: skip
     mc = {v: out / f"mc-{v}" for v in ("full", "beta1", "cotrain")}
+    from_package = not s.from_scratch and shipped_base_for(p)
+    splits = (("clean", s.clean_episodes, clean),)
+    if not from_package:  # the pretraining data only feed pretraining
+        splits = (("pretrain", s.pretrain_episodes, data), *splits)
     return [
         Stage("data", [
             Job(["data", "ant", "--split", split, "--episodes", str(n), "--out", str(folder),
                  "--seed", seed], folder, marker="meta.json", leftover="clear")
-            for split, n, folder in (("pretrain", s.pretrain_episodes, data),
-                                     ("clean", s.clean_episodes, clean))
+            for split, n, folder in splits
         ]),
         *_base_and_read_stages(s, data, clean, base,
-                               (*episodes, *steps["controllers"])),
+                               (*episodes, *steps["controllers"]), shipped=from_package),
         # the paper's ant ablation co-trains from the pretrained base (grid: from scratch)
         _discover_stage(base, clean, mc, mc_args, ("--cotrain-from-pretrained",)),
         _rl_stage(out, s, base, mc, rl),
@@ -375,6 +396,19 @@ def _job_name(job: Job, out: Path) -> str:
     return str(job.out.relative_to(out))
 
 
+def _shipped_base_line(out: Path) -> list[str]:
+    """Where the base came from, when it is the package's (``irl-lens unpack-base``)."""
+    path = out / "base" / "card.json"
+    if not path.is_file():
+        return []
+    card = json.loads(path.read_text())
+    seconds = card.get("summary", {}).get("train_seconds")
+    return [f"- base: shipped in the package ({card.get('shipped')}; `base/card.json`), "
+            f"pretrained with `{card.get('pretrain_command')}`"
+            + (f" in {seconds:,.0f} s" if seconds else "")
+            + f" on `{card.get('data', {}).get('command')}`"]  # fmt: skip
+
+
 def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
     """``report.md``: each claim of the paper, our number and verdict, figures, settings."""
     config = out / "base" / "config.json"
@@ -391,6 +425,7 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
         f"- preset `{s.preset}`, seed {s.seed}, "
         + (f"RL seeds {s.rl_seeds}, " if s.env == "gridworld" else "")
         + f"workers {s.workers}",
+        *_shipped_base_line(out),
         "",
         f"{sum(r.met == 'yes' for r in rows)} of {sum(r.met != '-' for r in rows)} claims "
         "meet the project's target (rows marked - are reported without one).",
