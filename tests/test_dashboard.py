@@ -253,3 +253,17 @@ def test_a_number_not_computed_says_so_and_how_to_compute_it(app, runs_root, tmp
     assert not any("nan" in t for t in titles), titles
     metric = next(m for m in at.metric if m.label == "code -> previous subgoal")
     assert metric.value == "not computed" and "irl-lens discover" in metric.help
+
+
+def test_the_internal_rl_page_compares_one_task_at_a_time(app, runs_root, tmp_path):
+    root = tmp_path / "two-tasks"
+    shutil.copytree(runs_root, root)
+    seen = root / "q" / "rl-seen"
+    shutil.copytree(root / "q" / "rl-s1", seen)
+    config = json.loads((seen / "config.json").read_text())
+    (seen / "config.json").write_text(json.dumps(config | {"task": "0-1-4-5"}))
+    at = app(root, "Internal RL")
+    assert at.selectbox(key="rl_task").options == ["0-1-2-3", "0-1-4-5"]
+    assert str(seen) not in at.multiselect(key="rl_runs").options
+    at.selectbox(key="rl_task").set_value("0-1-4-5").run()
+    assert not at.exception and at.multiselect(key="rl_runs").options == [str(seen)]
