@@ -39,11 +39,16 @@ def test_tiny_pretraining_lowers_the_loss(tmp_path, tiny_dataset):
 def test_resume_gives_the_same_weights(tmp_path, tiny_dataset):
     cfg = _cfg(steps=40, checkpoint_every=20)
     pretrain(tiny_dataset, tmp_path / "full", tiny_model_config(), cfg, progress=False)
-    pretrain(
+    first = pretrain(
         tiny_dataset, tmp_path / "cut", tiny_model_config(), cfg, progress=False, stop_after=20
     )
     assert not (tmp_path / "cut" / "model.safetensors").exists()
-    pretrain(tiny_dataset, tmp_path / "cut", tiny_model_config(), cfg, progress=False, resume=True)
+    at_cut = runs.load_trainer_state(runs.checkpoint_dirs(tmp_path / "cut")[-1])["train_seconds"]
+    assert 0 < at_cut <= first.train_seconds
+    second = pretrain(
+        tiny_dataset, tmp_path / "cut", tiny_model_config(), cfg, progress=False, resume=True
+    )
+    assert second.train_seconds > at_cut  # the training time of both legs
     a, b = load_base_model(tmp_path / "full"), load_base_model(tmp_path / "cut")
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k

@@ -194,7 +194,7 @@ def pretrain(
     train_idx, val_idx = split_train_val(ds, cfg.val_episodes)
     train_ds, val_ds = ds.subset(train_idx), ds.subset(val_idx)
 
-    step, epoch, batch_in_epoch = 0, 0, 0
+    step, epoch, batch_in_epoch, seconds_before = 0, 0, 0, 0.0
     ckpt = runs.start_run(out, config, resume=resume, compare=("model", "train", "data_sha256"))
     if ckpt is not None:
         runs.load_weights(model, ckpt / "model.safetensors")  # onto the model's device
@@ -204,6 +204,8 @@ def pretrain(
         opt.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         torch.random.set_rng_state(state["torch_rng"])
+        # training time up to the checkpoint (checkpoints before 2026-12-06 did not keep it)
+        seconds_before = float(state.get("train_seconds", 0.0))
         logger.info("resumed %s at step %d", out, step)
     else:
         torch.manual_seed(cfg.seed)
@@ -218,6 +220,8 @@ def pretrain(
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,
             "torch_rng": torch.random.get_rng_state(),
+            # so that a resumed run reports the training time of all its legs
+            "train_seconds": train_seconds + time.perf_counter() - t0,
         }
 
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
@@ -230,7 +234,7 @@ def pretrain(
         dynamic_ncols=True,
     )
     tokens, t0 = 0, time.perf_counter()
-    train_seconds = 0.0
+    train_seconds = seconds_before
     model.train()
     # the same parameters: the compiled forward trains the model that is saved
     forward = torch.compile(model, dynamic=True) if compile_model else model
