@@ -32,6 +32,7 @@ def test_data_then_pretrain_tiny(tmp_path, capsys):
         "tokens_per_s",
     ):
         assert key in summary
+    assert summary["rollout/success_ceiling"] == 1 / 16  # the task is never shown
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["steps"] == 20 and cfg["model"]["d_model"] == 32
     assert cfg["model"]["path_features"] is False  # the tiny preset's plain encoder

@@ -192,6 +192,15 @@ def test_free_running_ant_evaluation_reports_colours_and_end_reasons(ant_model):
     assert 0.0 <= m["rollout/success"] <= 1.0 and m["rollout/colours_per_episode"] >= 0.0
     ends = [v for k, v in m.items() if k.startswith("rollout/end/")]
     assert len(ends) == 7 and sum(ends) == pytest.approx(1.0)
+    # the ceilings of a base that cannot see the task (the env draws a pretraining task)
+    assert m["rollout/success_ceiling"] == 1 / 16
+    assert m["rollout/colours_per_episode_ceiling"] == 1 / 4 + 1 / 8 + 1 / 16
+    assert [m[f"rollout/next_correct_ceiling_after_{k}"] for k in range(3)] == [0.25, 0.5, 0.5]
+    assert m["rollout/colours_vs_ceiling"] == pytest.approx(
+        m["rollout/colours_per_episode"] / 0.4375
+    )
+    post = ant_free_running_metrics(ant_model, n_episodes=2, seed=0, task="post")
+    assert post["rollout/success_ceiling"] == 0.0  # 0 -> 1 never occurs in pretraining
     again = ant_free_running_metrics(ant_model, n_episodes=3, seed=0)  # same seed, same numbers
     np.testing.assert_equal([m[k] for k in sorted(m)], [again[k] for k in sorted(again)])
 

@@ -349,6 +349,25 @@ def test_parse_task():
     assert parse_task("seen") == SEEN_TASK == parse_task("0-1-4-5-2-3-6-7-4-5-0-1")
 
 
+def test_task_blind_ceilings_follow_the_tasks_prefix_tree():
+    from irl_lens.envs.ant_layout import ANT_POST_TASK, ANT_PRETRAIN_TASKS
+    from irl_lens.envs.pinpad import task_blind_ceilings
+
+    ant = task_blind_ceilings(ANT_PRETRAIN_TASKS)  # 4 first colours, then 2 and 2 successors
+    assert ant == {"success": 1 / 16, "colours_per_episode": 0.4375,
+                   "next_correct_after_0": 0.25, "next_correct_after_1": 0.5,
+                   "next_correct_after_2": 0.5}  # fmt: skip
+    grid = task_blind_ceilings(PRETRAIN_TASKS)  # a pair's second colour is never in doubt
+    assert grid["success"] == 1 / 16 and grid["colours_per_episode"] == 0.875
+    assert [grid[f"next_correct_after_{k}"] for k in range(6)] == [0.25, 1, 0.5, 1, 0.5, 1]
+    # a task the expert data never continue that way: the base stops where it departs
+    post = task_blind_ceilings([ANT_POST_TASK], ANT_PRETRAIN_TASKS)
+    assert post["success"] == 0 and post["colours_per_episode"] == 0.25
+    assert task_blind_ceilings([(0, 1)], [(0, 1), (0, 1), (2, 3)])["success"] == 2 / 3
+    with pytest.raises(ValueError, match="beyond 0..3"):
+        parse_task("seen", n_colours=4)
+
+
 def test_the_seen_task_chains_only_pretraining_transitions_and_post_only_new_ones():
     def transitions(task):
         sub = [subgoal_of_colour(c) for c in task[::2]]

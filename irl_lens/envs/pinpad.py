@@ -116,6 +116,47 @@ but each of its subgoal transitions (0-1 -> 4-5 -> 2-3 -> 6-7 -> 4-5 -> 0-1) occ
 abstraction to chain segments, not to compose transitions the base never saw."""
 
 
+def task_blind_ceilings(
+    tasks: Sequence[Task], prior: Sequence[Task] | None = None
+) -> dict[str, float]:
+    """What a base model can reach free-running on ``tasks`` (each equally likely) when it
+    imitates an expert that trained on ``prior`` (default: ``tasks``) but never sees the task.
+
+    A fresh episode does not reveal its task, so the best such a base can do is what the
+    expert data teach it: after the colours entered so far, enter next each colour that
+    continues some prior task, in proportion to those tasks (the posterior predictive).
+    With ``n(p)`` prior tasks starting with the prefix ``p`` of ``N``, it completes the
+    first ``k`` colours of task ``t`` with probability ``n(t[:k]) / N`` even when it walks
+    perfectly. Returns, averaged over ``tasks``:
+
+    * ``success``: all colours (1/16 on the 16 pretraining tasks of either environment);
+    * ``colours_per_episode``: colours completed;
+    * ``next_correct_after_K``: having completed ``K``, the next colour entered is the
+      task's (the ratio of completing ``K + 1`` to completing ``K``).
+
+    Example::
+
+        >>> round(task_blind_ceilings(PRETRAIN_TASKS)["success"], 4)
+        0.0625
+    """
+    prior = list(tasks if prior is None else prior)
+    tasks = list(tasks)
+
+    def reach(t: Task, k: int) -> float:  # completes the first k colours of t
+        return sum(p[:k] == t[:k] for p in prior) / len(prior)
+
+    longest = max(len(t) for t in tasks)
+    done = [float(np.mean([reach(t, k) if k <= len(t) else 0.0 for t in tasks]))
+            for k in range(longest + 1)]  # fmt: skip
+    out = {
+        "success": float(np.mean([reach(t, len(t)) for t in tasks])),
+        "colours_per_episode": float(sum(done[1:])),
+    }
+    for k in range(longest):
+        out[f"next_correct_after_{k}"] = done[k + 1] / done[k] if done[k] else float("nan")
+    return out
+
+
 def subgoal_of_colour(colour: int) -> int:
     """Return the abstract subgoal label (``0..N_SUBGOALS-1``) of a colour: ``colour // 2``."""
     return int(colour) // 2
@@ -154,7 +195,13 @@ def parse_task(spec: TaskSpec, n_colours: int = N_COLOURS) -> Task:
         if text != text.strip():
             raise ValueError(f"invalid task {spec!r}: remove the spaces around it; {_HOW}")
         if text.lower() in _NAMED:
-            return _NAMED[text.lower()]
+            named = _NAMED[text.lower()]
+            if max(named) >= n_colours:  # a gridworld task asked of the ant
+                raise ValueError(
+                    f"invalid task {spec!r}: it names {format_task(named)}, whose colours go "
+                    f"beyond 0..{n_colours - 1}; {_HOW}"
+                )
+            return named
         if not text:
             raise ValueError(f"invalid task {spec!r}: the task is empty; {_HOW}")
         colours: list[int] = []

@@ -22,13 +22,16 @@ colours completed per episode, and after ``k`` colours how often the next is the
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from irl_lens.data.dataset import TrajectoryDataset, bucketed_batches, make_batch
+from irl_lens.envs.ant_layout import ANT_PRETRAIN_TASKS, parse_ant_task
 from irl_lens.envs.expert import distance_maps, expert_action_probs
 from irl_lens.envs.gridworld_batch import BatchedGridPinpad
+from irl_lens.envs.pinpad import PRETRAIN_TASKS, Task, parse_task, task_blind_ceilings
 from irl_lens.models.base import ActionModel
 from irl_lens.rollout.grid import free_run_grid, rollout_grid
 
@@ -143,7 +146,9 @@ def free_running_metrics(
     (:func:`irl_lens.rollout.grid.free_run_grid`), the fraction of colours entered right
     after an even colour 2k that are 2k+1.
     ``rollout/success``: success rate in the task-enforcing env on the pretraining tasks
-    (or ``task``); low by construction, since a fresh episode does not reveal its task.
+    (or ``task``); low by construction, since a fresh episode does not reveal its task:
+    ``rollout/success_ceiling`` is the most a base that never sees it can reach
+    (:func:`~irl_lens.envs.pinpad.task_blind_ceilings`; 1/16 on the pretraining tasks).
     """
     env = BatchedGridPinpad(n_episodes, task=task)
     env.reset(seed=[int(s) for s in np.random.SeedSequence([seed, 7]).generate_state(n_episodes)])
@@ -155,8 +160,18 @@ def free_running_metrics(
         "rollout/pair_completion": rate,
         "rollout/pair_events": float(count),
         "rollout/success": float(ro.success.mean()),
+        "rollout/success_ceiling": task_blind_ceilings(
+            *_task_mix(task, PRETRAIN_TASKS, parse_task)
+        )["success"],
         "rollout/mean_length": float(ro.length.mean()),
     }
+
+
+def _task_mix(
+    task: str | None, pretraining: tuple[Task, ...], parse: Callable[[str], Task]
+) -> tuple[list[Task], list[Task]]:
+    """(the tasks an evaluation env draws from, the expert data's tasks)."""
+    return ([parse(task)] if task is not None else list(pretraining)), list(pretraining)
 
 
 def next_colour_rates(final_n_done: np.ndarray, wrong: np.ndarray, n_colours: int) -> dict:
@@ -179,10 +194,15 @@ def ant_free_running_metrics(
     """Free-running behaviour of an ant base (issue 32): the model drives the ant (sampled
     torques) in the task-enforcing env on the pretraining tasks (or ``task``).
 
-    ``rollout/success`` (the expert: 0.89), ``rollout/colours_per_episode`` (colours
-    completed), ``rollout/next_correct_after_K`` (:func:`next_colour_rates`: after ``K``
-    colours, how often the next colour entered is the task's; K = 0 is the first colour)
-    and the share of episodes ending each way (``rollout/end/REASON``).
+    ``rollout/success`` (the expert, which is told the task: 0.89),
+    ``rollout/colours_per_episode`` (colours completed), ``rollout/next_correct_after_K``
+    (:func:`next_colour_rates`: after ``K`` colours, how often the next colour entered is
+    the task's; K = 0 is the first colour) and the share of episodes ending each way
+    (``rollout/end/REASON``). A fresh episode does not reveal its task, so each of the
+    first three has a ceiling below 1 for a base that imitates the expert without seeing
+    the task (``..._ceiling``, :func:`~irl_lens.envs.pinpad.task_blind_ceilings`: success
+    1/16, colours 0.4375, next colour right 0.25 / 0.5 / 0.5 on the pretraining tasks);
+    ``rollout/colours_vs_ceiling`` is the colours completed as a fraction of theirs.
     """
     # lazy: MuJoCo loads only for an ant base
     from irl_lens.envs.ant_batch import END_REASONS
@@ -194,11 +214,21 @@ def ant_free_running_metrics(
     ro = AntRolloutEngine(model, layer=model.cfg.n_layers).run(env, generator=gen)
     wrong = ro.end_reason == END_REASONS.index("wrong_colour")
     task_len = int((ro.task >= 0).sum(1).max())
+    ceiling = task_blind_ceilings(*_task_mix(task, ANT_PRETRAIN_TASKS, parse_ant_task))
+    colours = float(ro.final_n_done.mean())
+    rates = next_colour_rates(ro.final_n_done, wrong, min(task_len, ANT_N_COLOURS))
     return {
         "rollout/success": float(ro.success.mean()),
-        "rollout/colours_per_episode": float(ro.final_n_done.mean()),
+        "rollout/success_ceiling": ceiling["success"],
+        "rollout/colours_per_episode": colours,
+        "rollout/colours_per_episode_ceiling": ceiling["colours_per_episode"],
+        "rollout/colours_vs_ceiling": colours / ceiling["colours_per_episode"],
         "rollout/mean_length": float(ro.length.mean()),
-        **next_colour_rates(ro.final_n_done, wrong, min(task_len, ANT_N_COLOURS)),
+        **rates,
+        **{
+            k.replace("correct_after", "correct_ceiling_after"): ceiling[k[len("rollout/") :]]
+            for k in rates
+        },  # fmt: skip
         **{f"rollout/end/{k}": v for k, v in ro.end_reasons().items()},
     }
 
