@@ -65,7 +65,8 @@ def test_quick_preset_has_path_features_and_paper_does_not():
 
 def test_the_paper_ant_preset_is_the_papers_hawk_base():
     """Section 2: a Hawk SSM, 256 units, 8 heads, MLP 512, depth 8; 204.8k steps of 512
-    episodes. It builds as the Hawk model (the quick ant preset keeps the transformer)."""
+    episodes. It builds as the Hawk model, as does the quick ant preset's (with path
+    features, the base the package ships)."""
     import dataclasses
 
     from irl_lens import presets
@@ -78,7 +79,8 @@ def test_the_paper_ant_preset_is_the_papers_hawk_base():
     assert (base.arch, base.d_model, base.n_heads, base.d_mlp, base.n_layers) == (
         "hawk", 256, 8, 512, 8)  # fmt: skip
     assert (paper.pretrain.steps, paper.pretrain.tokens_per_batch) == (204_800, 256_000)
-    assert presets.get("quick", "ant").base.arch == "transformer"
+    quick = presets.get("quick", "ant").base
+    assert (quick.arch, quick.path_features) == ("hawk", True) and not base.path_features
     cfg = dataclasses.replace(base, obs_kind="vector", obs_dim=ANT_OBS_DIM,
                               action_kind="continuous", n_actions=8)  # fmt: skip
     model = build_model(cfg)

@@ -122,3 +122,32 @@ def test_the_report_says_where_a_shipped_base_came_from(ant_base, assets, tmp_pa
         "hawk --no-path-features --steps 4 --seed 0` in " in text
     )
     assert "- base: `irl-lens unpack-base --out" in text
+
+
+def test_the_package_ships_the_quick_ant_base_that_its_preset_retrains():
+    import dataclasses
+
+    from irl_lens import presets, runs
+    from irl_lens.cli.reproduce import ReproduceSettings, stages
+    from irl_lens.models.hawk import HawkActionModel
+
+    card = shipped.shipped_card()
+    assert card is not None and (card["env"], card["preset"]) == ("ant", "quick")
+    weights = shipped.SHIPPED_ANT_BASE / "model.safetensors"
+    assert runs.file_sha256(weights) == card["weights_sha256"]
+    assert isinstance(load_base_model(shipped.SHIPPED_ANT_BASE), HawkActionModel)
+    # `--from-scratch` trains the same model: the preset's, but for what the data decide
+    preset = dataclasses.asdict(presets.get("quick", "ant").base)
+    from_data = {"obs_kind", "obs_dim", "action_kind", "n_actions"}
+    assert {k: v for k, v in card["model"].items() if k not in from_data} == {
+        k: v for k, v in preset.items() if k not in from_data
+    }
+    assert card["train"]["steps"] == presets.get("quick", "ant").pretrain.steps
+    assert card["pretrain_command"].startswith(
+        "irl-lens --threads 1 pretrain DATA --out RUN --preset quick --arch hawk --path-features"
+    )
+    # free-running, against what a base that never sees the task can reach
+    numbers = card["summary"]
+    assert numbers["rollout/colours_per_episode"] > 0 and numbers["train_seconds"] > 0
+    first = stages(shipped.SHIPPED_ANT_BASE.parent / "nowhere", ReproduceSettings(env="ant"))
+    assert first[1].jobs[0].args[0] == "unpack-base"  # reproduce ant starts from it

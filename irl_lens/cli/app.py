@@ -254,14 +254,15 @@ def pretrain(
             help="Gridworld: give each colour's encoder slot the shortest-path moves toward "
             "it (default: the preset's; quick on, paper off). Ant: the encoder also reads "
             "each colour's shortest-path direction in the torso's frame and the heading "
-            "(default off).",
+            "(default: the preset's; quick on, paper and tiny off).",
         ),
     ] = None,
     arch: Annotated[
         Arch | None,
         typer.Option(
-            help="transformer (a TransformerLens HookedTransformer, the default) or hawk "
-            "(RG-LRU blocks, the paper's ant base; rollouts carry its recurrent state).",
+            help="transformer (a TransformerLens HookedTransformer) or hawk (RG-LRU blocks, "
+            "the paper's ant base; rollouts carry its recurrent state). Default: the "
+            "preset's: hawk for the quick and paper ant presets, else transformer.",
         ),
     ] = None,
     encoder: Annotated[

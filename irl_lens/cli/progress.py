@@ -58,9 +58,9 @@ MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
     # README "ant-pinpad (quick preset, this machine)", 2026-12-02, two jobs at a time
     ("ant", "quick"): {
         "data": Measured(39, 2_000),  # the 500 clean episodes: 17 s
-        # 3 x the 353 s its last 400 of 1,200 steps took (the whole job, ~1,900 s, was
-        # interrupted once and shared the machine with the test suite)
-        "pretrain": Measured(1_060),
+        # the Hawk base with path features (--from-scratch; 2026-12-06): 1,200 steps in two
+        # legs of 1,499 s (462 steps) and 1,721 s, beside another training
+        "pretrain": Measured(3_220),
         "unpack-base": Measured(1),  # the shipped base (irl_lens.models.shipped), copied
         "probe": Measured(216),
         "controllers": Measured(1_654),

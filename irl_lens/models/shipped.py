@@ -88,6 +88,7 @@ def ship_base(run: Path, ship_command: str, folder: Path | None = None) -> dict:
         for name in FILES:
             shutil.copyfile(run / name, tmp / name)
         runs.write_json(tmp / CARD, card)
+    folder.chmod(0o755)  # a package folder, readable by all (the staging folder was private)
     return card
 
 
