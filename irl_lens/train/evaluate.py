@@ -215,6 +215,7 @@ def ant_free_running_metrics(
     wrong = ro.end_reason == END_REASONS.index("wrong_colour")
     task_len = int((ro.task >= 0).sum(1).max())
     ceiling = task_blind_ceilings(*_task_mix(task, ANT_PRETRAIN_TASKS, parse_ant_task))
+    nan = float("nan")
     colours = float(ro.final_n_done.mean())
     rates = next_colour_rates(ro.final_n_done, wrong, min(task_len, ANT_N_COLOURS))
     return {
@@ -222,7 +223,9 @@ def ant_free_running_metrics(
         "rollout/success_ceiling": ceiling["success"],
         "rollout/colours_per_episode": colours,
         "rollout/colours_per_episode_ceiling": ceiling["colours_per_episode"],
-        "rollout/colours_vs_ceiling": colours / ceiling["colours_per_episode"],
+        "rollout/colours_vs_ceiling": (
+            colours / ceiling["colours_per_episode"] if ceiling["colours_per_episode"] else nan
+        ),
         "rollout/mean_length": float(ro.length.mean()),
         **rates,
         **{
