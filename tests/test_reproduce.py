@@ -499,3 +499,13 @@ def test_the_commit_falls_back_on_the_install_record(tmp_path):
     subprocess.run([*git, "init", "-q", str(repo)], check=True)
     subprocess.run([*git, "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
     assert source_commit(repo / "venv" / "irl_lens", {}) == "unknown (not a git checkout)"
+
+
+def test_a_report_over_finished_folders_says_no_job_ran(tmp_path):
+    from irl_lens.cli.reproduce import ReproduceSettings, report
+
+    text = report(tmp_path, ReproduceSettings(preset="tiny"), {}, {})
+    assert "No job ran in this folder's reproductions" in text and "Total 0 s" not in text
+    timed = report(tmp_path, ReproduceSettings(preset="tiny"), {},
+                   {"total": 12.0, "jobs": {"base": 7.0}})  # fmt: skip
+    assert "Total 12 s" in timed and "| base | base | 7 |" in timed

@@ -440,16 +440,26 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
         *_sweep_section(out),
         "## Wall-clock (seconds)",
         "",
-        f"Total {timing.get('total', 0.0):.0f} s, {s.workers} jobs at a time (a job starts when "
-        "the jobs it needs are done, so the per-job times add up to more than the total).",
-        "",
-        "| stage | job | seconds |",
-        "| --- | --- | --- |",
-        *[
-            f"| {stage} | {name} | {seconds[name]:.0f} |"
-            for stage, job in ordered
-            if (name := _job_name(job, out)) in seconds
-        ],
+        *(
+            [
+                f"Total {timing.get('total', 0.0):.0f} s, {s.workers} jobs at a time (a job "
+                "starts when the jobs it needs are done, so the per-job times add up to more "
+                "than the total).",
+                "",
+                "| stage | job | seconds |",
+                "| --- | --- | --- |",
+                *[
+                    f"| {stage} | {name} | {seconds[name]:.0f} |"
+                    for stage, job in ordered
+                    if (name := _job_name(job, out)) in seconds
+                ],
+            ]
+            if seconds
+            else [
+                "No job ran in this folder's reproductions: every job's folder was finished "
+                "before (each run's own summary.json keeps its time)."
+            ]
+        ),
         "",
         "## Commands (every job, in stage order; `irl-lens` arguments)",
         "",
