@@ -15,7 +15,8 @@ them, per colour ``c``:
   whether one exists;
 
 then the torso's heading ``(cos yaw, sin yaw)``: :data:`N_ANT_PATH_FEATURES` numbers. All
-tensor ops (a 15-round relaxation on the 4 x 4 grid), on the observation's own device.
+tensor ops (a 15-round relaxation on the 4 x 4 grid, once per distinct layout), on the
+observation's own device.
 """
 
 from __future__ import annotations
@@ -103,10 +104,12 @@ def ant_path_features(
     yaw = torch.atan2(2 * (w * qz + qx * qy), 1 - 2 * (qy * qy + qz * qz))
     side = ANT_GRID_SIZE * cell_size
     here = _cells(flat[:, _XY] * (side / 2), cell_size)  # [n]
-    direction, distance = ant_paths(ant_layouts(flat, cell_size))
-    rows = torch.arange(flat.shape[0], device=obs.device)
-    d = direction[rows, :, here]  # [n, colours]
-    dist = distance[rows, :, here]
+    # an episode keeps its layout: relax each distinct layout once (a batch of 8,192 steps
+    # holds a few dozen), then read every row's cell off its layout's maps
+    layouts, row_layout = torch.unique(ant_layouts(flat, cell_size), dim=0, return_inverse=True)
+    direction, distance = ant_paths(layouts)
+    d = direction[row_layout, :, here]  # [n, colours]
+    dist = distance[row_layout, :, here]
     angle = d.float() * (math.pi / 2) - yaw[:, None]
     has_move = d >= 0
     feats = torch.cat([
