@@ -59,7 +59,8 @@ MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
     ("ant", "quick"): {
         "data": Measured(39, 2_000),  # the 500 clean episodes: 17 s
         # the Hawk base with path features (--from-scratch; 2026-12-06): 1,200 steps in two
-        # legs of 1,499 s (462 steps) and 1,721 s, beside another training
+        # legs of 1,499 s (462 steps) and 1,721 s, beside another training; measured before
+        # the path features relaxed each layout once (3.6x the tokens/s since), so high
         "pretrain": Measured(3_220),
         "unpack-base": Measured(1),  # the shipped base (irl_lens.models.shipped), copied
         "probe": Measured(216),
