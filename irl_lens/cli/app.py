@@ -438,6 +438,7 @@ def evaluate_base(
     runs.write_json(summary_path, summary | metrics)
     print_table(metrics, title=f"evaluated {run} on {ds.n_episodes} held-out episodes")
     if ship:
+        # lazy: only --ship needs it
         from irl_lens.models import shipped
 
         shipped.ship_base(run, f"irl-lens evaluate {run} --ship --seed {seed}")
@@ -460,7 +461,7 @@ def unpack_base(
 
     card = shipped.unpack_base(out)
     print_table(
-        {k: v for k, v in card["summary"].items()},
+        card["summary"],
         title=f"unpacked the shipped {card['env']} base ({card['preset']}) into {out}",
     )
     print(f"  trained with: {card['pretrain_command']}")
