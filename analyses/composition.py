@@ -235,7 +235,8 @@ def summary(prefix: str, result: ClosedLoop) -> dict[str, float]:
 
 def unseen_transitions(tasks=PRETRAIN_TASKS, colours_per_subgoal: int = 2) -> list[str]:
     """Two-subgoal tasks, one per subgoal transition that no task in ``tasks`` contains
-    (gridworld: ``0-1-2-3``, ``2-3-4-5``, ``4-5-6-7``, ``6-7-0-1``)."""
+    (gridworld: ``0-1-2-3``, ``2-3-4-5``, ``4-5-6-7``, ``6-7-0-1``; ant, one colour per
+    subgoal: ``0-1``, ``1-2``, ``2-3``, ``3-0``)."""
     k = colours_per_subgoal
     subgoals = sorted({c // k for t in tasks for c in t})
     seen = {(a, b) for t in tasks for a, b in zip(t[::k], t[k::k], strict=False)}
@@ -263,9 +264,10 @@ def analyse(
         logger.warning("compositional steering not computed: %s", e)
         return {"compose/success": float("nan")} | prior
     out = summary("compose", compositional_steering(loaded, codes, task, n_episodes, seed))
+    kit = env_kit(loaded.base, loaded.layer)  # ant: single colours, its own task table
     unseen = {
         t: compositional_steering(loaded, codes, t, n_episodes, seed).success
-        for t in unseen_transitions()
+        for t in unseen_transitions(kit.pretrain_tasks, kit.colours_per_subgoal)
     }
     out |= {f"compose/unseen/{t}": v for t, v in unseen.items()}
     out["compose/unseen_mean"] = float(np.mean(list(unseen.values())))

@@ -241,3 +241,18 @@ def test_ant_path_features_are_the_experts_paths_in_the_torsos_frame():
             want = (np.cos(angle), np.sin(angle)) if d >= 0 else (0.0, 0.0)
             got = (float(feats[row, c]), float(feats[row, 4 + c]))
             np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_unseen_transitions_come_from_each_environments_own_tasks(ant_model, tiny_model):
+    """The composition analysis steers each unseen single transition: on ant these are single
+    colours (0 -> 1, 1 -> 2, 2 -> 3, 3 -> 0), not the gridworld's colour pairs."""
+    from analyses.composition import unseen_transitions
+    from irl_lens.rollout.kit import env_kit
+
+    ant = env_kit(ant_model)
+    assert unseen_transitions(ant.pretrain_tasks, ant.colours_per_subgoal) == [
+        "0-1", "1-2", "2-3", "3-0"]  # fmt: skip
+    assert all(ant.parse_task(t) for t in ["0-1", "1-2", "2-3", "3-0"])
+    grid = env_kit(tiny_model)
+    assert unseen_transitions(grid.pretrain_tasks, grid.colours_per_subgoal) == [
+        "0-1-2-3", "2-3-4-5", "4-5-6-7", "6-7-0-1"]  # fmt: skip

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from irl_lens.envs.pinpad import MAX_STEPS, parse_task
+from irl_lens.envs.pinpad import MAX_STEPS, PRETRAIN_TASKS, parse_task
 from irl_lens.models.base import ActionModel
 from irl_lens.rollout.engine import ControllerFn, RolloutEngine
 from irl_lens.rollout.grid import GridRolloutEngine, seeded_env
@@ -48,6 +48,8 @@ class EnvKit:
     """Episodes stepped side by side (MuJoCo envs are far heavier than gridworld rows)."""
     max_steps: int
     """The env's time limit T (gridworld 100, ant 500)."""
+    pretrain_tasks: tuple[tuple[int, ...], ...] = ()
+    """The tasks of the env's expert data (Table A1 / A2)."""
 
     def subgoal_task(self, g: int) -> list[int]:
         """The one-subgoal task of subgoal ``g`` (gridworld ``[2g, 2g + 1]``, ant ``[g]``)."""
@@ -60,13 +62,15 @@ def env_kit(model: ActionModel, layer: int | None = None) -> EnvKit:
     MuJoCo only then)."""
     if model.model_cfg.obs_kind == "vector":
         # lazy: the ant modules import MuJoCo, which gridworld work must not pay for
-        from irl_lens.envs.ant_layout import ANT_MAX_STEPS, parse_ant_task
+        from irl_lens.envs.ant_layout import ANT_MAX_STEPS, ANT_PRETRAIN_TASKS, parse_ant_task
         from irl_lens.rollout.ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
 
         return EnvKit("ant", AntRolloutEngine(model, layer), seeded_ant_env, ColourSwitcher,
-                      1, parse_ant_task, batch=250, max_steps=ANT_MAX_STEPS)  # fmt: skip
+                      1, parse_ant_task, batch=250, max_steps=ANT_MAX_STEPS,
+                      pretrain_tasks=ANT_PRETRAIN_TASKS)  # fmt: skip
     return EnvKit("gridworld", GridRolloutEngine(model, layer), seeded_env, GroundTruthSwitcher,
-                  2, parse_task, batch=1000, max_steps=MAX_STEPS)  # fmt: skip
+                  2, parse_task, batch=1000, max_steps=MAX_STEPS,
+                  pretrain_tasks=PRETRAIN_TASKS)  # fmt: skip
 
 
 def run_batches(
