@@ -1,7 +1,7 @@
 """The base model shipped in the package: the quick ant base (issue 32).
 
-Pretraining an ant base that walks to the colour it infers takes about an hour of this
-2-core CPU, so the package carries one, as it carries the ant expert:
+Pretraining the quick ant base takes about an hour of this 2-core CPU, so the package
+carries one, as it carries the ant expert:
 ``irl_lens/assets/ant_base/`` is a base-model run folder cut to what loading and reading it
 need (``config.json``, ``model.safetensors``, ``summary.json``) plus ``card.json``, which says
 what it was trained on, with which command, for how long, and what it scores.
@@ -40,7 +40,8 @@ def shipped_card(folder: Path | None = None) -> dict | None:
 
 
 def pretrain_command(config: dict) -> str:
-    """The ``irl-lens pretrain`` command line that trains a run like ``config``'s."""
+    """The ``irl-lens pretrain`` command line of a run like ``config``'s: its preset, arch,
+    path features, steps and seed (the card's ``model`` and ``train`` hold every setting)."""
     model, train = config["model"], config["train"]
     return " ".join([
         "irl-lens --threads 1 pretrain DATA --out RUN --preset", str(config.get("preset")),
