@@ -417,11 +417,11 @@ def evaluate_base(
     from irl_lens.train.pretrain import split_train_val
 
     dev = resolve_device(device)
-    model = load_base_model(run).to(dev, print_details=False)
     config = runs.read_json(run / "config.json", "run config")
     if ship and (config.get("data_meta") or {}).get("env") != "ant":
         raise ValueError("--ship: the package ships an ant base only (a gridworld base "
                          "pretrains in ~15 min on this CPU)")  # fmt: skip
+    model = load_base_model(run).to(dev, print_details=False)
     if data_dir is not None:
         ds = load_dataset(data_dir)
     else:

@@ -155,8 +155,7 @@ def claims(summary: dict, n_layers: int | None, env: str = "gridworld") -> list[
     out += _switch_and_code_claims(summary)
 
     out += _commit_claims(summary)
-    rl = {k.split("/")[1]: v for k, v in summary.items()
-          if k.startswith("compare:") and k.endswith("/final_success")}  # fmt: skip
+    rl = _final_success(summary, "compare")
     bars = {"internal_rl": lambda v: v >= 0.5, "raw_rl": lambda v: v <= 0.01,
             "internal_rl_beta1": lambda v: v <= 0.05,
             "internal_rl (cotrain)": lambda v: v <= 0.05,
@@ -179,12 +178,17 @@ def claims(summary: dict, n_layers: int | None, env: str = "gridworld") -> list[
     return out
 
 
+def _final_success(summary: dict, prefix: str) -> dict[str, float]:
+    """Method -> median final success of the comparison ``prefix`` (``compare``, ``seen``)."""
+    return {k.split("/")[1]: v for k, v in summary.items()
+            if k.startswith(f"{prefix}:") and k.endswith("/final_success")}  # fmt: skip
+
+
 def _seen_claims(summary: dict) -> list[Claim]:
     """Internal RL over the metacontroller's and CompILE's codes on the control task of seen
     transitions (``compare-seen``; issue 31), when it ran: it tells a failure to compose
     (post only) from codes that cannot drive RL at all (both tasks)."""
-    rl = {k.split("/")[1]: v for k, v in summary.items()
-          if k.startswith("seen:") and k.endswith("/final_success")}  # fmt: skip
+    rl = _final_success(summary, "seen")
     if not rl:
         return []
     to_half = {m: summary.get(f"seen:compare/{m}/episodes_to_0.5") for m in rl}
