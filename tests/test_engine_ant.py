@@ -30,12 +30,13 @@ def _bank(model, seed=0, scale=0.5):
     return bank
 
 
-@pytest.mark.parametrize("paths", [False, True])
+@pytest.mark.parametrize("paths", [False, True, "heading"])
 @pytest.mark.parametrize("fast", [True, False])
 def test_ant_engine_equals_full_forward(ant_model, fast, paths):
-    if paths:  # issue 32's path features, computed inside the encoder at every step
+    if paths:  # issue 32's path (and heading) features, computed in the encoder at every step
         cfg = tiny_model_config(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
-                                n_actions=8, n_ctx=500, path_features=True)  # fmt: skip
+                                n_actions=8, n_ctx=500, path_features=True,
+                                heading_features=paths == "heading")  # fmt: skip
         ant_model = build_model(cfg, seed=0).eval()
     bank = _bank(ant_model)
     switcher = ColourSwitcher(bank.select)
@@ -241,6 +242,65 @@ def test_ant_path_features_are_the_experts_paths_in_the_torsos_frame():
             want = (np.cos(angle), np.sin(angle)) if d >= 0 else (0.0, 0.0)
             got = (float(feats[row, c]), float(feats[row, 4 + c]))
             np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_ant_heading_features_read_the_velocity_against_each_colours_path():
+    """Issue 32: per colour, the cosine between the torso's horizontal velocity and the
+    path's first move, the speed along it, the velocity in the torso's frame; on the
+    expert's own episodes the largest cosine names the colour it walks to far above chance.
+    A config asking for them without the path features, or off ant, is refused."""
+    from irl_lens.envs.ant_layout import cell_of, direction_map
+    from irl_lens.models.ant_features import (
+        N_ANT_HEADING_FEATURES,
+        N_ANT_PATH_FEATURES,
+        ant_path_features,
+        heading_target,
+    )
+
+    rng = np.random.default_rng(1)
+    env = seeded_ant_env(6, seed=4)
+    for _ in range(15):
+        env.step(rng.uniform(-1, 1, (6, 8)))
+    obs = torch.from_numpy(env.observations())
+    feats = ant_path_features(obs, heading=True)
+    assert feats.shape == (6, N_ANT_PATH_FEATURES + N_ANT_HEADING_FEATURES)
+    torch.testing.assert_close(feats[:, :N_ANT_PATH_FEATURES], ant_path_features(obs))
+    heading = feats[:, N_ANT_PATH_FEATURES:]
+    v = env.qvel[:, :2]
+    speed = np.linalg.norm(v, axis=1)
+    w, x, y, z = env.qpos[:, 3:7].T
+    yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+    cells = cell_of(env.qpos[:, :2])
+    for row in range(6):
+        for c in range(4):
+            d = int(direction_map(env.layout[row], c)[0][cells[row]])
+            unit = np.array([np.cos(d * np.pi / 2), np.sin(d * np.pi / 2)])
+            along = float(v[row] @ unit) if d >= 0 else 0.0
+            cos = along / speed[row] if d >= 0 and speed[row] > 0.05 else 0.0
+            np.testing.assert_allclose(float(heading[row, c]), cos, atol=1e-4)
+            np.testing.assert_allclose(
+                float(heading[row, 4 + c]), np.sign(along) * np.log1p(abs(along)), atol=1e-4
+            )
+        fwd = v[row, 0] * np.cos(yaw[row]) + v[row, 1] * np.sin(yaw[row])
+        left = v[row, 1] * np.cos(yaw[row]) - v[row, 0] * np.sin(yaw[row])
+        np.testing.assert_allclose(
+            heading[row, 8:].numpy(),
+            np.sign([fwd, left]) * np.log1p(np.abs([fwd, left])),
+            atol=1e-4,
+        )
+    from irl_lens.data.generate_ant import generate_ant
+
+    ds = generate_ant(16, "clean", seed=0, progress=False)  # the shipped expert's episodes
+    target = heading_target(torch.from_numpy(ds.arrays["obs"])).numpy()
+    label = ds.arrays["subgoal"]
+    assert (target == label).mean() > 0.45, (target == label).mean()  # 0.61 on 500 episodes
+    for bad in ({"path_features": False}, {"obs_kind": "grid"}):
+        kw = dict(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous", n_actions=8,
+                  path_features=True, heading_features=True) | bad  # fmt: skip
+        if bad.get("obs_kind") == "grid":
+            kw.pop("obs_dim"), kw.pop("action_kind"), kw.pop("n_actions")
+        with pytest.raises(ValueError, match="heading_features"):
+            tiny_model_config(**kw)
 
 
 def test_unseen_transitions_come_from_each_environments_own_tasks(ant_model, tiny_model):

@@ -257,6 +257,15 @@ def pretrain(
             "(default: the preset's; quick on, paper and tiny off).",
         ),
     ] = None,
+    heading_features: Annotated[
+        bool | None,
+        typer.Option(
+            "--heading-features/--no-heading-features",
+            help="Ant with path features: the encoder also reads how the torso's velocity "
+            "agrees with each colour's path (per colour the cosine and the speed along it; a "
+            "fixed function of one observation). Default: the preset's.",
+        ),
+    ] = None,
     arch: Annotated[
         Arch | None,
         typer.Option(
@@ -325,6 +334,7 @@ def pretrain(
             ("d_model", d_model),
             ("obs_loss_weight", obs_loss_weight),
             ("path_features", path_features),
+            ("heading_features", heading_features),
             ("encoder", encoder.value if encoder is not None else None),
             ("arch", arch.value if arch is not None else None),
         )

@@ -17,6 +17,14 @@ them, per colour ``c``:
 then the torso's heading ``(cos yaw, sin yaw)``: :data:`N_ANT_PATH_FEATURES` numbers. All
 tensor ops (a 15-round relaxation on the 4 x 4 grid, once per distinct layout), on the
 observation's own device.
+
+With ``heading=True`` (``BaseModelConfig.heading_features``) the features also say how the
+torso's motion agrees with each colour's path, which a trained base did not work out for
+itself (``docs/results-ant.md``): per colour, the cosine between the torso's horizontal
+velocity and the path's first move (0 on the cell, with no path or when still) and the
+symlogged speed along that move; then the velocity in the torso's frame (forward,
+leftward), symlogged: :data:`N_ANT_HEADING_FEATURES` more numbers. The colour whose cosine
+is largest is the one the torso is walking toward (:func:`heading_target`).
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ from irl_lens.envs.ant_layout import ANT_EMPTY, ANT_GRID_SIZE, ANT_N_CELLS, ANT_
 from irl_lens.envs.pinpad import ANT_N_COLOURS
 
 N_ANT_PATH_FEATURES = 4 * ANT_N_COLOURS + 2
+N_ANT_HEADING_FEATURES = 2 * ANT_N_COLOURS + 2
 _QUAT = slice(1, 5)  # symlog(qpos[3:7]): the torso's quaternion (w, x, y, z)
+_VXY = slice(13, 15)  # symlog(qvel[0:2]): the torso's velocity in the world frame
+_STILL = 0.05  # speed (world units per second) below which the torso has no direction
 _XY = slice(27, 29)  # xy / (side / 2)
 _REL = slice(29, 39)  # (object centre - xy) / side for colours 0..3, then the wall
 _UNREACHED = 1_000
@@ -93,14 +104,22 @@ def ant_paths(layouts: Tensor) -> tuple[Tensor, Tensor]:
     return direction, distance
 
 
+def _unsymlog(y: Tensor) -> Tensor:
+    return torch.sign(y) * torch.expm1(y.abs())
+
+
+def _symlog(x: Tensor) -> Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
 def ant_path_features(
-    obs: Float[Tensor, "... 41"], cell_size: float = CELL_SIZE
+    obs: Float[Tensor, "... 41"], cell_size: float = CELL_SIZE, heading: bool = False
 ) -> Float[Tensor, "... f"]:
-    """The module docstring's :data:`N_ANT_PATH_FEATURES` features of each observation."""
+    """The module docstring's :data:`N_ANT_PATH_FEATURES` features of each observation, and
+    with ``heading`` the :data:`N_ANT_HEADING_FEATURES` more after them."""
     lead = obs.shape[:-1]
     flat = obs.reshape(-1, obs.shape[-1]).float()
-    y = flat[:, _QUAT]
-    w, qx, qy, qz = (torch.sign(y) * torch.expm1(y.abs())).unbind(-1)  # undo symlog
+    w, qx, qy, qz = _unsymlog(flat[:, _QUAT]).unbind(-1)
     yaw = torch.atan2(2 * (w * qz + qx * qy), 1 - 2 * (qy * qy + qz * qz))
     side = ANT_GRID_SIZE * cell_size
     here = _cells(flat[:, _XY] * (side / 2), cell_size)  # [n]
@@ -112,11 +131,37 @@ def ant_path_features(
     dist = distance[row_layout, :, here]
     angle = d.float() * (math.pi / 2) - yaw[:, None]
     has_move = d >= 0
-    feats = torch.cat([
+    parts = [
         torch.where(has_move, torch.cos(angle), 0.0),
         torch.where(has_move, torch.sin(angle), 0.0),
         dist.clamp(min=0).float() / (2 * (ANT_GRID_SIZE - 1)),
         (dist >= 0).float(),
         torch.stack([torch.cos(yaw), torch.sin(yaw)], -1),
-    ], dim=-1)  # fmt: skip
-    return feats.reshape(*lead, N_ANT_PATH_FEATURES)
+    ]
+    width = N_ANT_PATH_FEATURES
+    if heading:
+        v = _unsymlog(flat[:, _VXY])  # [n, 2], world frame
+        speed = v.norm(dim=-1, keepdim=True)
+        world = d.float() * (math.pi / 2)
+        along = v[:, :1] * torch.cos(world) + v[:, 1:] * torch.sin(world)  # [n, colours]
+        moving = has_move & (speed > _STILL)
+        cos_y, sin_y = torch.cos(yaw)[:, None], torch.sin(yaw)[:, None]
+        own = torch.cat(
+            [v[:, :1] * cos_y + v[:, 1:] * sin_y, v[:, 1:] * cos_y - v[:, :1] * sin_y], -1
+        )
+        parts += [
+            torch.where(moving, along / speed.clamp(min=_STILL), 0.0),
+            torch.where(has_move, _symlog(along), 0.0),
+            _symlog(own),
+        ]
+        width += N_ANT_HEADING_FEATURES
+    return torch.cat(parts, dim=-1).reshape(*lead, width)
+
+
+def heading_target(obs: Float[Tensor, "... 41"], cell_size: float = CELL_SIZE) -> Tensor:
+    """``long[...]``: per observation, the colour whose path the torso's velocity agrees with
+    most (the largest heading cosine; ties to the lowest colour). A one-observation rule, the
+    reference a probe of an ant base's target colour should beat."""
+    feats = ant_path_features(obs, cell_size, heading=True)
+    cos = feats[..., N_ANT_PATH_FEATURES : N_ANT_PATH_FEATURES + ANT_N_COLOURS]
+    return cos.argmax(-1)

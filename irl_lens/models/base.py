@@ -46,7 +46,11 @@ from irl_lens.envs.ant_layout import ANT_OBS_DIM
 from irl_lens.envs.expert import UNREACHABLE, distance_maps, shortest_moves
 from irl_lens.envs.gridworld_layout import EMPTY, N_CELL_CODES, NEXT_CELL
 from irl_lens.envs.pinpad import GRID_SIZE, N_COLOURS, N_WALLS
-from irl_lens.models.ant_features import N_ANT_PATH_FEATURES, ant_path_features
+from irl_lens.models.ant_features import (
+    N_ANT_HEADING_FEATURES,
+    N_ANT_PATH_FEATURES,
+    ant_path_features,
+)
 from irl_lens.models.common import DictConfig, build_seeded
 
 logger = logging.getLogger(__name__)
@@ -91,6 +95,11 @@ class BaseModelConfig(DictConfig):
     preset turns it on; the paper's encoder is off. Ant-pinpad: the encoder also reads
     :func:`~irl_lens.models.ant_features.ant_path_features` (off in every preset until
     measured on a trained ant base)."""
+
+    heading_features: bool = False
+    """Ant-pinpad with ``path_features``: the encoder also reads how the torso's velocity
+    agrees with each colour's path (``ant_path_features(..., heading=True)``), a fixed
+    function of one observation. Off in every preset until measured (issue 32)."""
 
     arch: Literal["transformer", "hawk"] = "transformer"
     """``transformer`` (:class:`ActionModel`, a TransformerLens ``HookedTransformer``) or
@@ -140,6 +149,12 @@ class BaseModelConfig(DictConfig):
         if self.path_features and self.obs_kind != "grid" and self.obs_dim != ANT_OBS_DIM:
             raise ValueError(
                 "BaseModelConfig.path_features=True needs gridworld or ant-pinpad observations"
+            )
+        if self.heading_features and not (self.path_features and self.obs_dim == ANT_OBS_DIM
+                                          and self.obs_kind == "vector"):  # fmt: skip
+            raise ValueError(
+                "BaseModelConfig.heading_features=True needs ant-pinpad observations and "
+                "path_features=True"
             )
 
     @property
@@ -432,20 +447,27 @@ class VectorObservationEncoder(nn.Module):
     With ``with_paths`` (ant-pinpad's 41-number observation only) the MLP also reads
     :func:`~irl_lens.models.ant_features.ant_path_features`: per colour, the first move of
     a grid-level shortest path in the torso's frame and its length, and the heading, a
-    fixed function of the observation (issue 32's CPU-budget aid, like the gridworld's).
+    fixed function of the observation (issue 32's CPU-budget aid, like the gridworld's);
+    with ``with_heading`` also the velocity's agreement with each colour's path.
     """
 
-    def __init__(self, obs_dim: int, d_model: int, with_paths: bool = False) -> None:
+    def __init__(
+        self, obs_dim: int, d_model: int, with_paths: bool = False, with_heading: bool = False
+    ) -> None:
         super().__init__()
         if with_paths and obs_dim != ANT_OBS_DIM:
             raise ValueError(f"ant path features need the {ANT_OBS_DIM}-number ant observation")
-        self.with_paths = with_paths
+        if with_heading and not with_paths:
+            raise ValueError("ant heading features come with the path features (with_paths)")
+        self.with_paths, self.with_heading = with_paths, with_heading
         width = obs_dim + (N_ANT_PATH_FEATURES if with_paths else 0)
+        width += N_ANT_HEADING_FEATURES if with_heading else 0
         self.net = nn.Sequential(nn.Linear(width, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
 
     def forward(self, obs: Float[Tensor, "batch pos obs"]) -> Float[Tensor, "batch pos d_model"]:
         if self.with_paths:
-            obs = torch.cat([obs, ant_path_features(obs).to(obs.dtype)], dim=-1)
+            feats = ant_path_features(obs, heading=self.with_heading)
+            obs = torch.cat([obs, feats.to(obs.dtype)], dim=-1)
         return self.net(obs)
 
 
@@ -526,7 +548,9 @@ def make_obs_encoder(cfg: BaseModelConfig) -> nn.Module:
         )
     if cfg.obs_kind == "grid":
         return GridObservationEncoder(cfg.d_cell, cfg.d_model, with_paths=cfg.path_features)
-    return VectorObservationEncoder(cfg.obs_dim, cfg.d_model, with_paths=cfg.path_features)
+    return VectorObservationEncoder(
+        cfg.obs_dim, cfg.d_model, with_paths=cfg.path_features, with_heading=cfg.heading_features
+    )
 
 
 class ActionModel(ActionModelEnds, HookedTransformer):

@@ -47,6 +47,7 @@ def pretrain_command(config: dict) -> str:
         "irl-lens --threads 1 pretrain DATA --out RUN --preset", str(config.get("preset")),
         "--arch", str(model.get("arch", "transformer")),
         "--path-features" if model.get("path_features") else "--no-path-features",
+        *(["--heading-features"] if model.get("heading_features") else []),
         "--steps", str(train["steps"]), "--seed", str(train["seed"]),
     ])  # fmt: skip
 
