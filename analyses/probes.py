@@ -12,7 +12,9 @@ full-batch L-BFGS on standardised features, which takes seconds per layer.
 
 Outputs (:class:`ProbeResult`):
 
-* held-out accuracy by layer, next to the majority-class rate;
+* held-out accuracy by layer, next to the majority-class rate and, on ant-pinpad, the
+  accuracy of a one-observation rule (:func:`irl_lens.models.ant_features.heading_target`:
+  the colour whose path the torso's velocity follows), what the base's inputs already say;
 * *belief traces*: the probe's probability of the true subgoal as a function of the
   steps since the current segment began, averaged over test segments (Fig 3: belief
   mass grows within a segment as evidence accumulates), plus one example episode;
@@ -41,6 +43,7 @@ from irl_lens import runs
 from irl_lens.data.dataset import TrajectoryDataset, make_batch
 from irl_lens.envs.pinpad import N_SUBGOALS
 from irl_lens.hooks import layer_hook_name, n_layers_of
+from irl_lens.models.ant_features import heading_target
 from irl_lens.models.base import ActionModel, load_base_model
 from irl_lens.models.probe import fit_probe
 
@@ -153,6 +156,7 @@ class ProbeResult:
     example_layer: int
     checkpoint_steps: list[int] = field(default_factory=list)
     accuracy_by_step: list[list[float]] = field(default_factory=list)  # [checkpoint][layer]
+    heading_rule: float | None = None  # ant: heading_target's accuracy on the test steps
 
     @property
     def best_layer(self) -> int:
@@ -183,6 +187,14 @@ def _fit_layers(
             float((probe.logits(train.resid[layer]).argmax(-1) == y_train).float().mean())
         )
     return acc, train_acc, probs
+
+
+def heading_rule_accuracy(ds: TrajectoryDataset, steps: ResidualSet) -> float:
+    """Accuracy of :func:`~irl_lens.models.ant_features.heading_target` (an ant
+    observation's own rule, no model) on the labelled ``steps``."""
+    rows = ds.offsets[steps.episode] + steps.t
+    obs = torch.from_numpy(np.asarray(ds.arrays["obs"][rows]))
+    return float((heading_target(obs).numpy() == steps.label).mean())
 
 
 def probe_model(
@@ -241,6 +253,7 @@ def probe_model(
         example_probs=probs[best][torch.from_numpy(sel)].tolist(),
         example_labels=[int(v) for v in test.label[sel]],
         example_layer=best,
+        heading_rule=heading_rule_accuracy(ds, test) if ds.meta.get("env") == "ant" else None,
     )
 
 
@@ -325,6 +338,8 @@ def summary(result: ProbeResult) -> dict[str, float]:
         "probe/n_train_steps": float(result.n_train),
         "probe/n_test_steps": float(result.n_test),
     }
+    if result.heading_rule is not None:
+        out["probe/heading_rule"] = result.heading_rule
     for layer, acc, tr, bel in zip(
         result.layers, result.accuracy, result.train_accuracy, result.belief, strict=True
     ):
@@ -369,6 +384,10 @@ def accuracy_figure(result: ProbeResult):
         )
     )
     fig.add_hline(y=result.chance, line_dash="dash", annotation_text="majority class")
+    if result.heading_rule is not None:
+        fig.add_hline(
+            y=result.heading_rule, line_dash="dot", annotation_text="heading rule (no model)"
+        )
     fig.update_layout(
         title="Linear probe for the current subgoal, by layer",
         xaxis_title="layer l (0 = before block 0)",

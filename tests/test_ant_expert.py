@@ -180,11 +180,13 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     generate_ant(12, "pretrain", seed=0, expert=random_agent, progress=False).save(data)
     run = tmp_path / "base"
     code, out, err = _run(
-        ["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny", "--steps", "6"],
+        ["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny", "--steps", "6",
+         "--path-features", "--heading-features"],
         capsys,
-    )
+    )  # fmt: skip
     assert code == 0, err
     config = json.loads((run / "config.json").read_text())
+    assert config["model"]["path_features"] and config["model"]["heading_features"]
     assert config["model"]["n_ctx"] == 500 and config["model"]["obs_loss_weight"] == 10.0
     assert config["model"]["action_kind"] == "continuous"
     summary = json.loads((run / "summary.json").read_text())
@@ -196,6 +198,8 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     assert code == 0, err
     probe = json.loads((run / "probe" / "summary.json").read_text())
     assert any(k.startswith("probe/") for k in probe)
+    # beside the majority class: the one-observation heading rule, what the inputs say
+    assert 0 <= probe["probe/heading_rule"] <= 1 and "heading rule" in out
     # supervised controllers and the metacontroller accept the ant run unchanged; the
     # controllers are run on the ant post task 0-1-2-3 in the ant rollout engine
     code, out, err = _run(

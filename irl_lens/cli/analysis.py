@@ -126,6 +126,11 @@ def probe(
             f"{_fmt(sum(late) / len(late) if late else float('nan')):>10}"
         )
     print(f"  majority class {result.chance:.3f}; best layer {result.best_layer}")
+    if result.heading_rule is not None:
+        print(
+            f"  heading rule (one observation, no model: the colour whose path the torso's "
+            f"velocity follows) {result.heading_rule:.3f}"
+        )
     if result.checkpoint_steps:
         print("  accuracy by training step (rows) and layer (columns):")
         for step, accs in zip(result.checkpoint_steps, result.accuracy_by_step, strict=True):
