@@ -181,12 +181,13 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     run = tmp_path / "base"
     code, out, err = _run(
         ["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny", "--steps", "6",
-         "--path-features", "--heading-features"],
+         "--path-features", "--heading-features", "--future-horizon", "25"],
         capsys,
     )  # fmt: skip
     assert code == 0, err
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["path_features"] and config["model"]["heading_features"]
+    assert config["model"]["future_horizon"] == 25
     assert config["model"]["n_ctx"] == 500 and config["model"]["obs_loss_weight"] == 10.0
     assert config["model"]["action_kind"] == "continuous"
     summary = json.loads((run / "summary.json").read_text())

@@ -30,13 +30,14 @@ def _bank(model, seed=0, scale=0.5):
     return bank
 
 
-@pytest.mark.parametrize("paths", [False, True, "heading"])
+@pytest.mark.parametrize("paths", [False, True, "heading", "future"])
 @pytest.mark.parametrize("fast", [True, False])
 def test_ant_engine_equals_full_forward(ant_model, fast, paths):
     if paths:  # issue 32's path (and heading) features, computed in the encoder at every step
         cfg = tiny_model_config(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
                                 n_actions=8, n_ctx=500, path_features=True,
-                                heading_features=paths == "heading")  # fmt: skip
+                                heading_features=paths == "heading",
+                                future_horizon=25 if paths == "future" else 0)  # fmt: skip
         ant_model = build_model(cfg, seed=0).eval()
     bank = _bank(ant_model)
     switcher = ColourSwitcher(bank.select)

@@ -266,6 +266,15 @@ def pretrain(
             "fixed function of one observation). Default: the preset's.",
         ),
     ] = None,
+    future_horizon: Annotated[
+        int | None,
+        typer.Option(
+            help="Ant: also predict the torso's displacement over the next K steps (a fixed "
+            "function of the episode's observations, weighted like the next observation); 0 "
+            "off, as the paper. Default: the preset's.",
+            min=0,
+        ),
+    ] = None,
     arch: Annotated[
         Arch | None,
         typer.Option(
@@ -335,6 +344,7 @@ def pretrain(
             ("obs_loss_weight", obs_loss_weight),
             ("path_features", path_features),
             ("heading_features", heading_features),
+            ("future_horizon", future_horizon),
             ("encoder", encoder.value if encoder is not None else None),
             ("arch", arch.value if arch is not None else None),
         )

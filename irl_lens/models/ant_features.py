@@ -165,3 +165,18 @@ def heading_target(obs: Float[Tensor, "... 41"], cell_size: float = CELL_SIZE) -
     feats = ant_path_features(obs, cell_size, heading=True)
     cos = feats[..., N_ANT_PATH_FEATURES : N_ANT_PATH_FEATURES + ANT_N_COLOURS]
     return cos.argmax(-1)
+
+
+def ant_future_displacement(
+    next_obs: Float[Tensor, "batch pos 41"], mask: Float[Tensor, "batch pos"], horizon: int
+) -> Float[Tensor, "batch pos 2"]:
+    """The torso's displacement, in cells, from ``o_t+1`` to ``o_t+horizon`` (or to the
+    episode's last observation when it ends sooner), for every position ``t`` of a batch of
+    next-observation targets whose valid positions (``mask``) are a prefix of each row. A
+    fixed function of the episode's own observations: the ``future_horizon`` target."""
+    xy = next_obs[..., _XY].float() * (ANT_GRID_SIZE / 2)  # cells from the arena's centre
+    last = (mask.sum(1).long() - 1).clamp(min=0)  # [batch]
+    pos = torch.arange(next_obs.shape[1], device=next_obs.device)
+    ahead = torch.minimum(pos[None, :] + horizon - 1, last[:, None])  # [batch, pos]
+    later = xy.gather(1, ahead[..., None].expand(-1, -1, 2))
+    return later - xy

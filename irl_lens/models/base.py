@@ -8,7 +8,8 @@ with ``start_at_layer=0``. Because ``start_at_layer=0`` skips TransformerLens's 
 embedding *and* positional embedding, positions come from rotary attention
 (``positional_embedding_type="rotary"``).
 
-The unembed has ``d_vocab_out = n_action_outputs + n_obs_outputs`` columns:
+The unembed has ``d_vocab_out = n_action_outputs + n_obs_outputs (+ n_future_outputs)``
+columns:
 
 =============  =====================================  ===========================================
 env            action head                            next-observation head
@@ -18,6 +19,10 @@ gridworld      4 logits (categorical over moves)      49 logits: the agent's nex
                                                       so this is the whole of ``p(o_t+1|o_1:t)``)
 continuous     mean and log-std per action dim        mean per observation dim (unit variance)
 =============  =====================================  ===========================================
+
+With ``future_horizon = K`` (ant-pinpad) two more columns predict the torso's displacement
+over the next ``K`` steps (:func:`~irl_lens.models.ant_features.ant_future_displacement`),
+scored with the next observation under the same weight lambda.
 
 Because :class:`ActionModel` *is* a ``HookedTransformer``, ``model.run_with_cache(obs)``
 returns the usual :class:`~transformer_lens.ActivationCache` with the usual hook names
@@ -49,6 +54,7 @@ from irl_lens.envs.pinpad import GRID_SIZE, N_COLOURS, N_WALLS
 from irl_lens.models.ant_features import (
     N_ANT_HEADING_FEATURES,
     N_ANT_PATH_FEATURES,
+    ant_future_displacement,
     ant_path_features,
 )
 from irl_lens.models.common import DictConfig, build_seeded
@@ -101,6 +107,13 @@ class BaseModelConfig(DictConfig):
     agrees with each colour's path (``ant_path_features(..., heading=True)``), a fixed
     function of one observation. Off in every preset until measured (issue 32)."""
 
+    future_horizon: int = 0
+    """Ant-pinpad: also predict the torso's displacement (in cells) over the next ``K``
+    steps, a fixed function of the episode's own observations, scored as a unit-variance
+    Gaussian inside the observation term (weight ``obs_loss_weight``). 0: off (the paper).
+    A CPU-budget aid: the next action barely depends on the target colour (issue 32), the
+    next ``K`` steps' path does."""
+
     arch: Literal["transformer", "hawk"] = "transformer"
     """``transformer`` (:class:`ActionModel`, a TransformerLens ``HookedTransformer``) or
     ``hawk`` (:class:`irl_lens.models.hawk.HawkActionModel`: RG-LRU blocks, the paper's ant
@@ -126,6 +139,7 @@ class BaseModelConfig(DictConfig):
             "obs_dim": self.obs_dim >= 1,
             "obs_loss_weight": self.obs_loss_weight >= 0,
             "init_scale": self.init_scale > 0,
+            "future_horizon": self.future_horizon >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -156,6 +170,21 @@ class BaseModelConfig(DictConfig):
                 "BaseModelConfig.heading_features=True needs ant-pinpad observations and "
                 "path_features=True"
             )
+
+        if self.future_horizon and (self.obs_kind != "vector" or self.obs_dim != ANT_OBS_DIM):
+            raise ValueError(
+                f"BaseModelConfig.future_horizon={self.future_horizon}: only ant-pinpad "
+                "observations have a torso to predict (use 0)"
+            )
+
+    @property
+    def n_future_outputs(self) -> int:
+        return 2 if self.future_horizon else 0
+
+    @property
+    def d_vocab_out(self) -> int:
+        """Unembed columns: action head, next-observation head, future head."""
+        return self.n_action_outputs + self.n_obs_outputs + self.n_future_outputs
 
     @property
     def n_action_outputs(self) -> int:
@@ -479,6 +508,8 @@ class ActionModelOutput:
     """Logits (discrete) or ``[mean, log_std]`` concatenated (continuous)."""
     next_obs: Float[Tensor, "batch pos n_obs_outputs"]
     """Next-cell logits (grid) or next-observation mean (vector)."""
+    future: Float[Tensor, "batch pos n_future_outputs"] | None = None
+    """With ``future_horizon``: the predicted displacement over the next K steps."""
 
 
 class ActionModelEnds:
@@ -497,8 +528,13 @@ class ActionModelEnds:
         return self.hook_obs_embed(self.obs_encoder(obs))
 
     def split(self, out: Float[Tensor, "batch pos d_vocab_out"]) -> ActionModelOutput:
-        n_a = self.model_cfg.n_action_outputs
-        return ActionModelOutput(action_params=out[..., :n_a], next_obs=out[..., n_a:])
+        cfg = self.model_cfg
+        n_a, n_o = cfg.n_action_outputs, cfg.n_obs_outputs
+        return ActionModelOutput(
+            action_params=out[..., :n_a],
+            next_obs=out[..., n_a : n_a + n_o],
+            future=out[..., n_a + n_o :] if cfg.n_future_outputs else None,
+        )
 
     def action_distribution(
         self, action_params: Float[Tensor, "batch pos n_action_outputs"]
@@ -521,7 +557,8 @@ class ActionModelEnds:
 
         ``next_obs_target`` is the agent's next cell (grid, long) or the next observation
         (vector, float). Positions with ``mask == 0`` (padding, or no next observation)
-        do not count.
+        do not count. With ``future_horizon`` the observation term also scores the
+        displacement over the next K steps (read off ``next_obs_target``).
         """
         parts = self.split(out)
         denom = mask.sum().clamp(min=1.0)
@@ -537,6 +574,11 @@ class ActionModelEnds:
             ).view_as(mask)
         else:
             nll_o = 0.5 * ((parts.next_obs - next_obs_target) ** 2).sum(-1)
+        if parts.future is not None:
+            ahead = ant_future_displacement(
+                next_obs_target, mask, self.model_cfg.future_horizon
+            ).to(parts.future.dtype)
+            nll_o = nll_o + 0.5 * ((parts.future - ahead) ** 2).sum(-1)
         return (nll_a * mask).sum() / denom, (nll_o * mask).sum() / denom
 
 
@@ -574,7 +616,7 @@ class ActionModel(ActionModelEnds, HookedTransformer):
             normalization_type="LN",
             positional_embedding_type="rotary",
             d_vocab=1,  # unused: observations enter at start_at_layer=0
-            d_vocab_out=cfg.n_action_outputs + cfg.n_obs_outputs,
+            d_vocab_out=cfg.d_vocab_out,
             # weight std: variance init_scale / d_model (the paper's "init variance scale")
             initializer_range=(cfg.init_scale / cfg.d_model) ** 0.5,
             default_prepend_bos=False,

@@ -76,7 +76,7 @@ class HawkActionModel(ActionModelEnds, HookedRootModule):
     def __init__(self, cfg: BaseModelConfig) -> None:
         super().__init__()
         self.model_cfg = cfg
-        d_out = cfg.n_action_outputs + cfg.n_obs_outputs
+        d_out = cfg.d_vocab_out
         self.cfg = HawkShape(cfg.n_layers, cfg.d_model, cfg.n_ctx, d_out, torch.device("cpu"))
         self.obs_encoder = make_obs_encoder(cfg)
         self.hook_obs_embed = HookPoint()
