@@ -304,6 +304,36 @@ def test_ant_heading_features_read_the_velocity_against_each_colours_path():
             tiny_model_config(**kw)
 
 
+def test_future_displacement_is_the_torsos_path_over_the_next_k_steps():
+    """Issue 32's --future-horizon target: from o_t+1 to o_t+K in cells, stopping at each
+    row's last valid step; it enters the observation term of the loss, so predicting it
+    well lowers that term; a gridworld config refuses it."""
+    from irl_lens.models.ant_features import ant_future_displacement
+
+    nt = torch.zeros(2, 6, ANT_OBS_DIM)
+    nt[0, :, 27] = torch.arange(6.0) / 2  # x / (side / 2): one cell per step
+    nt[1, :, 28] = -torch.arange(6.0) / 2
+    mask = torch.ones(2, 6)
+    mask[1, 4:] = 0  # row 1 ends after 4 steps
+    got = ant_future_displacement(nt, mask, 3)
+    torch.testing.assert_close(got[0, :, 0], torch.tensor([2.0, 2, 2, 2, 1, 0]))
+    torch.testing.assert_close(got[1, :4, 1], -torch.tensor([2.0, 2, 1, 0]))
+    assert (got[0, :, 1] == 0).all() and (got[1, :, 0] == 0).all()
+    cfg = tiny_model_config(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
+                            n_actions=8, n_ctx=500, future_horizon=3)  # fmt: skip
+    model = build_model(cfg, seed=0).eval()
+    assert model.model_cfg.d_vocab_out == 16 + ANT_OBS_DIM + 2
+    out = torch.zeros(2, 6, cfg.d_vocab_out)
+    actions = torch.zeros(2, 6, 8)
+    _, blind = model.losses(out, actions, nt, mask)
+    out[..., -2:] = got  # the true displacement: its part of the term is 0
+    _, told = model.losses(out, actions, nt, mask)
+    want = 0.5 * (got**2).sum(-1)[mask > 0].mean()
+    torch.testing.assert_close(blind - told, want)
+    with pytest.raises(ValueError, match="future_horizon"):
+        tiny_model_config(future_horizon=3)
+
+
 def test_unseen_transitions_come_from_each_environments_own_tasks(ant_model, tiny_model):
     """The composition analysis steers each unseen single transition: on ant these are single
     colours (0 -> 1, 1 -> 2, 2 -> 3, 3 -> 0), not the gridworld's colour pairs."""
