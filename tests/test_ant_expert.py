@@ -546,3 +546,26 @@ def test_clearance_is_the_distance_to_the_nearest_forbidden_cell():
     env.set_episode(0, (0, 1, 2), layout, 4)
     env.set_torso(0, *(cell_centres()[4] + [-0.6 * k, 0.0]))
     np.testing.assert_allclose(env.clearance(), [0.4 * k], atol=1e-9)
+
+
+def test_ant_data_can_keep_the_experts_mean_where_a_noisier_action_led(random_agent):
+    """DART-style data (issue 32): executed actions get ``action_noise`` times the expert's
+    noise, and ``record="mean"`` keeps the expert's intended action at the states they led to.
+    The defaults are the paper's data, bitwise; the clean split refuses both."""
+    kw = dict(seed=3, expert=random_agent, n_envs=4, progress=False)
+    plain = generate_ant(4, "pretrain", **kw)
+    same = generate_ant(4, "pretrain", action_noise=1.0, record="executed", **kw)
+    np.testing.assert_array_equal(plain.arrays["action"], same.arrays["action"])
+    assert "record" not in plain.meta
+    executed = generate_ant(4, "pretrain", action_noise=3.0, **kw)
+    kept = generate_ant(4, "pretrain", action_noise=3.0, record="mean", **kw)
+    # the same noisy episodes (same states), different labels: the noise-free action there
+    np.testing.assert_array_equal(executed.arrays["obs"], kept.arrays["obs"])
+    assert not np.array_equal(executed.arrays["action"], kept.arrays["action"])
+    assert kept.meta["record"] == "mean" and kept.meta["action_noise"] == 3.0
+    mean_again = generate_ant(4, "clean", seed=3, expert=random_agent, n_envs=4, progress=False)
+    assert mean_again.meta["sampling"] == "mean"
+    with pytest.raises(ValueError, match="pretrain split"):
+        generate_ant(4, "clean", record="mean", **kw)
+    with pytest.raises(ValueError, match="record="):
+        generate_ant(4, "pretrain", record="sampled", **kw)

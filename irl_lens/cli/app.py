@@ -69,6 +69,11 @@ class TieBreak(str, Enum):
     first = "first"
 
 
+class Record(str, Enum):
+    executed = "executed"
+    mean = "mean"
+
+
 class Preset(str, Enum):
     quick = "quick"
     paper = "paper"
@@ -148,6 +153,22 @@ def data(
         Path | None,
         typer.Option(help="ant: expert run folder (default: the expert shipped in the package)."),
     ] = None,
+    action_noise: Annotated[
+        float,
+        typer.Option(
+            help="ant pretrain: the executed action is the expert's mean plus this times its "
+            "Gaussian noise (1: the expert's own sampling, the paper's data).",
+            min=0.0,
+        ),
+    ] = 1.0,
+    record: Annotated[
+        Record,
+        typer.Option(
+            help="ant pretrain: the action the dataset keeps: executed (the paper's data) or "
+            "mean (the expert's intended action where the noisier one led: DART-style "
+            "corrective labels).",
+        ),
+    ] = Record.executed,
     tie_break: Annotated[
         TieBreak,
         typer.Option(
@@ -181,17 +202,23 @@ def data(
     if env is EnvName.ant:
         if eps is not None or tie_break is not TieBreak.random:
             raise ValueError("--eps and --tie-break apply to the gridworld expert only")
+        if split is Split.clean and (action_noise != 1.0 or record is not Record.executed):
+            raise ValueError(
+                "--action-noise and --record apply to --split pretrain (clean keeps the mean)"
+            )
         # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
         from irl_lens.data.generate_ant import generate_ant
         from irl_lens.models.ant_expert import load_expert
 
         ds = generate_ant(
             episodes, split=split.value, seed=seed, task=task, expert=load_expert(expert),
-            n_envs=n_envs or 256,
+            n_envs=n_envs or 256, action_noise=action_noise, record=record.value,
         )  # fmt: skip
     else:
         if expert is not None:
             raise ValueError("--expert applies to ant only (the gridworld expert is exact)")
+        if action_noise != 1.0 or record is not Record.executed:
+            raise ValueError("--action-noise and --record apply to the ant expert only")
         # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
         from irl_lens.data.generate import generate_gridworld
 

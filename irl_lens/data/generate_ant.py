@@ -41,6 +41,10 @@ from irl_lens.models.ant_expert import GaussianAgent, expert_inputs, load_expert
 _SPLIT_STREAM = {"pretrain": 10, "clean": 11}
 
 
+RECORDS = ("executed", "mean")
+"""Which action an ant pretraining dataset keeps (:func:`generate_ant`'s ``record``)."""
+
+
 def generate_ant(
     n_episodes: int,
     split: str = "pretrain",
@@ -49,10 +53,23 @@ def generate_ant(
     expert: GaussianAgent | None = None,
     n_envs: int = 256,
     progress: bool = True,
+    action_noise: float = 1.0,
+    record: str = "executed",
 ) -> TrajectoryDataset:
-    """Roll out the ant expert for ``n_episodes`` episodes and return them as a dataset."""
+    """Roll out the ant expert for ``n_episodes`` episodes and return them as a dataset.
+
+    ``pretrain`` only: the executed action is the expert's mean plus ``action_noise`` times
+    its Gaussian's noise (1: the expert's own sampling), and ``record`` says which action the
+    dataset keeps: ``executed`` (the paper's data) or ``mean`` (the expert's intended action
+    at the state the noisier one led to: DART-style corrective labels)."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not allowed; use one of {', '.join(SPLITS)}")
+    if record not in RECORDS:
+        raise ValueError(f"record={record!r} is not allowed; use one of {', '.join(RECORDS)}")
+    if not (action_noise >= 0 and np.isfinite(action_noise)):
+        raise ValueError(f"action_noise={action_noise!r} must be a finite number >= 0")
+    if split == "clean" and (action_noise != 1.0 or record != "executed"):
+        raise ValueError("action_noise and record apply to the pretrain split (clean: the mean)")
     if n_episodes < 1:
         raise ValueError(f"episodes={n_episodes} must be >= 1")
     fixed_task = parse_ant_task(task) if task is not None else None
@@ -71,18 +88,26 @@ def generate_ant(
     while done < n_episodes:
         if chunks:
             env.reset_envs(np.ones(n_envs, dtype=bool))
-        chunk = _run_chunk(env, expert, deterministic, generator)
+        chunk = _run_chunk(env, expert, deterministic, generator, action_noise, record)
         take = min(n_envs, n_episodes - done)
         chunks.append({k: v[:take] for k, v in chunk.items()})
         done += take
         bar.update(take)
     bar.close()
-    return _assemble(chunks, split=split, seed=seed, fixed_task=fixed_task)
+    ds = _assemble(chunks, split=split, seed=seed, fixed_task=fixed_task)
+    if split == "pretrain" and (action_noise != 1.0 or record != "executed"):
+        ds.meta |= {"action_noise": float(action_noise), "record": record}
+    return ds
 
 
 @torch.no_grad()
 def _run_chunk(
-    env: BatchedAntPinpad, expert: GaussianAgent, deterministic: bool, generator: torch.Generator
+    env: BatchedAntPinpad,
+    expert: GaussianAgent,
+    deterministic: bool,
+    generator: torch.Generator,
+    action_noise: float = 1.0,
+    record: str = "executed",
 ) -> dict[str, np.ndarray]:
     n, T = env.n_envs, ANT_MAX_STEPS
     obs_buf = np.zeros((n, T, ANT_OBS_DIM), dtype=np.float32)
@@ -95,9 +120,16 @@ def _run_chunk(
         if not live.any():
             break
         view = expert_inputs(env)
-        a = view.controls(env, expert.act(view.x, deterministic, generator), expert.torque_scale)
+        dist = expert.distribution(view.x)
+        if deterministic:
+            a = kept = view.controls(env, dist.mean, expert.torque_scale)
+        else:
+            noise = torch.randn(dist.mean.shape, generator=generator)
+            a = view.controls(env, dist.mean + action_noise * dist.stddev * noise,
+                              expert.torque_scale)  # fmt: skip
+            kept = a if record == "executed" else view.controls(env, dist.mean, expert.torque_scale)
         obs_buf[live, t] = obs[live]
-        act_buf[live, t] = a[live]
+        act_buf[live, t] = kept[live]
         target[live, t] = env.target_colour()[live]
         obs, *_ = env.step(a)  # float64 actuator commands already
     return {
