@@ -58,10 +58,11 @@ MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
     # README "ant-pinpad (quick preset, this machine)", 2026-12-02, two jobs at a time
     ("ant", "quick"): {
         "data": Measured(39, 2_000),  # the 500 clean episodes: 17 s
-        # the Hawk base with path features (--from-scratch; 2026-12-06): 1,200 steps in two
-        # legs of 1,499 s (462 steps) and 1,721 s, beside another training; measured before
-        # the path features relaxed each layout once (3.6x the tokens/s since), so high
-        "pretrain": Measured(3_220),
+        # the Hawk base with path features (--from-scratch): 1,200 steps one thread beside
+        # another training, 2026-12-06 (fifth session): 581-709 s for three variants of it
+        # (with the future target, the heading features, both); 3,220 s before the path
+        # features relaxed each layout once
+        "pretrain": Measured(700),
         "unpack-base": Measured(1),  # the shipped base (irl_lens.models.shipped), copied
         "probe": Measured(216),
         "controllers": Measured(1_654),
