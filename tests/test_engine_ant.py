@@ -30,14 +30,15 @@ def _bank(model, seed=0, scale=0.5):
     return bank
 
 
-@pytest.mark.parametrize("paths", [False, True, "heading", "future"])
+@pytest.mark.parametrize("paths", [False, True, "heading", "future", "mixture"])
 @pytest.mark.parametrize("fast", [True, False])
 def test_ant_engine_equals_full_forward(ant_model, fast, paths):
     if paths:  # issue 32's path (and heading) features, computed in the encoder at every step
         cfg = tiny_model_config(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
                                 n_actions=8, n_ctx=500, path_features=True,
                                 heading_features=paths == "heading",
-                                future_horizon=25 if paths == "future" else 0)  # fmt: skip
+                                future_horizon=25 if paths == "future" else 0,
+                                action_mixtures=3 if paths == "mixture" else 1)  # fmt: skip
         ant_model = build_model(cfg, seed=0).eval()
     bank = _bank(ant_model)
     switcher = ColourSwitcher(bank.select)
@@ -332,6 +333,37 @@ def test_future_displacement_is_the_torsos_path_over_the_next_k_steps():
     torch.testing.assert_close(blind - told, want)
     with pytest.raises(ValueError, match="future_horizon"):
         tiny_model_config(future_horizon=3)
+
+
+def test_a_mixture_action_head_scores_samples_and_acts_by_its_components():
+    """Issue 32's --action-mixtures K: log p is the mixture's (checked by hand), the mean is
+    the weighted mean, greedy takes the heaviest component's mean, samples follow the
+    weights; a gridworld config refuses it."""
+    import math
+
+    cfg = tiny_model_config(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
+                            n_actions=2, n_ctx=50, action_mixtures=2)  # fmt: skip
+    model = build_model(cfg, seed=0).eval()
+    assert cfg.n_action_outputs == 2 * (2 * 2 + 1)
+    # weights 0.8 / 0.2; component means (+1, +1) and (-1, -1); std 1 and e^-1
+    params = torch.tensor([[math.log(0.8), math.log(0.2), 1, 1, 0, 0, -1, -1, -1, -1]])
+    a = torch.tensor([[0.5, -0.5]])
+    want = math.log(
+        0.8 * math.exp(-0.5 * (0.25 + 2.25)) / (2 * math.pi)
+        + 0.2 * math.exp(-0.5 * (2.25 + 0.25) * math.e**2) * math.e**2 / (2 * math.pi)
+    )
+    torch.testing.assert_close(model.action_distribution(params).log_prob(a)[0], torch.tensor(want))
+    torch.testing.assert_close(model.action_mean(params), torch.tensor([[0.6, 0.6]]))
+    torch.testing.assert_close(model.act_continuous(params, True, None), torch.tensor([[1.0, 1]]))
+    many = params.expand(4000, -1)
+    drawn = model.act_continuous(many, False, torch.Generator().manual_seed(0))
+    # P(a > 0) = 0.8 * Phi(1) (the heavy component) + 0.2 * Phi(-e) (the light one)
+    want_pos = 0.8 * 0.5 * (1 + math.erf(1 / math.sqrt(2))) + 0.2 * 0.5 * (
+        1 + math.erf(-math.e / math.sqrt(2))
+    )
+    assert abs((drawn[:, 0] > 0).float().mean().item() - want_pos) < 0.03
+    with pytest.raises(ValueError, match="action_mixtures"):
+        tiny_model_config(action_mixtures=2)
 
 
 def test_unseen_transitions_come_from_each_environments_own_tasks(ant_model, tiny_model):

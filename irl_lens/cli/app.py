@@ -293,6 +293,14 @@ def pretrain(
             "fixed function of one observation). Default: the preset's.",
         ),
     ] = None,
+    action_mixtures: Annotated[
+        int | None,
+        typer.Option(
+            help="Continuous actions (ant): a mixture of K diagonal Gaussians as the action "
+            "head (1: one Gaussian, the paper's). Default: the preset's.",
+            min=1,
+        ),
+    ] = None,
     future_horizon: Annotated[
         int | None,
         typer.Option(
@@ -372,6 +380,7 @@ def pretrain(
             ("path_features", path_features),
             ("heading_features", heading_features),
             ("future_horizon", future_horizon),
+            ("action_mixtures", action_mixtures),
             ("encoder", encoder.value if encoder is not None else None),
             ("arch", arch.value if arch is not None else None),
         )

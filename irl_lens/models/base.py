@@ -107,6 +107,10 @@ class BaseModelConfig(DictConfig):
     agrees with each colour's path (``ant_path_features(..., heading=True)``), a fixed
     function of one observation. Off in every preset until measured (issue 32)."""
 
+    action_mixtures: int = 1
+    """Continuous actions: the action head is a mixture of this many diagonal Gaussians
+    (1: one Gaussian, the paper's). A mixture can keep apart the two ways an expert may turn
+    where the task branches, which one Gaussian averages (issue 32)."""
     future_horizon: int = 0
     """Ant-pinpad: also predict the torso's displacement (in cells) over the next ``K``
     steps, a fixed function of the episode's own observations, scored as a unit-variance
@@ -140,6 +144,7 @@ class BaseModelConfig(DictConfig):
             "obs_loss_weight": self.obs_loss_weight >= 0,
             "init_scale": self.init_scale > 0,
             "future_horizon": self.future_horizon >= 0,
+            "action_mixtures": self.action_mixtures >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -177,6 +182,12 @@ class BaseModelConfig(DictConfig):
                 "observations have a torso to predict (use 0)"
             )
 
+        if self.action_mixtures > 1 and self.action_kind != "continuous":
+            raise ValueError(
+                f"BaseModelConfig.action_mixtures={self.action_mixtures}: a mixture head is "
+                "for continuous actions (use 1)"
+            )
+
     @property
     def n_future_outputs(self) -> int:
         return 2 if self.future_horizon else 0
@@ -188,7 +199,10 @@ class BaseModelConfig(DictConfig):
 
     @property
     def n_action_outputs(self) -> int:
-        return self.n_actions if self.action_kind == "discrete" else 2 * self.n_actions
+        if self.action_kind == "discrete":
+            return self.n_actions
+        k = self.action_mixtures
+        return 2 * self.n_actions if k == 1 else k * (2 * self.n_actions + 1)
 
     @property
     def n_obs_outputs(self) -> int:
@@ -542,9 +556,59 @@ class ActionModelEnds:
         """The policy ``p(a_t | o_1:t)`` as a torch distribution."""
         if self.model_cfg.action_kind == "discrete":
             return torch.distributions.Categorical(logits=action_params)
-        mean, log_std = action_params.chunk(2, dim=-1)
-        std = log_std.clamp(-5.0, 2.0).exp()
-        return torch.distributions.Independent(torch.distributions.Normal(mean, std), 1)
+        k = self.model_cfg.action_mixtures
+        if k == 1:
+            mean, log_std = action_params.chunk(2, dim=-1)
+            std = log_std.clamp(-5.0, 2.0).exp()
+            return torch.distributions.Independent(torch.distributions.Normal(mean, std), 1)
+        logits, mean, log_std = self._mixture_parts(action_params)
+        gaussians = torch.distributions.Normal(mean, log_std.clamp(-5.0, 2.0).exp())
+        return torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(logits=logits),
+            torch.distributions.Independent(gaussians, 1),
+        )
+
+    def _mixture_parts(self, action_params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(logits [..., k], mean [..., k, n], log_std [..., k, n])`` of a mixture head:
+        the k weights' logits first, then each component's ``[mean, log_std]``."""
+        k = self.model_cfg.action_mixtures
+        comps = action_params[..., k:].unflatten(-1, (k, -1))
+        mean, log_std = comps.chunk(2, dim=-1)
+        return action_params[..., :k], mean, log_std
+
+    def action_mean(self, action_params: Tensor) -> Tensor:
+        """The policy's expected action (continuous; the mixture's weighted mean)."""
+        if self.model_cfg.action_mixtures == 1:
+            return action_params.chunk(2, dim=-1)[0]
+        logits, mean, _ = self._mixture_parts(action_params)
+        return (logits.softmax(-1)[..., None] * mean).sum(-2)
+
+    def act_continuous(
+        self, action_params: Float[Tensor, "rows n_action_outputs"], greedy: bool, generator
+    ) -> Tensor:
+        """A continuous action per row: greedy, the most probable component's mean (one
+        Gaussian: its mean); else a sample, the component drawn by its weight. Noise comes
+        from ``generator`` (a CPU generator: the same numbers on any device)."""
+        rows, n = action_params.shape[0], self.model_cfg.n_actions
+        if self.model_cfg.action_mixtures == 1:
+            mean, log_std = action_params.chunk(2, dim=-1)
+            if greedy:
+                return mean
+            noise = torch.randn(rows, n, generator=generator).to(action_params.device)
+            return mean + log_std.clamp(-5.0, 2.0).exp() * noise
+        logits, mean, log_std = self._mixture_parts(action_params)
+        if greedy:
+            pick = logits.argmax(-1)
+        else:
+            u = torch.rand(rows, 1, generator=generator).to(action_params.device)
+            pick = (logits.softmax(-1).cumsum(-1) < u).sum(-1).clamp(max=logits.shape[-1] - 1)
+        index = pick[:, None, None].expand(-1, 1, n)
+        mean = mean.gather(1, index)[:, 0]
+        if greedy:
+            return mean
+        std = log_std.gather(1, index)[:, 0].clamp(-5.0, 2.0).exp()
+        noise = torch.randn(rows, n, generator=generator).to(action_params.device)
+        return mean + std * noise
 
     def losses(
         self,

@@ -51,6 +51,8 @@ def pretrain_command(config: dict) -> str:
         *(["--heading-features"] if model.get("heading_features") else []),
         *(["--future-horizon", str(model["future_horizon"])]
           if model.get("future_horizon") else []),
+        *(["--action-mixtures", str(model["action_mixtures"])]
+          if model.get("action_mixtures", 1) > 1 else []),
         "--steps", str(train["steps"]), "--seed", str(train["seed"]),
     ])  # fmt: skip
 

@@ -159,12 +159,7 @@ class AntAdapter(EnvAdapter[AntEngineRollout]):
         return torch.from_numpy(self.obs[rows]).to(self.device)[:, None, :]
 
     def act(self, head: Tensor, greedy: bool, generator) -> tuple[Tensor, Tensor]:
-        mean, log_std = head.chunk(2, dim=-1)  # head: [rows, 2 * 8]
-        if greedy:
-            a = mean
-        else:
-            noise = torch.randn(len(head), self.n_act, generator=generator).to(head.device)
-            a = mean + log_std.clamp(-5.0, 2.0).exp() * noise
+        a = self.model.act_continuous(head, greedy, generator)  # head: [rows, 2 * 8] or more
         return a, self.model.action_distribution(head).log_prob(a)
 
     def step(self, rows: np.ndarray, actions: np.ndarray) -> np.ndarray:

@@ -111,7 +111,7 @@ def heldout_metrics_continuous(
         parts = model.split(out)
         m = b.mask
         nll = -model.action_distribution(parts.action_params).log_prob(b.action)
-        mean = parts.action_params.chunk(2, dim=-1)[0]
+        mean = model.action_mean(parts.action_params)
         sums["nll"] += float((nll * m).sum())
         sums["mse"] += float((((mean - b.action) ** 2).mean(-1) * m).sum())
         sums["obs_mse"] += float((((parts.next_obs - b.next_obs) ** 2).mean(-1) * m).sum())
