@@ -36,7 +36,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -227,12 +227,19 @@ def config_diff(saved: Any, requested: Any, prefix: str = "") -> list[str]:
 
 
 def start_run(
-    out: Path, config: dict, *, resume: bool, compare: Sequence[str] | None = None
+    out: Path,
+    config: dict,
+    *,
+    resume: bool,
+    compare: Sequence[str] | None = None,
+    upgrade: Callable[[dict], dict] | None = None,
 ) -> Path | None:
     """Create run folder ``out`` with ``config`` or, with ``resume``, check it was started
     with the same settings; return the checkpoint to continue from (``None``: step 0).
 
     ``compare``: the config's top-level keys that must match to resume (default: all).
+    ``upgrade``: maps the saved config to this version's schema before the comparison (a
+    setting added since the run started takes its default, which it had then in effect).
     A resumable folder without a complete checkpoint (the run died before its first one)
     starts over at step 0 in place: every file in it was written by this kind of run.
     """
@@ -240,6 +247,7 @@ def start_run(
     check_output(out, config["kind"], resume=resume)
     if resume and (out / "config.json").is_file():
         saved = read_json(out / "config.json", "run config")
+        saved = saved if upgrade is None else upgrade(saved)
         keys = list(config) if compare is None else list(compare)
         diff = config_diff({k: saved.get(k) for k in keys}, {k: config.get(k) for k in keys})
         if diff:

@@ -54,6 +54,26 @@ def test_resume_gives_the_same_weights(tmp_path, tiny_dataset):
         assert torch.equal(va, vb), k
 
 
+def test_resume_accepts_a_run_started_before_a_setting_existed(tmp_path, tiny_dataset):
+    """A run started by an older version has no entry for settings added since (e.g. the
+    ant options of issue 32); it ran with their defaults, so --resume continues it, while a
+    setting that truly differs is still refused."""
+    import json
+
+    cfg = _cfg(steps=40, checkpoint_every=20)
+    run = tmp_path / "old"
+    pretrain(tiny_dataset, run, tiny_model_config(), cfg, progress=False, stop_after=20)
+    saved = json.loads((run / "config.json").read_text())
+    for key in ("heading_features", "future_horizon", "action_mixtures"):
+        del saved["model"][key]
+    (run / "config.json").write_text(json.dumps(saved))
+    pretrain(tiny_dataset, run, tiny_model_config(), cfg, progress=False, resume=True)
+    assert (run / "model.safetensors").is_file()
+    with pytest.raises(runs.RunError, match="model.n_layers"):
+        pretrain(tiny_dataset, run, tiny_model_config(n_layers=3), cfg, progress=False,
+                 resume=True)  # fmt: skip
+
+
 def test_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path, tiny_dataset):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("")

@@ -519,7 +519,9 @@ class ActionModelOutput:
     """The unembed's columns, split by meaning."""
 
     action_params: Float[Tensor, "batch pos n_action_outputs"]
-    """Logits (discrete) or ``[mean, log_std]`` concatenated (continuous)."""
+    """Logits (discrete) or ``[mean, log_std]`` concatenated (continuous; with
+    ``action_mixtures`` K > 1: the K weights' logits, then each component's
+    ``[mean, log_std]``)."""
     next_obs: Float[Tensor, "batch pos n_obs_outputs"]
     """Next-cell logits (grid) or next-observation mean (vector)."""
     future: Float[Tensor, "batch pos n_future_outputs"] | None = None

@@ -130,6 +130,17 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.A
     )
 
 
+def _with_new_defaults(saved: dict) -> dict:
+    """A base-model run's saved config with the model and training settings added since it
+    started at their defaults (what it ran with), so ``--resume`` still matches it."""
+    try:
+        model = BaseModelConfig.from_dict(saved["model"]).to_dict()
+        train = dataclasses.asdict(PretrainConfig(**saved["train"]))
+    except (KeyError, TypeError, ValueError):  # not ours to fix: the comparison names it
+        return saved
+    return saved | {"model": model, "train": train}
+
+
 def split_train_val(ds: TrajectoryDataset, val_episodes: int) -> tuple[np.ndarray, np.ndarray]:
     """The last ``val_episodes`` episodes are held out (episodes are i.i.d. by construction)."""
     n_val = min(val_episodes, ds.n_episodes // 5)
@@ -195,7 +206,10 @@ def pretrain(
     train_ds, val_ds = ds.subset(train_idx), ds.subset(val_idx)
 
     step, epoch, batch_in_epoch, seconds_before = 0, 0, 0, 0.0
-    ckpt = runs.start_run(out, config, resume=resume, compare=("model", "train", "data_sha256"))
+    ckpt = runs.start_run(
+        out, config, resume=resume, compare=("model", "train", "data_sha256"),
+        upgrade=_with_new_defaults,
+    )  # fmt: skip
     if ckpt is not None:
         runs.load_weights(model, ckpt / "model.safetensors")  # onto the model's device
         state = runs.load_trainer_state(
