@@ -202,10 +202,6 @@ def data(
     if env is EnvName.ant:
         if eps is not None or tie_break is not TieBreak.random:
             raise ValueError("--eps and --tie-break apply to the gridworld expert only")
-        if split is Split.clean and (action_noise != 1.0 or record is not Record.executed):
-            raise ValueError(
-                "--action-noise and --record apply to --split pretrain (clean keeps the mean)"
-            )
         # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
         from irl_lens.data.generate_ant import generate_ant
         from irl_lens.models.ant_expert import load_expert

@@ -528,6 +528,11 @@ class ActionModelOutput:
     """With ``future_horizon``: the predicted displacement over the next K steps."""
 
 
+def _action_std(log_std: Tensor) -> Tensor:
+    """A continuous action head's standard deviation: its log clamped to [-5, 2]."""
+    return log_std.clamp(-5.0, 2.0).exp()
+
+
 class ActionModelEnds:
     """The two ends every base model shares, whatever its blocks: the observation encoder's
     entry into the residual stream (``self.obs_encoder`` then ``self.hook_obs_embed``), and
@@ -561,10 +566,10 @@ class ActionModelEnds:
         k = self.model_cfg.action_mixtures
         if k == 1:
             mean, log_std = action_params.chunk(2, dim=-1)
-            std = log_std.clamp(-5.0, 2.0).exp()
+            std = _action_std(log_std)
             return torch.distributions.Independent(torch.distributions.Normal(mean, std), 1)
         logits, mean, log_std = self._mixture_parts(action_params)
-        gaussians = torch.distributions.Normal(mean, log_std.clamp(-5.0, 2.0).exp())
+        gaussians = torch.distributions.Normal(mean, _action_std(log_std))
         return torch.distributions.MixtureSameFamily(
             torch.distributions.Categorical(logits=logits),
             torch.distributions.Independent(gaussians, 1),
@@ -597,7 +602,7 @@ class ActionModelEnds:
             if greedy:
                 return mean
             noise = torch.randn(rows, n, generator=generator).to(action_params.device)
-            return mean + log_std.clamp(-5.0, 2.0).exp() * noise
+            return mean + _action_std(log_std) * noise
         logits, mean, log_std = self._mixture_parts(action_params)
         if greedy:
             pick = logits.argmax(-1)
@@ -608,7 +613,7 @@ class ActionModelEnds:
         mean = mean.gather(1, index)[:, 0]
         if greedy:
             return mean
-        std = log_std.gather(1, index)[:, 0].clamp(-5.0, 2.0).exp()
+        std = _action_std(log_std.gather(1, index)[:, 0])
         noise = torch.randn(rows, n, generator=generator).to(action_params.device)
         return mean + std * noise
 
