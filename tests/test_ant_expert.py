@@ -181,13 +181,17 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     run = tmp_path / "base"
     code, out, err = _run(
         ["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny", "--steps", "6",
-         "--path-features", "--heading-features", "--future-horizon", "25"],
+         "--path-features", "--heading-features", "--future-horizon", "25",
+         "--next-colour-weight", "0.5"],
         capsys,
     )  # fmt: skip
     assert code == 0, err
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["path_features"] and config["model"]["heading_features"]
     assert config["model"]["future_horizon"] == 25
+    assert config["model"]["next_colour_weight"] == 0.5
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(np.isfinite(rec.get("train/next_colour_nll", np.nan)) for rec in logged)
     assert config["model"]["n_ctx"] == 500 and config["model"]["obs_loss_weight"] == 10.0
     assert config["model"]["action_kind"] == "continuous"
     summary = json.loads((run / "summary.json").read_text())

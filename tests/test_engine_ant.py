@@ -30,7 +30,7 @@ def _bank(model, seed=0, scale=0.5):
     return bank
 
 
-@pytest.mark.parametrize("paths", [False, True, "heading", "future", "mixture"])
+@pytest.mark.parametrize("paths", [False, True, "heading", "future", "mixture", "colour"])
 @pytest.mark.parametrize("fast", [True, False])
 def test_ant_engine_equals_full_forward(ant_model, fast, paths):
     if paths:  # issue 32's path (and heading) features, computed in the encoder at every step
@@ -38,7 +38,8 @@ def test_ant_engine_equals_full_forward(ant_model, fast, paths):
                                 n_actions=8, n_ctx=500, path_features=True,
                                 heading_features=paths == "heading",
                                 future_horizon=25 if paths == "future" else 0,
-                                action_mixtures=3 if paths == "mixture" else 1)  # fmt: skip
+                                action_mixtures=3 if paths == "mixture" else 1,
+                                next_colour_weight=1.0 if paths == "colour" else 0.0)  # fmt: skip
         ant_model = build_model(cfg, seed=0).eval()
     bank = _bank(ant_model)
     switcher = ColourSwitcher(bank.select)
@@ -333,6 +334,71 @@ def test_future_displacement_is_the_torsos_path_over_the_next_k_steps():
     torch.testing.assert_close(blind - told, want)
     with pytest.raises(ValueError, match="future_horizon"):
         tiny_model_config(future_horizon=3)
+
+
+def _walk(cells: list[int]) -> torch.Tensor:
+    """Observations ``[1, len(cells), 41]`` of a torso standing at the centres of ``cells``
+    on one layout: colour c (0..3) on cell 5 + c, the wall on cell 0."""
+    from irl_lens.envs.ant_layout import ANT_WALL, ant_observations, cell_centres
+
+    layout = np.zeros((len(cells), 16), dtype=np.int64)
+    layout[:, 5:9] = np.arange(1, 5)
+    layout[:, 0] = ANT_WALL
+    qpos = np.zeros((len(cells), 15))
+    qpos[:, :2] = cell_centres()[cells]
+    qpos[:, 3] = 1.0  # an upright torso (w of the quaternion)
+    return torch.from_numpy(ant_observations(qpos, np.zeros((len(cells), 14)), layout))[None]
+
+
+def test_next_colour_is_the_colour_the_torso_enters_next():
+    """Issue 32's --next-colour-weight target: after each step, the colour of the next cell
+    entered (standing on a colour is no entry; leaving and coming back is); -1 when none
+    is entered before the episode ends, and at padding."""
+    from irl_lens.models.ant_features import ant_colour_underfoot, ant_next_colour
+
+    # o_1.. (next observations): empty, colour 0, colour 0, empty, colour 2, colour 2, empty,
+    # colour 2 again, empty
+    nt = _walk([1, 5, 5, 2, 7, 7, 3, 7, 3])
+    assert ant_colour_underfoot(nt[0]).tolist() == [-1, 0, 0, -1, 2, 2, -1, 2, -1]
+    mask = torch.ones(1, 9)
+    assert ant_next_colour(nt, mask).tolist() == [[0, 0, 2, 2, 2, 2, 2, 2, -1]]
+    mask[0, 6:] = 0  # the episode ends after six steps: the return to colour 2 is padding
+    assert ant_next_colour(nt, mask).tolist() == [[0, 0, 2, 2, 2, -1, -1, -1, -1]]
+
+
+def test_the_next_colour_head_is_scored_apart_and_read_out():
+    """The head's cross-entropy counts only steps after which a colour is entered, times
+    its weight; it leaves the action and observation terms alone; a gridworld config
+    refuses it."""
+    import math
+
+    from irl_lens.models.ant_features import ant_next_colour
+
+    cfg = tiny_model_config(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
+                            n_actions=8, n_ctx=500, next_colour_weight=0.5)  # fmt: skip
+    model = build_model(cfg, seed=0).eval()
+    assert cfg.d_vocab_out == 16 + ANT_OBS_DIM + 4
+    nt = _walk([1, 5, 5, 2, 7, 7, 3])
+    mask = torch.ones(1, 7)
+    target = ant_next_colour(nt, mask)
+    out = torch.zeros(1, 7, cfg.d_vocab_out)
+    weighted, ce = model.auxiliary_loss(out, nt, mask)
+    torch.testing.assert_close(ce, torch.tensor(math.log(4)))  # uniform logits
+    torch.testing.assert_close(weighted, 0.5 * ce)
+    out[..., -4:] = 20 * torch.nn.functional.one_hot(target.clamp(min=0), 4)
+    _, told = model.auxiliary_loss(out, nt, mask)
+    assert told < 1e-6
+    before = model.losses(torch.zeros(1, 7, cfg.d_vocab_out), torch.zeros(1, 7, 8), nt, mask)
+    after = model.losses(out, torch.zeros(1, 7, 8), nt, mask)
+    torch.testing.assert_close(before, after)
+    assert model.split(out).next_colour.shape == (1, 7, 4)
+    plain = build_model(tiny_model_config(obs_kind="vector", obs_dim=ANT_OBS_DIM,
+                                          action_kind="continuous", n_actions=8,
+                                          n_ctx=500), seed=0)  # fmt: skip
+    zero, _ = plain.auxiliary_loss(torch.zeros(1, 7, plain.model_cfg.d_vocab_out), nt, mask)
+    assert zero == 0 and plain.split(torch.zeros(1, 7, 57)).next_colour is None
+    with pytest.raises(ValueError, match="next_colour_weight"):
+        tiny_model_config(next_colour_weight=1.0)
 
 
 def test_a_mixture_action_head_scores_samples_and_acts_by_its_components():

@@ -306,6 +306,16 @@ def pretrain(
             min=0,
         ),
     ] = None,
+    next_colour_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Ant: also predict the colour the torso enters next (a fixed function of the "
+            "episode's later observations; a cross-entropy with this weight beside the action "
+            "loss; held-out accuracy in eval/next_colour_acc); 0 off, as the paper. Default: "
+            "the preset's.",
+            min=0.0,
+        ),
+    ] = None,
     arch: Annotated[
         Arch | None,
         typer.Option(
@@ -376,6 +386,7 @@ def pretrain(
             ("path_features", path_features),
             ("heading_features", heading_features),
             ("future_horizon", future_horizon),
+            ("next_colour_weight", next_colour_weight),
             ("action_mixtures", action_mixtures),
             ("encoder", encoder.value if encoder is not None else None),
             ("arch", arch.value if arch is not None else None),

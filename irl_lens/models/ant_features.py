@@ -25,6 +25,11 @@ velocity and the path's first move (0 on the cell, with no path or when still) a
 symlogged speed along that move; then the velocity in the torso's frame (forward,
 leftward), symlogged: :data:`N_ANT_HEADING_FEATURES` more numbers. The colour whose cosine
 is largest is the one the torso is walking toward (:func:`heading_target`).
+
+Two self-supervised targets read off an episode's own later observations (never inputs):
+the torso's displacement over the next K steps (:func:`ant_future_displacement`,
+``BaseModelConfig.future_horizon``) and the colour it enters next
+(:func:`ant_next_colour`, ``BaseModelConfig.next_colour_weight``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from __future__ import annotations
 import math
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from irl_lens.envs.ant_layout import ANT_EMPTY, ANT_GRID_SIZE, ANT_N_CELLS, ANT_WALL, CELL_SIZE
@@ -180,3 +185,40 @@ def ant_future_displacement(
     ahead = torch.minimum(pos[None, :] + horizon - 1, last[:, None])  # [batch, pos]
     later = xy.gather(1, ahead[..., None].expand(-1, -1, 2))
     return later - xy
+
+
+def ant_colour_underfoot(obs: Float[Tensor, "... 41"], cell_size: float = CELL_SIZE) -> Tensor:
+    """``long[...]``: the colour (0..3) of the cell the torso stands on in each observation,
+    -1 on an empty cell (the environment's test for entering a colour, read off the
+    observation)."""
+    lead = obs.shape[:-1]
+    flat = obs.reshape(-1, obs.shape[-1]).float()
+    side = ANT_GRID_SIZE * cell_size
+    here = _cells(flat[:, _XY] * (side / 2), cell_size)
+    code = ant_layouts(flat, cell_size).gather(1, here[:, None])[:, 0]
+    colour = torch.where((code >= 1) & (code <= ANT_N_COLOURS), code - 1, -1)
+    return colour.reshape(lead)
+
+
+def ant_next_colour(
+    next_obs: Float[Tensor, "batch pos 41"], mask: Float[Tensor, "batch pos"],
+    cell_size: float = CELL_SIZE,
+) -> Int[Tensor, "batch pos"]:  # fmt: skip
+    """For every position ``t`` of a batch of next-observation targets (valid positions,
+    ``mask``, a prefix of each row): the colour the torso enters next, at the first step
+    ``s > t`` whose observation stands on a colour other than the step before's; -1 where it
+    enters none before the episode ends, and at padding. The episode's first observation
+    is taken to stand on no colour (an ant starts on an empty cell). A fixed function of the
+    episode's own observations: the ``next_colour_weight`` target. Colours are entered in
+    the task's order only by a base that knows its target; a base trained to predict this
+    must carry that target in its residual stream (issue 32)."""
+    colour = ant_colour_underfoot(next_obs, cell_size)  # the colour under o_t+1
+    before = torch.cat([torch.full_like(colour[:, :1], -1), colour[:, :-1]], dim=1)
+    valid = mask > 0
+    entry = valid & (colour >= 0) & (colour != before)
+    n_pos = colour.shape[1]
+    pos = torch.arange(n_pos, device=colour.device).expand_as(colour)
+    first = torch.where(entry, pos, n_pos)
+    upcoming = first.flip(1).cummin(1).values.flip(1)  # the first entry at or after t
+    found = colour.gather(1, upcoming.clamp(max=n_pos - 1))
+    return torch.where(valid & (upcoming < n_pos), found, -1)

@@ -8,8 +8,8 @@ with ``start_at_layer=0``. Because ``start_at_layer=0`` skips TransformerLens's 
 embedding *and* positional embedding, positions come from rotary attention
 (``positional_embedding_type="rotary"``).
 
-The unembed has ``d_vocab_out = n_action_outputs + n_obs_outputs (+ n_future_outputs)``
-columns:
+The unembed has ``d_vocab_out = n_action_outputs + n_obs_outputs (+ n_future_outputs
++ n_next_colour_outputs)`` columns:
 
 =============  =====================================  ===========================================
 env            action head                            next-observation head
@@ -22,7 +22,10 @@ continuous     mean and log-std per action dim        mean per observation dim (
 
 With ``future_horizon = K`` (ant-pinpad) two more columns predict the torso's displacement
 over the next ``K`` steps (:func:`~irl_lens.models.ant_features.ant_future_displacement`),
-scored with the next observation under the same weight lambda.
+scored with the next observation under the same weight lambda. With ``next_colour_weight``
+(ant-pinpad) four more are logits of the colour the torso enters next
+(:func:`~irl_lens.models.ant_features.ant_next_colour`), a cross-entropy with that weight
+(:meth:`ActionModelEnds.auxiliary_loss`).
 
 Because :class:`ActionModel` *is* a ``HookedTransformer``, ``model.run_with_cache(obs)``
 returns the usual :class:`~transformer_lens.ActivationCache` with the usual hook names
@@ -50,11 +53,12 @@ from irl_lens import runs
 from irl_lens.envs.ant_layout import ANT_OBS_DIM
 from irl_lens.envs.expert import UNREACHABLE, distance_maps, shortest_moves
 from irl_lens.envs.gridworld_layout import EMPTY, N_CELL_CODES, NEXT_CELL
-from irl_lens.envs.pinpad import GRID_SIZE, N_COLOURS, N_WALLS
+from irl_lens.envs.pinpad import ANT_N_COLOURS, GRID_SIZE, N_COLOURS, N_WALLS
 from irl_lens.models.ant_features import (
     N_ANT_HEADING_FEATURES,
     N_ANT_PATH_FEATURES,
     ant_future_displacement,
+    ant_next_colour,
     ant_path_features,
 )
 from irl_lens.models.common import DictConfig, build_seeded
@@ -118,6 +122,12 @@ class BaseModelConfig(DictConfig):
     A CPU-budget aid: the next action barely depends on the target colour (issue 32), the
     next ``K`` steps' path does."""
 
+    next_colour_weight: float = 0.0
+    """Ant-pinpad: also predict the colour the torso enters next (a fixed function of the
+    episode's own observations), a cross-entropy with this weight beside the action and
+    observation terms. 0: off (the paper). A CPU-budget aid: the next action barely depends
+    on the target colour, so a base trained on actions alone does not carry it (issue 32)."""
+
     arch: Literal["transformer", "hawk"] = "transformer"
     """``transformer`` (:class:`ActionModel`, a TransformerLens ``HookedTransformer``) or
     ``hawk`` (:class:`irl_lens.models.hawk.HawkActionModel`: RG-LRU blocks, the paper's ant
@@ -144,6 +154,7 @@ class BaseModelConfig(DictConfig):
             "obs_loss_weight": self.obs_loss_weight >= 0,
             "init_scale": self.init_scale > 0,
             "future_horizon": self.future_horizon >= 0,
+            "next_colour_weight": self.next_colour_weight >= 0,
             "action_mixtures": self.action_mixtures >= 1,
         }
         for name, ok in checks.items():
@@ -182,6 +193,12 @@ class BaseModelConfig(DictConfig):
                 "observations have a torso to predict (use 0)"
             )
 
+        if self.next_colour_weight and (self.obs_kind != "vector" or self.obs_dim != ANT_OBS_DIM):
+            raise ValueError(
+                f"BaseModelConfig.next_colour_weight={self.next_colour_weight}: only ant-pinpad "
+                "observations have a torso entering colours (use 0)"
+            )
+
         if self.action_mixtures > 1 and self.action_kind != "continuous":
             raise ValueError(
                 f"BaseModelConfig.action_mixtures={self.action_mixtures}: a mixture head is "
@@ -193,9 +210,14 @@ class BaseModelConfig(DictConfig):
         return 2 if self.future_horizon else 0
 
     @property
+    def n_next_colour_outputs(self) -> int:
+        return ANT_N_COLOURS if self.next_colour_weight else 0
+
+    @property
     def d_vocab_out(self) -> int:
-        """Unembed columns: action head, next-observation head, future head."""
-        return self.n_action_outputs + self.n_obs_outputs + self.n_future_outputs
+        """Unembed columns: action head, next-observation head, future head, next-colour head."""
+        return (self.n_action_outputs + self.n_obs_outputs + self.n_future_outputs
+                + self.n_next_colour_outputs)  # fmt: skip
 
     @property
     def n_action_outputs(self) -> int:
@@ -526,6 +548,8 @@ class ActionModelOutput:
     """Next-cell logits (grid) or next-observation mean (vector)."""
     future: Float[Tensor, "batch pos n_future_outputs"] | None = None
     """With ``future_horizon``: the predicted displacement over the next K steps."""
+    next_colour: Float[Tensor, "batch pos n_next_colour_outputs"] | None = None
+    """With ``next_colour_weight``: logits of the colour the torso enters next."""
 
 
 def _action_std(log_std: Tensor) -> Tensor:
@@ -550,11 +574,13 @@ class ActionModelEnds:
 
     def split(self, out: Float[Tensor, "batch pos d_vocab_out"]) -> ActionModelOutput:
         cfg = self.model_cfg
-        n_a, n_o = cfg.n_action_outputs, cfg.n_obs_outputs
+        n_a, n_o, n_f = cfg.n_action_outputs, cfg.n_obs_outputs, cfg.n_future_outputs
+        n_c = cfg.n_next_colour_outputs
         return ActionModelOutput(
             action_params=out[..., :n_a],
             next_obs=out[..., n_a : n_a + n_o],
-            future=out[..., n_a + n_o :] if cfg.n_future_outputs else None,
+            future=out[..., n_a + n_o : n_a + n_o + n_f] if n_f else None,
+            next_colour=out[..., n_a + n_o + n_f : n_a + n_o + n_f + n_c] if n_c else None,
         )
 
     def action_distribution(
@@ -651,6 +677,29 @@ class ActionModelEnds:
             ).to(parts.future.dtype)
             nll_o = nll_o + 0.5 * ((parts.future - ahead) ** 2).sum(-1)
         return (nll_a * mask).sum() / denom, (nll_o * mask).sum() / denom
+
+    def auxiliary_loss(
+        self,
+        out: Float[Tensor, "batch pos d_vocab_out"],
+        next_obs_target: Tensor,
+        mask: Float[Tensor, "batch pos"],
+    ) -> tuple[Tensor, Tensor]:
+        """``(weighted term, cross-entropy)`` of the next-colour head: the mean over the
+        positions after which the torso enters a colour
+        (:func:`~irl_lens.models.ant_features.ant_next_colour`), times
+        ``next_colour_weight``; both 0 without the head. Added to the pretraining loss."""
+        parts = self.split(out)
+        if parts.next_colour is None:
+            zero = out.new_zeros(())
+            return zero, zero
+        target = ant_next_colour(next_obs_target, mask)
+        known = target >= 0
+        ce = F.cross_entropy(
+            parts.next_colour.flatten(0, 1).float(), target.clamp(min=0).flatten(),
+            reduction="none",
+        ).view_as(mask)  # fmt: skip
+        ce = (ce * known).sum() / known.sum().clamp(min=1)
+        return self.model_cfg.next_colour_weight * ce, ce
 
 
 def make_obs_encoder(cfg: BaseModelConfig) -> nn.Module:

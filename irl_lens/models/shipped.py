@@ -53,6 +53,8 @@ def pretrain_command(config: dict) -> str:
           if model.get("future_horizon") else []),
         *(["--action-mixtures", str(model["action_mixtures"])]
           if model.get("action_mixtures", 1) > 1 else []),
+        *(["--next-colour-weight", f"{model['next_colour_weight']:g}"]
+          if model.get("next_colour_weight") else []),
         "--steps", str(train["steps"]), "--seed", str(train["seed"]),
     ])  # fmt: skip
 

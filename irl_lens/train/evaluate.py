@@ -32,6 +32,7 @@ from irl_lens.envs.ant_layout import ANT_PRETRAIN_TASKS, parse_ant_task
 from irl_lens.envs.expert import distance_maps, expert_action_probs
 from irl_lens.envs.gridworld_batch import BatchedGridPinpad
 from irl_lens.envs.pinpad import PRETRAIN_TASKS, Task, parse_task, task_blind_ceilings
+from irl_lens.models.ant_features import ant_next_colour
 from irl_lens.models.base import ActionModel
 from irl_lens.rollout.grid import free_run_grid, rollout_grid
 
@@ -101,8 +102,10 @@ def heldout_metrics_continuous(
     """Teacher-forced metrics for continuous actions (ant): Gaussian action NLL per step,
     mean-squared error of the predicted mean action against the expert's action, its
     ratio to the variance of the expert's actions (1 = no better than a constant), and the
-    next-observation squared error per dimension."""
-    sums = {"nll": 0.0, "mse": 0.0, "obs_mse": 0.0}
+    next-observation squared error per dimension. With a next-colour head
+    (``next_colour_weight``) also how often its most likely colour is the one the expert's
+    torso enters next (``eval/next_colour_acc``, over the steps after which it enters one)."""
+    sums = {"nll": 0.0, "mse": 0.0, "obs_mse": 0.0, "colour_hits": 0.0, "colour_steps": 0.0}
     n_tok = 0.0
     device = next(model.parameters()).device
     for episodes in bucketed_batches(ds.lengths, tokens_per_batch, np.random.default_rng(0)):
@@ -115,14 +118,22 @@ def heldout_metrics_continuous(
         sums["nll"] += float((nll * m).sum())
         sums["mse"] += float((((mean - b.action) ** 2).mean(-1) * m).sum())
         sums["obs_mse"] += float((((parts.next_obs - b.next_obs) ** 2).mean(-1) * m).sum())
+        if parts.next_colour is not None:
+            target = ant_next_colour(b.next_obs, m)
+            hits = (parts.next_colour.argmax(-1) == target) & (target >= 0)
+            sums["colour_hits"] += float(hits.sum())
+            sums["colour_steps"] += float((target >= 0).sum())
         n_tok += float(m.sum())
     action_var = float(ds.arrays["action"].var(axis=0).mean())
-    return {
+    out = {
         "eval/action_nll": sums["nll"] / n_tok,
         "eval/action_mse": sums["mse"] / n_tok,
         "eval/action_mse_vs_var": sums["mse"] / n_tok / max(action_var, 1e-12),
         "eval/next_obs_mse": sums["obs_mse"] / n_tok,
     }
+    if sums["colour_steps"]:
+        out["eval/next_colour_acc"] = sums["colour_hits"] / sums["colour_steps"]
+    return out
 
 
 def pair_completion_rate(entered: list[list[int]]) -> tuple[float, int]:

@@ -92,6 +92,7 @@ class StepStats:
     action_nll: torch.Tensor
     obs_nll: torch.Tensor
     grad_norm: torch.Tensor
+    next_colour_nll: torch.Tensor
 
 
 def _train_step(
@@ -104,7 +105,8 @@ def _train_step(
     with autocast(batch.obs.device, precision):
         out = (model if forward is None else forward)(batch.obs)
         nll_a, nll_o = model.losses(out, batch.action, batch.next_obs, batch.mask)
-        loss = nll_a + model.model_cfg.obs_loss_weight * nll_o
+        aux, nll_c = model.auxiliary_loss(out, batch.next_obs, batch.mask)
+        loss = nll_a + model.model_cfg.obs_loss_weight * nll_o + aux
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:
@@ -112,7 +114,8 @@ def _train_step(
     else:
         grad_norm = torch.full((), float("nan"), device=loss.device)
     opt.step()
-    return StepStats(loss.detach(), nll_a.detach(), nll_o.detach(), grad_norm.detach())
+    return StepStats(loss.detach(), nll_a.detach(), nll_o.detach(), grad_norm.detach(),
+                     nll_c.detach())  # fmt: skip
 
 
 def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
@@ -281,6 +284,8 @@ def pretrain(
                         "train/lr": cfg.lr_at(step - 1),
                         "train/tokens_per_s": tokens / max(elapsed, 1e-9),
                     }
+                    if model.model_cfg.next_colour_weight:
+                        rec["train/next_colour_nll"] = float(stats.next_colour_nll)
                     runs.append_metrics(metrics_path, rec)
                     bar.set_postfix(
                         nll=f"{rec['train/action_nll']:.3f}",
