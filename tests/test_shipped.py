@@ -153,3 +153,24 @@ def test_the_package_ships_the_quick_ant_base_that_its_preset_retrains():
     assert numbers["rollout/colours_per_episode"] > 0 and numbers["train_seconds"] > 0
     first = stages(shipped.SHIPPED_ANT_BASE.parent / "nowhere", ReproduceSettings(env="ant"))
     assert first[1].jobs[0].args[0] == "unpack-base"  # reproduce ant starts from it
+
+
+def test_the_pretrain_command_names_every_opt_in_ant_option():
+    """A card's command line retrains the base it describes: each option off by default
+    appears only when the run used it."""
+    model = {
+        "arch": "hawk",
+        "path_features": True,
+        "heading_features": True,
+        "future_horizon": 40,
+        "action_mixtures": 4,
+        "next_colour_weight": 10.0,
+    }
+    config = {"preset": "quick", "model": model, "train": {"steps": 1200, "seed": 3}}
+    assert shipped.pretrain_command(config) == (
+        "irl-lens --threads 1 pretrain DATA --out RUN --preset quick --arch hawk "
+        "--path-features --heading-features --future-horizon 40 --action-mixtures 4 "
+        "--next-colour-weight 10 --steps 1200 --seed 3"
+    )
+    plain = {"arch": "hawk", "path_features": True, "next_colour_weight": 0.0}
+    assert "--next-colour-weight" not in shipped.pretrain_command(config | {"model": plain})
