@@ -445,3 +445,32 @@ def test_unseen_transitions_come_from_each_environments_own_tasks(ant_model, tin
     grid = env_kit(tiny_model)
     assert unseen_transitions(grid.pretrain_tasks, grid.colours_per_subgoal) == [
         "0-1-2-3", "2-3-4-5", "4-5-6-7", "6-7-0-1"]  # fmt: skip
+
+
+def test_discovery_scores_a_next_colour_heads_base_on_that_head_too():
+    """Discovery's loss is the controlled base's pretraining loss plus the KL: on a base
+    with a next-colour head, the head's weighted cross-entropy under control is part of it."""
+    import dataclasses
+
+    from irl_lens.data.dataset import Batch
+    from irl_lens.hooks import run_with_metacontroller
+    from irl_lens.models.metacontroller import MetacontrollerConfig, build_metacontroller
+    from irl_lens.presets import DISCOVER as DISCOVER_PRESETS
+    from irl_lens.train import discover as disc
+
+    cfg = tiny_model_config(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
+                            n_actions=8, n_ctx=500, next_colour_weight=0.5)  # fmt: skip
+    model = build_model(cfg, seed=0).eval()
+    mc = build_metacontroller(MetacontrollerConfig(d_model=cfg.d_model), seed=0)
+    obs = _walk([1, 5, 5, 2, 7, 7, 3, 3])
+    batch = Batch(obs=obs[:, :-1], action=torch.zeros(1, 7, 8), next_obs=obs[:, 1:],
+                  subgoal=torch.zeros(1, 7, dtype=torch.long),
+                  target_colour=torch.zeros(1, 7, dtype=torch.long), mask=torch.ones(1, 7),
+                  episodes=np.zeros(1, dtype=np.int64))  # fmt: skip
+    dcfg = dataclasses.replace(DISCOVER_PRESETS["tiny"], alpha=0.0)
+    parts = disc._loss(model, mc, 1, batch, dcfg, lam=0.0, generator=None, sample=False)
+    with torch.no_grad():
+        out, _ = run_with_metacontroller(model, mc, 1, batch.obs, batch.mask, sample=False)
+        weighted, ce = model.auxiliary_loss(out, batch.next_obs, batch.mask)
+    assert ce > 0
+    torch.testing.assert_close(parts.loss.detach(), parts.action_nll + weighted)

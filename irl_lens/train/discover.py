@@ -3,7 +3,11 @@
 Loss per batch (paper Eq 3/9), averaged over real steps:
 
     L = -ln p(a_t | o_1:t, z_1:t)  [+ lambda * -ln p(o_t+1 | o_1:t, z_1:t)]
+        [+ W * -ln p(next colour entered | o_1:t, z_1:t)]
         + alpha * KL(N(mu_t, Sigma_t) || N(0, I))
+
+(the next-colour term only for an ant base pretrained with that head,
+``BaseModelConfig.next_colour_weight`` W: the controlled base's whole pretraining loss).
 
 The metacontroller sees the residual stream at layer ``l`` through the one hook path
 (:func:`irl_lens.hooks.intervene`): the hook hands it ``e_1:T`` and the base model's upper
@@ -221,8 +225,11 @@ def _loss(
         generator=generator,
     )
     nll_a, nll_o = model.losses(out, batch.action, batch.next_obs, mask)
+    # a base pretrained with a next-colour head (ant, issue 32) is scored on it too: the
+    # controlled base's pretraining loss, so a code that carries the target pays off
+    aux, _ = model.auxiliary_loss(out, batch.next_obs, mask)
     kl = (mo.kl * mask).sum() / mask.sum().clamp(min=1.0)
-    loss = nll_a + lam * nll_o + (cfg.alpha if alpha is None else alpha) * kl
+    loss = nll_a + lam * nll_o + aux + (cfg.alpha if alpha is None else alpha) * kl
     return LossParts(loss, nll_a.detach(), nll_o.detach(), kl.detach(), mo.beta.detach(), batch)
 
 
