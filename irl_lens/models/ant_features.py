@@ -75,6 +75,12 @@ def _cells(xy: Tensor, cell_size: float) -> Tensor:
     return rc[..., 1] * ANT_GRID_SIZE + rc[..., 0]
 
 
+def _torso_cells(flat: Tensor, cell_size: float) -> Tensor:
+    """``long[n]``: the cell the torso stands on in each of ``n`` observations."""
+    side = ANT_GRID_SIZE * cell_size
+    return _cells(flat[:, _XY] * (side / 2), cell_size)
+
+
 def ant_layouts(obs: Float[Tensor, "n 41"], cell_size: float = CELL_SIZE) -> Tensor:
     """``[n, 16]`` cell codes recovered from observations (the objects' offsets)."""
     side = ANT_GRID_SIZE * cell_size
@@ -126,8 +132,7 @@ def ant_path_features(
     flat = obs.reshape(-1, obs.shape[-1]).float()
     w, qx, qy, qz = _unsymlog(flat[:, _QUAT]).unbind(-1)
     yaw = torch.atan2(2 * (w * qz + qx * qy), 1 - 2 * (qy * qy + qz * qz))
-    side = ANT_GRID_SIZE * cell_size
-    here = _cells(flat[:, _XY] * (side / 2), cell_size)  # [n]
+    here = _torso_cells(flat, cell_size)  # [n]
     # an episode keeps its layout: relax each distinct layout once (a batch of 8,192 steps
     # holds a few dozen), then read every row's cell off its layout's maps
     layouts, row_layout = torch.unique(ant_layouts(flat, cell_size), dim=0, return_inverse=True)
@@ -193,8 +198,7 @@ def ant_colour_underfoot(obs: Float[Tensor, "... 41"], cell_size: float = CELL_S
     observation)."""
     lead = obs.shape[:-1]
     flat = obs.reshape(-1, obs.shape[-1]).float()
-    side = ANT_GRID_SIZE * cell_size
-    here = _cells(flat[:, _XY] * (side / 2), cell_size)
+    here = _torso_cells(flat, cell_size)
     code = ant_layouts(flat, cell_size).gather(1, here[:, None])[:, 0]
     colour = torch.where((code >= 1) & (code <= ANT_N_COLOURS), code - 1, -1)
     return colour.reshape(lead)

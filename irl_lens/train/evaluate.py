@@ -119,9 +119,8 @@ def heldout_metrics_continuous(
         sums["mse"] += float((((mean - b.action) ** 2).mean(-1) * m).sum())
         sums["obs_mse"] += float((((parts.next_obs - b.next_obs) ** 2).mean(-1) * m).sum())
         if parts.next_colour is not None:
-            target = ant_next_colour(b.next_obs, m)
-            hits = (parts.next_colour.argmax(-1) == target) & (target >= 0)
-            sums["colour_hits"] += float(hits.sum())
+            target = ant_next_colour(b.next_obs, m)  # -1 (never a guess) where none follows
+            sums["colour_hits"] += float((parts.next_colour.argmax(-1) == target).sum())
             sums["colour_steps"] += float((target >= 0).sum())
         n_tok += float(m.sum())
     action_var = float(ds.arrays["action"].var(axis=0).mean())
