@@ -166,9 +166,8 @@ def _ant(grid: Preset) -> Preset:
         controllers=dataclasses.replace(
             grid.controllers, steps=steps.get("controllers", grid.controllers.steps)
         ),
-        discover=dataclasses.replace(
-            grid.discover, steps=steps.get("discover", grid.discover.steps)
-        ),
+        # the KL schedule keeps its shape: its free and ramp steps scale with the run
+        discover=grid.discover.with_steps(steps.get("discover", grid.discover.steps)),
         rl=dataclasses.replace(
             grid.rl,
             episodes=_ANT_RL_EPISODES[grid.name],

@@ -87,6 +87,21 @@ def test_the_paper_ant_preset_is_the_papers_hawk_base():
     assert isinstance(model, HawkActionModel) and len(model.blocks) == 8
 
 
+def test_ant_metacontroller_schedule_keeps_the_gridworld_shape() -> None:
+    """The ant quick preset trains its metacontroller for fewer steps; the KL-free start and
+    the ramp shrink with it, so the KL weight reaches alpha (it once stopped at a third)."""
+    from irl_lens import presets
+
+    for name in ("quick", "paper", "tiny"):
+        grid, ant = presets.get(name).discover, presets.get(name, "ant").discover
+        frac = ant.steps / grid.steps
+        assert (ant.kl_free_steps, ant.kl_warmup_steps) == (
+            round(grid.kl_free_steps * frac), round(grid.kl_warmup_steps * frac))  # fmt: skip
+        assert ant.alpha_at(ant.steps - 1) == pytest.approx(ant.alpha)
+    quick = presets.get("quick", "ant").discover
+    assert (quick.steps, quick.kl_free_steps, quick.kl_warmup_steps) == (400, 40, 120)
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [
