@@ -474,3 +474,9 @@ def test_discovery_scores_a_next_colour_heads_base_on_that_head_too():
         weighted, ce = model.auxiliary_loss(out, batch.next_obs, batch.mask)
     assert ce > 0
     torch.testing.assert_close(parts.loss.detach(), parts.action_nll + weighted)
+    # the head's cross-entropy is reported on its own, so a run's loss decomposes
+    torch.testing.assert_close(parts.next_colour_nll, ce)
+    assert parts.stats()["next_colour_nll"] == pytest.approx(float(ce))
+    plain = build_model(dataclasses.replace(cfg, next_colour_weight=0.0), seed=0).eval()
+    no_head = disc._loss(plain, mc, 1, batch, dcfg, lam=0.0, generator=None, sample=False)
+    assert no_head.next_colour_nll is None and "next_colour_nll" not in no_head.stats()

@@ -184,13 +184,19 @@ class LossParts:
     beta: torch.Tensor
     """``[batch, pos]`` switch gates (detached)."""
     batch: Batch
+    next_colour_nll: torch.Tensor | None = None
+    """The base's next-colour cross-entropy (unweighted); ``None`` for a base without the
+    head (:meth:`~irl_lens.models.base.ActionModel.auxiliary_loss`)."""
 
     def stats(self) -> dict[str, float]:
         """``action_nll``, ``obs_nll``, ``kl``, ``mean_beta``, ``switches`` and
-        ``true_segments`` (per episode) as numbers."""
+        ``true_segments`` (per episode) as numbers, and ``next_colour_nll`` for a base with
+        that head."""
         beta = self.beta.float().cpu().numpy()
         m = self.batch.mask.cpu().numpy()
         sw, true = switch_counts(beta, self.batch.subgoal.cpu().numpy(), m)
+        extra = {} if self.next_colour_nll is None else {
+            "next_colour_nll": float(self.next_colour_nll)}  # fmt: skip
         return {
             "action_nll": float(self.action_nll),
             "obs_nll": float(self.obs_nll),
@@ -198,6 +204,7 @@ class LossParts:
             "mean_beta": float((beta * m).sum() / max(m.sum(), 1.0)),
             "switches": float(sw.mean()),
             "true_segments": float(true.mean()),
+            **extra,
         }
 
 
@@ -227,10 +234,12 @@ def _loss(
     nll_a, nll_o = model.losses(out, batch.action, batch.next_obs, mask)
     # a base pretrained with a next-colour head (ant, issue 32) is scored on it too: the
     # controlled base's pretraining loss, so a code that carries the target pays off
-    aux, _ = model.auxiliary_loss(out, batch.next_obs, mask)
+    aux, ce = model.auxiliary_loss(out, batch.next_obs, mask)
     kl = (mo.kl * mask).sum() / mask.sum().clamp(min=1.0)
     loss = nll_a + lam * nll_o + aux + (cfg.alpha if alpha is None else alpha) * kl
-    return LossParts(loss, nll_a.detach(), nll_o.detach(), kl.detach(), mo.beta.detach(), batch)
+    has_head = model.model_cfg.next_colour_weight > 0
+    return LossParts(loss, nll_a.detach(), nll_o.detach(), kl.detach(), mo.beta.detach(), batch,
+                     ce.detach() if has_head else None)  # fmt: skip
 
 
 def evaluate(
@@ -252,8 +261,9 @@ def evaluate(
             batch = make_batch(ds, chunk)
             stats = _loss(model, mc, layer, batch, cfg, lam, None, sample=False).stats()
             w = float(batch.mask.sum())
-            for k in ("action_nll", "kl", "mean_beta"):
-                tot[k] = tot.get(k, 0.0) + stats[k] * w
+            for k in ("action_nll", "kl", "mean_beta", "next_colour_nll"):
+                if k in stats:
+                    tot[k] = tot.get(k, 0.0) + stats[k] * w
             for k in ("switches", "true_segments"):
                 tot[k] = tot.get(k, 0.0) + stats[k] * len(chunk)
             n_tok += w
@@ -264,7 +274,9 @@ def evaluate(
         "val/mean_beta": tot["mean_beta"] / n_tok,
         "val/switches_per_episode": tot["switches"] / n_ep,
         "val/true_segments_per_episode": tot["true_segments"] / n_ep,
-    }
+        **({"val/next_colour_nll": tot["next_colour_nll"] / n_tok}
+           if "next_colour_nll" in tot else {}),
+    }  # fmt: skip
 
 
 @dataclass
@@ -402,6 +414,8 @@ def discover(
                         "train/switches_per_episode": stats["switches"],
                         "train/true_segments_per_episode": stats["true_segments"],
                     }
+                    if "next_colour_nll" in stats:
+                        rec["train/next_colour_nll"] = stats["next_colour_nll"]
                     runs.append_metrics(metrics_path, rec)
                     sw = f"{stats['switches']:.1f}/{stats['true_segments']:.1f}"
                     bar.set_postfix(nll=f"{stats['action_nll']:.3f}", kl=f"{stats['kl']:.2f}",
