@@ -184,7 +184,7 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
     main(["discover", str(base_run), "--out", str(out), "--data", str(data), "--preset", "tiny",
           "--episodes", "40", "--task", "0-1-2-3", "--weight-decay", "0.01",
           "--tokens-per-batch", "512", "--kl-free-steps", "3",
-          "--kl-warmup-steps", "4"])  # fmt: skip
+          "--kl-warmup-steps", "4", "--obs-loss-weight", "0"])  # fmt: skip
     text = capsys.readouterr().out
     assert "switch alignment" in text and "NMI" in text and "target cell R2" in text
     s = json.loads((out / "summary.json").read_text())
@@ -196,8 +196,8 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["metacontroller"]["rank"] == 16 and config["train"]["weight_decay"] == 0.01
     train = config["train"]
-    assert (train["tokens_per_batch"], train["kl_free_steps"], train["kl_warmup_steps"]) == (
-        512, 3, 4)  # fmt: skip
+    assert (train["tokens_per_batch"], train["kl_free_steps"], train["kl_warmup_steps"],
+            train["obs_loss_weight"]) == (512, 3, 4, 0.0)  # fmt: skip
     capsys.readouterr()
     for bad in (["--layer", "9"], ["--rank", "0"], ["--rank", "999"], ["--rank", "low"]):
         with pytest.raises(SystemExit) as e:

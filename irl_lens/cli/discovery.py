@@ -131,6 +131,15 @@ def discover(
             help="AdamW weight decay (default: the preset's, 0.03 as in Table A10).", min=0
         ),
     ] = None,
+    obs_loss_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="lambda of the next-observation term (default: the base's own, as it was "
+            "pretrained; ant 10). 0 scores the codes on the actions (and a next-colour head) "
+            "only.",
+            min=0,
+        ),
+    ] = None,
     task: Annotated[
         str, typer.Option(help="Task the cluster codes are steered through (post or pairs).")
     ] = "post",
@@ -152,9 +161,11 @@ def discover(
 ) -> None:
     """Discover temporal abstractions: train a metacontroller on the frozen base model.
 
-    Loss = action NLL + alpha * KL(N(mu, Sigma) || N(0, I)) on clean data; prints the
-    distortion (NLL), rate (KL), switches per episode vs the true subgoal segments, switch
-    alignment (F1), code clustering (NMI/ARI) and steering with the discovered codes.
+    Loss = the controlled base's pretraining loss (action NLL + lambda * next-observation
+    NLL, and a next-colour head's term) + alpha * KL(N(mu, Sigma) || N(0, I)) on clean data;
+    prints the distortion (NLL), rate (KL), switches per episode vs the true subgoal
+    segments, switch alignment (F1), code clustering (NMI/ARI) and steering with the
+    discovered codes.
 
     Example: irl-lens discover runs/q/base --out runs/q/mc --data runs/q/data-clean
     """
@@ -179,7 +190,7 @@ def discover(
         k: v
         for k, v in (
             ("alpha", alpha), ("weight_decay", weight_decay),
-            ("tokens_per_batch", tokens_per_batch),
+            ("tokens_per_batch", tokens_per_batch), ("obs_loss_weight", obs_loss_weight),
         )
         if v is not None
     }  # fmt: skip
