@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from irl_lens.envs.ant_layout import ANT_OBS_DIM
 from irl_lens.models.base import BaseModelConfig
 from irl_lens.train.commit import CommitConfig
 from irl_lens.train.compile_fit import CompileFitConfig
@@ -134,20 +135,24 @@ _GRID = {
 # weight lambda = 10 (Table A5); no board to find paths on. The quick pipeline trains its
 # controllers and metacontrollers for fewer steps (an ant step costs ~20x a grid step) and
 # runs RL and evaluations on smaller budgets (an episode is up to 500 MuJoCo steps).
-_ANT_BASE = {"n_ctx": 500, "obs_loss_weight": 10.0, "path_features": False}
+# The observation fields are ant's, as its data will set them (the next-colour head checks).
+_ANT_BASE = {"n_ctx": 500, "obs_loss_weight": 10.0, "path_features": False,
+             "obs_kind": "vector", "obs_dim": ANT_OBS_DIM}  # fmt: skip
 # the paper's ant base (Section 2): a Hawk SSM, 256 units, 8 heads, MLP 512, depth 8. The
-# quick preset: a Hawk base of the quick size with the ant path features (each colour's
-# shortest-path direction in the torso's frame, a CPU-budget aid like the gridworld's):
-# free-running it completes 0.28 colours per episode against the transformer's 0.13, of
-# the 0.4375 a base that cannot see the task can (issue 32; docs/experiments-log.md). The
-# package ships it (irl_lens.models.shipped). The tiny preset keeps the transformer.
+# quick preset: a Hawk base of the quick size with two CPU-budget aids (issue 32;
+# docs/experiments-log.md): the ant path features (each colour's shortest-path direction in
+# the torso's frame), without which it walks into walls, and a next-colour head (weight
+# 10), without which no layer holds the target colour and no controller moves it; trained
+# 2,400 steps on 8,000 episodes (reproduce's ant default), since on 2,000 the head costs
+# the walk. The package ships it (irl_lens.models.shipped). The tiny preset keeps the
+# transformer.
 _ANT_ARCH = {
     "paper": {"arch": "hawk", "d_model": 256, "n_heads": 8, "d_mlp": 512, "n_layers": 8},
-    "quick": {"arch": "hawk", "path_features": True},
+    "quick": {"arch": "hawk", "path_features": True, "next_colour_weight": 10.0},
     "tiny": {},
 }
-_ANT_PRETRAIN = {"paper": {"steps": 204_800, "tokens_per_batch": 512 * 500}, "quick": {},
-                 "tiny": {}}  # fmt: skip
+_ANT_PRETRAIN = {"paper": {"steps": 204_800, "tokens_per_batch": 512 * 500},
+                 "quick": {"steps": 2400}, "tiny": {}}  # fmt: skip
 """The paper's ant pretraining: 204.8k steps of 512 episodes (of up to 500 steps)."""
 _ANT_STEPS = {"quick": {"controllers": 300, "discover": 400}, "paper": {}, "tiny": {}}
 _ANT_RL_EPISODES = {"quick": 5_120, "paper": 1_000_000, "tiny": 32}

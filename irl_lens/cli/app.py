@@ -504,7 +504,8 @@ def evaluate_base(
         # lazy: only --ship needs it
         from irl_lens.models import shipped
 
-        shipped.ship_base(run, f"irl-lens evaluate {run} --ship --seed {seed}")
+        n_arg = f" --episodes {episodes}" if episodes is not None else ""
+        shipped.ship_base(run, f"irl-lens evaluate {run} --ship --seed {seed}{n_arg}")
         print(f"shipped {run} as {shipped.SHIPPED_ANT_BASE} (+ card.json)")
 
 

@@ -73,7 +73,7 @@ logger = logging.getLogger(__name__)
 
 
 ENVS = ("gridworld", "ant")
-DEFAULT_EPISODES = {"gridworld": (200_000, 20_000), "ant": (2_000, 500)}
+DEFAULT_EPISODES = {"gridworld": (200_000, 20_000), "ant": (8_000, 500)}
 """Pretraining and clean episodes per environment."""
 
 
