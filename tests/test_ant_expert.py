@@ -228,6 +228,9 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     assert code == 0, err
     mc = json.loads((tmp_path / "mc" / "summary.json").read_text())
     assert np.isfinite(mc["discover/action_nll"]) and "switching/f1_tol1" in mc
+    # read against the base alone on the same episodes, the next-colour head's too
+    assert np.isfinite(mc["discover/base_action_nll"]) and "(the base alone: " in out
+    assert np.isfinite(mc["discover/base_next_colour_nll"]) and "next-colour cross" in out
     # steering (one-colour tasks, then 0-1-2-3) and prior sampling ran in the ant engine
     assert 0 <= mc["prior/success"] <= 1 and mc["prior/n_episodes"] == 3
     assert any(k.startswith("steering/steered_subgoal_") for k in mc)

@@ -55,6 +55,27 @@ def test_training_keeps_the_base_bit_identical_and_writes_a_loadable_folder(mc_r
     assert hook_count(base) == 0
 
 
+def test_the_uncontrolled_reference_is_what_a_fresh_metacontroller_scores(
+    base_run, clean_ds, mc_run
+):
+    """A fresh decoder writes nothing (B starts at zero), so a fresh metacontroller's
+    validation action NLL is the base's alone; the trained one's summary carries both."""
+    from irl_lens.models.metacontroller import MetacontrollerConfig, build_metacontroller
+
+    base = load_base_model(base_run)
+    episodes = np.arange(100, 120)
+    cfg = DISCOVER_PRESETS["tiny"]
+    fresh = build_metacontroller(MetacontrollerConfig(d_model=base.cfg.d_model), seed=3).eval()
+    controlled = disc.evaluate(base, fresh, 1, clean_ds, episodes, cfg, 0.0)
+    alone = disc.evaluate_uncontrolled(base, clean_ds, episodes)
+    assert alone["val/base_action_nll"] == pytest.approx(controlled["val/action_nll"], rel=1e-5)
+    assert "val/base_next_colour_nll" not in alone  # the gridworld base has no such head
+    assert disc.evaluate_uncontrolled(base, clean_ds, episodes[:0]) == {}
+    summary = json.loads((mc_run / "summary.json").read_text())
+    assert np.isfinite(summary["discover/base_action_nll"])
+    assert summary["discover/base_action_nll"] != summary["discover/action_nll"]
+
+
 def test_resume_ends_with_the_same_weights(base_run, clean_ds, tmp_path, mc_run):
     cfg = DISCOVER_PRESETS["tiny"]
     disc.discover(base_run, clean_ds, tmp_path / "r", cfg, stop_after=7, progress=False)
@@ -187,6 +208,7 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
           "--kl-warmup-steps", "4", "--obs-loss-weight", "0"])  # fmt: skip
     text = capsys.readouterr().out
     assert "switch alignment" in text and "NMI" in text and "target cell R2" in text
+    assert "(the base alone: " in text
     s = json.loads((out / "summary.json").read_text())
     for key in ("switching/f1_tol1", "clustering/nmi", "clustering/subgoal_accuracy",
                 "clustering/target_cell_r2", "steering/task_success", "prior/success"):  # fmt: skip

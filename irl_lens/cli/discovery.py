@@ -237,7 +237,15 @@ def _print_summary(out: Path, s: dict[str, float]) -> None:
         return f"{v:.3f}"
 
     print(f"metacontroller {out}")
-    print(f"  distortion (val action NLL)  {g('discover/action_nll')}")
+    print(
+        f"  distortion (val action NLL)  {g('discover/action_nll')} "
+        f"(the base alone: {g('discover/base_action_nll')})"
+    )
+    if "discover/next_colour_nll" in s:
+        print(
+            f"  next-colour cross-entropy    {g('discover/next_colour_nll')} "
+            f"(the base alone: {g('discover/base_next_colour_nll')})"
+        )
     print(f"  rate (val KL per step)       {g('discover/kl')}")
     print(f"  mean beta                    {g('discover/mean_beta')}")
     print(

@@ -279,6 +279,35 @@ def evaluate(
     }  # fmt: skip
 
 
+def evaluate_uncontrolled(
+    model: ActionModel, ds: TrajectoryDataset, episodes: np.ndarray
+) -> dict[str, float]:
+    """The same validation numbers for the base model alone, on the same episodes: what
+    the metacontroller's distortion is read against. A metacontroller whose codes carry
+    nothing useful leaves the action NLL where the base has it (or makes it worse); one
+    whose codes carry the subgoal lowers it, and a next-colour head's cross-entropy with it."""
+    if len(episodes) == 0:
+        return {}
+    device = next(model.parameters()).device
+    tot: dict[str, float] = {"action_nll": 0.0, "next_colour_nll": 0.0}
+    n_tok = 0.0
+    with torch.no_grad():
+        for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
+            batch = make_batch(ds, chunk, device)
+            out = model(batch.obs)
+            nll_a, _ = model.losses(out, batch.action, batch.next_obs, batch.mask)
+            _, ce = model.auxiliary_loss(out, batch.next_obs, batch.mask)
+            w = float(batch.mask.sum())
+            tot["action_nll"] += float(nll_a) * w
+            tot["next_colour_nll"] += float(ce) * w
+            n_tok += w
+    has_head = model.model_cfg.next_colour_weight > 0
+    return {
+        "val/base_action_nll": tot["action_nll"] / n_tok,
+        **({"val/base_next_colour_nll": tot["next_colour_nll"] / n_tok} if has_head else {}),
+    }
+
+
 @dataclass
 class DiscoverResult:
     out: Path
@@ -453,6 +482,7 @@ def discover(
         runs.save_weights(base, out / "base.safetensors")
     mc.eval()
     final = evaluate(base, mc, layer, ds, val_idx, cfg, lam)
+    final |= evaluate_uncontrolled(base, ds, val_idx)
     summary = {f"discover/{k.split('/', 1)[1]}": v for k, v in final.items()}
     summary |= {
         "discover/steps": float(step),
