@@ -89,7 +89,9 @@ def _switch_and_code_claims(summary: dict) -> list[Claim]:
         "F1 at tolerance 1 >= 0.9, >= 90% of beta within 0.05 of 0 or 1",
         f"F1@1 {_fmt(f1)}, binary fraction {_fmt(binary)}, switches/episode "
         f"{_fmt(g('mc:switching/switches_per_episode'), 2)} (true "
-        f"{_fmt(g('mc:switching/true_switches_per_episode'), 2)})",
+        f"{_fmt(g('mc:switching/true_switches_per_episode'), 2)}); held-out action NLL "
+        f"{_fmt(g('mc:discover/action_nll'))} (the base alone "
+        f"{_fmt(g('mc:discover/base_action_nll'))})",
         _verdict(f1 >= 0.9 if _known(f1) else None, binary >= 0.9 if _known(binary) else None),
         "mc-full/switching_beta.html"))  # fmt: skip
 
