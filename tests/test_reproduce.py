@@ -202,8 +202,10 @@ def test_each_claim_is_judged_against_the_issue_targets():
     assert [c.met for c in claims(good, n_layers=4)] == ["yes"] * 5
     # the distortion is read against the base alone on the same held-out episodes
     nll = {"mc:discover/action_nll": -4.07, "mc:discover/base_action_nll": -4.304}
-    assert "held-out action NLL -4.070 (the base alone -4.304)" in claims(
-        good | nll, n_layers=4)[2].ours
+    assert (
+        "held-out action NLL -4.070 (the base alone -4.304)"
+        in claims(good | nll, n_layers=4)[2].ours
+    )
     bad = good | {"probe:probe/best_accuracy": 0.44,  # under layer 0 + 0.15
                   "controllers:controllers/best_layer": 1,  # below the middle third of 0..4
                   "mc:switching/binary_fraction": 0.2,
