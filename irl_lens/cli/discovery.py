@@ -237,15 +237,15 @@ def _print_summary(out: Path, s: dict[str, float]) -> None:
         return f"{v:.3f}"
 
     print(f"metacontroller {out}")
-    print(
-        f"  distortion (val action NLL)  {g('discover/action_nll')} "
-        f"(the base alone: {g('discover/base_action_nll')})"
-    )
+
+    def alone(key: str) -> str:  # runs trained before the reference was recorded lack it
+        return f" (the base alone: {g(key)})" if key in s else ""
+
+    print(f"  distortion (val action NLL)  {g('discover/action_nll')}"
+          f"{alone('discover/base_action_nll')}")  # fmt: skip
     if "discover/next_colour_nll" in s:
-        print(
-            f"  next-colour cross-entropy    {g('discover/next_colour_nll')} "
-            f"(the base alone: {g('discover/base_next_colour_nll')})"
-        )
+        print(f"  next-colour cross-entropy    {g('discover/next_colour_nll')}"
+              f"{alone('discover/base_next_colour_nll')}")  # fmt: skip
     print(f"  rate (val KL per step)       {g('discover/kl')}")
     print(f"  mean beta                    {g('discover/mean_beta')}")
     print(
