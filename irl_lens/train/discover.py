@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +243,16 @@ def _loss(
                      ce.detach() if has_head else None)  # fmt: skip
 
 
+def _val_batches(
+    ds: TrajectoryDataset, episodes: np.ndarray, device: torch.device
+) -> Iterator[tuple[Batch, float]]:
+    """Held-out episodes in batches of about 64, each with its real-token count (the weight
+    of its per-token means), for :func:`evaluate` and :func:`evaluate_uncontrolled`."""
+    for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
+        batch = make_batch(ds, chunk, device)
+        yield batch, float(batch.mask.sum())
+
+
 def evaluate(
     model: ActionModel,
     mc: Metacontroller,
@@ -257,15 +268,13 @@ def evaluate(
     tot: dict[str, float] = {}
     n_tok = 0.0
     with torch.no_grad():
-        for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
-            batch = make_batch(ds, chunk)
+        for batch, w in _val_batches(ds, episodes, next(mc.parameters()).device):
             stats = _loss(model, mc, layer, batch, cfg, lam, None, sample=False).stats()
-            w = float(batch.mask.sum())
             for k in ("action_nll", "kl", "mean_beta", "next_colour_nll"):
                 if k in stats:
                     tot[k] = tot.get(k, 0.0) + stats[k] * w
             for k in ("switches", "true_segments"):
-                tot[k] = tot.get(k, 0.0) + stats[k] * len(chunk)
+                tot[k] = tot.get(k, 0.0) + stats[k] * len(batch.episodes)
             n_tok += w
     n_ep = float(len(episodes))
     return {
@@ -288,16 +297,13 @@ def evaluate_uncontrolled(
     whose codes carry the subgoal lowers it, and a next-colour head's cross-entropy with it."""
     if len(episodes) == 0:
         return {}
-    device = next(model.parameters()).device
     tot: dict[str, float] = {"action_nll": 0.0, "next_colour_nll": 0.0}
     n_tok = 0.0
     with torch.no_grad():
-        for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
-            batch = make_batch(ds, chunk, device)
+        for batch, w in _val_batches(ds, episodes, next(model.parameters()).device):
             out = model(batch.obs)
             nll_a, _ = model.losses(out, batch.action, batch.next_obs, batch.mask)
             _, ce = model.auxiliary_loss(out, batch.next_obs, batch.mask)
-            w = float(batch.mask.sum())
             tot["action_nll"] += float(nll_a) * w
             tot["next_colour_nll"] += float(ce) * w
             n_tok += w
