@@ -55,8 +55,7 @@ def subgoal_codes(
     with torch.no_grad():
         for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
             batch = make_batch(ds, chunk, device)
-            e = loaded.base(batch.obs, stop_at_layer=loaded.layer)
-            z = loaded.mc(e, batch.mask, sample=False).z
+            z = loaded.posterior(batch.obs, batch.mask, sample=False).z
             for i, n in enumerate(batch.mask.sum(1).long().tolist()):
                 g = batch.subgoal[i, :n]
                 ends = torch.nonzero(torch.cat([g[1:] != g[:-1], g.new_ones(1, dtype=torch.bool)]))
@@ -96,8 +95,7 @@ def code_swaps(
     with torch.no_grad():
         for chunk in chunks:
             batch = make_batch(ds, chunk, device)
-            e = loaded.base(batch.obs, stop_at_layer=loaded.layer)
-            z = loaded.mc(e, batch.mask, sample=False).z
+            z = loaded.posterior(batch.obs, batch.mask, sample=False).z
             segs = [_segments(batch.subgoal[i].cpu(), int(n))
                     for i, n in enumerate(batch.mask.sum(1).tolist())]  # fmt: skip
             for i, episode in enumerate(segs):

@@ -24,8 +24,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from irl_lens.data.dataset import TrajectoryDataset, make_batch
-from irl_lens.hooks import run_with_metacontroller
-from irl_lens.models.metacontroller import load_metacontroller
+from irl_lens.models.metacontroller import load_metacontroller, posterior
 
 TOLERANCES = (0, 1, 2)
 SUBGOAL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -135,7 +134,7 @@ def episode_betas(
         for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
             batch = make_batch(ds, chunk)
             mask = batch.mask.to(device)
-            _, mo = run_with_metacontroller(
+            mo = posterior(
                 base, mc, layer, batch.obs.to(device), mask, sample=False,
                 beta_override=1.0 if beta1 else None,
             )  # fmt: skip

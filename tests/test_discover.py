@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from analyses import clustering, switching
+from irl_lens.data.dataset import make_batch
 from irl_lens.data.generate import generate_gridworld
 from irl_lens.hooks import hook_count, intervene
 from irl_lens.models.base import load_base_model
@@ -97,6 +98,41 @@ def test_beta1_and_cotrain_variants(base_run, clean_ds, tmp_path):
     disc.discover(base_run, clean_ds, tmp_path / "co", cfg, progress=False)
     base, _, _ = disc.load_metacontroller(tmp_path / "co")
     assert disc.weights_digest(base) != disc.weights_digest(load_base_model(base_run))
+
+
+def test_an_embedder_reading_another_layer_trains_loads_and_is_analysed(
+    base_run, clean_ds, tmp_path
+):
+    """``embed_layer``: the sequence embedder reads the base alone's top layer, the rest of
+    the metacontroller the control layer; the folder records it and every posterior (the
+    analyses', commitment's) hands the embedder that layer, not the control layer."""
+    from irl_lens.models.metacontroller import MetacontrollerConfig, posterior
+
+    base = load_base_model(base_run)
+    top = base.cfg.n_layers
+    cfg = dataclasses.replace(DISCOVER_PRESETS["tiny"], steps=5)
+    with pytest.raises(ValueError, match=r"embed_layer: layer=3 is out of range; allowed: 0\.\.2"):
+        bad = MetacontrollerConfig(d_model=base.cfg.d_model, embed_layer=3)
+        disc.discover(base_run, clean_ds, tmp_path / "bad", cfg, mc_cfg=bad, progress=False)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+    mc_cfg = MetacontrollerConfig(d_model=base.cfg.d_model, embed_layer=top)
+    disc.discover(base_run, clean_ds, tmp_path / "emb", cfg, mc_cfg=mc_cfg, progress=False)
+    loaded = disc.load_metacontroller(tmp_path / "emb")
+    assert loaded.mc.cfg.embed_layer == top and loaded.layer == 1
+    batch = make_batch(clean_ds, [100, 101, 102])
+    with torch.no_grad():
+        e = loaded.base(batch.obs, stop_at_layer=1)
+        top_e = loaded.base(batch.obs, stop_at_layer=top)
+        got = posterior(loaded.base, loaded.mc, 1, batch.obs, batch.mask, sample=False)
+        want = loaded.mc(e, batch.mask, sample=False, e_embed=top_e)
+        control = loaded.mc(e, batch.mask, sample=False, e_embed=e)
+    torch.testing.assert_close(got.mu, want.mu)
+    torch.testing.assert_close(loaded.posterior(batch.obs, batch.mask, sample=False).z, want.z)
+    assert not torch.allclose(want.mu, control.mu)  # the embedder reads the top layer
+    with pytest.raises(ValueError, match="reads layer 2: pass that layer's residuals"):
+        loaded.mc(e, batch.mask)
+    betas, _, _ = switching.episode_betas(tmp_path / "emb", clean_ds, np.arange(100, 104))
+    assert len(betas) == 4
 
 
 def test_config_errors():
@@ -221,13 +257,15 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
     assert (train["tokens_per_batch"], train["kl_free_steps"], train["kl_warmup_steps"],
             train["obs_loss_weight"]) == (512, 3, 4, 0.0)  # fmt: skip
     capsys.readouterr()
-    for bad in (["--layer", "9"], ["--rank", "0"], ["--rank", "999"], ["--rank", "low"]):
+    for bad in (["--layer", "9"], ["--rank", "0"], ["--rank", "999"], ["--rank", "low"],
+                ["--embed-layer", "9"]):  # fmt: skip
         with pytest.raises(SystemExit) as e:
             main(["discover", str(base_run), "--out", str(tmp_path / "x"), "--preset", "tiny",
                   "--data", str(data), *bad])  # fmt: skip
         assert e.value.code == 2, bad
     err = capsys.readouterr().err
     assert "--rank '999': give a number from 1 to d_model" in err, err
+    assert "embed_layer: layer=9 is out of range; allowed: 0..2" in err, err
 
 
 def test_rate_distortion_table_takes_medians_over_seeds_and_the_figure_a_log_rate():

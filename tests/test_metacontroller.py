@@ -176,6 +176,25 @@ def test_beta_is_causal_and_the_encoder_is_not():
     assert not torch.allclose(a.mu[:, 0], b.mu[:, 0])  # so does the encoder
 
 
+def test_the_embedder_reads_e_embed_only_when_configured_to():
+    e, other = torch.randn(2, 7, 16), torch.randn(2, 7, 16)
+    with pytest.raises(ValueError, match="reads the control layer"):
+        _mc()(e, e_embed=other)
+    mc = _mc(embed_layer=3)
+    with pytest.raises(ValueError, match="reads layer 3"):
+        mc(e)
+    with pytest.raises(ValueError, match=r"e_embed has shape \(2, 6, 16\)"):
+        mc(e, e_embed=other[:, :6])
+    with torch.no_grad():
+        a, b = mc(e, e_embed=e, sample=False), mc(e, e_embed=other, sample=False)
+        paper = _mc()(e, sample=False)
+    torch.testing.assert_close(a.mu, paper.mu)  # e_embed = e: the paper's metacontroller
+    assert not torch.allclose(a.mu, b.mu)  # the encoder sees the embedding of e_embed
+    torch.testing.assert_close(a.beta[:, 0], b.beta[:, 0])  # beta_0 reads e_0 and h_-1 only
+    with pytest.raises(ValueError, match="embed_layer=-1"):
+        MetacontrollerConfig(d_model=16, embed_layer=-1)
+
+
 def test_switch_unit_reads_h_and_z_of_the_previous_step():
     mc = _mc()
     e = torch.randn(1, 5, 16)

@@ -84,6 +84,16 @@ def discover(
             "(default: the paper's, 16 on gridworld and full on ant).",
         ),
     ] = None,
+    embed_layer: Annotated[
+        int | None,
+        typer.Option(
+            help="Layer whose residuals (the base alone's) the non-causal sequence embedder "
+            "reads; default: --layer, as in the paper. A CPU-budget aid: on ant the base's "
+            "belief about the target lives in the top layer (docs/experiments-log.md). Only "
+            "training's posterior changes; the switch, decoder and rollouts do not.",
+            min=0,
+        ),
+    ] = None,
     cotrain_from_pretrained: Annotated[
         bool,
         typer.Option(help="cotrain only: start the base from RUN's weights, not from scratch."),
@@ -210,6 +220,7 @@ def discover(
             d_model=base_cfg.d_model,
             switch=switch.value,
             rank=parse_rank(rank, env_name, base_cfg.d_model),
+            embed_layer=embed_layer,
         )
         result = disc.discover(
             run, ds, out, cfg, layer=layer, mc_cfg=mc_cfg, data_path=data_path, device=dev,

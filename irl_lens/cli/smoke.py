@@ -93,8 +93,7 @@ def same_weights(out: Path, device: str) -> dict[str, float]:
         with torch.no_grad():
             nll = heldout_metrics(loaded.base, held)["eval/action_nll"]
             batch = make_batch(held, list(range(held.n_episodes)), dev)
-            e = loaded.base(batch.obs, stop_at_layer=loaded.layer)
-            z = loaded.mc(e, batch.mask, sample=False).z.cpu()
+            z = loaded.posterior(batch.obs, batch.mask, sample=False).z.cpu()
         found[dev] = {"nll": nll, "z": z}
     return {
         "same_weights/action_nll_cpu": found["cpu"]["nll"],

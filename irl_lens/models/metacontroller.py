@@ -7,6 +7,7 @@ It reads the base model's residual stream ``e_1:T`` at one layer ``l`` and write
 ================================  ================================================================
 internal sequence embedder        ``s = f_emb(e_1:T)``: one vector summarising the whole sequence
                                   (RG-LRU passes both ways), ``n_s = 32``; training only
+                                  (optionally reading another layer: ``embed_layer``)
 history                           ``h_t = GRU(e_t, h_{t-1})``, ``n_h = 32``
 controller encoder                ``mu_t, log sigma_t^2 = f_enc(e_t, h_{t-1}, s_t)``, hidden 64;
                                   proposal ``z~_t = mu_t + sigma_t * eps``, ``n_z = 8``
@@ -50,6 +51,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from irl_lens import runs
+from irl_lens.hooks import check_layer, n_layers_of
 from irl_lens.models.base import load_base_model
 from irl_lens.models.common import DictConfig, build_seeded, noise
 from irl_lens.models.controller import (
@@ -87,6 +89,12 @@ class MetacontrollerConfig(DictConfig):
     """Temperature of the relaxed Bernoulli switch."""
     switch_bias_init: float = 0.0
     """Initial bias of the switching unit's logit (0: beta starts near 0.5)."""
+    embed_layer: int | None = None
+    """Layer of the base whose residuals the non-causal sequence embedder reads, from the
+    base alone (uncontrolled); ``None``: the control layer, as in the paper. Reading the
+    layer where the base's subgoal belief lives is a CPU-budget aid (issue 32, see
+    :func:`embedder_input`); only the training-time posterior changes, rollouts never use
+    the embedder."""
 
     def __post_init__(self) -> None:
         runs.check_finite_fields(self)
@@ -107,6 +115,11 @@ class MetacontrollerConfig(DictConfig):
         if not self.gumbel_temperature > 0:
             raise ValueError(
                 f"MetacontrollerConfig.gumbel_temperature={self.gumbel_temperature!r} must be > 0"
+            )
+        if self.embed_layer is not None and self.embed_layer < 0:
+            raise ValueError(
+                f"MetacontrollerConfig.embed_layer={self.embed_layer!r}: use a layer >= 0 "
+                "or None for the control layer"
             )
 
 
@@ -201,6 +214,25 @@ class Metacontroller(HookedRootModule):
         s = self.emb_out(torch.cat([forward_end, backward_start], dim=-1))
         return self.hook_seq_embedding(s)
 
+    def _embedded(self, e: Tensor, e_embed: Tensor | None) -> Tensor:
+        """The residuals the sequence embedder reads: ``e`` itself (the paper), or the
+        ``cfg.embed_layer`` residuals the caller passes (checked)."""
+        if self.cfg.embed_layer is None:
+            if e_embed is not None:
+                raise ValueError(
+                    "e_embed given, but this metacontroller's embedder reads the control "
+                    "layer (MetacontrollerConfig.embed_layer is None)"
+                )
+            return e
+        if e_embed is None:
+            raise ValueError(
+                f"this metacontroller's sequence embedder reads layer {self.cfg.embed_layer}: "
+                "pass that layer's residuals as e_embed= (embedder_input computes them)"
+            )
+        if e_embed.shape != e.shape:
+            raise ValueError(f"e_embed has shape {tuple(e_embed.shape)}, expected {tuple(e.shape)}")
+        return e_embed
+
     def decoder_hidden(self, z: Float[Tensor, "*lead n_z"]) -> Float[Tensor, "*lead j"]:
         """``[g(z), 1]``: the vector ``U`` is linear in."""
         return hyper_hidden(self.dec, z)
@@ -242,11 +274,13 @@ class Metacontroller(HookedRootModule):
         sample: bool = True,
         beta_override: float | None = None,
         generator: torch.Generator | None = None,
+        e_embed: Float[Tensor, "batch pos d_model"] | None = None,
     ) -> MetacontrollerOutput:
         """Run the metacontroller over whole sequences and return ``e_hat`` and its internals.
 
         ``sample=False`` uses ``z~_t = mu_t`` (and a noiseless switch); ``beta_override``
-        forces ``beta_t`` to that value (the ``beta = 1`` ablation).
+        forces ``beta_t`` to that value (the ``beta = 1`` ablation). ``e_embed``: what the
+        sequence embedder reads when ``cfg.embed_layer`` is set (:func:`embedder_input`).
         """
         if e.ndim != 3 or e.shape[-1] != self.cfg.d_model:
             raise ValueError(
@@ -255,7 +289,7 @@ class Metacontroller(HookedRootModule):
             )
         b, t, _ = e.shape
         mask = torch.ones(b, t, device=e.device) if mask is None else mask.to(e.dtype)
-        s = self.sequence_embedding(e, mask)[:, None].expand(b, t, -1)  # [b, t, n_s]
+        s = self.sequence_embedding(self._embedded(e, e_embed), mask)[:, None].expand(b, t, -1)
         h_all, _ = self.gru(e)  # h_t for t = 0..T-1
         h_all = self.hook_history(h_all)
         h_prev = torch.cat([torch.zeros_like(h_all[:, :1]), h_all[:, :-1]], dim=1)  # h_{t-1}
@@ -340,6 +374,44 @@ class Metacontroller(HookedRootModule):
         return self.enc_mu(hid), self.enc_logvar(hid).clamp(-10.0, 10.0)
 
 
+def embedder_input(
+    base: HookedRootModule, mc: Metacontroller, inputs: Any
+) -> Float[Tensor, "batch pos d_model"] | None:
+    """What ``mc``'s sequence embedder reads, for ``mc(e, mask, e_embed=...)``: ``None`` when
+    it reads the control layer (the paper), else the base's own residuals at
+    ``mc.cfg.embed_layer`` for ``inputs`` (no controller in them: the base alone).
+
+    Why an aid (issue 32, ``docs/experiments-log.md``): on ant the base's belief about the
+    target colour lives above the control layer (probes rise with depth), and an embedder
+    reading the control layer never learnt the episode's colour order from the CPU budget's
+    clean data; one reading the top layer did. The embedder is non-causal and used only in
+    self-supervised training, so the causal path (switch, decoder, rollouts, internal RL)
+    is the paper's either way."""
+    layer = mc.cfg.embed_layer
+    if layer is None:
+        return None
+    return base(inputs, stop_at_layer=check_embed_layer(layer, n_layers_of(base)))
+
+
+def check_embed_layer(layer: int, n_layers: int) -> int:
+    """``MetacontrollerConfig.embed_layer`` checked against the base's depth."""
+    try:
+        return check_layer(layer, n_layers)
+    except ValueError as err:
+        raise ValueError(f"embed_layer: {err}") from None
+
+
+def posterior(
+    base: HookedRootModule, mc: Metacontroller, layer: int, inputs: Any, mask: Tensor,
+    **kwargs: Any,
+) -> MetacontrollerOutput:  # fmt: skip
+    """``mc`` over the base's own residuals at ``layer`` for ``inputs`` (nothing written back):
+    the codes, gates and posterior of whole recorded episodes, for analyses. ``kwargs`` go to
+    :meth:`Metacontroller.forward` (``sample=False`` for the posterior means)."""
+    e = base(inputs, stop_at_layer=layer)
+    return mc(e, mask, e_embed=embedder_input(base, mc, inputs), **kwargs)
+
+
 def build_metacontroller(cfg: MetacontrollerConfig, seed: int = 0) -> Metacontroller:
     """A :class:`Metacontroller` with a reproducible initialisation (global RNG untouched)."""
     return build_seeded(lambda: Metacontroller(cfg), seed)
@@ -394,6 +466,10 @@ class LoadedMetacontroller:
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.base, self.mc, self.config))
+
+    def posterior(self, inputs: Any, mask: Tensor, **kwargs: Any) -> MetacontrollerOutput:
+        """:func:`posterior` of this metacontroller on its base at its layer."""
+        return posterior(self.base, self.mc, self.layer, inputs, mask, **kwargs)
 
 
 def save_metacontroller(mc: Metacontroller, out: str | Path, layer: int, **extra: Any) -> Path:

@@ -55,6 +55,7 @@ from irl_lens.models.metacontroller import (
     decoder_parameters,
     integrate_codes,
     load_metacontroller,
+    posterior,
 )
 from irl_lens.train.controllers import frozen
 from irl_lens.train.loop import SCHEDULES, lr_at
@@ -160,8 +161,7 @@ def _switch_means(base, mc: Metacontroller, layer: int, ds, order, n_batches: in
     with torch.no_grad():
         for episodes in order[:n_batches]:
             batch = make_batch(ds, episodes, _device(mc))
-            e = base(batch.obs, stop_at_layer=layer)
-            mo = mc(e, batch.mask, sample=False)
+            mo = posterior(base, mc, layer, batch.obs, batch.mask, sample=False)
             valid = batch.mask.bool()
             at_switch.append(mo.mu[(mo.beta > 0.5) & valid])
             every.append(mo.mu[valid])
@@ -180,7 +180,7 @@ MIN_SWITCH_CODES = 16
 def _codes(base, mc, layer, batch, cfg, centroids, generator) -> Tensor:
     """The integrated codes the decoder is refitted on (module docstring)."""
     with torch.no_grad():
-        mo = mc(base(batch.obs, stop_at_layer=layer), batch.mask, sample=False)
+        mo = posterior(base, mc, layer, batch.obs, batch.mask, sample=False)
         if cfg.mode == "means":
             return mo.z
         proposals = cell_samples(mo.mu, centroids, generator, cfg.candidates)
@@ -196,7 +196,7 @@ def _val_nll(base, mc, layer, ds, episodes) -> float:
     with torch.no_grad():
         for chunk in np.array_split(episodes, max(1, len(episodes) // 64)):
             batch = make_batch(ds, chunk, _device(mc))
-            mo = mc(base(batch.obs, stop_at_layer=layer), batch.mask, sample=False)
+            mo = posterior(base, mc, layer, batch.obs, batch.mask, sample=False)
             with intervene(base, layer, lambda e, z=mo.z: mc.apply_code(e, z)):
                 out = base(batch.obs)
             nll, _ = base.losses(out, batch.action, batch.next_obs, batch.mask)

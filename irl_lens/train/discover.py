@@ -57,6 +57,8 @@ from irl_lens.models.metacontroller import (
     Metacontroller,
     MetacontrollerConfig,
     build_metacontroller,
+    check_embed_layer,
+    embedder_input,
     load_metacontroller,
 )
 from irl_lens.rollout.kit import env_kit, run_batches
@@ -231,6 +233,7 @@ def _loss(
         sample=sample,
         beta_override=1.0 if cfg.variant == "beta1" else None,
         generator=generator,
+        e_embed=embedder_input(model, mc, batch.obs),
     )
     nll_a, nll_o = model.losses(out, batch.action, batch.next_obs, mask)
     # a base pretrained with a next-colour head (ant, issue 32) is scored on it too: the
@@ -363,6 +366,8 @@ def discover(
         raise ValueError(
             f"metacontroller d_model={mc_cfg.d_model} != base d_model={base.cfg.d_model}"
         )
+    if mc_cfg.embed_layer is not None:
+        check_embed_layer(mc_cfg.embed_layer, n_layers)  # before anything is written
     mc = build_metacontroller(mc_cfg, seed=cfg.seed).to(device)
     lam = base.model_cfg.obs_loss_weight if cfg.obs_loss_weight is None else cfg.obs_loss_weight
     trainable = list(mc.parameters()) + (
@@ -600,8 +605,9 @@ def fit_metacontroller(
             )  # [batch]
             m = mask[rows]
             logits, mo = run_with_metacontroller(
-                model, mc, layer, tokens[rows], m, generator=generator
-            )
+                model, mc, layer, tokens[rows], m, generator=generator,
+                e_embed=embedder_input(model, mc, tokens[rows]),
+            )  # fmt: skip
             nll = F.cross_entropy(
                 logits[:, :-1].flatten(0, 1), tokens[rows][:, 1:].flatten(), reduction="none"
             )
