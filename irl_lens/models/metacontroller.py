@@ -382,9 +382,9 @@ def embedder_input(
     ``mc.cfg.embed_layer`` for ``inputs`` (no controller in them: the base alone).
 
     Why an aid (issue 32, ``docs/experiments-log.md``): on ant the base's belief about the
-    target colour lives above the control layer (probes rise with depth), and an embedder
-    reading the control layer never learnt the episode's colour order from the CPU budget's
-    clean data; one reading the top layer did. The embedder is non-causal and used only in
+    target colour lives above the control layer (probes rise with depth). With the embedder
+    on the control layer the codes never started carrying the target on the CPU budget's
+    clean data; reading the top layer, they did. The embedder is non-causal and used only in
     self-supervised training, so the causal path (switch, decoder, rollouts, internal RL)
     is the paper's either way."""
     layer = mc.cfg.embed_layer
