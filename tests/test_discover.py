@@ -303,7 +303,7 @@ def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_ru
             "--alphas", "0,0.5", "--seeds", "1", "--variants", "full", "--preset", "tiny",
             "--data", str(data), "--episodes", "16", "--workers", "2",
             "--switch", "gumbel", "--layer", "1", "--rank", "full", "--tokens-per-batch", "512",
-            "--kl-free-steps", "2", "--kl-warmup-steps", "5"]  # fmt: skip
+            "--kl-free-steps", "2", "--kl-warmup-steps", "5", "--embed-layer", "2"]  # fmt: skip
     main(args)
     text = capsys.readouterr().out
     assert "full" in text and "FAILED" not in text and "per alpha: median over seeds" in text
@@ -313,6 +313,7 @@ def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_ru
     cfg = json.loads((tmp_path / "rd" / "full-a0.5-s0" / "config.json").read_text())
     assert cfg["metacontroller"]["switch"] == "gumbel" and cfg["layer"] == 1
     assert cfg["metacontroller"]["rank"] is None  # --rank full reached every run
+    assert cfg["metacontroller"]["embed_layer"] == 2  # so did --embed-layer
     assert (cfg["train"]["tokens_per_batch"], cfg["train"]["kl_free_steps"],
             cfg["train"]["kl_warmup_steps"]) == (512, 2, 5)  # fmt: skip
     assert (tmp_path / "rd" / "rate_distortion.html").stat().st_size > 1000

@@ -508,6 +508,10 @@ def rate_distortion(
             help="Controller rank of every run: a number or full (default: 16 on grid).",
         ),
     ] = None,
+    embed_layer: Annotated[
+        int | None,
+        typer.Option(help="Layer the sequence embedder of every run reads (see discover).", min=0),
+    ] = None,
     workers: Annotated[int, SWEEP_WORKERS_OPTION] = 0,
     episodes: Annotated[
         int, typer.Option(help="Rollout episodes of each run's analyses.", min=1, max=MAX_COUNT)
@@ -541,7 +545,7 @@ def rate_distortion(
         extra += ["--device", device.value]
     passed = {"--layer": layer, "--data": data, "--steps": steps, "--rank": rank,
               "--tokens-per-batch": tokens_per_batch, "--kl-free-steps": kl_free_steps,
-              "--kl-warmup-steps": kl_warmup_steps}  # fmt: skip
+              "--kl-warmup-steps": kl_warmup_steps, "--embed-layer": embed_layer}  # fmt: skip
     extra += [a for flag, v in passed.items() if v is not None for a in (flag, str(v))]
     jobs = rate_distortion_jobs(run, out, alpha_list, seeds, variant_list, extra)
     _run_kl_sweep(jobs, out, make_runner(runner, workers or None, address=ray_address))
