@@ -140,6 +140,39 @@ def test_config_errors():
         disc.DiscoverConfig(variant="nope")
     with pytest.raises(ValueError, match="alpha"):
         disc.DiscoverConfig(alpha=-1.0)
+    with pytest.raises(ValueError, match=r"rate='gate'; allowed: step, switch"):
+        disc.DiscoverConfig(rate="gate")
+
+
+def test_the_switch_rate_charges_a_code_only_where_the_switch_takes_it(mc_run, clean_ds):
+    """``rate="switch"``: held steps cost nothing, a switch costs its proposal's KL; the
+    gradient reaches the switch (a switch must pay to be taken)."""
+    from irl_lens.models.metacontroller import MetacontrollerOutput
+
+    kl = torch.tensor([[2.0, 4.0, 6.0, 8.0]])
+    beta = torch.tensor([[1.0, 0.0, 0.5, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last step is padding
+    zeros = torch.zeros(1, 4, 2)
+    mo = MetacontrollerOutput(zeros, beta, beta, zeros, zeros, zeros, zeros, kl)
+    assert disc.charged_kl(mo, mask, "step").item() == pytest.approx((2 + 4 + 6) / 3)
+    charged = disc.charged_kl(mo, mask, "switch")
+    assert charged.item() == pytest.approx((2 + 0 + 3) / 3)
+    charged.backward()
+    assert beta.grad.tolist() == [[pytest.approx(2 / 3), pytest.approx(4 / 3), 2.0, 0.0]]
+    # in the trainer's loss: the same batch, the same noise, the charged KL shrinks by the
+    # gates and nothing else changes
+    loaded = disc.load_metacontroller(mc_run)
+    cfg = DISCOVER_PRESETS["tiny"]
+    batch = make_batch(clean_ds, np.arange(8), torch.device("cpu"))
+    parts = {}
+    for rate in ("step", "switch"):
+        c = dataclasses.replace(cfg, rate=rate)
+        parts[rate] = disc._loss(loaded.base, loaded.mc, loaded.layer, batch, c, 0.0,
+                                 torch.Generator().manual_seed(0), alpha=1.0)  # fmt: skip
+    step, switch = parts["step"], parts["switch"]
+    assert torch.equal(step.beta, switch.beta) and step.action_nll == switch.action_nll
+    assert 0 < switch.kl < step.kl
+    assert (step.loss - switch.loss).item() == pytest.approx((step.kl - switch.kl).item(), rel=1e-5)
 
 
 def test_driver_rollout_equals_the_full_forward_with_the_same_codes(mc_run):
@@ -241,7 +274,7 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
     main(["discover", str(base_run), "--out", str(out), "--data", str(data), "--preset", "tiny",
           "--episodes", "40", "--task", "0-1-2-3", "--weight-decay", "0.01",
           "--tokens-per-batch", "512", "--kl-free-steps", "3",
-          "--kl-warmup-steps", "4", "--obs-loss-weight", "0"])  # fmt: skip
+          "--kl-warmup-steps", "4", "--obs-loss-weight", "0", "--rate", "switch"])  # fmt: skip
     text = capsys.readouterr().out
     assert "switch alignment" in text and "NMI" in text and "target cell R2" in text
     assert "(the base alone: " in text
@@ -255,10 +288,10 @@ def test_cli_discover_end_to_end(base_run, tmp_path, capsys):
     assert config["metacontroller"]["rank"] == 16 and config["train"]["weight_decay"] == 0.01
     train = config["train"]
     assert (train["tokens_per_batch"], train["kl_free_steps"], train["kl_warmup_steps"],
-            train["obs_loss_weight"]) == (512, 3, 4, 0.0)  # fmt: skip
+            train["obs_loss_weight"], train["rate"]) == (512, 3, 4, 0.0, "switch")  # fmt: skip
     capsys.readouterr()
     for bad in (["--layer", "9"], ["--rank", "0"], ["--rank", "999"], ["--rank", "low"],
-                ["--embed-layer", "9"]):  # fmt: skip
+                ["--embed-layer", "9"], ["--rate", "gate"]):  # fmt: skip
         with pytest.raises(SystemExit) as e:
             main(["discover", str(base_run), "--out", str(tmp_path / "x"), "--preset", "tiny",
                   "--data", str(data), *bad])  # fmt: skip
@@ -303,7 +336,8 @@ def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_ru
             "--alphas", "0,0.5", "--seeds", "1", "--variants", "full", "--preset", "tiny",
             "--data", str(data), "--episodes", "16", "--workers", "2",
             "--switch", "gumbel", "--layer", "1", "--rank", "full", "--tokens-per-batch", "512",
-            "--kl-free-steps", "2", "--kl-warmup-steps", "5", "--embed-layer", "2"]  # fmt: skip
+            "--kl-free-steps", "2", "--kl-warmup-steps", "5", "--embed-layer", "2",
+            "--rate", "switch"]  # fmt: skip
     main(args)
     text = capsys.readouterr().out
     assert "full" in text and "FAILED" not in text and "per alpha: median over seeds" in text
@@ -314,6 +348,7 @@ def test_rate_distortion_sweep_runs_in_processes_and_skips_finished_runs(base_ru
     assert cfg["metacontroller"]["switch"] == "gumbel" and cfg["layer"] == 1
     assert cfg["metacontroller"]["rank"] is None  # --rank full reached every run
     assert cfg["metacontroller"]["embed_layer"] == 2  # so did --embed-layer
+    assert cfg["train"]["rate"] == "switch"  # and --rate
     assert (cfg["train"]["tokens_per_batch"], cfg["train"]["kl_free_steps"],
             cfg["train"]["kl_warmup_steps"]) == (512, 2, 5)  # fmt: skip
     assert (tmp_path / "rd" / "rate_distortion.html").stat().st_size > 1000

@@ -51,6 +51,19 @@ class Switch(StrEnum):
     gumbel = "gumbel"
 
 
+class Rate(StrEnum):
+    step = "step"
+    switch = "switch"
+
+
+RATE_HELP = (
+    "What the KL (rate) term charges: step, every step's proposal (the paper's Eq 3 as "
+    "written); switch, each proposal weighted by its gate beta_t (the expected KL of a "
+    "Bernoulli switch, paper E.1), so holding a code is free and a switch pays for what its "
+    "code carries."
+)
+
+
 class DiscoverPreset(StrEnum):
     quick = "quick"
     paper = "paper"
@@ -135,6 +148,7 @@ def discover(
             min=0,
         ),
     ] = None,
+    rate: Annotated[Rate, typer.Option(help=RATE_HELP)] = Rate.step,
     weight_decay: Annotated[
         float | None,
         typer.Option(
@@ -211,7 +225,7 @@ def discover(
     if kl_warmup_steps is not None:
         over["kl_warmup_steps"] = kl_warmup_steps
     cfg = dataclasses.replace(
-        cfg, **over, variant=variant.value, seed=seed,
+        cfg, **over, variant=variant.value, seed=seed, rate=rate.value,
         cotrain_from_pretrained=cotrain_from_pretrained,
     )  # fmt: skip
     t0 = time.perf_counter()
@@ -491,6 +505,9 @@ def rate_distortion(
     kl_warmup_steps: Annotated[
         int | None, typer.Option(help="KL ramp of every run (see discover).", min=0, max=MAX_COUNT)
     ] = None,
+    rate: Annotated[Rate, typer.Option(help="The KL term of every run (see discover).")] = (
+        Rate.step
+    ),
     layer: Annotated[
         int | None, typer.Option(help="Residual layer of every run (default L/2).", min=0)
     ] = None,
@@ -540,7 +557,8 @@ def rate_distortion(
     if bad:
         raise ValueError(f"--variants: unknown {bad}; allowed: full, beta1, cotrain")
     resolve_device(device)  # --device cuda without one: one line, before any run starts
-    extra = ["--preset", preset.value, "--episodes", str(episodes), "--switch", switch.value]
+    extra = ["--preset", preset.value, "--episodes", str(episodes), "--switch", switch.value,
+             "--rate", rate.value]  # fmt: skip
     if device != Device.cpu:
         extra += ["--device", device.value]
     passed = {"--layer": layer, "--data": data, "--steps": steps, "--rank": rank,

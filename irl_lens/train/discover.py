@@ -4,9 +4,10 @@ Loss per batch (paper Eq 3/9), averaged over real steps:
 
     L = -ln p(a_t | o_1:t, z_1:t)  [+ lambda * -ln p(o_t+1 | o_1:t, z_1:t)]
         [+ W * -ln p(next colour entered | o_1:t, z_1:t)]
-        + alpha * KL(N(mu_t, Sigma_t) || N(0, I))
+        + alpha * [beta_t *] KL(N(mu_t, Sigma_t) || N(0, I))
 
-(the next-colour term only for an ant base pretrained with that head,
+(the factor ``beta_t`` only with ``rate="switch"``, see :func:`charged_kl`; the next-colour
+term only for an ant base pretrained with that head,
 ``BaseModelConfig.next_colour_weight`` W: the controlled base's whole pretraining loss).
 
 The metacontroller sees the residual stream at layer ``l`` through the one hook path
@@ -56,6 +57,7 @@ from irl_lens.models.metacontroller import (
     KIND,
     Metacontroller,
     MetacontrollerConfig,
+    MetacontrollerOutput,
     build_metacontroller,
     check_embed_layer,
     embedder_input,
@@ -69,6 +71,7 @@ from irl_lens.train.loop import FirstNonFinite, autocast, fast_matmuls, guarded
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("full", "beta1", "cotrain")
+RATES = ("step", "switch")
 SWITCH_THRESHOLD = 0.5
 
 
@@ -85,6 +88,10 @@ class DiscoverConfig:
     Without it the posterior can collapse at once (KL -> 0, beta -> 0, codes unused)."""
     kl_warmup_steps: int = 0
     """After the free steps, the KL weight ramps linearly from 0 to ``alpha`` over these."""
+    rate: str = "step"
+    """What the KL term charges (:func:`charged_kl`): ``step``, every step's proposal (Eq 3
+    as written); ``switch``, each proposal weighted by its gate ``beta_t``, so holding a code
+    is free and a switch pays for what the new code carries."""
     steps: int = 64_000
     """AdamW steps."""
     tokens_per_batch: int = 4096
@@ -114,6 +121,8 @@ class DiscoverConfig:
         runs.check_finite_fields(self)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant={self.variant!r}; allowed: {', '.join(VARIANTS)}")
+        if self.rate not in RATES:
+            raise ValueError(f"rate={self.rate!r}; allowed: {', '.join(RATES)}")
         for name in ("steps", "tokens_per_batch", "eval_every", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DiscoverConfig.{name}={getattr(self, name)!r} must be >= 1")
@@ -173,6 +182,28 @@ def switch_counts(
     switches = ((beta >= threshold) & real).sum(1)
     changes = (subgoal[:, 1:] != subgoal[:, :-1]) & real[:, 1:]
     return switches, changes.sum(1) + real[:, 0]
+
+
+def charged_kl(
+    mo: MetacontrollerOutput, mask: Float[Tensor, "batch pos"], rate: str = "step"
+) -> Float[Tensor, ""]:
+    """The rate term of the loss, per real step: the mean over real steps of
+    ``KL(N(mu_t, Sigma_t) || N(0, I))`` (``rate="step"``), or of ``beta_t`` times it
+    (``rate="switch"``).
+
+    ``switch`` is the expected KL of the ELBO with a Bernoulli switch variable (paper E.1):
+    when the switch holds, ``z_t = z_{t-1}`` exactly and the step costs nothing; when it
+    fires, the new code costs its KL. With ``step`` every proposal is charged whether or not
+    the switch uses it, so the rate does not price a switch (on ant, issue 32, such switches
+    fire 4x too often and off the subgoal boundaries, or never). During training ``beta_t`` is
+    the sampled (relaxed) gate, one sample of that expectation.
+    """
+    if rate not in RATES:
+        raise ValueError(f"rate={rate!r}; allowed: {', '.join(RATES)}")
+    kl = mo.kl * mask
+    if rate == "switch":
+        kl = kl * mo.beta
+    return kl.sum() / mask.sum().clamp(min=1.0)
 
 
 @dataclass
@@ -239,7 +270,7 @@ def _loss(
     # a base pretrained with a next-colour head (ant, issue 32) is scored on it too: the
     # controlled base's pretraining loss, so a code that carries the target pays off
     aux, ce = model.auxiliary_loss(out, batch.next_obs, mask)
-    kl = (mo.kl * mask).sum() / mask.sum().clamp(min=1.0)
+    kl = charged_kl(mo, mask, cfg.rate)
     loss = nll_a + lam * nll_o + aux + (cfg.alpha if alpha is None else alpha) * kl
     has_head = model.model_cfg.next_colour_weight > 0
     return LossParts(loss, nll_a.detach(), nll_o.detach(), kl.detach(), mo.beta.detach(), batch,
@@ -569,8 +600,9 @@ def fit_metacontroller(
     The loss is the paper's ELBO (eq. 3) for next-token prediction: the cross-entropy of
     ``model(tokens)`` at positions ``0..pos-2`` against ``tokens[:, 1:]`` with the
     metacontroller writing ``e + U(z) e`` into layer ``layer``, plus ``alpha`` times the
-    mean per-step KL of the codes to ``N(0, I)``. ``cfg`` gives ``steps``, ``lr``,
-    ``weight_decay``, ``alpha`` (with its KL-free start and warm-up), ``grad_clip``,
+    mean per-step KL of the codes to ``N(0, I)`` (:func:`charged_kl`). ``cfg`` gives ``steps``,
+    ``lr``, ``weight_decay``, ``alpha`` (with its KL-free start and warm-up), ``rate``,
+    ``grad_clip``,
     ``tokens_per_batch`` and ``seed`` (defaults: :class:`DiscoverConfig` with 200 steps).
     The model's weights are not changed (checked).
 
@@ -613,8 +645,7 @@ def fit_metacontroller(
             )
             keep = (m[:, 1:] * m[:, :-1]).flatten()
             nll = (nll * keep).sum() / keep.sum().clamp(min=1.0)
-            kl = (mo.kl * m).sum() / m.sum().clamp(min=1.0)
-            loss = nll + cfg.alpha_at(step) * kl
+            loss = nll + cfg.alpha_at(step) * charged_kl(mo, m, cfg.rate)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
