@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -79,10 +80,16 @@ def test_the_uncontrolled_reference_is_what_a_fresh_metacontroller_scores(
 
 def test_resume_ends_with_the_same_weights(base_run, clean_ds, tmp_path, mc_run):
     cfg = DISCOVER_PRESETS["tiny"]
-    disc.discover(base_run, clean_ds, tmp_path / "r", cfg, stop_after=7, progress=False)
+    first = disc.discover(base_run, clean_ds, tmp_path / "r", cfg, stop_after=7, progress=False)
     with pytest.raises(RunError, match="already holds a run of kind metacontroller"):
         disc.discover(base_run, clean_ds, tmp_path / "r", cfg, progress=False)
-    disc.discover(base_run, clean_ds, tmp_path / "r", cfg, resume=True, progress=False)
+    # the second leg starts from the step-6 checkpoint, whose time it adds to its own
+    leg1 = torch.load(tmp_path / "r" / "checkpoints" / "step_00000006" / "trainer_state.pt",
+                      weights_only=True)["train_seconds"]  # fmt: skip
+    assert 0 < leg1 <= first.seconds
+    t0 = time.perf_counter()
+    done = disc.discover(base_run, clean_ds, tmp_path / "r", cfg, resume=True, progress=False)
+    assert leg1 < done.summary["discover/train_seconds"] < leg1 + time.perf_counter() - t0
     _, a, _ = disc.load_metacontroller(mc_run)
     _, b, _ = disc.load_metacontroller(tmp_path / "r")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):

@@ -423,6 +423,7 @@ def discover(
         "precision": precision,
     }
     step, epoch, batch_in_epoch = 0, 0, 0
+    seconds_before = 0.0  # training time of the legs before a --resume
     # the base is checked by its weights' hash (base_run_ref), not by the path typed; the
     # precision, like the device, may change between a run and its resumption
     same = [k for k in config if k not in ("base_run", "base_run_ref", "data", "precision")]
@@ -441,6 +442,7 @@ def discover(
         opt.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         generator.set_state(state["generator"])
+        seconds_before = float(state.get("train_seconds", 0.0))
         logger.info("resumed %s at step %d", out, step)
     runs.truncate_metrics(out / "metrics.jsonl", "step", step)
     base_digest = weights_digest(base)
@@ -505,6 +507,7 @@ def discover(
                         "epoch": epoch,
                         "batch_in_epoch": batch_in_epoch,
                         "generator": generator.get_state(),
+                        "train_seconds": seconds_before + time.perf_counter() - t0,
                     }
                     ckpt = runs.save_checkpoint(out, step, mc, state)
                     if cfg.variant == "cotrain":
@@ -513,7 +516,7 @@ def discover(
             if batch_in_epoch >= len(order):
                 epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = seconds_before + time.perf_counter() - t0  # every leg's, as pretrain counts it
     if cfg.variant != "cotrain" and weights_digest(base) != base_digest:
         raise RuntimeError("the frozen base model's weights changed during discovery (bug)")
     if step < cfg.steps:
