@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -137,6 +138,7 @@ def test_dataset_round_trip_and_determinism(tmp_path, random_agent):
     assert ds.meta["env"] == "ant" and ds.meta["obs_kind"] == "vector"
     assert ds.meta["action_kind"] == "continuous" and ds.meta["sampling"] == "mean"
     assert ds.meta["cell_size"] == CELL_SIZE
+    assert ds.meta["mujoco"] == mujoco.__version__  # the physics build the episodes came from
     assert ds.arrays["obs"].shape == (ds.n_steps, ANT_OBS_DIM)
     assert ds.arrays["action"].shape == (ds.n_steps, 8)
     assert np.abs(ds.arrays["action"]).max() <= 1.0

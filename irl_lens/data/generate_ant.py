@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import mujoco
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -173,5 +174,8 @@ def _assemble(chunks: list[dict], *, split: str, seed: int, fixed_task) -> Traje
         "task": format_task(fixed_task) if fixed_task is not None else "pretrain-mix",
         "success_rate": float(cat["success"].mean()),
         "mean_length": float(lengths.mean()),
+        # the same seed gives the same episodes on one machine; another MuJoCo build (or
+        # CPU) gives others (docs/experiments-log.md, tenth session), so the data say which
+        "mujoco": mujoco.__version__,
     }
     return TrajectoryDataset(meta, arrays)
