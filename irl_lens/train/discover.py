@@ -194,9 +194,9 @@ def charged_kl(
     ``switch`` is the expected KL of the ELBO with a Bernoulli switch variable (paper E.1):
     when the switch holds, ``z_t = z_{t-1}`` exactly and the step costs nothing; when it
     fires, the new code costs its KL. With ``step`` every proposal is charged whether or not
-    the switch uses it, so the rate does not price a switch (on ant, issue 32, such switches
-    fire 4x too often and off the subgoal boundaries, or never). During training ``beta_t`` is
-    the sampled (relaxed) gate, one sample of that expectation.
+    the switch uses it, so the rate does not price a switch. During training ``beta_t`` is
+    the sampled (relaxed) gate, one sample of that expectation. On ant (issue 32) neither
+    rate aligns the switch with the subgoal boundaries (docs/experiments-log.md).
     """
     if rate not in RATES:
         raise ValueError(f"rate={rate!r}; allowed: {', '.join(RATES)}")
@@ -605,8 +605,8 @@ def fit_metacontroller(
     metacontroller writing ``e + U(z) e`` into layer ``layer``, plus ``alpha`` times the
     mean per-step KL of the codes to ``N(0, I)`` (:func:`charged_kl`). ``cfg`` gives ``steps``,
     ``lr``, ``weight_decay``, ``alpha`` (with its KL-free start and warm-up), ``rate``,
-    ``grad_clip``,
-    ``tokens_per_batch`` and ``seed`` (defaults: :class:`DiscoverConfig` with 200 steps).
+    ``grad_clip``, ``tokens_per_batch`` and ``seed`` (defaults: :class:`DiscoverConfig` with
+    200 steps).
     The model's weights are not changed (checked).
 
     Example::
