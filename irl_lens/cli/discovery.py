@@ -56,14 +56,6 @@ class Rate(StrEnum):
     switch = "switch"
 
 
-RATE_HELP = (
-    "What the KL (rate) term charges: step, every step's proposal (the paper's Eq 3 as "
-    "written); switch, each proposal weighted by its gate beta_t (the expected KL of a "
-    "Bernoulli switch, paper E.1), so holding a code is free and a switch pays for what its "
-    "code carries."
-)
-
-
 class DiscoverPreset(StrEnum):
     quick = "quick"
     paper = "paper"
@@ -148,7 +140,15 @@ def discover(
             min=0,
         ),
     ] = None,
-    rate: Annotated[Rate, typer.Option(help=RATE_HELP)] = Rate.step,
+    rate: Annotated[
+        Rate,
+        typer.Option(
+            help="What the KL (rate) term charges: step, every step's proposal (the paper's "
+            "Eq 3 as written); switch, each proposal weighted by its gate beta_t (the expected "
+            "KL of a Bernoulli switch, paper E.1), so holding a code is free and a switch pays "
+            "for what its code carries."
+        ),
+    ] = Rate.step,
     weight_decay: Annotated[
         float | None,
         typer.Option(
