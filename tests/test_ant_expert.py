@@ -184,12 +184,13 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     code, out, err = _run(
         ["-q", "pretrain", str(data), "--out", str(run), "--preset", "tiny", "--steps", "6",
          "--path-features", "--heading-features", "--future-horizon", "25",
-         "--next-colour-weight", "0.5"],
+         "--next-colour-weight", "0.5", "--underfoot-features"],
         capsys,
     )  # fmt: skip
     assert code == 0, err
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["path_features"] and config["model"]["heading_features"]
+    assert config["model"]["underfoot_features"]
     assert config["model"]["future_horizon"] == 25
     assert config["model"]["next_colour_weight"] == 0.5
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

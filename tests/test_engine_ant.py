@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -30,13 +32,16 @@ def _bank(model, seed=0, scale=0.5):
     return bank
 
 
-@pytest.mark.parametrize("paths", [False, True, "heading", "future", "mixture", "colour"])
+@pytest.mark.parametrize(
+    "paths", [False, True, "heading", "future", "mixture", "colour", "underfoot"]
+)
 @pytest.mark.parametrize("fast", [True, False])
 def test_ant_engine_equals_full_forward(ant_model, fast, paths):
     if paths:  # issue 32's path (and heading) features, computed in the encoder at every step
         cfg = tiny_model_config(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
                                 n_actions=8, n_ctx=500, path_features=True,
                                 heading_features=paths == "heading",
+                                underfoot_features=paths == "underfoot",
                                 future_horizon=25 if paths == "future" else 0,
                                 action_mixtures=3 if paths == "mixture" else 1,
                                 next_colour_weight=1.0 if paths == "colour" else 0.0)  # fmt: skip
@@ -364,6 +369,30 @@ def test_next_colour_is_the_colour_the_torso_enters_next():
     assert ant_next_colour(nt, mask).tolist() == [[0, 0, 2, 2, 2, 2, 2, 2, -1]]
     mask[0, 6:] = 0  # the episode ends after six steps: the return to colour 2 is padding
     assert ant_next_colour(nt, mask).tolist() == [[0, 0, 2, 2, 2, -1, -1, -1, -1]]
+
+
+def test_underfoot_features_add_one_vector_per_colour_under_the_torso():
+    """--underfoot-features: layer 0 is the MLP's embedding plus the learned vector of the
+    colour the torso stands on (row 0: none), so "on colour c" is linear in the stream;
+    both architectures take it, and a gridworld config refuses it."""
+    from irl_lens.models.ant_features import ant_colour_underfoot
+
+    obs = _walk([1, 5, 5, 2, 7, 8, 6, 3])
+    for arch in ("transformer", "hawk"):
+        cfg = tiny_model_config(obs_kind="vector", obs_dim=ANT_OBS_DIM, action_kind="continuous",
+                                n_actions=8, n_ctx=500, path_features=True,
+                                underfoot_features=True, arch=arch)  # fmt: skip
+        model = build_model(cfg, seed=0).eval()
+        enc = model.obs_encoder
+        plain = build_model(dataclasses.replace(cfg, underfoot_features=False), seed=0).obs_encoder
+        with torch.no_grad():
+            added = model.embed_obs(obs) - plain(obs)  # the same MLP: seeded alike
+            rows = enc.underfoot.weight[ant_colour_underfoot(obs) + 1]
+        assert ant_colour_underfoot(obs)[0].tolist() == [-1, 0, 0, -1, 2, 3, 1, -1]
+        torch.testing.assert_close(added, rows)
+        assert not torch.equal(rows[0, 1], rows[0, 0])  # a colour moves the stream
+    with pytest.raises(ValueError, match="underfoot_features"):
+        tiny_model_config(underfoot_features=True)
 
 
 def test_the_next_colour_head_is_scored_apart_and_read_out():

@@ -162,6 +162,7 @@ def test_the_pretrain_command_names_every_opt_in_ant_option():
         "arch": "hawk",
         "path_features": True,
         "heading_features": True,
+        "underfoot_features": True,
         "future_horizon": 40,
         "action_mixtures": 4,
         "next_colour_weight": 10.0,
@@ -169,8 +170,8 @@ def test_the_pretrain_command_names_every_opt_in_ant_option():
     config = {"preset": "quick", "model": model, "train": {"steps": 1200, "seed": 3}}
     assert shipped.pretrain_command(config) == (
         "irl-lens --threads 1 pretrain DATA --out RUN --preset quick --arch hawk "
-        "--path-features --heading-features --future-horizon 40 --action-mixtures 4 "
-        "--next-colour-weight 10 --steps 1200 --seed 3"
+        "--path-features --heading-features --underfoot-features --future-horizon 40 "
+        "--action-mixtures 4 --next-colour-weight 10 --steps 1200 --seed 3"
     )
     plain = {"arch": "hawk", "path_features": True, "next_colour_weight": 0.0}
     assert "--next-colour-weight" not in shipped.pretrain_command(config | {"model": plain})

@@ -289,6 +289,15 @@ def pretrain(
             "fixed function of one observation). Default: the preset's.",
         ),
     ] = None,
+    underfoot_features: Annotated[
+        bool | None,
+        typer.Option(
+            "--underfoot-features/--no-underfoot-features",
+            help="Ant: add to the residual stream a learned vector for the colour of the cell "
+            "the torso stands on (or none), a fixed function of one observation, so reaching "
+            "a colour (a subgoal's end) is linear in every layer. Default: the preset's (off).",
+        ),
+    ] = None,
     action_mixtures: Annotated[
         int | None,
         typer.Option(
@@ -385,6 +394,7 @@ def pretrain(
             ("obs_loss_weight", obs_loss_weight),
             ("path_features", path_features),
             ("heading_features", heading_features),
+            ("underfoot_features", underfoot_features),
             ("future_horizon", future_horizon),
             ("next_colour_weight", next_colour_weight),
             ("action_mixtures", action_mixtures),

@@ -57,6 +57,7 @@ from irl_lens.envs.pinpad import ANT_N_COLOURS, GRID_SIZE, N_COLOURS, N_WALLS
 from irl_lens.models.ant_features import (
     N_ANT_HEADING_FEATURES,
     N_ANT_PATH_FEATURES,
+    ant_colour_underfoot,
     ant_future_displacement,
     ant_next_colour,
     ant_path_features,
@@ -110,6 +111,15 @@ class BaseModelConfig(DictConfig):
     """Ant-pinpad with ``path_features``: the encoder also reads how the torso's velocity
     agrees with each colour's path (``ant_path_features(..., heading=True)``), a fixed
     function of one observation. Off in every preset until measured (issue 32)."""
+
+    underfoot_features: bool = False
+    """Ant-pinpad: add to the residual stream at layer 0 a learned vector for the colour of
+    the cell the torso stands on (none or one of the four:
+    :func:`~irl_lens.models.ant_features.ant_colour_underfoot`, a fixed function of one
+    observation), so "on colour c" is linear in every residual above it. Reaching a colour
+    is where a subgoal ends; read off continuous positions it is an AND of thresholds that
+    no linear readout of the stream recovered (issue 32, ``docs/experiments-log.md``). Off
+    in every preset until measured."""
 
     action_mixtures: int = 1
     """Continuous actions: the action head is a mixture of this many diagonal Gaussians
@@ -185,6 +195,12 @@ class BaseModelConfig(DictConfig):
             raise ValueError(
                 "BaseModelConfig.heading_features=True needs ant-pinpad observations and "
                 "path_features=True"
+            )
+
+        if self.underfoot_features and (self.obs_kind != "vector" or self.obs_dim != ANT_OBS_DIM):
+            raise ValueError(
+                "BaseModelConfig.underfoot_features=True needs ant-pinpad observations "
+                f"(obs_kind 'vector', obs_dim {ANT_OBS_DIM})"
             )
 
         if self.future_horizon and (self.obs_kind != "vector" or self.obs_dim != ANT_OBS_DIM):
@@ -513,11 +529,18 @@ class VectorObservationEncoder(nn.Module):
     :func:`~irl_lens.models.ant_features.ant_path_features`: per colour, the first move of
     a grid-level shortest path in the torso's frame and its length, and the heading, a
     fixed function of the observation (issue 32's CPU-budget aid, like the gridworld's);
-    with ``with_heading`` also the velocity's agreement with each colour's path.
+    with ``with_heading`` also the velocity's agreement with each colour's path. With
+    ``with_underfoot`` a learned vector per colour under the torso (or none) is added to the
+    MLP's output (``BaseModelConfig.underfoot_features``).
     """
 
     def __init__(
-        self, obs_dim: int, d_model: int, with_paths: bool = False, with_heading: bool = False
+        self,
+        obs_dim: int,
+        d_model: int,
+        with_paths: bool = False,
+        with_heading: bool = False,
+        with_underfoot: bool = False,
     ) -> None:
         super().__init__()
         if with_paths and obs_dim != ANT_OBS_DIM:
@@ -528,12 +551,21 @@ class VectorObservationEncoder(nn.Module):
         width = obs_dim + (N_ANT_PATH_FEATURES if with_paths else 0)
         width += N_ANT_HEADING_FEATURES if with_heading else 0
         self.net = nn.Sequential(nn.Linear(width, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        if with_underfoot and obs_dim != ANT_OBS_DIM:
+            raise ValueError(f"underfoot features need the {ANT_OBS_DIM}-number ant observation")
+        self.underfoot = nn.Embedding(ANT_N_COLOURS + 1, d_model) if with_underfoot else None
+        if self.underfoot is not None:
+            nn.init.normal_(self.underfoot.weight, std=0.5)
 
     def forward(self, obs: Float[Tensor, "batch pos obs"]) -> Float[Tensor, "batch pos d_model"]:
+        raw = obs
         if self.with_paths:
             feats = ant_path_features(obs, heading=self.with_heading)
             obs = torch.cat([obs, feats.to(obs.dtype)], dim=-1)
-        return self.net(obs)
+        out = self.net(obs)
+        if self.underfoot is not None:  # row 0: no colour underfoot
+            out = out + self.underfoot(ant_colour_underfoot(raw) + 1).to(out.dtype)
+        return out
 
 
 @dataclass
@@ -711,7 +743,11 @@ def make_obs_encoder(cfg: BaseModelConfig) -> nn.Module:
     if cfg.obs_kind == "grid":
         return GridObservationEncoder(cfg.d_cell, cfg.d_model, with_paths=cfg.path_features)
     return VectorObservationEncoder(
-        cfg.obs_dim, cfg.d_model, with_paths=cfg.path_features, with_heading=cfg.heading_features
+        cfg.obs_dim,
+        cfg.d_model,
+        with_paths=cfg.path_features,
+        with_heading=cfg.heading_features,
+        with_underfoot=cfg.underfoot_features,
     )
 
 

@@ -49,6 +49,7 @@ def pretrain_command(config: dict) -> str:
         "--arch", str(model.get("arch", "transformer")),
         "--path-features" if model.get("path_features") else "--no-path-features",
         *(["--heading-features"] if model.get("heading_features") else []),
+        *(["--underfoot-features"] if model.get("underfoot_features") else []),
         *(["--future-horizon", str(model["future_horizon"])]
           if model.get("future_horizon") else []),
         *(["--action-mixtures", str(model["action_mixtures"])]
