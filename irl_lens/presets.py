@@ -144,17 +144,26 @@ _ANT_BASE = {"n_ctx": 500, "obs_loss_weight": 10.0, "path_features": False,
 # the torso's frame), without which it walks into walls, and a next-colour head (weight
 # 10), without which no layer holds the target colour and no controller moves it; trained
 # 2,400 steps on 8,000 episodes (reproduce's ant default), since on 2,000 the head costs
-# the walk. The package ships it (irl_lens.models.shipped). The tiny preset keeps the
-# transformer.
+# the walk; and the colour under the torso as a vector in the stream (underfoot features),
+# without which no linear readout of the control layer finds a colour entry and the
+# metacontroller's switch does not align. The package ships it (irl_lens.models.shipped).
+# The tiny preset keeps the transformer.
 _ANT_ARCH = {
     "paper": {"arch": "hawk", "d_model": 256, "n_heads": 8, "d_mlp": 512, "n_layers": 8},
-    "quick": {"arch": "hawk", "path_features": True, "next_colour_weight": 10.0},
+    "quick": {"arch": "hawk", "path_features": True, "next_colour_weight": 10.0,
+              "underfoot_features": True},
     "tiny": {},
 }
 _ANT_PRETRAIN = {"paper": {"steps": 204_800, "tokens_per_batch": 512 * 500},
                  "quick": {"steps": 2400}, "tiny": {}}  # fmt: skip
 """The paper's ant pretraining: 204.8k steps of 512 episodes (of up to 500 steps)."""
-_ANT_STEPS = {"quick": {"controllers": 300, "discover": 400}, "paper": {}, "tiny": {}}
+_ANT_STEPS = {"quick": {"controllers": 300, "discover": 2400}, "paper": {}, "tiny": {}}
+# quick ant discovery (docs/experiments-log.md, eleventh session: on the underfoot base it
+# switches at the colour entries, F1 0.995): 800 KL-free steps and an 800-step ramp, alpha
+# 1, the KL charged where the switch fires; reproduce adds layer 1, a Gumbel switch and the
+# embedder on the top layer (ant_stages)
+_ANT_DISCOVER = {"quick": {"alpha": 1.0, "rate": "switch", "kl_free_steps": 800,
+                           "kl_warmup_steps": 800}, "paper": {}, "tiny": {}}  # fmt: skip
 _ANT_RL_EPISODES = {"quick": 5_120, "paper": 1_000_000, "tiny": 32}
 _ANT_EVAL_EPISODES = {"quick": 500, "paper": 1000, "tiny": 4}
 ANT_RL_BATCH = 256
@@ -172,14 +181,17 @@ def _ant(grid: Preset) -> Preset:
             grid.controllers, steps=steps.get("controllers", grid.controllers.steps)
         ),
         # the KL schedule keeps its shape: its free and ramp steps scale with the run
-        discover=grid.discover.with_steps(steps.get("discover", grid.discover.steps)),
+        discover=dataclasses.replace(
+            grid.discover.with_steps(steps.get("discover", grid.discover.steps)),
+            **_ANT_DISCOVER[grid.name],
+        ),
         rl=dataclasses.replace(
             grid.rl,
             episodes=_ANT_RL_EPISODES[grid.name],
             batch_size=min(ANT_RL_BATCH, _ANT_RL_EPISODES[grid.name]),
         ),
         eval_episodes=_ANT_EVAL_EPISODES[grid.name],
-        # the refit is measured on the gridworld only; ant's metacontroller does not switch yet
+        # the refit is measured on the gridworld only
         commit=None,
         seen_rl_episodes=None,  # the seen-transition control runs on the gridworld only
     )

@@ -153,6 +153,12 @@ def test_the_package_ships_the_quick_ant_base_that_its_preset_retrains():
     assert numbers["rollout/colours_per_episode"] > 0 and numbers["train_seconds"] > 0
     first = stages(shipped.SHIPPED_ANT_BASE.parent / "nowhere", ReproduceSettings(env="ant"))
     assert first[1].jobs[0].args[0] == "unpack-base"  # reproduce ant starts from it
+    # and discovers on it as measured: layer 1, a Gumbel switch, the embedder on the top layer
+    (discover,) = [stage for stage in first if stage.name == "discover"]
+    for job in discover.jobs:
+        args = " ".join(job.args)
+        assert "--layer 1 --switch gumbel --embed-layer 4" in args, args
+        assert "--steps 2400" in args, args
 
 
 def test_the_pretrain_command_names_every_opt_in_ant_option():

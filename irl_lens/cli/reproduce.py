@@ -309,8 +309,12 @@ def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
           str(batch)]  # fmt: skip
     steps = {"controllers": ["--steps", str(ant.controllers.steps)],
              "discover": ["--steps", str(ant.discover.steps)]}  # fmt: skip
+    # quick: the control layer 1, a Gumbel switch, and the sequence embedder on the top
+    # layer, where the ant base holds its target (docs/experiments-log.md)
+    switching = (["--layer", "1", "--switch", "gumbel", "--embed-layer",
+                  str(ant.base.n_layers)] if p == "quick" else [])  # fmt: skip
     mc_args = ["--data", str(clean), "--preset", p, "--seed", seed, *episodes,
-               *steps["discover"]]  # fmt: skip
+               *steps["discover"], *switching]  # fmt: skip
     mc = {v: out / f"mc-{v}" for v in ("full", "beta1", "cotrain")}
     from_package = not s.from_scratch and shipped_base_for(p)
     splits = (("clean", s.clean_episodes, clean),)
