@@ -150,8 +150,12 @@ _ANT_BASE = {"n_ctx": 500, "obs_loss_weight": 10.0, "path_features": False,
 # The tiny preset keeps the transformer.
 _ANT_ARCH = {
     "paper": {"arch": "hawk", "d_model": 256, "n_heads": 8, "d_mlp": 512, "n_layers": 8},
-    "quick": {"arch": "hawk", "path_features": True, "next_colour_weight": 10.0,
-              "underfoot_features": True},
+    "quick": {
+        "arch": "hawk",
+        "path_features": True,
+        "next_colour_weight": 10.0,
+        "underfoot_features": True,
+    },
     "tiny": {},
 }
 _ANT_PRETRAIN = {"paper": {"steps": 204_800, "tokens_per_batch": 512 * 500},
