@@ -177,7 +177,7 @@ def test_shipped_expert_matches_its_card():
     assert ds.meta["success_rate"] >= 22 / 32, ds.meta["success_rate"]
 
 
-def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
+def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent, monkeypatch):
     data = tmp_path / "data"
     generate_ant(12, "pretrain", seed=0, expert=random_agent, progress=False).save(data)
     run = tmp_path / "base"
@@ -223,12 +223,23 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent):
     assert (run / "controllers" / "controllers_reach.html").is_file()
     ctl_config = json.loads((run / "controllers" / "config.json").read_text())
     assert ctl_config["controller"]["rank"] is None  # the paper's ant controllers: full matrices
+    # discover takes the preset's KL settings unless told (the quick ant preset's rate is
+    # "switch"): here a tiny preset with that rate and alpha
+    import dataclasses
+
+    from irl_lens import presets
+
+    tiny = presets.get("tiny", "ant")
+    monkeypatch.setitem(presets._PRESETS, ("tiny", "ant"), dataclasses.replace(
+        tiny, discover=dataclasses.replace(tiny.discover, rate="switch", alpha=0.7)))  # fmt: skip
     code, out, err = _run(
         ["-q", "discover", str(run), "--out", str(tmp_path / "mc"), "--data", str(data),
          "--preset", "tiny", "--steps", "3", "--episodes", "3"],
         capsys,
     )  # fmt: skip
     assert code == 0, err
+    mc_train = json.loads((tmp_path / "mc" / "config.json").read_text())["train"]
+    assert (mc_train["rate"], mc_train["alpha"]) == ("switch", 0.7)
     mc = json.loads((tmp_path / "mc" / "summary.json").read_text())
     assert np.isfinite(mc["discover/action_nll"]) and "switching/f1_tol1" in mc
     # read against the base alone on the same episodes, the next-colour head's too

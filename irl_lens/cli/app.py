@@ -295,7 +295,8 @@ def pretrain(
             "--underfoot-features/--no-underfoot-features",
             help="Ant: add to the residual stream a learned vector for the colour of the cell "
             "the torso stands on (or none), a fixed function of one observation, so reaching "
-            "a colour (a subgoal's end) is linear in every layer. Default: the preset's (off).",
+            "a colour (a subgoal's end) is linear in every layer. Default: the preset's (quick "
+            "on, paper and tiny off).",
         ),
     ] = None,
     action_mixtures: Annotated[

@@ -69,7 +69,8 @@ def discover(
         int | None, typer.Option(help="Layer to read and write (default L // 2, mid-depth).")
     ] = None,
     alpha: Annotated[
-        float | None, typer.Option(help="KL (rate) weight (default: the preset's, 0.1).", min=0)
+        float | None,
+        typer.Option(help="KL (rate) weight (default: the preset's, 0.1; quick ant 1).", min=0),
     ] = None,
     variant: Annotated[
         Variant,
@@ -141,14 +142,14 @@ def discover(
         ),
     ] = None,
     rate: Annotated[
-        Rate,
+        Rate | None,
         typer.Option(
             help="What the KL (rate) term charges: step, every step's proposal (the paper's "
             "Eq 3 as written); switch, each proposal weighted by its gate beta_t (the expected "
             "KL of a Bernoulli switch, paper E.1), so holding a code is free and a switch pays "
-            "for what its code carries."
+            "for what its code carries. Default: the preset's (step; quick ant: switch)."
         ),
-    ] = Rate.step,
+    ] = None,
     weight_decay: Annotated[
         float | None,
         typer.Option(
@@ -217,6 +218,7 @@ def discover(
         for k, v in (
             ("alpha", alpha), ("weight_decay", weight_decay),
             ("tokens_per_batch", tokens_per_batch), ("obs_loss_weight", obs_loss_weight),
+            ("rate", rate.value if rate is not None else None),
         )
         if v is not None
     }  # fmt: skip
@@ -225,7 +227,7 @@ def discover(
     if kl_warmup_steps is not None:
         over["kl_warmup_steps"] = kl_warmup_steps
     cfg = dataclasses.replace(
-        cfg, **over, variant=variant.value, seed=seed, rate=rate.value,
+        cfg, **over, variant=variant.value, seed=seed,
         cotrain_from_pretrained=cotrain_from_pretrained,
     )  # fmt: skip
     t0 = time.perf_counter()
@@ -505,9 +507,9 @@ def rate_distortion(
     kl_warmup_steps: Annotated[
         int | None, typer.Option(help="KL ramp of every run (see discover).", min=0, max=MAX_COUNT)
     ] = None,
-    rate: Annotated[Rate, typer.Option(help="The KL term of every run (see discover).")] = (
-        Rate.step
-    ),
+    rate: Annotated[
+        Rate | None, typer.Option(help="The KL term of every run (see discover).")
+    ] = None,
     layer: Annotated[
         int | None, typer.Option(help="Residual layer of every run (default L/2).", min=0)
     ] = None,
@@ -557,8 +559,9 @@ def rate_distortion(
     if bad:
         raise ValueError(f"--variants: unknown {bad}; allowed: full, beta1, cotrain")
     resolve_device(device)  # --device cuda without one: one line, before any run starts
-    extra = ["--preset", preset.value, "--episodes", str(episodes), "--switch", switch.value,
-             "--rate", rate.value]  # fmt: skip
+    extra = ["--preset", preset.value, "--episodes", str(episodes), "--switch", switch.value]
+    if rate is not None:
+        extra += ["--rate", rate.value]
     if device != Device.cpu:
         extra += ["--device", device.value]
     passed = {"--layer": layer, "--data": data, "--steps": steps, "--rank": rank,

@@ -62,11 +62,15 @@ MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
         # another training, 2026-12-06 (fifth session): 581-709 s for three variants of it
         # (with the future target, the heading features, both); 3,220 s before the path
         # features relaxed each layout once
-        "pretrain": Measured(700),
+        # 2026-12-07 (eleventh session): the quick preset's 2,400 steps with underfoot
+        # features, one thread beside another job: 1,431 s
+        "pretrain": Measured(1_431),
         "unpack-base": Measured(1),  # the shipped base (irl_lens.models.shipped), copied
         "probe": Measured(216),
         "controllers": Measured(1_654),
-        "discover": Measured(621),  # full 767, beta1 461, cotrain 634
+        # the quick preset's 2,400 steps and analyses on 500 episodes, full: 2,082 s
+        # (2026-12-07, eleventh session; 400 steps took 461-767 s)
+        "discover": Measured(2_082),
         "internal-rl": Measured(399, 5_120),  # 364-465 over the five runs
         "raw-rl": Measured(2_750, 5_120),
     },

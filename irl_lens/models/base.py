@@ -118,8 +118,9 @@ class BaseModelConfig(DictConfig):
     :func:`~irl_lens.models.ant_features.ant_colour_underfoot`, a fixed function of one
     observation), so "on colour c" is linear in every residual above it. Reaching a colour
     is where a subgoal ends; read off continuous positions it is an AND of thresholds that
-    no linear readout of the stream recovered (issue 32, ``docs/experiments-log.md``). Off
-    in every preset until measured."""
+    no linear readout of the stream recovered, and the metacontroller's switch did not align
+    until it was linear (issue 32, ``docs/experiments-log.md``). On in the quick ant
+    preset, off in ``paper`` and ``tiny``."""
 
     action_mixtures: int = 1
     """Continuous actions: the action head is a mixture of this many diagonal Gaussians
