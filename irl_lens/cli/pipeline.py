@@ -45,7 +45,7 @@ def reproduce(
     rl_episodes: Annotated[
         int | None,
         typer.Option(
-            help="Episode budget per RL run (default: the preset's; ant quick: 5120).", min=1
+            help="Episode budget per RL run (default: the preset's; ant quick: 25600).", min=1
         ),
     ] = None,
     pretrain_episodes: Annotated[
