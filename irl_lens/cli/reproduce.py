@@ -157,7 +157,7 @@ def _grid_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     # measured on the 4-layer quick base (path features): at layer 1 the Gumbel switch
     # lands exactly on the subgoal boundaries and the codes are the subgoals (NMI 1.0);
     # at layer 2 it switches at every step
-    switching = ["--layer", "1", "--switch", "gumbel"] if p == "quick" else []
+    switching = _quick_switching(p)
     mc_args += switching
     mc = {v: out / f"mc-{v}" for v in ("full", "beta1", "cotrain")}
     # with --commit, RL (and its baselines, the same treatment) runs on the refitted folders
@@ -238,6 +238,13 @@ def _base_and_read_stages(s: ReproduceSettings, data: Path, clean: Path, base: P
     ]  # fmt: skip
 
 
+def _quick_switching(preset: str, *extra: str) -> list[str]:
+    """``discover`` arguments of the quick pipelines (``extra`` after them; none for other
+    presets): control layer 1 and a Gumbel switch, with which the switch lands on the
+    subgoal boundaries of the quick bases (gridworld and ant, docs/experiments-log.md)."""
+    return ["--layer", "1", "--switch", "gumbel", *extra] if preset == "quick" else []
+
+
 def _discover_stage(base: Path, data: Path, mc: dict[str, Path], mc_args: list[str],
                     cotrain_args: tuple[str, ...] = ()) -> Stage:  # fmt: skip
     """The metacontrollers ``full``, ``beta1`` and ``cotrain``, trained on ``data``."""
@@ -309,12 +316,11 @@ def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
           str(batch)]  # fmt: skip
     steps = {"controllers": ["--steps", str(ant.controllers.steps)],
              "discover": ["--steps", str(ant.discover.steps)]}  # fmt: skip
-    # quick: the control layer 1, a Gumbel switch, and the sequence embedder on the top
-    # layer, where the ant base holds its target (docs/experiments-log.md)
-    switching = (["--layer", "1", "--switch", "gumbel", "--embed-layer",
-                  str(ant.base.n_layers)] if p == "quick" else [])  # fmt: skip
+    # quick: also the sequence embedder on the top layer, where the ant base holds its
+    # target (docs/experiments-log.md)
     mc_args = ["--data", str(clean), "--preset", p, "--seed", seed, *episodes,
-               *steps["discover"], *switching]  # fmt: skip
+               *steps["discover"],
+               *_quick_switching(p, "--embed-layer", str(ant.base.n_layers))]  # fmt: skip
     mc = {v: out / f"mc-{v}" for v in ("full", "beta1", "cotrain")}
     from_package = not s.from_scratch and shipped_base_for(p)
     splits = (("clean", s.clean_episodes, clean),)
