@@ -59,7 +59,7 @@ def reproduce(
     clean_episodes: Annotated[
         int | None,
         typer.Option(
-            help="Clean episodes (default: gridworld 20000, ant 500).", min=10, max=MAX_COUNT
+            help="Clean episodes (default: gridworld 20000, ant 8000).", min=10, max=MAX_COUNT
         ),
     ] = None,
     workers: Annotated[int, typer.Option(help="Jobs run side by side (one per core).", min=1)] = 2,

@@ -57,7 +57,7 @@ MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
     },
     # README "ant-pinpad (quick preset, this machine)", 2026-12-02, two jobs at a time
     ("ant", "quick"): {
-        "data": Measured(39, 2_000),  # the 500 clean episodes: 17 s
+        "data": Measured(135, 8_000),  # 8,000 clean episodes, 2026-12-07 (59 episodes/s)
         # the Hawk base with path features (--from-scratch): 1,200 steps one thread beside
         # another training, 2026-12-06 (fifth session): 581-709 s for three variants of it
         # (with the future target, the heading features, both); 3,220 s before the path
@@ -71,8 +71,11 @@ MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
         # the quick preset's 2,400 steps and analyses on 500 episodes, full: 2,082 s
         # (2026-12-07, eleventh session; 400 steps took 461-767 s)
         "discover": Measured(2_082),
-        "internal-rl": Measured(399, 5_120),  # 364-465 over the five runs
-        "raw-rl": Measured(2_750, 5_120),
+        # 25,600 episodes on the aligned metacontroller: 1,910 s (seed 1, eleventh session)
+        "internal-rl": Measured(1_910, 25_600),
+        # 2026-12-07 (eleventh session), the underfoot base on 0-1-2-3, beside another RL run:
+        # 14,080 episodes in 3,666 s (its episodes run to ~470 steps; internal RL's end early)
+        "raw-rl": Measured(3_666, 14_080),
     },
 }
 """Measured wall-clock per (env, preset) and kind of job (the command): what the progress bar
