@@ -39,9 +39,9 @@ clean: its mean action, the paper's discovery data, which the metacontrollers tr
 -> base (the one shipped in the package for the preset, :mod:`irl_lens.models.shipped`,
 unless ``--from-scratch``; it needs no pretraining data) -> probes and supervised
 controllers (post task 0-1-2-3) -> metacontrollers (on 8,000 clean episodes by default;
-``cotrain`` from the pretrained base, as in the paper's ant ablation) -> internal RL and the baselines on a smaller budget
-(:mod:`irl_lens.presets`: an ant episode is up to 500 MuJoCo steps). The report adds the
-expert's success from its card.
+``cotrain`` from the pretrained base, as in the paper's ant ablation) -> internal RL and
+the baselines on a smaller budget (:mod:`irl_lens.presets`: an ant episode is up to 500
+MuJoCo steps). The report adds the expert's success from its card.
 """
 
 from __future__ import annotations
