@@ -167,3 +167,52 @@ def test_value_and_entropy_terms_enter_the_loss():
     assert step.loss == pytest.approx(0.5 * step.value_loss - 0.1 * math.log(3.0))
     # the value's gradient 0.5 * mean(v - R) = -0.25 is under the clip norm: one SGD step
     assert value.item() == pytest.approx(1.25)
+
+
+def test_a_batch_without_reward_steps_the_optimiser_exactly_without_evaluating_the_policy():
+    """Every advantage 0 (no episode succeeded): the gradient is exactly 0, so the update
+    skips the policy's passes; Adam's momentum still moves the weights, exactly as the full
+    update (by hand here) does. A term of its own (weight decay, a critic, an entropy
+    bonus) keeps the full update."""
+    zero = torch.zeros(4, 1)
+    after = {}
+    for path in ("skip", "by hand"):
+        logits, batch, evaluate = _toy()
+        opt = torch.optim.Adam([logits], lr=0.1)
+        rl.ppo_update(evaluate, opt, batch, rl.PPOSettings(epochs=2, clip=0.2))  # momentum
+        before = logits.detach().clone()
+        quiet = rl.PPOBatch(logp=batch.logp, advantages=zero, mask=batch.mask)
+        calls = []
+
+        def counted(piece, evaluate=evaluate, calls=calls):
+            calls.append(piece)
+            return evaluate(piece)
+
+        if path == "skip":
+            steps = rl.ppo_update(counted, opt, quiet, rl.PPOSettings(epochs=3, clip=0.2))
+            assert calls == [] and len(steps) == 3
+            assert all(s.loss == s.policy_loss == 0.0 for s in steps)
+            assert all(math.isnan(s.approx_kl) and math.isnan(s.clip_fraction) for s in steps)
+        else:
+            for _ in range(3):
+                opt.zero_grad()
+                loss = rl.clipped_surrogate(counted(rl.Piece(slice(None))).logp, quiet.logp,
+                                            zero, quiet.mask, 0.2)[0]  # fmt: skip
+                loss.backward()
+                assert logits.grad.abs().max() == 0.0
+                opt.step()
+        after[path] = logits.detach().clone()
+        assert not torch.equal(after[path], before)  # momentum moved it
+    assert torch.equal(after["skip"], after["by hand"])
+    logits, batch, evaluate = _toy(advantages=zero)
+    calls = []
+
+    def counted(piece):
+        calls.append(piece)
+        return evaluate(piece)
+
+    decay = torch.optim.AdamW([logits], lr=0.1, weight_decay=0.01)
+    rl.ppo_update(counted, decay, batch, rl.PPOSettings(epochs=1, clip=0.2))
+    entropy = rl.PPOSettings(epochs=1, clip=0.2, ent_coef=0.01)
+    rl.ppo_update(counted, torch.optim.Adam([logits], lr=0.1), batch, entropy)
+    assert len(calls) == 2

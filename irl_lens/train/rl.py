@@ -173,7 +173,9 @@ def ppo_update(
     ``evaluate(piece)`` runs the policy (and critic) on the piece's rows. ``generator``
     shuffles the minibatches. ``split`` cuts a minibatch into pieces evaluated one after
     the other (gradient accumulation, one step per minibatch); each piece's loss counts
-    with its share of the minibatch's ``mask``. Returns the stats of every optimiser step.
+    with its share of the minibatch's ``mask``. A batch whose gradient is exactly 0 (every
+    advantage 0, :func:`_gradient_is_zero`) takes its optimiser steps without the policy's
+    passes. Returns the stats of every optimiser step.
     """
     if cfg.normalize_advantages and batch.mask is not None:
         raise ValueError("PPOSettings.normalize_advantages needs a batch without a mask")
@@ -182,6 +184,8 @@ def ppo_update(
     b_logp, b_advantages = batch.logp, batch.advantages
     b_mask, b_returns = batch.mask, batch.returns
     params = [p for group in opt.param_groups for p in group["params"]]
+    if _gradient_is_zero(batch, cfg, opt):
+        return _zero_gradient_steps(opt, params, cfg)
     n = len(b_logp)
     mb_size = n // cfg.n_minibatches
     steps = []
@@ -236,6 +240,40 @@ def ppo_update(
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             steps.append(UpdateStats(**totals))
+    return steps
+
+
+def _gradient_is_zero(batch: PPOBatch, cfg: PPOSettings, opt: torch.optim.Optimizer) -> bool:
+    """Whether every step's gradient is exactly 0 without evaluating the policy: every
+    advantage is 0 (a batch whose episodes all have one return, such as no success under
+    sparse reward: :func:`trajectory_advantages`), and no critic, entropy bonus or weight
+    decay adds a term of its own. One host read per batch."""
+    if cfg.vf_coef or cfg.ent_coef:
+        return False
+    if any(group.get("weight_decay", 0.0) for group in opt.param_groups):
+        return False
+    return not bool(batch.advantages.ne(0).any())
+
+
+def _zero_gradient_steps(
+    opt: torch.optim.Optimizer, params: list[Tensor], cfg: PPOSettings
+) -> list[UpdateStats]:
+    """The optimiser steps of a batch whose gradient is 0 (:func:`_gradient_is_zero`),
+    without the forward and backward passes: each step sees the zero gradient the full
+    update would compute, so momentum moves the weights exactly as it would have (a weight
+    outside the loss's graph, which the full update leaves without a gradient, gets a zero
+    one: with no weight decay an Adam or SGD step leaves it where it is). The policy is not
+    evaluated, so the ratio's statistics (clip fraction, approximate KL) are NaN: not
+    measured."""
+    steps = []
+    for _ in range(cfg.epochs * cfg.n_minibatches):
+        for p in params:
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        opt.step()
+        steps.append(UpdateStats(loss=0.0, policy_loss=0.0, value_loss=0.0, entropy=0.0,
+                                 clip_fraction=math.nan, approx_kl=math.nan))  # fmt: skip
+    opt.zero_grad(set_to_none=True)
     return steps
 
 
