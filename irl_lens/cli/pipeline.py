@@ -102,7 +102,7 @@ def reproduce(
     resume from their checkpoints, so after an interruption run the same command again.
     Writes OUT/report.md (each claim of the paper next to our number, the target it must
     meet and whether it does; the wall-clock and command of every job), OUT/summary.json
-    and OUT/timing.json. The quick gridworld preset takes about three and a half hours on a
+    and OUT/timing.json. The quick gridworld preset takes about four and a half hours on a
     2-core CPU (the progress bar estimates the time left from each job's measured
     wall-clock). On ant the quick preset starts from the base shipped in the package
     (--from-scratch pretrains it).

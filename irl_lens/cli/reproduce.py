@@ -27,10 +27,11 @@ Stages, in dependency order (quick preset; ``paper`` uses the paper's sizes, for
    (``irl-lens commit`` into ``mc-{full,beta1,cotrain}-commit``), with compositional
    steering on ``post`` in its summary; every RL run on a metacontroller then uses the refit
 6. rl: internal RL (3 seeds) on ``full`` and on CompILE's latents (``rl-compile-sK``;
-   gridworld); raw-action RL and internal RL on ``beta1`` and ``cotrain``, all on the same
-   budget. On the gridworld also the control task of seen transitions (``--task seen``,
-   :data:`irl_lens.envs.pinpad.SEEN_TASK`): internal RL on ``full`` and on CompILE, 3 seeds
-   each, into ``rl-{full-commit,compile}-seen-sK``, compared in ``compare-seen/``
+   gridworld), raw-action RL on the same 3 seeds (``rl-raw-sK``), internal RL on ``beta1``
+   and ``cotrain`` (one seed each), all on the same budget. On the gridworld also the
+   control task of seen transitions (``--task seen``, :data:`irl_lens.envs.pinpad.SEEN_TASK`):
+   internal RL on ``full`` and on CompILE, 3 seeds each, into
+   ``rl-{full-commit,compile}-seen-sK``, compared in ``compare-seen/``
 7. (``--with-sweep``) the rate-distortion sweep
 
 On ant-pinpad (:func:`ant_stages`) the same stages run in the ant rollout engine
@@ -174,16 +175,16 @@ def _grid_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
         Job(["compile", str(base), "--out", str(compile_dir), "--data", str(discovery),
              "--preset", p, "--seed", seed, *switching[:2]], compile_dir, leftover="resume",
             needs=(base, discovery)))  # fmt: skip
-    rl_stage.jobs += _internal_rl_jobs(out, s, compile_dir, "compile", rl)
+    rl_stage.jobs += _seeded_rl_jobs(out, s, compile_dir, "compile", rl)
     # the control task of seen transitions (SEEN_TASK): where the base needs no composing,
     # both abstractions side by side, on the preset's (shorter) budget
     seen_episodes = s.rl_episodes or presets.get(p).seen_rl_episodes
     seen = ["--preset", p, "--task", "seen",
             *(["--episodes", str(seen_episodes)] if seen_episodes else [])]  # fmt: skip
     rl_stage.jobs += [
-        *_internal_rl_jobs(out, s, rl_mc["full"], f"full{'-commit' if s.commit else ''}",
+        *_seeded_rl_jobs(out, s, rl_mc["full"], f"full{'-commit' if s.commit else ''}",
                            seen, task="seen"),
-        *_internal_rl_jobs(out, s, compile_dir, "compile", seen, task="seen"),
+        *_seeded_rl_jobs(out, s, compile_dir, "compile", seen, task="seen"),
     ]  # fmt: skip
     out_stages = [
         Stage("data", [
@@ -271,16 +272,15 @@ def _commit_stage(data: Path, mc: dict[str, Path], committed: dict[str, Path],
 
 def _rl_stage(out: Path, s: ReproduceSettings, base: Path, mc: dict[str, Path],
               rl: list[str], tag: str = "") -> Stage:  # fmt: skip
-    """Internal RL (``rl_seeds`` seeds) on ``full``; raw-action RL and internal RL on
-    ``beta1`` and ``cotrain``, one seed each, all on the same budget (``rl`` arguments).
-    Internal-RL folders are ``rl-VARIANT{tag}-sK``: RL on the commitment refits
-    (``tag="-commit"``) never mistakes a finished run on the metacontroller as discovered
-    for its own."""
+    """Internal RL on ``full`` and raw-action RL on the base, seed for seed (``rl_seeds``
+    each), and internal RL on ``beta1`` and ``cotrain``, one seed each, all on the same
+    budget (``rl`` arguments). Internal-RL folders are ``rl-VARIANT{tag}-sK``: RL on the
+    commitment refits (``tag="-commit"``) never mistakes a finished run on the
+    metacontroller as discovered for its own."""
     seed = str(s.seed)
     return Stage("rl", [
-        *_internal_rl_jobs(out, s, mc["full"], f"full{tag}", rl),
-        Job(["raw-rl", str(base), "--out", str(out / "rl-raw-s0"), "--seed", seed, *rl],
-            out / "rl-raw-s0", leftover="resume", needs=(base,)),
+        *_seeded_rl_jobs(out, s, mc["full"], f"full{tag}", rl),
+        *_seeded_rl_jobs(out, s, base, "raw", rl, command="raw-rl"),
         *[Job(["internal-rl", str(mc[v]), "--out", str(out / f"rl-{v}{tag}-s0"), "--seed",
                seed, *rl], out / f"rl-{v}{tag}-s0", leftover="resume", needs=(mc[v],))
           for v in ("beta1", "cotrain")],
@@ -293,14 +293,15 @@ def shipped_base_for(preset: str) -> bool:
     return card is not None and card.get("preset") == preset and card.get("env") == "ant"
 
 
-def _internal_rl_jobs(out: Path, s: ReproduceSettings, source: Path, name: str,
-                      rl: list[str], task: str = "post") -> list[Job]:  # fmt: skip
-    """Internal RL over ``source``'s codes (a metacontroller or CompILE folder), seeds
-    ``seed .. seed + rl_seeds - 1``, into ``rl-{name}-sK`` (``rl-{name}-{task}-sK`` on
-    another task than ``post``)."""
+def _seeded_rl_jobs(out: Path, s: ReproduceSettings, source: Path, name: str,
+                    rl: list[str], task: str = "post",
+                    command: str = "internal-rl") -> list[Job]:  # fmt: skip
+    """``command`` (internal RL over ``source``'s codes, a metacontroller or CompILE folder;
+    or ``raw-rl`` on a base) with seeds ``seed .. seed + rl_seeds - 1``, into
+    ``rl-{name}-sK`` (``rl-{name}-{task}-sK`` on another task than ``post``)."""
     stem = f"rl-{name}" + ("" if task == "post" else f"-{task}")
     return [
-        Job(["internal-rl", str(source), "--out", str(out / f"{stem}-s{k}"), "--seed",
+        Job([command, str(source), "--out", str(out / f"{stem}-s{k}"), "--seed",
              str(s.seed + k), *rl], out / f"{stem}-s{k}", leftover="resume", needs=(source,))
         for k in range(s.rl_seeds)
     ]  # fmt: skip
