@@ -188,9 +188,11 @@ def test_controllers_cli(base_run, clean_ds, tmp_path, capsys):
     assert load_base_model(base_run).cfg.n_layers == 2
     # C.3's exact form: one-hot codes through a hypernetwork decoder; saved, loaded, evaluated
     hyper = tmp_path / "ctl-hyper"
-    main(args[:-2] + ["--out", str(hyper), "--hypernetwork"])
+    main(args[:-2] + ["--out", str(hyper), "--hypernetwork", "--lr", "0.005"])
     saved = json.loads((hyper / "config.json").read_text())["controller"]
     assert saved["hypernetwork"] is True and saved["rank"] == 16 and saved["n_z"] == 8
+    assert json.loads((hyper / "config.json").read_text())["train"]["lr"] == 0.005  # --lr
+    assert json.loads((out / "config.json").read_text())["train"]["lr"] == 3e-3  # the preset's
     _, banks, _ = load_controllers(hyper)
     assert banks[1].cfg.hypernetwork and hasattr(banks[1], "dec_A")
     assert "controllers/success_layer_1" in json.loads((hyper / "summary.json").read_text())
