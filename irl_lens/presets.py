@@ -57,6 +57,9 @@ class Preset:
     """The commitment refit of each metacontroller before internal RL (``irl-lens commit``,
     an addition to the paper: issue 29); ``None``: RL on the metacontrollers as discovered,
     as the paper does."""
+    raw_rl_lr: float | None = None
+    """Raw-action RL's learning rate where it differs from ``rl.lr`` (the paper sweeps the
+    learning rate of each method); ``None``: ``rl.lr``."""
 
 
 _GRID = {
@@ -171,6 +174,11 @@ _ANT_DISCOVER = {"quick": {"alpha": 1.0, "rate": "switch", "kl_free_steps": 800,
 # quick: internal RL on 0-1-2-3 starts succeeding after about 10,000 episodes and reaches
 # 0.10-0.14 at 25,600 (3 seeds; raw-action RL 0.000 at 12,800; eleventh session)
 _ANT_RL_EPISODES = {"quick": 25_600, "paper": 1_000_000, "tiny": 32}
+# quick: raw-action RL at the paper's 3e-5, not internal RL's 1e-3: finetuning the whole
+# base at 1e-3, its first rewarded batch moved the policy by an approximate KL of 34 and it
+# never succeeded again (episodes ran out the clock); at 3e-5 it keeps walking (0.0004 at
+# 25,600 episodes against 0.000; twelfth session)
+_ANT_RAW_RL_LR = {"quick": 3e-5, "paper": None, "tiny": None}
 _ANT_EVAL_EPISODES = {"quick": 500, "paper": 1000, "tiny": 4}
 ANT_RL_BATCH = 256
 """Episodes per PPO batch on ant (the paper's ant batch; fewer when the budget is smaller)."""
@@ -196,6 +204,7 @@ def _ant(grid: Preset) -> Preset:
             episodes=_ANT_RL_EPISODES[grid.name],
             batch_size=min(ANT_RL_BATCH, _ANT_RL_EPISODES[grid.name]),
         ),
+        raw_rl_lr=_ANT_RAW_RL_LR[grid.name],
         eval_episodes=_ANT_EVAL_EPISODES[grid.name],
         # the refit is measured on the gridworld only
         commit=None,

@@ -264,6 +264,24 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent, monkeypat
         assert episode["env"] == "ant" and len(episode["xy"]) == len(episode["subgoal"])
     mc_config = json.loads((tmp_path / "mc" / "config.json").read_text())["metacontroller"]
     assert mc_config["rank"] is None  # the paper's ant decoder writes a full matrix
+    # raw-action RL takes the preset's raw-action learning rate (quick ant: 3e-5), internal
+    # RL the preset's RL rate; --lr overrides it
+    assert presets.get("quick", "ant").raw_rl_lr == 3e-5
+    monkeypatch.setitem(presets._PRESETS, ("tiny", "ant"), dataclasses.replace(
+        presets.get("tiny", "ant"), raw_rl_lr=2e-5))  # fmt: skip
+    for extra, lr in (([], 2e-5), (["--lr", "7e-4"], 7e-4)):
+        rl = tmp_path / f"raw-lr-{lr}"
+        code, out, err = _run(
+            ["-q", "raw-rl", str(run), "--out", str(rl), "--preset", "tiny", "--episodes", "2",
+             "--batch-size", "2", *extra],
+            capsys,
+        )  # fmt: skip
+        assert code == 0, err
+        assert json.loads((rl / "config.json").read_text())["train"]["lr"] == lr
+    assert (
+        json.loads((tmp_path / "internal-rl" / "config.json").read_text())["train"]["lr"]
+        == presets.get("tiny", "ant").rl.lr
+    )
 
 
 def test_cli_rejects_bad_ant_input(tmp_path, capsys):

@@ -73,9 +73,10 @@ MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
         "discover": Measured(2_082),
         # 25,600 episodes on the aligned metacontroller: 1,910 s (seed 1, eleventh session)
         "internal-rl": Measured(1_910, 25_600),
-        # 2026-12-07 (eleventh session), the underfoot base on 0-1-2-3, beside another RL run:
-        # 14,080 episodes in 3,666 s (its episodes run to ~470 steps; internal RL's end early)
-        "raw-rl": Measured(3_666, 14_080),
+        # 2026-12-07 (twelfth session), the underfoot base on 0-1-2-3 at the quick ant
+        # raw-action rate (3e-5), beside three other jobs: 25,600 episodes in 1,900 s (at
+        # 1e-3 its episodes ran out the clock after the first update: 3,711 s)
+        "raw-rl": Measured(1_900, 25_600),
     },
 }
 """Measured wall-clock per (env, preset) and kind of job (the command): what the progress bar

@@ -42,14 +42,23 @@ _BATCH = typer.Option(
     "--batch-size", help="Episodes per PPO batch (default: the preset's).", min=1, max=MAX_COUNT
 )
 _LR = typer.Option(help="AdamW learning rate (default: the preset's).")
+_RAW_LR = typer.Option(
+    help="AdamW learning rate (default: the preset's raw-action rate; quick ant: 3e-5, the "
+    "paper's, where internal RL takes 1e-3)."
+)
 _PRESET = typer.Option(help="quick (CPU: 300k episodes, lr 1e-3), paper (1M, lr 3e-5), tiny.")
 _RESUME = typer.Option(help="Continue an interrupted run in --out from its last checkpoint.")
 
 
-def _config(preset: RLPreset, env: str, task, episodes, batch_size, lr, seed):
+def _config(preset: RLPreset, env: str, task, episodes, batch_size, lr, seed, raw=False):
+    """The run's :class:`RLConfig`: the preset's (``raw``: with its raw-action learning
+    rate, :attr:`irl_lens.presets.Preset.raw_rl_lr`), then the options given."""
     from irl_lens import presets  # lazy: `irl-lens --help` stays fast (presets import torch)
 
-    cfg = presets.get(preset.value, env).rl
+    p = presets.get(preset.value, env)
+    cfg = p.rl
+    if raw and p.raw_rl_lr is not None:
+        cfg = dataclasses.replace(cfg, lr=p.raw_rl_lr)
     over = {k: v for k, v in (("episodes", episodes), ("batch_size", batch_size), ("lr", lr))
             if v is not None}  # fmt: skip
     return dataclasses.replace(cfg, **over, task=task, seed=seed)
@@ -117,7 +126,7 @@ def raw_rl(
     task: Annotated[str, _TASK] = "post",
     episodes: Annotated[int | None, _EPISODES] = None,
     batch_size: Annotated[int | None, _BATCH] = None,
-    lr: Annotated[float | None, _LR] = None,
+    lr: Annotated[float | None, _RAW_LR] = None,
     preset: Annotated[RLPreset, _PRESET] = RLPreset.quick,
     resume: Annotated[bool, _RESUME] = False,
     seed: Annotated[int, SEED_OPTION] = 0,
@@ -125,12 +134,15 @@ def raw_rl(
 ) -> None:
     """Raw-action RL baseline: the same PPO optimiser finetuning the base model's actions.
 
+    On ant the quick preset finetunes at the paper's learning rate (3e-5): the whole base at
+    internal RL's 1e-3 loses its walk at its first rewarded batch.
+
     Example: irl-lens raw-rl runs/q/base --out runs/q/raw-0 --task post --seed 0
     """
     # lazy: heavy imports (torch, MuJoCo) load only for the command that runs
     from irl_lens.train.raw_rl import raw_rl as run_raw
 
-    cfg = _config(preset, run_env(run), task, episodes, batch_size, lr, seed)
+    cfg = _config(preset, run_env(run), task, episodes, batch_size, lr, seed, raw=True)
     summary = run_raw(run, out, cfg, device=resolve_device(device), resume=resume)
     _print(out, summary)
 
