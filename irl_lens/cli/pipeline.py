@@ -40,7 +40,12 @@ def reproduce(
         ReproPreset, typer.Option(help="quick (this CPU), paper (a GPU), tiny (a smoke test).")
     ] = ReproPreset.quick,
     rl_seeds: Annotated[
-        int, typer.Option(help="Internal-RL seeds on the full MC.", min=1, max=MAX_COUNT)
+        int,
+        typer.Option(
+            help="Seeds of internal RL on the full MC and of raw-action RL, seed for seed.",
+            min=1,
+            max=MAX_COUNT,
+        ),
     ] = 3,
     rl_episodes: Annotated[
         int | None,
