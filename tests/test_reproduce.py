@@ -355,6 +355,7 @@ def test_reproduce_ant_runs_every_stage_in_the_ant_engine(tmp_path, capsys):
     assert rl["task"] == "0-1-2-3" and rl["train"]["episodes"] == 32
     report = (out / "report.md").read_text()
     assert report.startswith("# irl_lens reproduction report: ant")
+    assert "RL seeds 1 (internal RL on `full` and raw-action RL, seed for seed)" in report
     card = json.loads((Path(__file__).parents[1] / "irl_lens/assets/ant_expert.json").read_text())
     success = card["summary"]
     expert = f"{success['eval/pretrain_success']:.3f} / {success['eval/post_success']:.3f}"

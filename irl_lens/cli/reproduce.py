@@ -435,9 +435,8 @@ def report(out: Path, s: ReproduceSettings, summary: dict, timing: dict) -> str:
         f"- date: {time.strftime('%Y-%m-%d')}; irl-lens {installed_version()}, commit "
         f"{source_commit()}; machine {platform.machine()}, {platform.processor() or 'cpu'}, "
         f"{os.cpu_count()} cores",
-        f"- preset `{s.preset}`, seed {s.seed}, "
-        + (f"RL seeds {s.rl_seeds}, " if s.env == "gridworld" else "")
-        + f"workers {s.workers}",
+        f"- preset `{s.preset}`, seed {s.seed}, RL seeds {s.rl_seeds} (internal RL on "
+        f"`full` and raw-action RL, seed for seed), workers {s.workers}",
         *_shipped_base_line(out),
         "",
         f"{sum(r.met == 'yes' for r in rows)} of {sum(r.met != '-' for r in rows)} claims "
