@@ -213,6 +213,7 @@ def test_a_batch_without_reward_steps_the_optimiser_exactly_without_evaluating_t
 
     decay = torch.optim.AdamW([logits], lr=0.1, weight_decay=0.01)
     rl.ppo_update(counted, decay, batch, rl.PPOSettings(epochs=1, clip=0.2))
-    entropy = rl.PPOSettings(epochs=1, clip=0.2, ent_coef=0.01)
-    rl.ppo_update(counted, torch.optim.Adam([logits], lr=0.1), batch, entropy)
-    assert len(calls) == 2
+    for terms in ({"ent_coef": 0.01}, {"vf_coef": 0.5}):  # an entropy bonus, a critic
+        settings = rl.PPOSettings(epochs=1, clip=0.2, **terms)
+        rl.ppo_update(counted, torch.optim.Adam([logits], lr=0.1), batch, settings)
+    assert len(calls) == 3
