@@ -172,7 +172,8 @@ _ANT_STEPS = {"quick": {"controllers": 300, "discover": 2400}, "paper": {}, "tin
 _ANT_DISCOVER = {"quick": {"alpha": 1.0, "rate": "switch", "kl_free_steps": 800,
                            "kl_warmup_steps": 800}, "paper": {}, "tiny": {}}  # fmt: skip
 # quick: internal RL on 0-1-2-3 starts succeeding after about 10,000 episodes and reaches
-# 0.10-0.14 at 25,600 (3 seeds; raw-action RL 0.000 at 12,800; eleventh session)
+# 0.10-0.14 at 25,600 (3 seeds; raw-action RL 0.000-0.0004 at 25,600, three learning
+# rates; eleventh and twelfth sessions)
 _ANT_RL_EPISODES = {"quick": 25_600, "paper": 1_000_000, "tiny": 32}
 # quick: raw-action RL at the paper's 3e-5, not internal RL's 1e-3: finetuning the whole
 # base at 1e-3, its first rewarded batch moved the policy by an approximate KL of 34 and it

@@ -277,13 +277,11 @@ def _rl_stage(out: Path, s: ReproduceSettings, base: Path, mc: dict[str, Path],
     budget (``rl`` arguments). Internal-RL folders are ``rl-VARIANT{tag}-sK``: RL on the
     commitment refits (``tag="-commit"``) never mistakes a finished run on the
     metacontroller as discovered for its own."""
-    seed = str(s.seed)
     return Stage("rl", [
         *_seeded_rl_jobs(out, s, mc["full"], f"full{tag}", rl),
         *_seeded_rl_jobs(out, s, base, "raw", rl, command="raw-rl"),
-        *[Job(["internal-rl", str(mc[v]), "--out", str(out / f"rl-{v}{tag}-s0"), "--seed",
-               seed, *rl], out / f"rl-{v}{tag}-s0", leftover="resume", needs=(mc[v],))
-          for v in ("beta1", "cotrain")],
+        *[job for v in ("beta1", "cotrain")
+          for job in _seeded_rl_jobs(out, s, mc[v], f"{v}{tag}", rl, n_seeds=1)],
     ])  # fmt: skip
 
 
@@ -294,16 +292,17 @@ def shipped_base_for(preset: str) -> bool:
 
 
 def _seeded_rl_jobs(out: Path, s: ReproduceSettings, source: Path, name: str,
-                    rl: list[str], task: str = "post",
-                    command: str = "internal-rl") -> list[Job]:  # fmt: skip
+                    rl: list[str], task: str = "post", command: str = "internal-rl",
+                    n_seeds: int | None = None) -> list[Job]:  # fmt: skip
     """``command`` (internal RL over ``source``'s codes, a metacontroller or CompILE folder;
-    or ``raw-rl`` on a base) with seeds ``seed .. seed + rl_seeds - 1``, into
-    ``rl-{name}-sK`` (``rl-{name}-{task}-sK`` on another task than ``post``)."""
+    or ``raw-rl`` on a base) with seeds ``seed .. seed + n_seeds - 1`` (default
+    ``rl_seeds``), into ``rl-{name}-sK`` (``rl-{name}-{task}-sK`` on another task than
+    ``post``)."""
     stem = f"rl-{name}" + ("" if task == "post" else f"-{task}")
     return [
         Job([command, str(source), "--out", str(out / f"{stem}-s{k}"), "--seed",
              str(s.seed + k), *rl], out / f"{stem}-s{k}", leftover="resume", needs=(source,))
-        for k in range(s.rl_seeds)
+        for k in range(s.rl_seeds if n_seeds is None else n_seeds)
     ]  # fmt: skip
 
 
