@@ -60,7 +60,9 @@ def test_lost_at_each_colour():
 
 
 def test_config_validation():
-    for kwargs in ({"steps": 0}, {"lr": 0.0}, {"rank": 0}, {"weight_decay": -1.0}):
+    for kwargs in ({"steps": 0}, {"lr": 0.0}, {"rank": 0}, {"weight_decay": -1.0},
+                   {"dagger_rounds": -1}, {"dagger_episodes": 0}, {"dagger_steps": 0},
+                   {"dagger_lr": 0.0}):  # fmt: skip
         with pytest.raises(ValueError, match="ControllerTrainConfig"):
             ControllerTrainConfig(**kwargs)
 
@@ -193,6 +195,14 @@ def test_controllers_cli(base_run, clean_ds, tmp_path, capsys):
     assert saved["hypernetwork"] is True and saved["rank"] == 16 and saved["n_z"] == 8
     assert json.loads((hyper / "config.json").read_text())["train"]["lr"] == 0.005  # --lr
     assert json.loads((out / "config.json").read_text())["train"]["lr"] == 3e-3  # the preset's
+    assert json.loads((out / "config.json").read_text())["train"]["dagger_rounds"] == 0
+    dagger = tmp_path / "ctl-dagger"  # expert relabelling rounds, from the command line
+    main(args[:-2] + ["--out", str(dagger), "--dagger-rounds", "1", "--dagger-episodes", "6",
+                      "--dagger-steps", "2"])  # fmt: skip
+    train = json.loads((dagger / "config.json").read_text())["train"]
+    assert (train["dagger_rounds"], train["dagger_episodes"], train["dagger_steps"]) == (1, 6, 2)
+    assert any("dagger/pretrain_success" in r for r in
+               map(json.loads, (dagger / "metrics.jsonl").read_text().splitlines()))  # fmt: skip
     _, banks, _ = load_controllers(hyper)
     assert banks[1].cfg.hypernetwork and hasattr(banks[1], "dec_A")
     assert "controllers/success_layer_1" in json.loads((hyper / "summary.json").read_text())
@@ -229,3 +239,136 @@ def test_controllers_of_an_earlier_checkpoint(clean_ds, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no checkpoint at step 7" in err and "20, 40" in err and "--base-step needs --out" in err
     assert "trained on step_00000020" in err
+
+
+# ---- expert relabelling (DAgger) ---------------------------------------------------------
+
+
+class _Spy:
+    """Wraps a labeller; keeps what the env looked like and what it answered at each call."""
+
+    def __init__(self, labeller):
+        self.labeller, self.calls = labeller, []
+
+    def __call__(self, env):
+        label = self.labeller(env)
+        self.calls.append((env.agent_pos.copy(), env.target_colour().copy(), label.copy()))
+        return label
+
+
+def test_relabelled_episodes_carry_the_experts_shortest_move_at_every_visited_state(tiny_model):
+    from irl_lens.envs.expert import distance_maps
+    from irl_lens.envs.gridworld_layout import NEXT_CELL
+    from irl_lens.models.controller import ControllerConfig, build_controller_bank
+    from irl_lens.rollout.grid import GridExpertLabels
+    from irl_lens.rollout.kit import env_kit
+    from irl_lens.rollout.relabel import relabelled_episodes
+    from irl_lens.train.controllers import RelabelledPool
+
+    kit = env_kit(tiny_model, 1)
+    spy = _Spy(GridExpertLabels(tie_break="first"))
+    kit = dataclasses.replace(kit, expert_labels=lambda: spy, batch=16)
+    bank = build_controller_bank(ControllerConfig(tiny_model.cfg.d_model, 4, rank=4), seed=0)
+    ep = relabelled_episodes(kit, lambda: kit.switcher(bank.select), 24, seed=3,
+                             generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert ep.n_episodes == 24 and 0.0 <= ep.success <= 1.0
+    valid = ep.mask.bool()
+    assert valid[:, 0].all() and (ep.subgoal[~valid] == -1).all()
+    assert (ep.subgoal[valid] >= 0).all()  # every real step has its subgoal (colour pair)
+    assert ep.label.dtype == torch.int64 and ((ep.label[valid] >= 0) & (ep.label[valid] < 4)).all()
+    # every label is the expert's answer at the state the model observed at that step, and a
+    # shortest-path move toward that step's target colour
+    for t in range(int(valid[:16].sum(1).max())):  # the first batch's calls (16 envs)
+        pos, target, label = spy.calls[t]
+        rows = valid[:16, t].numpy()
+        np.testing.assert_array_equal(ep.obs[:16, t, 49].numpy()[rows], pos[rows])
+        np.testing.assert_array_equal(ep.label[:16, t].numpy()[rows], label[rows])
+        layouts = ep.obs[:16, t, :49].numpy().astype(np.uint8)
+        dist = distance_maps(layouts)[np.arange(16), np.maximum(target, 0)]  # [16, 49]
+        dest = NEXT_CELL[pos, label]
+        here, there = dist[np.arange(16), pos], dist[np.arange(16), dest]
+        assert (there[rows] == here[rows] - 1).all()
+    # a pool draws batches of whole relabelled episodes, about the asked-for steps
+    pool = RelabelledPool()
+    pool.add(ep)
+    pool.add(ep)
+    batch = pool.batch(200, np.random.default_rng(0))
+    assert pool.n_episodes == 48 and batch.action.shape == batch.subgoal.shape
+    assert 100 <= batch.n_tokens <= 400 and (batch.subgoal[batch.mask == 0] == -1).all()
+    with pytest.raises(ValueError, match="empty"):
+        RelabelledPool().batch(100, np.random.default_rng(0))
+
+
+def test_ant_expert_labels_are_the_clean_experts_actions():
+    from irl_lens.data.generate_ant import _SPLIT_STREAM, generate_ant
+    from irl_lens.envs.ant_batch import BatchedAntPinpad
+    from irl_lens.models.ant_expert import load_expert
+    from irl_lens.rollout.ant import AntExpertLabels
+
+    expert = load_expert()
+    ds = generate_ant(2, "clean", seed=5, expert=expert, n_envs=2, progress=False)
+    seeds = np.random.SeedSequence([5, _SPLIT_STREAM["clean"]]).generate_state(2, np.uint32)
+    env = BatchedAntPinpad(2)
+    env.reset(seed=[int(s) for s in seeds])
+    labels = AntExpertLabels(expert)
+    for t in range(6):  # driven by its own labels, the env follows the clean data
+        a = labels(env)
+        assert a.dtype == np.float32 and a.shape == (2, 8)
+        for i in range(2):
+            np.testing.assert_allclose(a[i], ds.arrays["action"][ds.offsets[i] + t], atol=1e-5)
+        env.step(a.astype(np.float64))
+
+
+def test_relabel_loss_is_the_mean_error_on_ant_and_the_nll_on_the_gridworld(tiny_model, clean_ds):
+    from irl_lens.models.base import build_model
+    from irl_lens.models.controller import ControllerConfig, build_controller_bank
+    from irl_lens.train.controllers import relabel_loss
+
+    from .conftest import tiny_model_config
+
+    bank = build_controller_bank(ControllerConfig(tiny_model.cfg.d_model, 4, rank=4), seed=0)
+    batch = make_batch(clean_ds, np.arange(4))
+    torch.testing.assert_close(relabel_loss(tiny_model, bank, 1, batch),
+                               controlled_nll(tiny_model, bank, 1, batch))  # fmt: skip
+    ant = build_model(tiny_model_config(obs_kind="vector", obs_dim=41, action_kind="continuous",
+                                        n_actions=8, n_ctx=64), seed=0).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    obs, action = torch.randn(3, 10, 41, generator=g), torch.randn(3, 10, 8, generator=g)
+    subgoal = torch.randint(0, 4, (3, 10), generator=g)
+    mask = torch.ones(3, 10)
+    mask[2, 6:] = 0
+    subgoal[2, 6:] = -1
+    b = dataclasses.replace(batch, obs=obs, action=action, subgoal=subgoal, mask=mask)
+    from irl_lens.hooks import intervene
+
+    with intervene(ant, 1, bank.select(subgoal)):
+        mean = ant.action_mean(ant.split(ant(obs)).action_params)
+    expected = ((mean - action) ** 2).sum(-1)[mask.bool()].mean()
+    torch.testing.assert_close(relabel_loss(ant, bank, 1, b), expected)
+
+
+def test_relabelling_rounds_train_on_the_pool_and_log_each_round(tiny_model, clean_ds, tmp_path):
+    idx = np.arange(clean_ds.n_episodes)
+    base = ControllerTrainConfig(steps=6, lr=1e-2, tokens_per_batch=1024, log_every=2)
+    cfg = dataclasses.replace(base, dagger_rounds=2, dagger_episodes=12, dagger_steps=4,
+                              dagger_lr=3e-3)  # fmt: skip
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    kw = dict(train_episodes=idx[:100], val_episodes=idx[100:], progress=False)
+    plain = train_layer(tiny_model, clean_ds, 1, base, **kw)
+    res = train_layer(tiny_model, clean_ds, 1, cfg, metrics_path=tmp_path / "m.jsonl", **kw)
+    for k, v in tiny_model.state_dict().items():  # the base stays frozen
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    rounds = [r for r in records if "dagger/pretrain_success" in r]
+    assert [r["dagger/round"] for r in rounds] == [1, 2]
+    assert [r["dagger/pool_episodes"] for r in rounds] == [12, 24]
+    pool_losses = [r["train/relabel_loss"] for r in records if "train/relabel_loss" in r]
+    assert len(pool_losses) == 4 and all(np.isfinite(pool_losses))  # 2 of 4 steps per round
+    assert max(r["step"] for r in records) == 6 + 2 * 4
+    # the rounds moved the controllers on from where the clean steps left them
+    pairs = zip(plain.bank.state_dict().values(), res.bank.state_dict().values(), strict=True)
+    assert not all(torch.equal(a, b) for a, b in pairs)
+    # and the same seed gives the same controllers
+    again = train_layer(tiny_model, clean_ds, 1, cfg, **kw)
+    for a, b in zip(res.bank.state_dict().values(), again.bank.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -178,6 +178,37 @@ def controllers(
             show_default=False,
         ),
     ] = None,
+    dagger_rounds: Annotated[
+        int | None,
+        typer.Option(
+            help="Rounds of expert relabelling (DAgger) after the clean steps: roll the "
+            "controlled base out on the pretraining tasks, label every state it visited with "
+            "the clean expert's action, and train on those too (default: the preset's; 0: "
+            "none, the paper's controllers).",
+            min=0,
+            max=MAX_COUNT,
+            show_default=False,
+        ),
+    ] = None,
+    dagger_episodes: Annotated[
+        int | None,
+        typer.Option(
+            help="Closed-loop episodes per relabelling round (default: the preset's).",
+            min=1,
+            max=MAX_COUNT,
+            show_default=False,
+        ),
+    ] = None,
+    dagger_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Training steps per relabelling round, half on clean data and half on the "
+            "relabelled episodes (default: the preset's).",
+            min=1,
+            max=MAX_COUNT,
+            show_default=False,
+        ),
+    ] = None,
     rank: Annotated[
         str | None,
         typer.Option(
@@ -215,7 +246,9 @@ def controllers(
     """Supervised controllers by layer on the post-training task (paper C.3, Fig 4).
 
     Trains one linear controller per subgoal at each layer (gridworld: rank 16, ant: a full
-    matrix, as in the paper) on clean data with the base model frozen, then runs them on
+    matrix, as in the paper) on clean data with the base model frozen (with --dagger-rounds,
+    then also on the controlled base's own closed-loop states, labelled by the expert), then
+    runs them on
     TASK (switching when a subgoal is done) next to the uncontrolled base model, in the
     run's own env (gridworld or ant). Writes weights, summary.json, result.json,
     controllers_success.html (success by layer) and controllers_reach.html (at which task
@@ -274,6 +307,9 @@ def controllers(
         cfg = presets.get(preset.value, env_name).controllers
         over = {"steps": steps} if steps is not None else {}
         over |= {"lr": lr} if lr is not None else {}
+        for name, value in (("dagger_rounds", dagger_rounds), ("dagger_episodes",
+                            dagger_episodes), ("dagger_steps", dagger_steps)):  # fmt: skip
+            over |= {name: value} if value is not None else {}
         cfg = dataclasses.replace(
             cfg, **over, seed=seed, rank=rank_value, hypernetwork=hypernetwork
         )

@@ -5,7 +5,9 @@ caches (equal to the full-sequence forward pass, tested); :mod:`~irl_lens.rollou
 is the one episode loop over an env-adapter protocol, where a controller may rewrite the
 residual stream at one layer; :mod:`~irl_lens.rollout.grid` and :mod:`~irl_lens.rollout.ant`
 are the gridworld and ant-pinpad adapters (ant imports MuJoCo);
-:mod:`~irl_lens.rollout.switchers` pick the controller at each step; and
-:mod:`~irl_lens.rollout.kit` picks engine, envs and switcher by the model's environment.
-Imports point one way: ``kit -> grid, ant, switchers -> engine -> stepper``.
+:mod:`~irl_lens.rollout.switchers` pick the controller at each step;
+:mod:`~irl_lens.rollout.kit` picks engine, envs, switcher and expert by the model's
+environment; and :mod:`~irl_lens.rollout.relabel` labels closed-loop episodes with the
+expert's actions (DAgger). Imports point one way:
+``relabel -> kit -> grid, ant, switchers -> engine -> stepper``.
 """

@@ -39,6 +39,7 @@ from irl_lens.envs.ant_batch import END_REASONS, BatchedAntPinpad
 from irl_lens.envs.ant_layout import ANT_MAX_STEPS, ANT_OBS_DIM, CELL_SIZE
 from irl_lens.envs.pinpad import ANT_N_COLOURS
 from irl_lens.hooks import Controller
+from irl_lens.models.ant_expert import GaussianAgent, expert_inputs, load_expert
 from irl_lens.models.base import ActionModel
 from irl_lens.rollout.engine import (
     EnvAdapter,
@@ -51,7 +52,14 @@ from irl_lens.rollout.engine import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AntAdapter", "AntEngineRollout", "AntRolloutEngine", "ColourSwitcher", "seeded_ant_env"]
+__all__ = [
+    "AntAdapter",
+    "AntEngineRollout",
+    "AntExpertLabels",
+    "AntRolloutEngine",
+    "ColourSwitcher",
+    "seeded_ant_env",
+]
 
 
 @dataclass
@@ -232,3 +240,22 @@ class ColourSwitcher:
             raise ValueError(f"target colour {index.max()} >= {ANT_N_COLOURS}")
         self.chosen[rows, state.t] = index
         return self.make_controller(torch.from_numpy(index).to(state.resid.device))
+
+
+class AntExpertLabels:
+    """The clean expert's action at the envs' current states: what the ant expert (by
+    default the one shipped in the package) would do there, its Gaussian's mean as actuator
+    commands, exactly as the clean split records it
+    (:func:`irl_lens.data.generate_ant.generate_ant`).
+
+    Call once per env step: the expert's canonical frame keeps a hysteresis
+    (:func:`~irl_lens.models.ant_expert.expert_inputs`). Returns ``float32[n_envs, 8]``."""
+
+    def __init__(self, expert: GaussianAgent | None = None) -> None:
+        self.expert = expert if expert is not None else load_expert()
+
+    @torch.no_grad()
+    def __call__(self, env: BatchedAntPinpad) -> np.ndarray:
+        view = expert_inputs(env)
+        mean = self.expert.distribution(view.x).mean
+        return view.controls(env, mean, self.expert.torque_scale).astype(np.float32)

@@ -24,6 +24,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from irl_lens.envs.expert import GridExpert
 from irl_lens.envs.gridworld_batch import BatchedGridPinpad
 from irl_lens.envs.gridworld_layout import N_CELLS, NEXT_CELL, WALL
 from irl_lens.envs.pinpad import MAX_STEPS
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "EngineRollout",
     "GridAdapter",
+    "GridExpertLabels",
     "GridRollout",
     "GridRolloutEngine",
     "free_run_grid",
@@ -215,6 +217,20 @@ class GridRolloutEngine(RolloutEngine[EngineRollout]):
 
     def __init__(self, model: ActionModel, layer: int | None = None, fast: bool = True) -> None:
         super().__init__(model, layer, fast, adapter=GridAdapter)
+
+
+class GridExpertLabels:
+    """The clean expert's move at the envs' current states: a shortest-path move toward each
+    env's target colour (:class:`~irl_lens.envs.expert.GridExpert` with ``eps = 0``), ties
+    broken as the clean data broke them (``tie_break``: ``random``, the paper's expert, drawn
+    from a generator seeded with ``seed``; or ``first``). Returns ``int64[n_envs]``."""
+
+    def __init__(self, tie_break: str = "random", seed: int = 0) -> None:
+        self.expert = GridExpert(eps=0.0, tie_break=tie_break)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, env: BatchedGridPinpad) -> np.ndarray:
+        return self.expert.act(env, self.rng)
 
 
 @dataclass

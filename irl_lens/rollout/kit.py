@@ -17,7 +17,7 @@ import torch
 from irl_lens.envs.pinpad import MAX_STEPS, PRETRAIN_TASKS, parse_task
 from irl_lens.models.base import ActionModel
 from irl_lens.rollout.engine import ControllerFn, RolloutEngine
-from irl_lens.rollout.grid import GridRolloutEngine, seeded_env
+from irl_lens.rollout.grid import GridExpertLabels, GridRolloutEngine, seeded_env
 from irl_lens.rollout.switchers import GroundTruthSwitcher
 
 __all__ = ["EnvKit", "env_kit", "run_batches"]
@@ -50,6 +50,10 @@ class EnvKit:
     """The env's time limit T (gridworld 100, ant 500)."""
     pretrain_tasks: tuple[tuple[int, ...], ...] = ()
     """The tasks of the env's expert data (Table A1 / A2)."""
+    expert_labels: Callable | None = None
+    """``expert_labels(**kwargs)``: a fresh labeller, ``labeller(env)`` -> the clean expert's
+    action at every env's current state (:class:`~irl_lens.rollout.grid.GridExpertLabels`,
+    :class:`~irl_lens.rollout.ant.AntExpertLabels`); call it once per env step."""
 
     def subgoal_task(self, g: int) -> list[int]:
         """The one-subgoal task of subgoal ``g`` (gridworld ``[2g, 2g + 1]``, ant ``[g]``)."""
@@ -63,14 +67,19 @@ def env_kit(model: ActionModel, layer: int | None = None) -> EnvKit:
     if model.model_cfg.obs_kind == "vector":
         # lazy: the ant modules import MuJoCo, which gridworld work must not pay for
         from irl_lens.envs.ant_layout import ANT_MAX_STEPS, ANT_PRETRAIN_TASKS, parse_ant_task
-        from irl_lens.rollout.ant import AntRolloutEngine, ColourSwitcher, seeded_ant_env
+        from irl_lens.rollout.ant import (
+            AntExpertLabels,
+            AntRolloutEngine,
+            ColourSwitcher,
+            seeded_ant_env,
+        )
 
         return EnvKit("ant", AntRolloutEngine(model, layer), seeded_ant_env, ColourSwitcher,
                       1, parse_ant_task, batch=250, max_steps=ANT_MAX_STEPS,
-                      pretrain_tasks=ANT_PRETRAIN_TASKS)  # fmt: skip
+                      pretrain_tasks=ANT_PRETRAIN_TASKS, expert_labels=AntExpertLabels)  # fmt: skip
     return EnvKit("gridworld", GridRolloutEngine(model, layer), seeded_env, GroundTruthSwitcher,
                   2, parse_task, batch=1000, max_steps=MAX_STEPS,
-                  pretrain_tasks=PRETRAIN_TASKS)  # fmt: skip
+                  pretrain_tasks=PRETRAIN_TASKS, expert_labels=GridExpertLabels)  # fmt: skip
 
 
 def run_batches(
