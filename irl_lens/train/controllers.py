@@ -268,7 +268,7 @@ def train_layer(
                 bar.set_postfix(nll=f"{loss_ema:.3f}")
                 log({"step": step, "train/action_nll": value})
         if cfg.dagger_rounds:
-            _relabel_rounds(model, bank, layer, cfg, ds, opt, stream, bar, log)
+            _relabel_rounds(model, bank, layer, cfg, ds, stream, bar, log)
         bar.close()
         with torch.no_grad():
             val_nll, base_nll = _val_nll(model, bank, layer, ds, val_episodes, cfg)
@@ -287,14 +287,14 @@ def train_layer(
     return LayerResult(layer, bank.eval(), loss_ema, val_nll, base_nll, seconds)
 
 
-def _relabel_rounds(model, bank, layer, cfg, ds, opt, stream, bar, log) -> None:
-    """``cfg.dagger_rounds`` rounds of expert relabelling (see ``ControllerTrainConfig``)."""
+def _relabel_rounds(model, bank, layer, cfg, ds, stream, bar, log) -> None:
+    """``cfg.dagger_rounds`` rounds of expert relabelling (see ``ControllerTrainConfig``).
+    Each round refits on the grown aggregate with a fresh AdamW (its moments restart with
+    the data they normalise)."""
     kit = env_kit(model, layer)
     args = {} if kit.name == "ant" else {"tie_break": ds.meta.get("tie_break", "random"),
                                          "seed": cfg.seed}  # fmt: skip
-    if cfg.dagger_lr is not None:
-        for group in opt.param_groups:
-            group["lr"] = cfg.dagger_lr
+    lr = cfg.lr if cfg.dagger_lr is None else cfg.dagger_lr
     device = next(model.parameters()).device
     pool, rng = RelabelledPool(), np.random.default_rng([cfg.seed, layer, RELABEL_STREAM])
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + layer)
@@ -308,6 +308,7 @@ def _relabel_rounds(model, bank, layer, cfg, ds, opt, stream, bar, log) -> None:
                                        labeller_args=args)  # fmt: skip
         bank.train()
         pool.add(episodes)
+        opt = torch.optim.AdamW(bank.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         log({"step": step, "dagger/round": r, "dagger/pretrain_success": episodes.success,
              "dagger/pool_episodes": pool.n_episodes})  # fmt: skip
         for k in range(cfg.dagger_steps):
