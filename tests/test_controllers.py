@@ -322,7 +322,7 @@ def test_ant_expert_labels_are_the_clean_experts_actions():
 def test_relabel_loss_is_the_mean_error_on_ant_and_the_nll_on_the_gridworld(tiny_model, clean_ds):
     from irl_lens.models.base import build_model
     from irl_lens.models.controller import ControllerConfig, build_controller_bank
-    from irl_lens.train.controllers import relabel_loss
+    from irl_lens.train.controllers import mean_action_std, relabel_loss
 
     from .conftest import tiny_model_config
 
@@ -344,7 +344,14 @@ def test_relabel_loss_is_the_mean_error_on_ant_and_the_nll_on_the_gridworld(tiny
     with intervene(ant, 1, bank.select(subgoal)):
         mean = ant.action_mean(ant.split(ant(obs)).action_params)
     expected = ((mean - action) ** 2).sum(-1)[mask.bool()].mean()
-    torch.testing.assert_close(relabel_loss(ant, bank, 1, b), expected)
+    # the Gaussian NLL at one fixed scale, up to a constant: the squared error over 2 scale^2
+    torch.testing.assert_close(relabel_loss(ant, bank, 1, b, scale=0.5), expected / 0.5)
+    torch.testing.assert_close(relabel_loss(ant, bank, 1, b), expected / 2)
+    # that scale by default: the base's mean standard deviation on the labelled steps
+    with torch.no_grad():
+        log_std = ant.split(ant(obs)).action_params[..., 8:]
+    want = log_std.clamp(-5.0, 2.0).exp()[mask.bool()].mean()
+    assert mean_action_std(ant, b) == pytest.approx(float(want), rel=1e-5)
 
 
 def test_relabelling_rounds_train_on_the_pool_and_log_each_round(tiny_model, clean_ds, tmp_path):
@@ -372,3 +379,24 @@ def test_relabelling_rounds_train_on_the_pool_and_log_each_round(tiny_model, cle
     again = train_layer(tiny_model, clean_ds, 1, cfg, **kw)
     for a, b in zip(res.bank.state_dict().values(), again.bank.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_relabelling_rounds_on_ant_hold_the_pool_loss_at_the_bases_action_std(tmp_path):
+    from irl_lens.data.generate_ant import generate_ant
+    from irl_lens.models.base import build_model
+
+    from .conftest import tiny_model_config
+
+    ds = generate_ant(6, "clean", seed=0, n_envs=6, progress=False)
+    ant = build_model(tiny_model_config(obs_kind="vector", obs_dim=41, action_kind="continuous",
+                                        n_actions=8, n_ctx=500), seed=0).eval()  # fmt: skip
+    cfg = ControllerTrainConfig(rank=None, steps=2, tokens_per_batch=1024, dagger_rounds=1,
+                                dagger_episodes=4, dagger_steps=2, log_every=1)  # fmt: skip
+    idx = np.arange(ds.n_episodes)
+    train_layer(ant, ds, 1, cfg, train_episodes=idx[:4], val_episodes=idx[4:],
+                metrics_path=tmp_path / "m.jsonl", progress=False)  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    (std,) = [r["dagger/action_std"] for r in records if "dagger/action_std" in r]
+    assert 0.0 < std < 10.0
+    (loss,) = [r["train/relabel_loss"] for r in records if "train/relabel_loss" in r]
+    assert np.isfinite(loss) and loss >= 0.0

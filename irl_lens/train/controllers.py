@@ -143,17 +143,20 @@ def controlled_nll(
 
 
 def relabel_loss(
-    model: ActionModel, bank: ControllerBank, layer: int, batch: Batch
+    model: ActionModel, bank: ControllerBank, layer: int, batch: Batch, scale: float = 1.0
 ) -> torch.Tensor:
     """The controlled model's loss on expert-relabelled steps (:mod:`irl_lens.rollout.relabel`):
-    discrete actions, the action NLL (:func:`controlled_nll`); continuous actions, the squared
-    error of the action head's mean against the expert's action, summed over action
-    dimensions and averaged over labelled steps.
+    discrete actions, the action NLL (:func:`controlled_nll`); continuous actions, the
+    Gaussian NLL of the expert's action at one fixed standard deviation ``scale`` for every
+    step and dimension (up to a constant: the squared error of the head's mean over
+    ``2 scale^2``, summed over action dimensions, averaged over labelled steps).
 
-    Why not the Gaussian NLL there: off the expert's path the base's head is confidently
-    wrong, and a few such steps dominate the NLL's gradient; on the quick ant base, one round
-    trained on the NLL took success on 0-1-2-3 from 0.144 to 0.032, on the mean's error to
-    0.178 (docs/experiments-log.md, thirteenth session)."""
+    Why a fixed scale: off the expert's path the head is confidently wrong, and with its own
+    per-step scale a few such steps dominate the NLL's gradient (on the quick ant base one
+    round on the full NLL took success on 0-1-2-3 from 0.144 to 0.032). With ``scale`` the
+    base's mean standard deviation on clean data (:func:`mean_action_std`) a relabelled
+    step weighs about what a clean step weighs (docs/experiments-log.md, thirteenth
+    session)."""
     if model.model_cfg.action_kind != "continuous":
         return controlled_nll(model, bank, layer, batch)
     device = next(model.parameters()).device
@@ -162,7 +165,18 @@ def relabel_loss(
     with intervene(model, layer, bank.select(labels)):
         params = model.split(model(batch.obs.to(device))).action_params
     error = ((model.action_mean(params) - batch.action.to(device)) ** 2).sum(-1)
-    return (error * weight).sum() / weight.sum().clamp(min=1.0)
+    return (error * weight).sum() / weight.sum().clamp(min=1.0) / (2 * scale**2)
+
+
+@torch.no_grad()
+def mean_action_std(model: ActionModel, batch: Batch) -> float:
+    """The base model's mean action standard deviation over a batch's labelled steps
+    (continuous actions; the scale :func:`relabel_loss` holds fixed)."""
+    device = next(model.parameters()).device
+    weight = (batch.mask.to(device) > 0) & (batch.subgoal.to(device) >= 0)
+    params = model.split(model(batch.obs.to(device))).action_params
+    std = model.action_distribution(params).stddev  # [batch, pos, n_actions]
+    return float(std[weight].mean())
 
 
 class RelabelledPool:
@@ -296,6 +310,10 @@ def _relabel_rounds(model, bank, layer, cfg, ds, stream, bar, log) -> None:
                                          "seed": cfg.seed}  # fmt: skip
     lr = cfg.lr if cfg.dagger_lr is None else cfg.dagger_lr
     device = next(model.parameters()).device
+    scale = 1.0
+    if model.model_cfg.action_kind == "continuous":
+        scale = mean_action_std(model, next(stream)[1])
+        log({"step": cfg.steps, "dagger/action_std": scale})
     pool, rng = RelabelledPool(), np.random.default_rng([cfg.seed, layer, RELABEL_STREAM])
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + layer)
     step = cfg.steps
@@ -319,7 +337,7 @@ def _relabel_rounds(model, bank, layer, cfg, ds, stream, bar, log) -> None:
                 record = {"train/action_nll": value}
             else:
                 batch = pool.batch(cfg.tokens_per_batch, rng).to(device)
-                value = _step(opt, bar, relabel_loss(model, bank, layer, batch))
+                value = _step(opt, bar, relabel_loss(model, bank, layer, batch, scale))
                 record = {"train/relabel_loss": value}
             if k % cfg.log_every < 2 or k >= cfg.dagger_steps - 2:
                 bar.set_postfix(round=f"{r}/{cfg.dagger_rounds}", loss=f"{value:.3f}")
