@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from irl_lens.rollout.engine import ControllerFn, StepState
-from irl_lens.rollout.kit import EnvKit
+from irl_lens.rollout.kit import EnvKit, run_batches
 
 __all__ = ["LabellingControllerFn", "RelabelledEpisodes", "pad_steps", "relabelled_episodes"]
 
@@ -38,17 +38,17 @@ class LabellingControllerFn:
     env's current state, before the model acts, and keeps it in ``labels[env, t]``."""
 
     def __init__(
-        self, controller_fn: ControllerFn | None, labeller: Callable, n_envs: int, max_steps: int
+        self, controller_fn: ControllerFn | None, labeller: Callable, max_steps: int
     ) -> None:
         self.controller_fn = controller_fn
         self.labeller = labeller
-        self.n_envs, self.max_steps = n_envs, max_steps
+        self.max_steps = max_steps
         self.labels: np.ndarray | None = None
 
     def __call__(self, state: StepState):
         label = np.asarray(self.labeller(state.env))  # [n_envs] or [n_envs, n_actions]
         if self.labels is None:
-            self.labels = np.zeros((self.n_envs, self.max_steps, *label.shape[1:]), label.dtype)
+            self.labels = np.zeros((len(label), self.max_steps, *label.shape[1:]), label.dtype)
         self.labels[:, state.t] = label
         return None if self.controller_fn is None else self.controller_fn(state)
 
@@ -89,24 +89,18 @@ def relabelled_episodes(
     """``n_episodes`` closed-loop episodes on the env's pretraining tasks (actions sampled),
     each step labelled with the kit's clean expert action.
 
-    Batch ``b`` uses the envs of ``(seed, stream + b)`` and a fresh ``make_fn()`` controller
-    function, as :func:`~irl_lens.rollout.kit.run_batches`; ``labeller_args`` go to
+    Runs through :func:`~irl_lens.rollout.kit.run_batches` (batch ``b``: the envs of
+    ``(seed, stream + b)``, a fresh ``make_fn()`` controller function); ``labeller_args`` go to
     :attr:`EnvKit.expert_labels` (gridworld: ``tie_break``, ``seed``)."""
     if kit.expert_labels is None:
         raise ValueError(f"the {kit.name} kit has no expert to relabel episodes with")
-    if n_episodes < 1:
-        raise ValueError(f"episodes={n_episodes} must be >= 1")
     labeller = kit.expert_labels(**(labeller_args or {}))
-    parts: list[tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for b, start in enumerate(range(0, n_episodes, kit.batch)):
-        n = min(kit.batch, n_episodes - start)
-        env = kit.make_env(n, task=None, seed=seed, stream=stream + b)  # pretraining tasks
-        fn = LabellingControllerFn(make_fn(), labeller, n, kit.max_steps)
-        with torch.no_grad():
-            ro = kit.engine.run(env, controller_fn=fn, generator=generator)
-        assert fn.labels is not None
-        parts.append((ro.model_inputs(), fn.labels[:, : ro.n_steps], ro.subgoal, ro.valid,
-                      ro.success))  # fmt: skip
+    with torch.no_grad():  # the pretraining tasks: task=None
+        batches = run_batches(kit, n_episodes, seed=seed, stream=stream, generator=generator,
+                              make_fn=lambda: LabellingControllerFn(make_fn(), labeller,
+                                                                    kit.max_steps))  # fmt: skip
+    parts = [(ro.model_inputs(), fn.labels[:, : ro.n_steps], ro.subgoal, ro.valid, ro.success)
+             for ro, fn in batches]  # fmt: skip
     width = max(p[0].shape[1] for p in parts)
 
     def cat(arrays: list, fill: float = 0) -> Tensor:
