@@ -72,6 +72,10 @@ class ControllabilityResult:
     # layer i (then the base model last), greedy actions
     reach_greedy: list[list[float]] = field(default_factory=list)
     base_val_nll: float = float("nan")
+    # end_reasons[i][reason]: fraction of episodes that ended that way (ant's END_REASONS:
+    # success, wrong_colour, wall, ...), per layer i (then the base model last), sampled
+    # actions; empty on the gridworld, whose rollouts do not record why an episode ended
+    end_reasons: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def best_layer(self) -> int:
@@ -87,9 +91,11 @@ def _episodes(
     seed: int,
     greedy: bool,
     n_envs: int,
-) -> tuple[float, float, list[float]]:
-    """``(success rate, mean subgoals completed, reach)`` over ``n_episodes`` fixed
-    episodes, where ``reach[k]`` is the fraction that completed at least ``k + 1`` colours."""
+) -> tuple[float, float, list[float], dict[str, float]]:
+    """``(success rate, mean subgoals completed, reach, end reasons)`` over ``n_episodes``
+    fixed episodes, where ``reach[k]`` is the fraction that completed at least ``k + 1``
+    colours and ``end reasons`` the fraction that ended each way (``{}`` where the rollouts
+    do not record it)."""
     kit = env_kit(model, layer)
     kit = dataclasses.replace(kit, batch=min(n_envs, kit.batch))
     make_fn = (lambda: kit.switcher(bank.select)) if bank is not None else None
@@ -98,10 +104,16 @@ def _episodes(
     success = np.concatenate([ro.success for ro, _ in batches])
     n_colours = np.concatenate([ro.final_n_done for ro, _ in batches])
     reach = [float((n_colours >= k).mean()) for k in range(1, len(task) + 1)]
+    ends: dict[str, float] = {}
+    for ro, _ in batches:
+        if hasattr(ro, "end_reasons"):
+            for name, share in ro.end_reasons().items():
+                ends[name] = ends.get(name, 0.0) + share * len(ro.success) / len(success)
     return (
         float(success.mean()),
         float((n_colours // kit.colours_per_subgoal).mean()),
         reach,
+        ends,
     )
 
 
@@ -140,7 +152,7 @@ def controllability(
     per_layer = []
     for layer in tqdm(wanted, desc="evaluate layers", disable=not progress):
         per_layer.append(evaluate(layer, banks[layer]))
-        (ok, done, _), (ok_g, done_g, _) = per_layer[-1][False], per_layer[-1][True]
+        (ok, done, *_), (ok_g, done_g, *_) = per_layer[-1][False], per_layer[-1][True]
         logger.info(
             "layer %d: success %.3f (greedy %.3f), subgoals %.2f (greedy %.2f) of %d",
             layer, ok, ok_g, done, done_g, n_subgoals,
@@ -161,7 +173,9 @@ def controllability(
         n_episodes=n_episodes,
         colours_per_subgoal=per_subgoal,
         reach_greedy=[r[True][2] for r in per_layer] + [base[True][2]],
-    )
+        end_reasons=([r[False][3] for r in per_layer] + [base[False][3]]
+                     if base[False][3] else []),
+    )  # fmt: skip
 
 
 def summary(result: ControllabilityResult) -> dict[str, float]:
@@ -186,6 +200,10 @@ def summary(result: ControllabilityResult) -> dict[str, float]:
         )
         if i < len(result.val_nll):
             out[f"controllers/val_nll_layer_{layer}"] = result.val_nll[i]
+        for name, share in (result.end_reasons[i] if result.end_reasons else {}).items():
+            out[f"controllers/end/{name}_layer_{layer}"] = share
+    for name, share in (result.end_reasons[-1] if result.end_reasons else {}).items():
+        out[f"controllers/base_end/{name}"] = share
     if result.val_nll:
         out["controllers/base_val_nll"] = result.base_val_nll
     return out

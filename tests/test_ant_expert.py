@@ -221,6 +221,16 @@ def test_ant_base_pretrains_and_probes(tmp_path, capsys, random_agent, monkeypat
     assert 0 <= ctl["controllers/success_layer_1"] <= 1 and ctl["controllers/n_subgoals"] == 4
     assert ctl["controllers/n_episodes"] == 3 and "controllers/base_success" in ctl
     assert (run / "controllers" / "controllers_reach.html").is_file()
+    # how the sampled episodes ended, per layer and for the base: shares of every episode
+    # that sum to one, success among them, in summary.json and in the printed table
+    for name in ("layer_0", "layer_1"):
+        ends = {k.split("/")[2][: -len(name) - 1]: v for k, v in ctl.items()
+                if k.startswith("controllers/end/") and k.endswith(name)}  # fmt: skip
+        assert {"success", "wrong_colour", "wall", "timeout"} <= set(ends)
+        assert sum(ends.values()) == pytest.approx(1.0)
+        assert ends["success"] == pytest.approx(ctl[f"controllers/success_{name}"])
+    base_ends = {k: v for k, v in ctl.items() if k.startswith("controllers/base_end/")}
+    assert sum(base_ends.values()) == pytest.approx(1.0) and "how sampled episodes ended" in out
     ctl_config = json.loads((run / "controllers" / "config.json").read_text())
     assert ctl_config["controller"]["rank"] is None  # the paper's ant controllers: full matrices
     # discover takes the preset's KL settings unless told (the quick ant preset's rate is

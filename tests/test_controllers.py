@@ -181,6 +181,7 @@ def test_controllers_cli(base_run, clean_ds, tmp_path, capsys):
         assert len(reach) == 12 and reach[-1] == success  # all 12 colours <=> success
         assert all(a >= b for a, b in zip(reach, reach[1:], strict=False))
     assert "lost at each task colour" in printed
+    assert result["end_reasons"] == [] and "how sampled episodes ended" not in printed  # grid
     main(args[:-2] + ["--out", str(out), "--eval-only", "--task", "0-1"])
     assert json.loads((out / "result.json").read_text())["task"] == "0-1"
     for bad in (["--task", "0-3"], ["--layers", "9"], ["--rank", "0"], ["--rank", "low"]):

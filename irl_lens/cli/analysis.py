@@ -366,6 +366,12 @@ def controllers(
     for name, reach in zip([*map(str, result.layers), "base"], result.reach_greedy, strict=True):
         lost = ctl.lost_at_each_colour(reach)
         print(f"  {name:<5}  " + " ".join(f"{v:5.3f}" for v in lost))
+    if result.end_reasons:  # ant: why the sampled episodes ended
+        reasons = [k for k in result.end_reasons[-1] if k != "running"]
+        print("  how sampled episodes ended:")
+        print("  layer  " + " ".join(f"{k:>12}" for k in reasons))
+        for name, ends in zip([*map(str, result.layers), "base"], result.end_reasons, strict=True):
+            print(f"  {name:<5}  " + " ".join(f"{ends.get(k, 0.0):12.3f}" for k in reasons))
     print(f"  best layer {result.best_layer}; wrote {out}")
 
 
