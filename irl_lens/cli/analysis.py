@@ -367,7 +367,11 @@ def controllers(
         lost = ctl.lost_at_each_colour(reach)
         print(f"  {name:<5}  " + " ".join(f"{v:5.3f}" for v in lost))
     if result.end_reasons:  # ant: why the sampled episodes ended
-        reasons = [k for k in result.end_reasons[-1] if k != "running"]
+        reasons = [
+            k
+            for k in result.end_reasons[-1]  # "running": cut off by max_steps
+            if k != "running" or any(e.get(k, 0.0) for e in result.end_reasons)
+        ]
         print("  how sampled episodes ended:")
         print("  layer  " + " ".join(f"{k:>12}" for k in reasons))
         for name, ends in zip([*map(str, result.layers), "base"], result.end_reasons, strict=True):
