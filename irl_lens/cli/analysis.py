@@ -363,7 +363,8 @@ def controllers(
               f"{_fmt(nll):>7}")  # fmt: skip
     print("  greedy episodes lost at each task colour (of those that reached it):")
     print("  layer  " + " ".join(f"{c:>5}" for c in result.task.split("-")))
-    for name, reach in zip([*map(str, result.layers), "base"], result.reach_greedy, strict=True):
+    names = [*map(str, result.layers), "base"]  # the rows of both tables below
+    for name, reach in zip(names, result.reach_greedy, strict=True):
         lost = ctl.lost_at_each_colour(reach)
         print(f"  {name:<5}  " + " ".join(f"{v:5.3f}" for v in lost))
     if result.end_reasons:  # ant: why the sampled episodes ended
@@ -374,7 +375,7 @@ def controllers(
         ]
         print("  how sampled episodes ended:")
         print("  layer  " + " ".join(f"{k:>12}" for k in reasons))
-        for name, ends in zip([*map(str, result.layers), "base"], result.end_reasons, strict=True):
+        for name, ends in zip(names, result.end_reasons, strict=True):
             print(f"  {name:<5}  " + " ".join(f"{ends.get(k, 0.0):12.3f}" for k in reasons))
     print(f"  best layer {result.best_layer}; wrote {out}")
 
