@@ -335,6 +335,39 @@ def test_a_failed_job_ends_reproduce_with_one_line_naming_its_log(tmp_path, monk
     assert "run the same command again" in err
 
 
+def test_reproduce_hands_the_runner_the_ablations_last(tmp_path, monkeypatch):
+    """The runner starts ready jobs in list order; reproduce lists the ablations' jobs
+    (``beta1``, ``cotrain``: discovery, refit, RL) after every other, so internal RL on
+    ``full`` and raw-action RL start before the ablations' discoveries, and otherwise keeps
+    the stage order."""
+    from irl_lens.cli import sweep
+    from irl_lens.cli.reproduce import ReproduceSettings, stages
+    from irl_lens.cli.sweep import JobResult
+
+    handed = {}
+
+    def run(self, jobs, bar=None, desc="", on_result=None):  # record the order, then stop
+        handed["jobs"] = list(jobs)
+        return [JobResult(jobs[0], 3, 0.1), *[JobResult(j, -1, 0.0, blocked_by=jobs[0].out)
+                                              for j in jobs[1:]]]  # fmt: skip
+
+    monkeypatch.setattr(sweep.LocalRunner, "run", run)
+    for env, args in (("gridworld", ARGS), ("ant", ["--preset", "tiny"])):
+        out = tmp_path / env
+        with pytest.raises(SystemExit):
+            main(["reproduce", env, "--out", str(out), *args])
+        names = [j.out.name for j in handed["jobs"]]
+        ablation = [any(v in n for v in ("beta1", "cotrain")) for n in names]
+        assert any(ablation) and ablation == sorted(ablation), names  # all of them last
+        settings = ReproduceSettings(env=env, preset="tiny", rl_seeds=3 - (env == "gridworld"))
+        in_stages = [j.out.name for stage in stages(out, settings) for j in stage.jobs]
+        for group in (False, True):  # each group in stage order
+            kept = [n for n, a in zip(names, ablation, strict=True) if a == group]
+            assert kept == [n for n in in_stages if n in kept], (group, kept)
+        first_rl = "rl-full-commit-s0" if env == "gridworld" else "rl-full-s0"
+        assert names.index(first_rl) < names.index("mc-beta1") and "rl-raw-s0" in names
+
+
 def test_reproduce_ant_runs_every_stage_in_the_ant_engine(tmp_path, capsys):
     out = tmp_path / "ant"
     args = ["reproduce", "ant", "--out", str(out), "--preset", "tiny", "--pretrain-episodes",

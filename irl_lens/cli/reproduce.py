@@ -3,8 +3,10 @@
 Every job is its own ``irl-lens`` process (:class:`irl_lens.cli.sweep.LocalRunner`), ``workers``
 at a time; a job starts as soon as the jobs it needs are done (the raw-action baseline runs
 beside the metacontrollers, RL on ``full`` beside the ``cotrain`` training), so no core
-idles at a stage boundary. A job is skipped when its output already holds its finish
-marker, so an interrupted reproduction resumes where it stopped (pretraining, discovery and
+idles at a stage boundary. Of the jobs ready at once, the ablations' (``beta1``,
+``cotrain``) start last (:func:`headline_first`), so the main comparison finishes first. A
+job is skipped when its output already holds its finish marker, so an interrupted
+reproduction resumes where it stopped (pretraining, discovery and
 RL also resume from their own checkpoints). Every job's wall-clock lands in
 ``DIR/timing.json``; the report is ``DIR/report.md`` (with the installed version and the
 commit it was run from) and ``DIR/summary.json``. The progress bar fills by each job's
@@ -137,6 +139,9 @@ class Stage:
 DEVICE_COMMANDS = ("pretrain", "probe", "controllers", "discover", "compile", "commit",
                    "internal-rl", "raw-rl", "sweep")  # fmt: skip
 """The jobs that run a model and take ``--device`` (``data`` and ``compare`` do not)."""
+ABLATIONS = ("beta1", "cotrain")
+"""The metacontroller variants that are ablations of ``full`` (tagged ``ablation`` on their
+discovery, refit and RL jobs; :func:`headline_first`)."""
 
 
 def stages(out: Path, s: ReproduceSettings) -> list[Stage]:
@@ -164,7 +169,7 @@ def _grid_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     # at layer 2 it switches at every step
     switching = _quick_switching(p)
     mc_args += switching
-    mc = {v: out / f"mc-{v}" for v in ("full", "beta1", "cotrain")}
+    mc = {v: out / f"mc-{v}" for v in ("full", *ABLATIONS)}
     # with --commit, RL (and its baselines, the same treatment) runs on the refitted folders
     rl_mc = {v: out / f"mc-{v}-commit" for v in mc} if s.commit else mc
     discover = _discover_stage(base, discovery, mc, mc_args)
@@ -255,8 +260,8 @@ def _discover_stage(base: Path, data: Path, mc: dict[str, Path], mc_args: list[s
     """The metacontrollers ``full``, ``beta1`` and ``cotrain``, trained on ``data``."""
     return Stage("discover", [
         Job(["discover", str(base), "--out", str(folder), "--variant", v, *mc_args,
-             *(cotrain_args if v == "cotrain" else ())], folder, leftover="resume",
-            needs=(base, data))
+             *(cotrain_args if v == "cotrain" else ())], folder, {"ablation": v in ABLATIONS},
+            leftover="resume", needs=(base, data))
         for v, folder in mc.items()
     ])  # fmt: skip
 
@@ -267,7 +272,7 @@ def _commit_stage(data: Path, mc: dict[str, Path], committed: dict[str, Path],
     ``committed``, so that RL on every variant gets the same treatment."""
     return Stage("commit", [
         Job(["commit", str(mc[v]), "--out", str(folder), "--data", str(data), *args], folder,
-            leftover="clear", needs=(mc[v], data))
+            {"ablation": v in ABLATIONS}, leftover="clear", needs=(mc[v], data))
         for v, folder in committed.items()
     ])  # fmt: skip
 
@@ -282,8 +287,9 @@ def _rl_stage(out: Path, s: ReproduceSettings, base: Path, mc: dict[str, Path],
     return Stage("rl", [
         *_seeded_rl_jobs(out, s, mc["full"], f"full{tag}", rl),
         *_seeded_rl_jobs(out, s, base, "raw", rl, command="raw-rl"),
-        *[job for v in ("beta1", "cotrain")
-          for job in _seeded_rl_jobs(out, s, mc[v], f"{v}{tag}", rl, n_seeds=1)],
+        *[job for v in ABLATIONS
+          for job in _seeded_rl_jobs(out, s, mc[v], f"{v}{tag}", rl, n_seeds=1,
+                                     tags={"ablation": True})],
     ])  # fmt: skip
 
 
@@ -295,7 +301,7 @@ def shipped_base_for(preset: str) -> bool:
 
 def _seeded_rl_jobs(out: Path, s: ReproduceSettings, source: Path, name: str,
                     rl: list[str], task: str = "post", command: str = "internal-rl",
-                    n_seeds: int | None = None) -> list[Job]:  # fmt: skip
+                    n_seeds: int | None = None, tags: dict | None = None) -> list[Job]:  # fmt: skip
     """``command`` (internal RL over ``source``'s codes, a metacontroller or CompILE folder;
     or ``raw-rl`` on a base) with seeds ``seed .. seed + n_seeds - 1`` (default
     ``rl_seeds``), into ``rl-{name}-sK`` (``rl-{name}-{task}-sK`` on another task than
@@ -303,7 +309,8 @@ def _seeded_rl_jobs(out: Path, s: ReproduceSettings, source: Path, name: str,
     stem = f"rl-{name}" + ("" if task == "post" else f"-{task}")
     return [
         Job([command, str(source), "--out", str(out / f"{stem}-s{k}"), "--seed",
-             str(s.seed + k), *rl], out / f"{stem}-s{k}", leftover="resume", needs=(source,))
+             str(s.seed + k), *rl], out / f"{stem}-s{k}", dict(tags or {}), leftover="resume",
+            needs=(source,))
         for k in range(s.rl_seeds if n_seeds is None else n_seeds)
     ]  # fmt: skip
 
@@ -325,7 +332,7 @@ def ant_stages(out: Path, s: ReproduceSettings) -> list[Stage]:
     mc_args = ["--data", str(clean), "--preset", p, "--seed", seed, *episodes,
                *steps["discover"],
                *_quick_switching(p, "--embed-layer", str(ant.base.n_layers))]  # fmt: skip
-    mc = {v: out / f"mc-{v}" for v in ("full", "beta1", "cotrain")}
+    mc = {v: out / f"mc-{v}" for v in ("full", *ABLATIONS)}
     from_package = not s.from_scratch and shipped_base_for(p)
     splits = (("clean", s.clean_episodes, clean),)
     if not from_package:  # the pretraining data only feed pretraining
@@ -350,7 +357,7 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
     timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     jobs = [job for stage in stages(out, s) for job in stage.jobs]
-    todo = [job for job in jobs if not job.done]
+    todo = headline_first([job for job in jobs if not job.done])
     logger.info("%d of %d jobs to run (%d finished earlier)", len(todo), len(jobs),
                 len(jobs) - len(todo))  # fmt: skip
     clock = TimeLeft(todo, {job.out: expected_seconds(job, s) for job in todo}, s.workers)
@@ -399,6 +406,14 @@ def run_pipeline(out: Path, s: ReproduceSettings, progress: bool = True) -> dict
 
 COMPARE_DIRS = {"post": "compare", "seen": "compare-seen"}
 """Where ``run_pipeline`` compares the RL runs of each task (folders under the output)."""
+
+
+def headline_first(jobs: list[Job]) -> list[Job]:
+    """``jobs`` with the ablations' jobs (tag ``ablation``) after all the others, each group
+    in its own order. The runner starts ready jobs in list order, so internal RL on ``full``
+    and raw-action RL start as soon as their inputs are ready, before the ablations' longer
+    discoveries: an interrupted reproduction holds the main comparison first."""
+    return sorted(jobs, key=lambda job: bool(job.tags.get("ablation")))
 
 
 def _task_of(job: Job) -> str:
