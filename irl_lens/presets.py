@@ -145,13 +145,11 @@ _ANT_BASE = {"n_ctx": 500, "obs_loss_weight": 10.0, "path_features": False,
 # quick preset: a Hawk base of the quick size with two CPU-budget aids (issue 32;
 # docs/experiments-log.md): the ant path features (each colour's shortest-path direction in
 # the torso's frame), without which it walks into walls, and a next-colour head (weight
-# 10), without which no layer holds the target colour and no controller moves it; and the
-# colour under the torso as a vector in the stream (underfoot features), without which no
-# linear readout of the control layer finds a colour entry and the metacontroller's switch
-# does not align. Trained 7,200 steps on 32,000 episodes (reproduce's ant default): against
-# 2,400 on 8,000 its held-out action NLL goes -3.79 -> -5.92 and free-running colours per
-# episode 0.258 -> 0.373 of a 0.4375 ceiling (fourteenth session). The package ships it
-# (irl_lens.models.shipped).
+# 10), without which no layer holds the target colour and no controller moves it; trained
+# 2,400 steps on 8,000 episodes (reproduce's ant default), since on 2,000 the head costs
+# the walk; and the colour under the torso as a vector in the stream (underfoot features),
+# without which no linear readout of the control layer finds a colour entry and the
+# metacontroller's switch does not align. The package ships it (irl_lens.models.shipped).
 # The tiny preset keeps the transformer.
 _ANT_ARCH = {
     "paper": {"arch": "hawk", "d_model": 256, "n_heads": 8, "d_mlp": 512, "n_layers": 8},
@@ -164,14 +162,9 @@ _ANT_ARCH = {
     "tiny": {},
 }
 _ANT_PRETRAIN = {"paper": {"steps": 204_800, "tokens_per_batch": 512 * 500},
-                 "quick": {"steps": 7200}, "tiny": {}}  # fmt: skip
+                 "quick": {"steps": 2400}, "tiny": {}}  # fmt: skip
 """The paper's ant pretraining: 204.8k steps of 512 episodes (of up to 500 steps)."""
 _ANT_STEPS = {"quick": {"controllers": 300, "discover": 2400}, "paper": {}, "tiny": {}}
-# quick: 3 rounds of expert relabelling after the clean steps (issue 32). On the 7,200-step
-# base, controllers trained on expert data alone score 0.038 on 0-1-2-3 (the base reads the
-# task from its history, and on expert data history and label never disagree); with 3
-# rounds 0.352 / 0.286 / 0.330 (seeds 0-2; docs/experiments-log.md, fourteenth session)
-_ANT_DAGGER_ROUNDS = {"quick": 3, "paper": 0, "tiny": 0}
 # quick ant discovery (docs/experiments-log.md, eleventh session: on the underfoot base it
 # switches at the colour entries, F1 0.995): 800 KL-free steps and an 800-step ramp, alpha
 # 1, the KL charged where the switch fires; reproduce adds layer 1, a Gumbel switch and the
@@ -200,9 +193,7 @@ def _ant(grid: Preset) -> Preset:
         base=dataclasses.replace(grid.base, **(_ANT_BASE | _ANT_ARCH[grid.name])),
         pretrain=dataclasses.replace(grid.pretrain, **_ANT_PRETRAIN[grid.name]),
         controllers=dataclasses.replace(
-            grid.controllers,
-            steps=steps.get("controllers", grid.controllers.steps),
-            dagger_rounds=_ANT_DAGGER_ROUNDS[grid.name],
+            grid.controllers, steps=steps.get("controllers", grid.controllers.steps)
         ),
         # the KL schedule keeps its shape: its free and ramp steps scale with the run
         discover=dataclasses.replace(

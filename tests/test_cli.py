@@ -87,23 +87,6 @@ def test_the_paper_ant_preset_is_the_papers_hawk_base():
     assert isinstance(model, HawkActionModel) and len(model.blocks) == 8
 
 
-def test_quick_ant_preset_trains_the_shipped_bases_budget_and_relabels_its_controllers():
-    """The quick ant base trains 7,200 steps (on reproduce's 32,000 pretraining episodes),
-    and its supervised controllers get 3 rounds of expert relabelling, without which they
-    score 0.038 on 0-1-2-3 on that base (fourteenth session); the gridworld and the other
-    ant presets keep the paper's controllers (no relabelling)."""
-    from irl_lens import presets
-    from irl_lens.cli.reproduce import DEFAULT_EPISODES
-
-    quick = presets.get("quick", "ant")
-    assert (quick.pretrain.steps, DEFAULT_EPISODES["ant"]) == (7200, (32_000, 8_000))
-    assert (quick.controllers.steps, quick.controllers.dagger_rounds) == (300, 3)
-    for name in ("quick", "paper", "tiny"):
-        assert presets.get(name).controllers.dagger_rounds == 0
-        if name != "quick":
-            assert presets.get(name, "ant").controllers.dagger_rounds == 0
-
-
 def test_ant_metacontroller_schedule_keeps_the_gridworld_shape() -> None:
     """The ant paper and tiny presets train their metacontroller for fewer steps; the
     KL-free start and the ramp shrink with it, so the KL weight reaches alpha (it once

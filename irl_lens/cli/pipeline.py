@@ -56,7 +56,7 @@ def reproduce(
     pretrain_episodes: Annotated[
         int | None,
         typer.Option(
-            help="Pretraining episodes (default: gridworld 200000, ant 32000).",
+            help="Pretraining episodes (default: gridworld 200000, ant 8000).",
             min=10,
             max=MAX_COUNT,
         ),

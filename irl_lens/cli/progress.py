@@ -62,14 +62,12 @@ MEASURED: dict[tuple[str, str], dict[str, Measured]] = {
         # another training, 2026-12-06 (fifth session): 581-709 s for three variants of it
         # (with the future target, the heading features, both); 3,220 s before the path
         # features relaxed each layout once
-        # 2026-12-07 (fourteenth session): the quick preset's 7,200 steps with underfoot
-        # features, one thread beside another training: 4,865 s
-        "pretrain": Measured(4_865),
+        # 2026-12-07 (eleventh session): the quick preset's 2,400 steps with underfoot
+        # features, one thread beside another job: 1,431 s
+        "pretrain": Measured(1_431),
         "unpack-base": Measured(1),  # the shipped base (irl_lens.models.shipped), copied
         "probe": Measured(216),
-        # 5 layers, each 300 clean steps and 3 relabelling rounds: 640 s of training and 71 s
-        # of evaluation for layer 1 beside another job (fourteenth session), so ~3,560 s
-        "controllers": Measured(3_560),
+        "controllers": Measured(1_654),
         # the quick preset's 2,400 steps and analyses on 500 episodes, full: 2,082 s
         # (2026-12-07, eleventh session; 400 steps took 461-767 s)
         "discover": Measured(2_082),

@@ -76,12 +76,10 @@ logger = logging.getLogger(__name__)
 
 
 ENVS = ("gridworld", "ant")
-DEFAULT_EPISODES = {"gridworld": (200_000, 20_000), "ant": (32_000, 8_000)}
-"""Pretraining and clean episodes per environment. Ant: 32,000 pretraining episodes, those of
-the shipped quick base (only ``--from-scratch`` generates them); 8,000 clean episodes, on
-which the quick metacontroller's switch aligns with the colour entries
-(docs/experiments-log.md, eleventh session; the 500 used before are a sixteenth of the data
-it was measured on)."""
+DEFAULT_EPISODES = {"gridworld": (200_000, 20_000), "ant": (8_000, 8_000)}
+"""Pretraining and clean episodes per environment. Ant: 8,000 clean episodes, on which the
+quick metacontroller's switch aligns with the colour entries (docs/experiments-log.md,
+eleventh session; the 500 used before are a sixteenth of the data it was measured on)."""
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The base model shipped in the package: the quick ant base (issue 32).
 
-Pretraining the quick ant base (7,200 steps on 32,000 episodes) took 81 min of this 2-core
-CPU (beside another training), after 11 min generating its data; the package carries one,
-as it carries the ant expert, so a reproduction starts from the same base:
+Pretraining the quick ant base (2,400 steps on 8,000 episodes) took 28 min of this 2-core
+CPU, after 5 min generating its data; the package carries one, as it carries
+the ant expert, so a reproduction starts from the same base:
 ``irl_lens/assets/ant_base/`` is a base-model run folder cut to what loading and reading it
 need (``config.json``, ``model.safetensors``, ``summary.json``) plus ``card.json``, which says
 what it was trained on, with which command, for how long, and what it scores.
