@@ -303,7 +303,7 @@ def _seeded_rl_jobs(out: Path, s: ReproduceSettings, source: Path, name: str,
     """``command`` (internal RL over ``source``'s codes, a metacontroller or CompILE folder;
     or ``raw-rl`` on a base) with seeds ``seed .. seed + n_seeds - 1`` (default
     ``rl_seeds``), into ``rl-{name}-sK`` (``rl-{name}-{task}-sK`` on another task than
-    ``post``)."""
+    ``post``); each job gets its own copy of ``tags``."""
     stem = f"rl-{name}" + ("" if task == "post" else f"-{task}")
     return [
         Job([command, str(source), "--out", str(out / f"{stem}-s{k}"), "--seed",
