@@ -105,10 +105,11 @@ def _episodes(
     n_colours = np.concatenate([ro.final_n_done for ro, _ in batches])
     reach = [float((n_colours >= k).mean()) for k in range(1, len(task) + 1)]
     ends: dict[str, float] = {}
-    for ro, _ in batches:
-        if hasattr(ro, "end_reasons"):
-            for name, share in ro.end_reasons().items():
-                ends[name] = ends.get(name, 0.0) + share * len(ro.success) / len(success)
+    if hasattr(batches[0][0], "end_reason"):  # ant rollouts record why each episode ended
+        from irl_lens.rollout.ant import end_reason_shares  # lazy: MuJoCo only for ant
+
+        ends = end_reason_shares(np.concatenate([ro.end_reason for ro, _ in batches]),
+                                 np.concatenate([ro.length for ro, _ in batches]))  # fmt: skip
     return (
         float(success.mean()),
         float((n_colours // kit.colours_per_subgoal).mean()),

@@ -109,14 +109,18 @@ class AntEngineRollout(EpisodeBatch):
         }
 
     def end_reasons(self) -> dict[str, float]:
-        """Fraction of the started episodes that ended each way (``END_REASONS``;
-        ``running``: cut off by ``max_steps`` before the env ended them)."""
-        started = self.length > 0
-        n = max(int(started.sum()), 1)
-        return {
-            name: float((self.end_reason[started] == i).sum() / n)
-            for i, name in enumerate(END_REASONS)
-        }
+        """Fraction of the started episodes that ended each way (:func:`end_reason_shares`)."""
+        return end_reason_shares(self.end_reason, self.length)
+
+
+def end_reason_shares(end_reason: np.ndarray, length: np.ndarray) -> dict[str, float]:
+    """Fraction of the started episodes (``length > 0``) that ended each way, by
+    ``END_REASONS`` name (``running``: cut off by ``max_steps`` before the env ended them);
+    ``end_reason`` and ``length`` per episode, as :class:`AntRollout` holds them (or several
+    rollouts' concatenated)."""
+    started = length > 0
+    n = max(int(started.sum()), 1)
+    return {name: float((end_reason[started] == i).sum() / n) for i, name in enumerate(END_REASONS)}
 
 
 def seeded_ant_env(
